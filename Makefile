@@ -1,0 +1,69 @@
+# Every target runs inside .venv, which `make setup` builds once (a stamp file makes reruns instant).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# This machine has a CPU wheel of torch 2.13.0 on disk; on a GPU box pip takes the usual CUDA build.
+# A torch already importable from the venv that satisfies pyproject's range is kept.
+TORCH_SPEC ?= torch==2.13.0
+
+# Pipeline variables (see README): DATA="paths or globs", NAME=, SOURCE=, TOKENIZER=, VOCAB=, ARGS=
+DATA ?=
+NAME ?=
+SOURCE ?=
+TOKENIZER ?=
+VOCAB ?=
+ARGS ?=
+CONFIG ?= configs/tiny.yml
+NGPU ?=
+
+PIPE_ARGS := $(if $(DATA),--data "$(DATA)") $(if $(NAME),--name $(NAME)) $(if $(SOURCE),--source $(SOURCE)) \
+	$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(VOCAB),--vocab-size $(VOCAB))
+LAUNCH := $(if $(NGPU),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU),$(PY))
+
+.PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -n 2 -q
+
+tokenizer: setup
+	$(PY) bin/tokenizer.py $(PIPE_ARGS) $(ARGS)
+
+prepare: setup
+	$(PY) bin/prepare.py $(PIPE_ARGS) $(ARGS)
+
+train: setup
+	$(LAUNCH) bin/train.py --config $(CONFIG) $(ARGS)
+
+plot: setup
+	$(PY) bin/plot.py $(ARGS)
+
+sample: setup
+	$(PY) bin/sample.py $(ARGS)
+
+demo: setup
+	$(PY) bin/demo.py $(ARGS)
+
+gpu-check:
+	bash bench/gpu_check.sh
+
+bench: setup
+	$(PY) bench/prepare.py
+	$(PY) bench/train.py
+	$(PY) bench/sample.py
+
+clean:
+	rm -rf data_cache runs
