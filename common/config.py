@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import sys
 import textwrap
 import types
@@ -43,7 +44,7 @@ def field_docs(cls: type) -> dict[str, str]:
         return {}
     docs: dict[str, str] = {}
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, nxt in zip(body, body[1:]):
+    for node, nxt in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)
@@ -78,6 +79,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return [_coerce(key, v, item) for v in value]
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where=key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -98,22 +105,38 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _fields(cls: type) -> dict[str, Any]:
+def fields_of(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
     """Build `cls` from a mapping; unknown keys are an error naming `where` (a file or 'command line')."""
-    fields = _fields(cls)
+    fields = fields_of(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__}")
-    return cls(**{k: _coerce(k, v, fields[k]) for k, v in values.items()})
+    out = {}
+    for k, v in values.items():
+        if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict):
+            v = _merge(to_dict(fields[k]()), v)
+        out[k] = _coerce(k, v, fields[k])
+    return cls(**out)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update: a nested section in `update` changes only the keys it names."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -140,7 +163,7 @@ def _parse_value(raw: str, tp: Any) -> Any:
 
 def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Split argv into an optional `--config` path and a dict of overrides (still untyped)."""
-    fields = _fields(cls)
+    fields = fields_of(cls)
     config_path: str | None = None
     out: dict[str, Any] = {}
     i = 0
@@ -154,6 +177,18 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
         else:
             raise ConfigError(f"command line: cannot parse {arg!r}; use key=value or --key value")
         key = key.replace("-", "_")
+        if "." in key:
+            section, _, sub = key.partition(".")
+            nested = fields.get(section)
+            if not (isinstance(nested, type) and dataclasses.is_dataclass(nested)):
+                raise ConfigError(f"command line: {section!r} is not a config section of {cls.__name__}")
+            if not eq and fields_of(nested).get(sub) is not bool:
+                if i >= len(argv):
+                    raise ConfigError(f"command line: {arg} needs a value")
+                raw, eq, i = argv[i], "=", i + 1
+            _, sub_values = parse_overrides(nested, [f"{sub}={raw}" if eq else f"--{sub}"])
+            out[section] = _merge(out.get(section, {}), sub_values)
+            continue
         if key == "config":
             if not eq:
                 if i >= len(argv):
@@ -175,19 +210,27 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
     return config_path, out
 
 
-def help_text(cls: type, prog: str, description: str = "") -> str:
+def _option_lines(cls: type, prefix: str = "") -> list[str]:
     docs = field_docs(cls)
+    defaults = cls()
+    lines = []
+    for name, tp in fields_of(cls).items():
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            lines += _option_lines(tp, f"{prefix}{name}.")
+            continue
+        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+        lines.append(f"  --{prefix}{name.replace('_', '-')} ({tname}) [{getattr(defaults, name)!r}]")
+        if name in docs:
+            lines += ["      " + ln for ln in textwrap.wrap(docs[name], 90)]
+    return lines
+
+
+def help_text(cls: type, prog: str, description: str = "") -> str:
     lines = [f"usage: {prog} [--config FILE.yml] [key=value | --key value | --flag] ...", ""]
     if description:
         lines += [description.strip(), ""]
-    lines.append("options (defaults in brackets):")
-    defaults = cls()
-    for name, tp in _fields(cls).items():
-        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-        lines.append(f"  --{name.replace('_', '-')} ({tname}) [{getattr(defaults, name)!r}]")
-        if name in docs:
-            lines += ["      " + ln for ln in textwrap.wrap(docs[name], 90)]
-    return "\n".join(lines)
+    lines.append("options (defaults in brackets; section.key for nested sections):")
+    return "\n".join(lines + _option_lines(cls))
 
 
 def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "", description: str = "") -> T:
@@ -200,7 +243,7 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "", descr
         config_path, overrides = parse_overrides(cls, argv)
         values = load_yaml(config_path) if config_path else {}
         base = from_dict(cls, values, where=config_path or "config")
-        return from_dict(cls, {**to_dict(base), **overrides}, where="command line")
+        return from_dict(cls, _merge(to_dict(base), overrides), where="command line")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
