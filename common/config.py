@@ -182,7 +182,8 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
             nested = fields.get(section)
             if not (isinstance(nested, type) and dataclasses.is_dataclass(nested)):
                 raise ConfigError(f"command line: {section!r} is not a config section of {cls.__name__}")
-            if not eq and fields_of(nested).get(sub) is not bool:
+            sub_fields = fields_of(nested)
+            if not eq and bool not in (sub_fields.get(sub), sub_fields.get(sub.removeprefix("no_"))):
                 if i >= len(argv):
                     raise ConfigError(f"command line: {arg} needs a value")
                 raw, eq, i = argv[i], "=", i + 1
