@@ -1,0 +1,264 @@
+"""The token store: the contract between the pipeline (which writes it) and the trainer (which reads it).
+
+Layout of `data_cache/<name>/`:
+
+    manifest.json          written LAST and atomically: its presence means the store is complete
+    tokenizer.json         the tokenizer the ids come from (its sha256 is in the manifest)
+    train-00000.bin ...    token shards, raw little-endian uint16 (uint32 when the vocabulary needs it)
+    train-00000.idx ...    int64 offset of every document's [BOS] inside the matching .bin
+    val-00000.bin/.idx     the same for the validation split
+
+Every document is stored as [BOS] followed by its ids, so a shard is a plain concatenation that
+`np.memmap` can sample windows from without any per-document bookkeeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+INDEX_DTYPE = np.dtype("<i8")
+
+
+class StoreError(Exception):
+    """A store that is missing, incomplete or does not match its manifest."""
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """uint16 halves the bytes of every read while the vocabulary fits in it; uint32 beyond that."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def sha256_file(path: str | Path, bufsize: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(bufsize):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a crash after rename must not resurrect the old name)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp name, fsync, rename: readers see the old file or the whole new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
+    path = Path(root) / MANIFEST
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+class ShardWriter:
+    """Appends documents of one split into shards of at most `shard_tokens` tokens.
+
+    Each shard is written under a temp name and renamed only when closed and fsynced, so a crash
+    leaves either no file or a temp file that no manifest mentions.
+    """
+
+    def __init__(self, root: str | Path, split: str, dtype: np.dtype, vocab_size: int,
+                 shard_tokens: int = 1 << 28, prefix: str = ""):
+        self.root, self.split, self.dtype = Path(root), split, np.dtype(dtype)
+        self.vocab_size, self.shard_tokens, self.prefix = vocab_size, shard_tokens, prefix
+        self.shards: list[dict[str, Any]] = []
+        self._file = None
+
+    def _open(self) -> None:
+        stem = f"{self.prefix}{self.split}-{len(self.shards):05d}"
+        self._bin, self._idx = self.root / f"{stem}.bin", self.root / f"{stem}.idx"
+        self._file = open(self._bin.with_suffix(".bin.tmp"), "wb")
+        self._hash = hashlib.sha256()
+        self._starts: list[np.ndarray] = []
+        self._tokens = 0
+
+    def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Append documents given as one flat id array (each already starting with [BOS]) + lengths."""
+        if len(ids) and int(ids.max()) >= self.vocab_size:
+            raise StoreError(f"token id {int(ids.max())} >= vocab_size {self.vocab_size}")
+        ids = ids.astype(self.dtype, copy=False)
+        offsets = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
+        doc = 0
+        while doc < len(lengths):
+            if self._file is None or (self._tokens and self._tokens + lengths[doc] > self.shard_tokens):
+                self._close_shard()
+                self._open()
+            room = max(self.shard_tokens - self._tokens, int(lengths[doc]))
+            # Take as many whole documents as fit: documents never straddle two shards.
+            end = int(np.searchsorted(offsets, offsets[doc] + room, side="right")) - 1
+            end = max(end, doc + 1)
+            chunk = ids[offsets[doc] : offsets[end]]
+            self._starts.append(offsets[doc:end] - offsets[doc] + self._tokens)
+            self._file.write(chunk.tobytes())
+            self._hash.update(chunk.tobytes())
+            self._tokens += len(chunk)
+            doc = end
+
+    def _close_shard(self) -> None:
+        if self._file is None:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        starts = np.concatenate(self._starts).astype(INDEX_DTYPE) if self._starts else np.zeros(0, INDEX_DTYPE)
+        atomic_write_bytes(self._idx, starts.tobytes())
+        os.replace(self._bin.with_suffix(".bin.tmp"), self._bin)
+        self.shards.append({
+            "file": self._bin.name, "index": self._idx.name, "tokens": self._tokens,
+            "documents": len(starts), "size": self._tokens * self.dtype.itemsize,
+            "sha256": self._hash.hexdigest(), "index_sha256": hashlib.sha256(starts.tobytes()).hexdigest(),
+        })
+
+    def close(self) -> list[dict[str, Any]]:
+        self._close_shard()
+        fsync_dir(self.root)
+        return self.shards
+
+
+class TokenStore:
+    """Read-only view of a finished store: validated manifest, shard memmaps and document index."""
+
+    def __init__(self, root: str | Path, verify: bool = False):
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise StoreError(f"{self.root}: no {MANIFEST}; not a finished token store (run `make prepare`)")
+        raw = path.read_bytes()
+        try:
+            self.manifest: dict[str, Any] = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{path}: invalid JSON: {err}") from None
+        self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
+        self._validate(verify)
+        self._memmaps: dict[str, list[np.memmap]] = {}
+
+    def _validate(self, verify: bool) -> None:
+        m = self.manifest
+        for key in ("format_version", "dtype", "vocab_size", "tokenizer", "splits"):
+            if key not in m:
+                raise StoreError(f"{self.root / MANIFEST}: missing key {key!r}")
+        if m["format_version"] != FORMAT_VERSION:
+            raise StoreError(f"{self.root}: format_version {m['format_version']}, this code reads {FORMAT_VERSION}")
+        self.dtype = np.dtype(m["dtype"])
+        if self.dtype != dtype_for_vocab(m["vocab_size"]):
+            raise StoreError(f"{self.root}: dtype {m['dtype']} does not fit vocab_size {m['vocab_size']}")
+        for split in SPLITS:
+            if split not in m["splits"]:
+                raise StoreError(f"{self.root / MANIFEST}: no {split!r} split")
+            for shard in m["splits"][split]["shards"]:
+                self._check_file(shard["file"], shard["size"], shard["sha256"] if verify else None)
+                self._check_file(shard["index"], shard["documents"] * INDEX_DTYPE.itemsize,
+                                 shard.get("index_sha256") if verify else None)
+        if verify and self.tokenizer_path.is_file() and sha256_file(self.tokenizer_path) != self.tokenizer_sha256:
+            raise StoreError(f"{self.tokenizer_path}: sha256 differs from the manifest's")
+
+    def _check_file(self, name: str, size: int, sha256: str | None) -> None:
+        path = self.shard_path(name)
+        if not path.is_file():
+            raise StoreError(f"{path}: listed in the manifest but missing")
+        if path.stat().st_size != size:
+            raise StoreError(f"{path}: {path.stat().st_size} bytes, manifest says {size}")
+        if sha256 and sha256_file(path) != sha256:
+            raise StoreError(f"{path}: sha256 differs from the manifest's (corrupt shard)")
+
+    def shard_path(self, name: str) -> Path:
+        """Shard names are relative to the store (a merged store may point into part folders)."""
+        return (self.root / name).resolve()
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["vocab_size"])
+
+    @property
+    def bos_id(self) -> int:
+        return int(self.manifest.get("bos_id", 5))
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return (self.root / self.manifest["tokenizer"]["path"]).resolve()
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.manifest["tokenizer"]["sha256"]
+
+    def num_tokens(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["tokens"])
+
+    def bytes_per_token(self, split: str) -> float:
+        """UTF-8 bytes of cleaned text per stored token (BOS included): turns nats/token into bits/byte."""
+        info = self.manifest["splits"][split]
+        return info.get("text_bytes", 0) / max(info["tokens"], 1)
+
+    def shards(self, split: str) -> list[np.memmap]:
+        """One read-only memmap per shard; opened once and reused (the sampler indexes them directly)."""
+        if split not in self._memmaps:
+            self._memmaps[split] = [
+                np.memmap(self.shard_path(s["file"]), dtype=self.dtype, mode="r", shape=(s["tokens"],))
+                for s in self.manifest["splits"][split]["shards"] if s["tokens"]
+            ]
+        return self._memmaps[split]
+
+    def doc_index(self, split: str) -> list[np.ndarray]:
+        """Per shard, the int64 start offset of each document's [BOS]."""
+        return [np.fromfile(self.shard_path(s["index"]), dtype=INDEX_DTYPE)
+                for s in self.manifest["splits"][split]["shards"] if s["tokens"]]
+
+    def documents(self, split: str) -> Iterator[np.ndarray]:
+        """Each document's ids ([BOS] first), in store order."""
+        for tokens, starts in zip(self.shards(split), self.doc_index(split), strict=True):
+            ends = np.append(starts[1:], len(tokens))
+            for a, b in zip(starts, ends, strict=True):
+                yield np.asarray(tokens[a:b])
+
+
+def write_store(root: str | Path, docs: dict[str, list[np.ndarray]], vocab_size: int, bos_id: int = 5,
+                tokenizer_path: str | Path | None = None, **extra: Any) -> TokenStore:
+    """Build a complete store from in-memory documents (ids WITHOUT [BOS]; it is prepended here).
+
+    For small synthetic stores (tests, the GPU check); `make prepare` streams through ShardWriter instead.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    dtype = dtype_for_vocab(vocab_size)
+    splits = {}
+    for split in SPLITS:
+        parts = [np.concatenate(([bos_id], d)).astype(np.int64) for d in docs.get(split, [])]
+        writer = ShardWriter(root, split, dtype, vocab_size)
+        if parts:
+            writer.add(np.concatenate(parts), np.array([len(p) for p in parts], dtype=np.int64))
+        shards = writer.close()
+        splits[split] = {"tokens": sum(s["tokens"] for s in shards), "documents": len(parts), "shards": shards,
+                         "text_bytes": extra.pop(f"{split}_text_bytes", 0)}
+    tok = Path(tokenizer_path) if tokenizer_path else None
+    manifest = {
+        "format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size, "bos_id": bos_id,
+        "tokenizer": {"path": os.path.relpath(tok, root) if tok else "tokenizer.json",
+                      "sha256": sha256_file(tok) if tok else ""},
+        "splits": splits, **extra,
+    }
+    write_manifest(root, manifest)
+    return TokenStore(root)

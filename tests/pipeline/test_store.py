@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.store import ShardWriter, StoreError, TokenStore, dtype_for_vocab, write_store
+
+
+def _docs(rng, n, vocab):
+    return [rng.integers(6, vocab, size=rng.integers(1, 50)) for _ in range(n)]
+
+
+def test_round_trip_documents_and_index(tmp_path):
+    rng = np.random.default_rng(0)
+    train, val = _docs(rng, 40, 300), _docs(rng, 5, 300)
+    store = write_store(tmp_path, {"train": train, "val": val}, vocab_size=300, train_text_bytes=1000)
+    got = list(store.documents("train"))
+    assert len(got) == 40
+    for want, have in zip(train, got, strict=True):
+        assert have[0] == 5 and np.array_equal(have[1:], want)
+    assert store.num_tokens("train") == sum(len(d) + 1 for d in train)
+    assert store.bytes_per_token("train") == pytest.approx(1000 / store.num_tokens("train"))
+    assert store.shards("train")[0].dtype == np.uint16
+
+
+def test_shards_roll_over_without_splitting_documents(tmp_path):
+    w = ShardWriter(tmp_path, "train", np.uint16, 100, shard_tokens=10)
+    lengths = np.array([4, 4, 4, 12, 1])
+    ids = np.arange(lengths.sum()) % 100
+    w.add(ids, lengths)
+    shards = w.close()
+    # An oversized document gets a shard of its own rather than being cut.
+    assert [s["tokens"] for s in shards] == [8, 4, 12, 1]
+    assert [s["documents"] for s in shards] == [2, 1, 1, 1]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_dtype_follows_vocab():
+    assert dtype_for_vocab(65536) == np.uint16 and dtype_for_vocab(65537) == np.uint32
+
+
+def test_id_beyond_vocab_is_refused(tmp_path):
+    w = ShardWriter(tmp_path, "train", np.uint16, 10)
+    with pytest.raises(StoreError, match="vocab_size"):
+        w.add(np.array([5, 11]), np.array([2]))
+
+
+def test_validation_catches_missing_truncated_and_corrupt(tmp_path):
+    rng = np.random.default_rng(1)
+    write_store(tmp_path, {"train": _docs(rng, 10, 70000), "val": _docs(rng, 2, 70000)}, vocab_size=70000)
+    assert TokenStore(tmp_path, verify=True).dtype == np.uint32
+    shard = tmp_path / "train-00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[0] ^= 1
+    shard.write_bytes(bytes(data))
+    TokenStore(tmp_path)  # sizes still match: only a checksum pass sees it
+    with pytest.raises(StoreError, match="sha256"):
+        TokenStore(tmp_path, verify=True)
+    shard.write_bytes(bytes(data[:-4]))
+    with pytest.raises(StoreError, match="bytes, manifest says"):
+        TokenStore(tmp_path)
+    shard.unlink()
+    with pytest.raises(StoreError, match="missing"):
+        TokenStore(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(StoreError, match="not a finished token store"):
+        TokenStore(tmp_path)
+
+
+def test_wrong_format_version(tmp_path):
+    write_store(tmp_path, {"train": [np.array([7])], "val": []}, vocab_size=10)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["format_version"] = 99
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="format_version"):
+        TokenStore(tmp_path)
