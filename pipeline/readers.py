@@ -1,0 +1,404 @@
+"""Format readers: an open file (one chunk of it) in, `(text, location)` records out, memory bounded.
+
+Every reader streams: JSON lines line by line, JSON arrays through an incremental scanner, CSV
+through the csv module on a text stream, parquet one record batch at a time. (The Markdown play
+reader lives with the Shakespeare source in sources.py.)
+Faults come in two kinds. A bad record (invalid JSON, no usable text field) is skipped and counted
+in `ReadStats`, because one broken line in a 10 GB crawl must not stop a run. A bad file (corrupt
+compression, not the format at all, missing column) raises `BadFileError`, because every record
+after the fault would be garbage or lost and the user has to look at it.
+
+Text is decoded as UTF-8 with invalid bytes replaced by U+FFFD and counted: decoding uses
+`surrogateescape` (invalid bytes become lone surrogates, which valid UTF-8 never produces), so a
+cheap regex finds and replaces them per record and the count is exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+if TYPE_CHECKING:
+    from pipeline.sources import Chunk
+
+log = logging.getLogger("pipeline")
+
+MAX_EXAMPLES = 5
+BLOCK = 1 << 20
+BOM = b"\xef\xbb\xbf"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NON_SPACE = re.compile(r"\S")
+# sys.maxsize overflows the C long that field_size_limit takes on some platforms.
+_CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
+
+Record = tuple[str, str]
+
+
+class BadFileError(Exception):
+    """A whole file that cannot be read: missing, unreadable, corrupt, or not in its format."""
+
+    def __init__(self, path: str | Path, offset: int | None, message: str):
+        super().__init__(path, offset, message)  # keeps it picklable across worker processes
+        self.path, self.offset, self.message = str(path), offset, message
+
+    def __str__(self) -> str:
+        where = "" if self.offset is None else f" byte offset {self.offset}:"
+        return f"{self.path}:{where} {self.message}"
+
+
+@dataclass
+class ReadStats:
+    """What the readers skipped or repaired; one per process, summed with `merge`."""
+
+    records: int = 0
+    """Records yielded."""
+    invalid_utf8: int = 0
+    """Records yielded with invalid UTF-8 (or lone surrogates) replaced by U+FFFD."""
+    bad_records: Counter = field(default_factory=Counter)
+    """Skipped records by kind: invalid_json, not_an_object, missing_text, null_text, non_string_text."""
+    examples: list[str] = field(default_factory=list)
+    """The first few `file:line: kind` problems, enough to go and look without flooding the log."""
+
+    def note(self, kind: str, where: str) -> None:
+        if kind == "invalid_utf8":
+            self.invalid_utf8 += 1
+        else:
+            self.bad_records[kind] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{where}: {kind}")
+            log.warning("%s: %s", where, kind)
+
+    def merge(self, other: ReadStats) -> ReadStats:
+        self.records += other.records
+        self.invalid_utf8 += other.invalid_utf8
+        self.bad_records.update(other.bad_records)
+        self.examples.extend(other.examples[: MAX_EXAMPLES - len(self.examples)])
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "invalid_utf8": self.invalid_utf8,
+            "bad_records": dict(sorted(self.bad_records.items())),
+            "examples": list(self.examples),
+        }
+
+
+def repair(text: str) -> tuple[str, int]:
+    return _SURROGATE.subn("\ufffd", text)
+
+
+def _parse_json(raw: bytes | str) -> tuple[Any, bool | None]:
+    """One JSON value, and None if orjson took it as is, else whether invalid UTF-8 was replaced.
+
+    orjson is the fast path but refuses invalid UTF-8 and lone surrogates; the slow path replaces
+    bad bytes first and falls back to the stdlib for escaped lone surrogates ("\\ud800"), which
+    then remain in the parsed strings. Raises ValueError for text that is not JSON.
+    """
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError:
+        pass
+    text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+    text, replaced = repair(text)
+    if replaced:
+        try:
+            return orjson.loads(text), True
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(text), replaced > 0
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _text_of(value: Any, key: str, repaired: bool | None, where: str, stats: ReadStats) -> str | None:
+    """The record's text, or None after counting why it has none."""
+    if not isinstance(value, dict):
+        kind = "not_an_object"
+    elif key not in value:
+        kind = "missing_text"
+    elif value[key] is None:
+        kind = "null_text"
+    elif not isinstance(value[key], str):
+        kind = "non_string_text"
+    else:
+        text = value[key]
+        if repaired is not None:  # the slow path: escaped lone surrogates may remain
+            text, replaced = repair(text)
+            if repaired or replaced:
+                stats.note("invalid_utf8", where)
+        return text
+    stats.note(kind, where)
+    return None
+
+
+def _json_record(raw: bytes | str, key: str, where: str, stats: ReadStats) -> str | None:
+    try:
+        value, repaired = _parse_json(raw)
+    except ValueError:
+        stats.note("invalid_json", where)
+        return None
+    return _text_of(value, key, repaired, where, stats)
+
+
+# Small compressed reads bound the output of one decompress call: text can compress 1000x.
+_ZSTD_READ = 1 << 16
+
+
+class _ZstdStream(io.RawIOBase):
+    """Decompressed view of a .zst file that, unlike zstandard's stream_reader, notices truncation.
+
+    Files may hold several concatenated frames; a new decompressor starts on each frame's leftovers.
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self._raw, self._dctx = raw, zstandard.ZstdDecompressor()
+        self._dobj, self._mid_frame = self._dctx.decompressobj(), False
+        self._out, self._pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while self._pos == len(self._out):
+            leftover = b""
+            if self._dobj.eof:
+                leftover, self._dobj, self._mid_frame = self._dobj.unused_data, self._dctx.decompressobj(), False
+            data = leftover or self._raw.read(_ZSTD_READ)
+            if not data:
+                if self._mid_frame:
+                    raise EOFError("zstd stream ends inside a frame (truncated file?)")
+                return 0
+            self._mid_frame = True
+            self._out, self._pos = self._dobj.decompress(data), 0
+        n = min(len(buf), len(self._out) - self._pos)
+        buf[:n] = memoryview(self._out)[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+def decompressed(raw: BinaryIO, path: str) -> BinaryIO:
+    """The file's bytes, through gzip or zstd by suffix."""
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if path.endswith(".zst"):
+        return io.BufferedReader(_ZstdStream(raw), BLOCK)
+    return raw
+
+
+def text_stream(raw: BinaryIO, path: str) -> io.TextIOWrapper:
+    # utf-8-sig drops a BOM; newline="" hands CRLF to the csv module untouched, as it requires.
+    return io.TextIOWrapper(decompressed(raw, path), "utf-8-sig", "surrogateescape", newline="")
+
+
+def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
+    """One JSON object per line; the chunk owns every line that starts in [start, end)."""
+    stream = decompressed(raw, chunk.path)
+    if stream is raw:
+        raw.seek(chunk.start)
+        end = chunk.end
+    else:
+        end = None  # compressed files are never split
+    pos, line_no = chunk.start, chunk.first_line
+    for line in stream:
+        if pos == 0 and line.startswith(BOM):
+            line = line[len(BOM) :]
+        pos += len(line)
+        if not line.isspace():
+            where = f"{chunk.path}:{line_no}"
+            text = _json_record(line, key, where, stats)
+            if text is not None:
+                yield text, where
+        line_no += 1
+        if end is not None and pos >= end:
+            break  # before reading the next chunk's first line, which may be huge
+
+
+class _Malformed(Exception):
+    """The array's structure is broken, so no later element can be trusted."""
+
+
+class _ArrayScanner:
+    """Splits a streamed top-level JSON array into element texts without holding the whole file.
+
+    Only structure is tracked (brackets and string boundaries); each element is parsed separately,
+    so an invalid element is one bad record. The buffer keeps just the element being scanned.
+    """
+
+    def __init__(self, stream: io.TextIOWrapper):
+        self.stream, self.buf, self.pos, self.line, self.eof = stream, "", 0, 1, False
+
+    def _more(self) -> int:
+        """Drop the consumed prefix and read on; how far indices moved back, or -1 at end of file."""
+        if self.eof:
+            return -1
+        shift, self.buf, self.pos = self.pos, self.buf[self.pos :], 0
+        # Read at least what is held, so a huge element is rescanned O(log size) times, not O(size).
+        data = self.stream.read(max(BLOCK, len(self.buf)))
+        if not data:
+            self.eof = True
+            return -1
+        self.buf += data
+        return shift
+
+    def advance(self, to: int) -> None:
+        self.line += self.buf.count("\n", self.pos, to)
+        self.pos = to
+
+    def peek(self) -> str | None:
+        """Skip whitespace; the next character (not consumed), or None at end of file."""
+        while True:
+            m = _NON_SPACE.search(self.buf, self.pos)
+            if m:
+                self.advance(m.start())
+                return m.group()
+            self.advance(len(self.buf))
+            if self._more() < 0:
+                return None
+
+    def element(self) -> str:
+        """Consume one element: everything up to the `,` or `]` that closes it at depth 0."""
+        i, depth = self.pos, 0
+        while True:
+            m = _STRUCTURE.search(self.buf, i)
+            end = _string_end(self.buf, m.end()) if m and m.group() == '"' else 0
+            if m is None or end < 0:
+                i = len(self.buf) if m is None else m.start()  # rescan an unfinished string from its quote
+                shift = self._more()
+                if shift < 0:
+                    raise _Malformed("file ends inside the JSON array")
+                i -= shift
+                continue
+            c, i = m.group(), m.end()
+            if c == '"':
+                i = end
+            elif c in "[{":
+                depth += 1
+            elif depth == 0 and c in ",]":
+                text = self.buf[self.pos : m.start()]
+                self.advance(m.start())
+                return text
+            elif c in "]}":
+                depth -= 1
+                if depth < 0:
+                    raise _Malformed(f"unbalanced {c!r} in the JSON array")
+
+
+_STRUCTURE = re.compile(r'["\[\]{},]')
+
+
+def _string_end(buf: str, i: int) -> int:
+    """Index just past the quote closing a string whose body starts at i; -1 if not buffered yet."""
+    while (j := buf.find('"', i)) >= 0:
+        k = j
+        while buf[k - 1] == "\\":
+            k -= 1
+        if (j - k) % 2 == 0:  # an even run of backslashes escapes only itself, not the quote
+            return j + 1
+        i = j + 1
+    return -1
+
+
+def read_json_array(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
+    """A .json file holding one array of objects, streamed element by element."""
+    scan = _ArrayScanner(text_stream(raw, chunk.path))
+    try:
+        yield from _array_records(scan, chunk.path, key, stats)
+    except _Malformed as err:
+        raise BadFileError(chunk.path, raw.tell(), str(err)) from None
+
+
+def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -> Iterator[Record]:
+    first = scan.peek()
+    if first is None:
+        return
+    if first != "[":
+        raise _Malformed(f"not JSON lines or a JSON array (starts with {first!r})")
+    scan.advance(scan.pos + 1)
+    if scan.peek() == "]":
+        scan.advance(scan.pos + 1)
+    else:
+        while True:
+            scan.peek()  # skip whitespace, so the location is the element's own line
+            where = f"{path}:{scan.line}"
+            text = _json_record(scan.element(), key, where, stats)
+            if text is not None:
+                yield text, where
+            closing = scan.peek()  # element() stopped on "," or "]"
+            scan.advance(scan.pos + 1)
+            if closing == "]":
+                break
+    if scan.peek() is not None:
+        raise _Malformed("unexpected data after the JSON array")
+
+
+def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iterator[Record]:
+    """CSV with a header row; the location is the line where each record starts."""
+    csv.field_size_limit(_CSV_FIELD_LIMIT)  # idempotent; documents may be tens of MB
+    reader = csv.reader(text_stream(raw, chunk.path))
+    header = next(reader, None)
+    if header is None:
+        return
+    names = [name.strip() for name in header]
+    if column not in names:
+        raise BadFileError(chunk.path, 0, f"no column {column!r}; columns found: {', '.join(names)}")
+    index = names.index(column)
+    line_no = reader.line_num + 1
+    for row in reader:
+        where = f"{chunk.path}:{line_no}"
+        line_no = reader.line_num + 1
+        if index >= len(row):
+            if row:  # a blank line is no record at all
+                stats.note("missing_text", where)
+            continue
+        text, replaced = repair(row[index])
+        if replaced:
+            stats.note("invalid_utf8", where)
+        yield text, where
+
+
+_PARQUET_TEXT_TYPES = (
+    pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary
+)
+
+
+def read_parquet(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
+    """Row groups [start, end) of a parquet file, one batch at a time; locations are row numbers."""
+    pf = pq.ParquetFile(raw)
+    schema = pf.schema_arrow
+    if key not in schema.names:
+        raise BadFileError(chunk.path, None, f"no column {key!r}; columns found: {', '.join(schema.names)}")
+    kind = schema.field(key).type
+    if not any(is_text(kind) for is_text in _PARQUET_TEXT_TYPES):
+        raise BadFileError(chunk.path, None, f"column {key!r} holds {kind}, not text")
+    row = chunk.first_line
+    for batch in pf.iter_batches(row_groups=list(range(chunk.start, chunk.end)), columns=[key], batch_size=1024):
+        # Via bytes, because arrow strings may hold invalid UTF-8 that to_pylist() refuses.
+        for value in batch.column(0).cast(pa.large_binary()).to_pylist():
+            where = f"{chunk.path}:{row}"
+            row += 1
+            if value is None:
+                stats.note("null_text", where)
+                continue
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = value.decode("utf-8", "replace")
+                stats.note("invalid_utf8", where)
+            yield text, where

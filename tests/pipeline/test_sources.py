@@ -1,0 +1,391 @@
+import json
+import logging
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline import readers
+from pipeline.sources import (
+    BadFileError,
+    Chunk,
+    ReadStats,
+    expand_paths,
+    iter_texts,
+    plan_chunks,
+    play_scenes,
+    read_chunk,
+    resolve_source,
+)
+
+FORMATS = ["a.jsonl", "a.jsonl.gz", "a.jsonl.zst", "a.json", "a.csv", "a.parquet"]
+CC_EN_HEAD = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora" / "cc_en_head"
+
+
+def read_all(path, chunk_bytes=64 << 20, **kw):
+    stats = kw.pop("stats", None) or ReadStats()
+    out = [rec for chunk in plan_chunks([path], chunk_bytes) for rec in read_chunk(chunk, stats=stats, **kw)]
+    return out, stats
+
+
+def texts_of(path, **kw):
+    return [text for text, _ in read_all(path, **kw)[0]]
+
+
+def bad_file(path, match, **kw):
+    with pytest.raises(BadFileError, match=match) as info:
+        read_all(path, **kw)
+    return info.value
+
+
+# --- formats ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_format_reads_back_the_texts(write_texts, sample_texts, name):
+    path = write_texts(name, sample_texts)
+    records, stats = read_all(path)
+    assert [t for t, _ in records] == sample_texts
+    assert stats.records == len(sample_texts) and not stats.bad_records and not stats.invalid_utf8
+    assert all(where.startswith(f"{path}:") for _, where in records)
+
+
+@pytest.mark.parametrize("name", ["b.jsonl", "b.json", "b.csv", "b.parquet"])
+def test_custom_text_field(write_texts, name):
+    path = write_texts(name, ["x", "y"], key="body")
+    assert texts_of(path, text_field="body", csv_column="body") == ["x", "y"]
+
+
+def test_locations_are_lines_or_rows(tmp_path, write_texts):
+    jsonl = tmp_path / "l.jsonl"
+    jsonl.write_text('{"text": "a"}\n\n{"text": "b"}\n')
+    assert [w for _, w in read_all(jsonl)[0]] == [f"{jsonl}:1", f"{jsonl}:3"]
+    csv_path = write_texts("c.csv", ["one\ntwo\nthree", "four"])
+    assert [w for _, w in read_all(csv_path)[0]] == [f"{csv_path}:2", f"{csv_path}:5"]
+    array = tmp_path / "a.json"
+    array.write_text('[\n {"text": "a"},\n\n {"text": "b\\nc"}]')
+    assert [w for _, w in read_all(array)[0]] == [f"{array}:2", f"{array}:4"]
+    parquet = write_texts("p.parquet", ["a", "b", "c"])
+    assert [w for _, w in read_all(parquet)[0]] == [f"{parquet}:{i}" for i in (1, 2, 3)]
+
+
+def test_json_lines_in_a_json_file_and_concatenated_zstd_frames(tmp_path):
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert texts_of(lines) == ["a", "b"]
+    zst = tmp_path / "multi.jsonl.zst"
+    frame = zstandard.ZstdCompressor().compress
+    zst.write_bytes(frame(b'{"text": "a"}\n') + frame(b'{"text": "b"}\n'))
+    assert texts_of(zst) == ["a", "b"]
+
+
+def test_json_array_scanner_across_tiny_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "BLOCK", 3)  # every element and string straddles reads
+    tricky = ['a "quoted" ] } , [ {', "back\\slash\\", "\\\"", "x" * 50, "日本語"]
+    values = [{"text": t, "nested": {"list": [1, [2, {"k": "]"}]]}} for t in tricky]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(values, ensure_ascii=False))
+    assert texts_of(path) == tricky
+    path.write_text("[]")
+    assert texts_of(path) == []
+    path.write_text('[{"text": "ok"}, {"text": broken}, 7, {"text": "end"}]')
+    texts, stats = read_all(path)
+    assert [t for t, _ in texts] == ["ok", "end"]
+    assert stats.bad_records == {"invalid_json": 1, "not_an_object": 1}
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('[{"text": "a"}, {"text": "b"', "file ends inside the JSON array"),
+        ('[{"text": "a"}] trailing', "unexpected data after the JSON array"),
+        ('"just a string"', "not JSON lines or a JSON array"),
+        ('[{"text": "a"}}]', "unbalanced"),
+    ],
+)
+def test_broken_json_array_is_a_bad_file(tmp_path, content, match):
+    path = tmp_path / "x.json"
+    path.write_text(content)
+    err = bad_file(path, match)
+    assert str(err).startswith(f"{path}: byte offset ")
+
+
+# --- paths and named sources ----------------------------------------------------------------------
+
+
+def test_expand_paths_directories_globs_dedup(tmp_path, write_texts):
+    for name in ["d/b.jsonl", "d/a.csv", "d/sub/c.parquet", "d/sub/z.json", "top.jsonl.zst"]:
+        write_texts(name, ["t"])
+    (tmp_path / "d/readme.txt").write_text("not data")
+    (tmp_path / "d/.hidden").mkdir()
+    write_texts("d/.hidden/skip.jsonl", ["t"])
+    got = expand_paths([tmp_path / "d", str(tmp_path / "d/b.jsonl"), str(tmp_path / "*.jsonl.*")])
+    names = [p.relative_to(tmp_path).as_posix() for p in got]
+    assert names == ["d/a.csv", "d/b.jsonl", "d/sub/c.parquet", "d/sub/z.json", "top.jsonl.zst"]
+    assert all(p.is_absolute() for p in got)
+    assert expand_paths([str(tmp_path / "d/**/*.parquet")]) == [tmp_path / "d/sub/c.parquet"]
+    assert expand_paths([str(tmp_path / "d/*")]) == got[:4]  # a matched directory is searched too
+
+
+def test_expand_paths_errors_name_the_spec(tmp_path):
+    missing = str(tmp_path / "nope-*.jsonl")
+    with pytest.raises(BadFileError, match="nope-\\*.jsonl: matches no readable data file"):
+        expand_paths([missing])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(BadFileError, match="notes.txt: unsupported file type"):
+        expand_paths([tmp_path / "notes.txt"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadFileError, match="empty: matches no"):
+        expand_paths([tmp_path / "empty"])
+
+
+def test_shakespeare_source_is_scenes_of_38_plays():
+    plays = resolve_source("shakespeare")
+    assert len(plays) == 38 and plays == sorted(plays)
+    stats = ReadStats()
+    records = [r for play in plays for r in read_all(play, stats=stats)[0]]
+    assert 700 <= len(records) <= 850 and not stats.bad_records
+    texts = [t for t, _ in records]
+    assert not any("**" in t or "_" in t or "  \n" in t or "\\[" in t for t in texts)
+    dream = texts[0]  # sorted paths: comedies/a-midsummer-night-s-dream.md comes first
+    assert dream.startswith("A Midsummer Night's Dream, ACT I, SCENE I. Athens. The palace of THESEUS.\n\n")
+    assert "Enter THESEUS, HIPPOLYTA, PHILOSTRATE, and Attendants\n\nTHESEUS:\nNow, fair Hippolyta" in dream
+    assert "Draws on apace; four happy days bring in\n" in dream
+
+
+def test_play_scenes_classifies_headings_by_text():
+    md = [
+        "# The Play", "", "## ACT I", "", "### SCENE I. A heath.", "", "_Enter A_", "",
+        "**A**  ", "Verse one,  ", "verse two.", "", "# INTERMISSION", "", "#### ACT II", "",
+        "_Enter GOWER_", "", "### PROLOGUE", "", "**GOWER**  ", "Hear me _\\[Aside]_  ",
+    ]  # the heading levels and the two-space line breaks are as irregular as in the real plays
+    scenes = list(play_scenes([line + "\n" for line in md], "fallback"))
+    assert scenes == [
+        ("The Play, ACT I, SCENE I. A heath.\n\nEnter A\n\nA:\nVerse one,\nverse two.", 5),
+        ("The Play, ACT II, PROLOGUE\n\nEnter GOWER\n\nGOWER:\nHear me [Aside]", 17),
+    ]
+    assert list(play_scenes(["no headings\n", "at all\n"], "notes")) == [("notes\n\nno headings\nat all", 1)]
+
+
+def test_unknown_source():
+    with pytest.raises(ValueError, match="unknown source 'nope'; known: shakespeare, redpajama"):
+        resolve_source("nope")
+
+
+# --- chunking -------------------------------------------------------------------------------------
+
+
+def test_chunked_reads_equal_one_read(tmp_path):
+    lines = [json.dumps({"text": "x" * (i * 7 % 23), "i": i}) + "\n" for i in range(60)]
+    lines[10] = "\n"  # blank lines count for line numbers but yield nothing
+    lines[20] = "{bad json\n"
+    path = tmp_path / "big.jsonl"
+    data = "".join(lines).encode()
+    path.write_bytes(data)
+    whole, whole_stats = read_all(path)
+    first = len(lines[0])
+    sizes = [1, 2, 7, 13, first - 1, first, first + 1, 100, len(data) - 1, len(data), len(data) + 5]
+    for chunk_bytes in sizes:
+        chunks = plan_chunks([path], chunk_bytes)
+        assert [c.index for c in chunks] == list(range(len(chunks)))
+        assert chunks[0].start == 0 and chunks[-1].end == len(data)
+        for a, b in zip(chunks, chunks[1:], strict=False):
+            assert a.end == b.start and data[b.start - 1 : b.start] == b"\n"
+            assert b.first_line == data[: b.start].count(b"\n") + 1
+        split, split_stats = read_all(path, chunk_bytes)
+        assert split == whole, chunk_bytes
+        assert split_stats.to_dict() == whole_stats.to_dict()
+    assert plan_chunks([path], first)[1].start == first  # nominal offset right after a "\n"
+    assert len(plan_chunks([path], 1)) == 60  # one chunk per line at the extreme
+    assert plan_chunks([path], 100) == plan_chunks([path], 100)
+
+
+def test_only_plain_json_lines_and_parquet_split(tmp_path, write_texts, sample_texts):
+    for name in ["a.jsonl.gz", "a.jsonl.zst", "a.json", "a.csv"]:
+        path = write_texts(name, sample_texts * 50)
+        assert len(plan_chunks([path], 16)) == 1, name
+    plays = resolve_source("shakespeare")[:2]
+    assert len(plan_chunks(plays, 16)) == 2
+    path = tmp_path / "rg.parquet"
+    texts = [f"doc {i} " + "y" * i for i in range(100)]
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=10)
+    chunks = plan_chunks([path], 1)
+    assert [(c.start, c.end, c.first_line) for c in chunks] == [(i, i + 1, 10 * i + 1) for i in range(10)]
+    assert read_all(path, 1)[0] == read_all(path)[0]
+    assert [t for t, _ in read_all(path, 1)[0]] == texts
+
+
+def test_chunk_of_a_changed_file_is_refused(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "a"}\n')
+    (chunk,) = plan_chunks([path])
+    path.write_text('{"text": "ab"}\n')
+    with pytest.raises(BadFileError, match="changed since the chunks were planned"):
+        list(read_chunk(chunk))
+
+
+# --- bad records ----------------------------------------------------------------------------------
+
+
+def test_bad_records_are_skipped_counted_and_logged(tmp_path, caplog):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        '{"text": "ok1"}\n{not json\n{"other": 1}\n{"text": null}\n{"text": 5}\n[1, 2]\n'
+        '{"text": ["list"]}\n{"text": "ok2"}\n'
+    )
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        records, stats = read_all(path)
+    assert [t for t, _ in records] == ["ok1", "ok2"]
+    assert stats.bad_records == {
+        "invalid_json": 1, "missing_text": 1, "null_text": 1, "non_string_text": 2, "not_an_object": 1
+    }
+    assert stats.examples == [f"{path}:{n}: {k}" for n, k in
+                              [(2, "invalid_json"), (3, "missing_text"), (4, "null_text"),
+                               (5, "non_string_text"), (6, "not_an_object")]]
+    assert f"{path}:2: invalid_json" in caplog.text and f"{path}:7" not in caplog.text
+
+
+def test_invalid_utf8_and_lone_surrogates_are_replaced(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b'{"text": "caf\xff!"}\n{"text": "lone \\ud800 surrogate"}\n{"text": "fine \xc3\xa9"}\n')
+    records, stats = read_all(path)
+    assert [t for t, _ in records] == ["caf\ufffd!", "lone \ufffd surrogate", "fine é"]
+    assert stats.invalid_utf8 == 2 and not stats.bad_records
+    for name, data in [
+        ("u.json", b'[{"text": "caf\xff!"}, {"text": "ok"}]'),
+        ("u.csv", b'text\n"caf\xff!"\nok\n'),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        records, stats = read_all(tmp_path / name)
+        assert [t for t, _ in records] == ["caf\ufffd!", "ok"] and stats.invalid_utf8 == 1
+    table = pa.table({"text": pa.array([b"caf\xff!", None], pa.binary()).cast(pa.string(), safe=False)})
+    pq.write_table(table, tmp_path / "u.parquet")
+    records, stats = read_all(tmp_path / "u.parquet")
+    assert [t for t, _ in records] == ["caf\ufffd!"]
+    assert stats.invalid_utf8 == 1 and stats.bad_records == {"null_text": 1}
+
+
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.json", "bom.csv", "bom.md"])
+def test_bom_and_crlf(tmp_path, name):
+    body = {
+        "bom.jsonl": '{"text": "a"}\r\n{"text": "b"}\r\n',
+        "bom.json": '[{"text": "a"},\r\n {"text": "b"}]\r\n',
+        "bom.csv": 'text\r\na\r\n"b"\r\n',
+        "bom.md": "# T\r\n\r\n### SCENE I.\r\n\r\n**A**  \r\na  \r\n",
+    }[name]
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    expected = ["T, SCENE I.\n\nA:\na"] if name.endswith(".md") else ["a", "b"]
+    assert texts_of(path) == expected
+
+
+@pytest.mark.parametrize("name", ["huge.jsonl", "huge.json", "huge.csv"])
+def test_a_30mb_document(write_texts, name):
+    doc = ("All the world's a stage. " * 1_300_000)[:30_000_000]
+    assert texts_of(write_texts(name, ["small", doc, "after"])) == ["small", doc, "after"]
+
+
+# --- bad files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FORMATS + ["a.md"])
+def test_empty_file_yields_nothing(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    assert read_all(tmp_path / name)[0] == []
+
+
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("r.parquet", "not a readable parquet file"),
+        ("r.json", "not JSON lines or a JSON array"),
+        ("r.jsonl.gz", "cannot read as jsonl \\(compressed\\)"),
+        ("r.jsonl.zst", "cannot read as jsonl \\(compressed\\)"),
+        ("r.csv", "no column 'text'"),
+    ],
+)
+def test_random_bytes_are_a_bad_file(tmp_path, name, match):
+    path = tmp_path / name
+    path.write_bytes(bytes(range(1, 256)) * 40)  # starts "\x01\x02...", not JSON, gzip, zstd or parquet
+    bad_file(path, match)
+
+
+@pytest.mark.parametrize("name", ["t.jsonl.gz", "t.jsonl.zst"])
+def test_truncated_compressed_file(write_texts, name):
+    path = write_texts(name, [f"document {i} " * 50 for i in range(200)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    err = bad_file(path, "cannot read as jsonl")
+    assert err.offset is not None and 0 < err.offset <= len(data) // 2
+    assert "byte offset" in str(err)
+
+
+def test_csv_without_the_text_column_names_the_columns(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("id,body,url\n1,hello,x\n")
+    bad_file(path, "no column 'text'; columns found: id, body, url")
+    parquet = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"body": ["a"], "n": [1]}), parquet)
+    bad_file(parquet, "no column 'text'; columns found: body, n")
+    bad_file(parquet, "column 'n' holds int64, not text", text_field="n")
+
+
+def test_missing_and_unreadable_paths(tmp_path):
+    with pytest.raises(BadFileError, match="nope.jsonl: no such file"):
+        plan_chunks([tmp_path / "nope.jsonl"])
+    gone = Chunk(str(tmp_path / "gone.jsonl"), 0, 10, 0, 10, 0, "jsonl")
+    with pytest.raises(BadFileError, match="gone.jsonl: no such file"):
+        list(read_chunk(gone))
+    (tmp_path / "dir.jsonl").mkdir()  # a directory where a file is expected fails even for root
+    with pytest.raises(BadFileError, match="dir.jsonl: is a directory"):
+        plan_chunks([tmp_path / "dir.jsonl"])
+    with pytest.raises(BadFileError, match="dir.jsonl: is a directory"):
+        list(read_chunk(Chunk(str(tmp_path / "dir.jsonl"), 0, 1, 0, 1, 0, "jsonl")))
+
+
+def test_permission_denied(tmp_path):
+    path = tmp_path / "locked.jsonl"
+    path.write_text('{"text": "a"}\n')
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: chmod does not block reads")
+        bad_file(path, "locked.jsonl: permission denied")
+    finally:
+        path.chmod(0o644)
+
+
+# --- stats and the whole-corpus path ---------------------------------------------------------------
+
+
+def test_read_stats_merge_and_to_dict():
+    a, b = ReadStats(records=2), ReadStats(records=3, invalid_utf8=1)
+    for i in range(4):
+        a.note("invalid_json", f"a:{i}")
+        b.note("null_text", f"b:{i}")
+    merged = a.merge(b).to_dict()
+    assert merged["records"] == 5 and merged["invalid_utf8"] == 1
+    assert merged["bad_records"] == {"invalid_json": 4, "null_text": 4}
+    assert merged["examples"] == [f"a:{i}: invalid_json" for i in range(4)] + ["b:0: null_text"]
+    assert ReadStats(**{**merged, "bad_records": a.bad_records}).to_dict() == merged
+
+
+def test_iter_texts_reads_a_mixed_directory_in_order(write_texts, tmp_path):
+    write_texts("mix/2.csv", ["c"])
+    write_texts("mix/1.jsonl.gz", ["a", "b"])
+    write_texts("mix/3.parquet", ["d"])
+    assert [t for t, _ in iter_texts([tmp_path / "mix"], chunk_bytes=1)] == ["a", "b", "c", "d"]
+
+
+@pytest.mark.skipif(not CC_EN_HEAD.is_dir(), reason="shared/corpora/cc_en_head not present")
+def test_real_web_text():
+    paths = expand_paths([CC_EN_HEAD])
+    whole = [r for p in paths for r in read_all(p)[0]]
+    lines = sum(len(p.read_bytes().splitlines()) for p in paths)
+    assert len(whole) == lines and all(text.strip() for text, _ in whole)
+    assert [r for p in paths for r in read_all(p, 4096)[0]] == whole
+    with open(paths[0], "rb") as f:
+        assert json.loads(f.readline())["text"] == whole[0][0]
