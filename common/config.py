@@ -153,8 +153,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def _parse_value(raw: str, tp: Any) -> Any:
     """Command-line text to a Python value: strings stay verbatim, everything else goes through YAML."""
+    if raw.lower() in ("none", "null") and type(None) in typing.get_args(tp):
+        return None
     if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
-        return None if raw.lower() in ("none", "null") and type(None) in typing.get_args(tp) else raw
+        return raw
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:

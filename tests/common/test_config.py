@@ -57,3 +57,13 @@ def test_help_lists_docs(capsys):
     out = capsys.readouterr().out
     assert "Peak learning rate." in out and "--model.n-layer" in out
     assert field_docs(Inner)["n_layer"] == "Number of blocks."
+
+
+@dataclass
+class Optional_:
+    limit: int | None = 3
+
+
+def test_none_for_optional_int():
+    assert parse_cli(Optional_, ["limit=none"]).limit is None
+    assert parse_cli(Optional_, ["--limit", "7"]).limit == 7

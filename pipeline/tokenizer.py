@@ -1,0 +1,149 @@
+"""Byte-level BPE tokenizer: training on a uniform sample of cleaned documents, saving, loading.
+
+Training uses HF `tokenizers` (GPT-2's byte-level scheme: every byte is a base token, so no input
+is ever unknown). Bulk encoding goes through `pipeline.fast_encode.Encoder`, which runs the same
+vocabulary on tiktoken's faster engine when it can prove the two agree.
+
+Special tokens hold ids 0..5 but are deliberately NOT registered as HF "added tokens": HF matches
+added tokens inside raw text, so a document containing the string "[BOS]" would otherwise encode
+to the real BOS id and forge a document boundary. Here they are plain vocabulary entries that no
+merge produces, reachable only by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from pipeline.clean import CleanConfig, CleanStats, full_clean
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]"]
+PAD_ID = SPECIALS.index("[PAD]")
+BOS_ID = SPECIALS.index("[BOS]")
+
+# 16384 = 2^14 ids: they fit uint16 in the token store (half the bytes of int32). For the ~45M-param
+# model (d_model 512) a tied 16k embedding is 16384 * 512 = 8.4M params, ~18% of the model;
+# GPT-2's 50257 would need 25.7M, ~70% of the other ~37M, spent mostly on rare tokens the model
+# sees too seldom to learn. A 16k vocabulary still averages ~4 bytes per token on English web
+# text (GPT-2's 50k: ~4.5), so a context window covers nearly as much text.
+DEFAULT_VOCAB_SIZE = 16384
+
+
+def _strip_added_tokens(tok: Tokenizer) -> Tokenizer:
+    """A copy of `tok` with no HF added tokens, so no string in a document can encode to a special id."""
+    data = json.loads(tok.to_str())
+    data["added_tokens"] = []
+    return Tokenizer.from_str(json.dumps(data))
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2, show_progress: bool = False
+) -> Tokenizer:
+    """Train a byte-level BPE: SPECIALS at ids 0..5, then the 256 byte tokens, then merges in order.
+
+    Ids in merge order is what lets tiktoken (which ranks merges by token id) reproduce it exactly.
+    """
+    if vocab_size < len(SPECIALS) + 256:
+        raise ValueError(f"vocab_size {vocab_size} is below the {len(SPECIALS) + 256} specials and bytes")
+    tok = Tokenizer(models.BPE())
+    # No prefix space: a document's first word encodes as it would anywhere after a newline, and
+    # decode(encode(x)) == x exactly. use_regex: GPT-2's split (words, numbers, punctuation, spaces).
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return _strip_added_tokens(tok)
+
+
+def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
+    """Write tokenizer.json atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tok.save(tmp, pretty=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_tokenizer(path: str | Path, max_len: int | None = None, pad: bool = False) -> Tokenizer:
+    """Load tokenizer.json for general use; added tokens are dropped, so specials never match text.
+
+    max_len truncates encodings to that many tokens; pad pads each batch with [PAD] (id 0) to its
+    longest member, or to max_len when that is given. As specials are not registered, `decode`
+    renders them as their names ("[BOS]") rather than skipping them.
+    """
+    tok = _strip_added_tokens(Tokenizer.from_file(str(path)))
+    if max_len is not None:
+        tok.enable_truncation(max_length=max_len)
+    if pad:
+        tok.enable_padding(pad_id=PAD_ID, pad_token=SPECIALS[PAD_ID], length=max_len)
+    return tok
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in blocks (names the tokenizer a token store was built with)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sample_texts(texts: Iterable[str], sample_bytes: int, seed: int = 0) -> list[str]:
+    """A uniform random sample of whole documents totalling about `sample_bytes` UTF-8 bytes.
+
+    Each document gets a key from a seeded hash of its text, i.e. a uniform random number that
+    does not depend on where it appears in the stream; the sample is the documents with the
+    smallest keys, taken until their total reaches `sample_bytes` (the last one may overshoot).
+    A max-heap keeps only those, so memory stays ~sample_bytes however long the stream. The
+    result is deterministic given the seed and the set of documents, and in stream order.
+    """
+    if sample_bytes <= 0:
+        raise ValueError("sample_bytes must be positive")
+    salt = seed.to_bytes(8, "little", signed=True)
+    heap: list[tuple[int, int, int, str]] = []  # (-key, -position, size, text): the largest key on top
+    total = 0
+    for position, text in enumerate(texts):
+        data = text.encode("utf-8")
+        key = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=salt).digest(), "little")
+        if heap and total >= sample_bytes and key > -heap[0][0]:
+            continue  # full, and this document would be the first one dropped anyway
+        heapq.heappush(heap, (-key, -position, len(data), text))
+        total += len(data)
+        while total - heap[0][2] >= sample_bytes:  # still full without the largest key: drop it
+            total -= heapq.heappop(heap)[2]
+    return [text for *_, text in sorted(heap, key=lambda item: -item[1])]
+
+
+def train_from_paths(
+    paths: Iterable[str | Path],
+    vocab_size: int,
+    sample_bytes: int,
+    clean_cfg: CleanConfig | None,
+    seed: int,
+    out_path: str | Path,
+    stats: CleanStats | None = None,
+) -> Path:
+    """Clean the documents under `paths`, sample `sample_bytes` of them, train, save to out_path."""
+    sample = sample_texts(full_clean(paths, clean_cfg, stats), sample_bytes, seed)
+    if not sample:
+        raise ValueError("no documents survived cleaning; nothing to train a tokenizer on")
+    return save_tokenizer(train_tokenizer(sample, vocab_size), out_path)
