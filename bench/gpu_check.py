@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""GPU check (`make gpu-check`): train gpt-45m for ~200 steps compiled + bf16, then the same eagerly,
+and report tokens/s, MFU, peak memory and compile time.
+
+Made for a lent machine with no internet and no venv: it needs only torch, numpy and pyyaml, builds a
+synthetic token store on the spot unless data_cache/shakespeare exists, runs bin/train.py in
+subprocesses (a fresh process per run, so peak memory and compile caches are per run), and writes
+its logs and a JSON summary under $OUT when that is set. `--smoke` runs the same path on CPU with a
+tiny model in seconds, so the one GPU run cannot die of a typo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.store import StoreError, TokenStore, write_store  # noqa: E402
+from train.metrics import read_metrics  # noqa: E402
+
+SHAKESPEARE = REPO / "data_cache" / "shakespeare"
+# After this many steps compile, cudnn autotuning and the allocator have settled.
+STEADY_FROM = 30
+
+
+def synthetic_store(root: Path, tokens: int, vocab: int, seed: int = 0) -> TokenStore:
+    """Documents of 500-4000 tokens: an arithmetic walk through the vocabulary with 25% Zipf-distributed
+    noise, so there is something to learn while every id gets used."""
+    if (root / "manifest.json").exists():
+        return TokenStore(root)
+    rng = np.random.default_rng(seed)
+    docs, total = [], 0
+    while total < tokens:
+        n = int(rng.integers(500, 4000))
+        ids = (rng.integers(6, vocab) + 7 * np.arange(n)) % (vocab - 6) + 6
+        noise = rng.random(n) < 0.25
+        ids[noise] = np.minimum(rng.zipf(1.2, int(noise.sum())) + 5, vocab - 1)
+        docs.append(ids)
+        total += n + 1
+    n_val = max(len(docs) // 100, 2)
+    bytes_per_token = 4  # a made-up figure so val_bpb is printed; the tokens mean nothing
+    return write_store(root, {"train": docs[n_val:], "val": docs[:n_val]}, vocab_size=vocab,
+                       train_text_bytes=bytes_per_token * (total - sum(map(len, docs[:n_val]))),
+                       val_text_bytes=bytes_per_token * sum(map(len, docs[:n_val])))
+
+
+def pick_store(args: argparse.Namespace, work: Path) -> Path:
+    if not args.smoke and SHAKESPEARE.exists():
+        try:
+            TokenStore(SHAKESPEARE)
+            return SHAKESPEARE
+        except StoreError as err:
+            print(f"not using {SHAKESPEARE}: {err}")
+    t0 = time.perf_counter()
+    store = synthetic_store(work / "store", args.tokens, args.vocab)
+    print(f"synthetic store {store.root}: {store.num_tokens('train'):,} train tokens, vocab {store.vocab_size} "
+          f"({time.perf_counter() - t0:.1f}s)")
+    return store.root
+
+
+def train_args(args: argparse.Namespace, store: Path, out_dir: Path, compiled: bool) -> list[str]:
+    common = [f"data={store}", f"out_dir={out_dir}", "resume=none", f"max_steps={args.steps}",
+              f"micro_batch={args.micro_batch}", "grad_accum=1", "warmup_steps=20", "eval_interval=0",
+              f"eval_batches={args.eval_batches}", "ckpt_interval=0", "keep_last=1",
+              f"log_interval={args.log_interval}", f"compile={str(compiled).lower()}"]
+    if args.smoke:
+        return ["--config", str(REPO / "configs/tiny.yml"), *common, "device=cpu", "dtype=float32",
+                "model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.block_size=64"]
+    return ["--config", str(REPO / "configs/gpt-45m.yml"), *common, "device=cuda", "dtype=bfloat16"]
+
+
+def run_training(argv: list[str], log_path: Path, timeout: float) -> tuple[int, float]:
+    """bin/train.py in a child process, its output echoed live and saved; returns (exit code, seconds)."""
+    cmd = [sys.executable, str(REPO / "bin/train.py"), *argv]
+    print("$ " + " ".join(cmd), flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        in_config = False
+        for line in proc.stdout:
+            log.write(line)
+            # The config dump runs from "config:" to "parameters: ..."; it stays in the log file only.
+            in_config = line.startswith("config:") or (in_config and not line.startswith("parameters:"))
+            if not in_config:
+                print("   " + line, end="", flush=True)
+            if time.perf_counter() - t0 > timeout:
+                proc.kill()
+                print(f"   ... killed after {timeout:.0f}s", flush=True)
+                break
+        code = proc.wait()
+    return code, time.perf_counter() - t0
+
+
+def summarise(run_dir: Path, code: int, wall_s: float) -> dict:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    start = next((r for r in records if r.get("event") == "start"), {})
+    steps = [r for r in records if "loss" in r]
+    steady = [r for r in steps if r["step"] >= STEADY_FROM] or steps[-1:]
+    med = lambda key: statistics.median(r[key] for r in steady) if steady and steady[0].get(key) is not None else None  # noqa: E731
+    evals = [r for r in records if "val_loss" in r]
+    first = next((r["first_step_s"] for r in steps if "first_step_s" in r), None)
+    return {
+        "exit_code": code, "wall_s": round(wall_s, 1), "steps": steps[-1]["step"] if steps else 0,
+        "micro_batch": start.get("micro_batch"), "grad_accum": start.get("grad_accum"), "params": start.get("params"),
+        "tokens_per_s": med("tokens_per_s"), "mfu": med("mfu"), "step_s": med("step_s"),
+        "peak_mem_gb": max((r["peak_mem_gb"] for r in steps if r.get("peak_mem_gb") is not None), default=None),
+        "init_s": start.get("init_s"), "first_step_s": first,
+        "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
+        "val_loss": evals[-1]["val_loss"] if evals else None,
+    }
+
+
+def fmt(value, spec: str) -> str:
+    """format(), with '-' for a missing value; a trailing '%' in spec is a literal percent sign."""
+    if value is None:
+        return "-"
+    return format(value, spec[:-1]) + "%" if spec.endswith("%") else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, a few steps: tests this script")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 200; smoke 6)")
+    parser.add_argument("--micro-batch", type=int, default=None, help="sequences of 1024 per step (default 64)")
+    parser.add_argument("--tokens", type=int, default=50_000_000, help="synthetic store size in tokens")
+    parser.add_argument("--vocab", type=int, default=16384, help="synthetic store vocabulary")
+    parser.add_argument("--eval-batches", type=int, default=8)
+    parser.add_argument("--log-interval", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per training run")
+    parser.add_argument("--runs", default="compiled,eager", help="which runs, comma-separated: compiled,eager")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/smallgpt-gpu-check"))
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.micro_batch = args.steps or 6, args.micro_batch or 4
+        args.tokens, args.vocab, args.log_interval = min(args.tokens, 200_000), min(args.vocab, 512), 2
+    args.steps, args.micro_batch = args.steps or 200, args.micro_batch or 64
+    out = Path(os.environ.get("OUT") or REPO / "runs" / "gpu-check")
+    out.mkdir(parents=True, exist_ok=True)
+
+    import torch  # after argparse: --help stays instant
+
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    print(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | python {sys.version.split()[0]}")
+    if not cuda and not args.smoke:
+        print("error: no CUDA device; `bench/gpu_check.py --smoke` runs the same path on CPU", file=sys.stderr)
+        return 2
+
+    store = pick_store(args, args.work_dir)
+    runs = [name for name in ("compiled", "eager") if name in args.runs.split(",")]
+    results = {}
+    for name in runs:
+        run_dir = args.work_dir / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        code, wall = run_training(train_args(args, store, run_dir, name == "compiled"), out / f"train_{name}.log",
+                                  args.timeout)
+        results[name] = summarise(run_dir, code, wall)
+    c, e = results.get("compiled", {}), results.get("eager", {})
+    startup = [r.get("init_s", 0) + r.get("first_step_s", 0) if r.get("first_step_s") else None for r in (c, e)]
+    if None not in startup:
+        # Both runs do the same probe and first step; what the compiled one spends beyond that is compiling.
+        results["compile_s"] = round(startup[0] - startup[1], 1)
+    results.update(device=device, torch=torch.__version__, store=str(store), steps=args.steps,
+                   block_size=1024 if not args.smoke else 64)
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    print(f"\n== gpu check on {device} (torch {torch.__version__}), {args.steps} steps, store {store}")
+    print(f"{'run':<9} {'exit':>4} {'mb x ga':>8} {'tok/s':>10} {'MFU':>6} {'step ms':>8} {'peak GB':>8} "
+          f"{'init s':>7} {'1st step s':>10} {'wall s':>7} {'loss':>13} {'val':>6}")
+    for name in runs:
+        r = results[name]
+        print(f"{name:<9} {r['exit_code']:>4} {fmt(r['micro_batch'], 'd'):>3} x {fmt(r['grad_accum'], 'd'):<2} "
+              f"{fmt(r['tokens_per_s'], ',.0f'):>10} {fmt(r['mfu'] and 100 * r['mfu'], '.1f%'):>6} "
+              f"{fmt(r['step_s'] and 1000 * r['step_s'], '.1f'):>8} {fmt(r['peak_mem_gb'], '.1f'):>8} "
+              f"{fmt(r['init_s'], '.1f'):>7} {fmt(r['first_step_s'], '.1f'):>10} {r['wall_s']:>7.1f} "
+              f"{fmt(r['first_loss'], '.2f'):>6}->{fmt(r['last_loss'], '.2f'):<6} {fmt(r['val_loss'], '.2f'):>6}")
+    print(f"compile time (compiled minus eager, init + first step): {fmt(results.get('compile_s'), '.1f')} s")
+    if c.get("mfu") is not None:
+        print(f"MFU target >= 45%: {'met' if c['mfu'] >= 0.45 else 'NOT met'} ({100 * c['mfu']:.1f}%)")
+    print(f"summary: {out / 'gpu_check.json'}")
+    return 0 if all(r["exit_code"] == 0 for r in (results[name] for name in runs)) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Train a GPT on a token store: `python bin/train.py --config configs/tiny.yml [key=value ...]`.
+
+Under `torchrun --nproc_per_node=N` every process runs this same script as one DDP rank (NCCL on
+GPUs, gloo on CPU). The run directory (out_dir) receives checkpoints, metrics.jsonl, config.yml and
+the tokenizer; rerunning the same command continues from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
+
+from common.config import ConfigError, parse_cli, parse_overrides  # noqa: E402
+from pipeline.store import StoreError  # noqa: E402
+from train.checkpoint import ResumeRefused  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.trainer import TrainingAborted, train  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        cfg = parse_cli(TrainConfig, argv, prog="bin/train.py", description=__doc__)
+        cfg.resolve_out_dir(parse_overrides(TrainConfig, argv)[0])
+        cfg.validate()
+    except ValueError as err:  # ConfigError, and the model config's own checks
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg)
+    except (ConfigError, StoreError, ResumeRefused, TrainingAborted, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""One rank of the two-process DDP test (test_ddp.py runs it under torchrun, gloo on CPU).
+
+Trains a tiny model with gradient accumulation, records the batches this rank consumed, makes the
+loss NaN on rank 1 alone at step 3, and saves what the test compares across ranks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from trainer_util import nan_forward, tiny_config
+
+from train import distributed as D
+from train.trainer import Trainer
+
+
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+def main(store: str, out_dir: str, result_dir: str) -> None:
+    dist = D.init_distributed("cpu")
+    cfg = tiny_config(Path(store), Path(out_dir), max_steps=6, micro_batch=4, grad_accum=2, eval_interval=3,
+                      ckpt_interval=3, eval_batches=4)
+    try:
+        trainer = Trainer(cfg, dist)
+        initial = flat_params(trainer.raw)
+        seen, next_batch = [], trainer.prefetcher.next
+
+        def recording_next():
+            x, y = next_batch()
+            seen.append(x.clone())
+            return x, y
+
+        trainer.prefetcher.next = recording_next
+        if dist.rank == 1:
+            nan_forward(trainer.raw, {5})  # step 3's first micro-batch (grad_accum=2), on this rank only
+        summary = trainer.fit()
+        trainer.close()
+        torch.save({"initial": initial, "final": flat_params(trainer.raw), "seen": seen,
+                    "eval": [x for x, _ in trainer.eval_batches], "val_loss": summary["val_loss"],
+                    "skipped": trainer.skipped}, Path(result_dir) / f"rank{dist.rank}.pt")
+    finally:
+        D.teardown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

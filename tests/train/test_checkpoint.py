@@ -1,0 +1,84 @@
+"""Checkpoint files: marker written last, crash leftovers ignored and removed, pruning, weights_only
+loading, RNG states that survive it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from train.checkpoint import (
+    checkpoint_tag,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+CPU = torch.device("cpu")
+
+
+def state(step: int) -> dict:
+    return {"step": step, "tokens_seen": 10 * step, "model": {"w": torch.full((3,), float(step))}, "scaler": None}
+
+
+def test_save_then_load_by_run_dir_or_ckpt_dir(tmp_path):
+    path = save_checkpoint(tmp_path, checkpoint_tag(7), state(7))
+    assert path.name == "ckpt-00000007" and sorted(p.name for p in path.iterdir()) == ["COMPLETE", "state.pt"]
+    assert json.loads((path / "COMPLETE").read_text())["step"] == 7
+    for where in (tmp_path, path, path / "state.pt"):
+        loaded = load_checkpoint(where)
+        assert loaded["step"] == 7 and torch.equal(loaded["model"]["w"], torch.full((3,), 7.0))
+    assert checkpoint_tag(1000, 2) == "00001000_e2"
+
+
+def test_incomplete_checkpoint_is_ignored_then_cleaned_up(tmp_path):
+    save_checkpoint(tmp_path, "00000020", state(20))
+    torn = tmp_path / "ckpt-00000030"  # killed while saving: temp file, no marker
+    torn.mkdir()
+    (torn / "state.pt.tmp").write_bytes(b"half a checkpoint")
+    assert latest_checkpoint(tmp_path).name == "ckpt-00000020"
+    with pytest.raises(FileNotFoundError, match="incomplete checkpoint"):
+        load_checkpoint(torn)
+    save_checkpoint(tmp_path, "00000040", state(40))
+    assert not torn.exists()
+    assert load_checkpoint(tmp_path)["step"] == 40
+
+
+def test_keep_last_counts_epoch_checkpoints(tmp_path):
+    for tag, step in (("00000010", 10), ("00000020_e1", 20), ("00000030", 30), ("00000040_e2", 40)):
+        save_checkpoint(tmp_path, tag, state(step), keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000030", "ckpt-00000040_e2"]
+    save_checkpoint(tmp_path, "00000050", state(50), keep_last=0)  # 0 keeps everything
+    assert len(list_checkpoints(tmp_path)) == 3
+
+
+class Payload:
+    """Anything but plain data: full unpickling would construct (and could run) it."""
+
+
+def test_loading_is_weights_only(tmp_path):
+    path = save_checkpoint(tmp_path, "00000001", state(1))
+    torch.save({"step": 1, "evil": Payload()}, path / "state.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(tmp_path)
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    save_checkpoint(tmp_path, "00000001", {**state(1), "rng": [rng_state(CPU)]})
+
+    def draw():
+        return random.random(), np.random.rand(), np.random.randn(), torch.rand(2).tolist()
+
+    expected = draw()
+    set_rng_state(load_checkpoint(tmp_path)["rng"][0], CPU)
+    assert draw() == expected

@@ -1,0 +1,79 @@
+"""Two-process DDP on CPU (torchrun, gloo): different windows per rank, identical parameters after
+every optimizer step, evaluation shared out and all-reduced, a NaN on one rank skipped by both."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from trainer_util import REPO, make_store, single_thread, tiny_config  # noqa: F401 (autouse fixture)
+
+from common.config import from_dict, to_dict
+from train import distributed as D
+from train.checkpoint import ResumeRefused, load_checkpoint
+from train.config import TrainConfig
+from train.metrics import read_metrics
+from train.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    make_store(root / "store")
+    (root / "results").mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests/train/ddp_worker.py"), str(root / "store"), str(root / "run"), str(root / "results")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = [torch.load(root / "results" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return root, ranks, proc.stdout
+
+
+def test_ranks_draw_different_windows(ddp_run):
+    _, (r0, r1), _ = ddp_run
+    assert len(r0["seen"]) == len(r1["seen"]) == 12  # 6 steps x grad_accum 2
+    for a in r0["seen"]:
+        assert not any(torch.equal(a, b) for b in r1["seen"])
+
+
+def test_parameters_identical_across_ranks(ddp_run):
+    _, (r0, r1), _ = ddp_run
+    assert torch.equal(r0["initial"], r1["initial"])
+    assert torch.equal(r0["final"], r1["final"])
+    assert not torch.equal(r0["initial"], r0["final"])
+
+
+def test_nan_on_one_rank_skips_the_step_on_both(ddp_run):
+    root, (r0, r1), out = ddp_run
+    assert r0["skipped"] == r1["skipped"] == 1
+    records = [r for r in read_metrics(root / "run/metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert records[2]["loss"] is None and records[2]["skipped"] == 1
+    assert out.count("step 3: non-finite loss or gradient norm on some rank; step skipped") == 1  # rank 0 logs
+
+
+def test_eval_is_shared_and_all_reduced(ddp_run):
+    root, (r0, r1), _ = ddp_run
+    assert len(r0["eval"]) == len(r1["eval"]) == 2  # 4 batches shared out, 2 per rank
+    assert not any(torch.equal(a, b) for a in r0["eval"] for b in r1["eval"])
+    assert r0["val_loss"] == r1["val_loss"]
+    # One process evaluating all 4 batches with the final weights gets the same number.
+    cfg = from_dict(TrainConfig, to_dict(tiny_config(root / "store", root / "run", max_steps=6, micro_batch=4,
+                                                     eval_batches=4, allow_world_size_change=True)))
+    single = Trainer(cfg, D.init_distributed("cpu"), log=lambda _: None)
+    assert single.evaluate() == pytest.approx(r0["val_loss"], rel=1e-6)
+
+
+def test_checkpoint_holds_every_rank_and_refuses_other_world_size(ddp_run):
+    root, _, _ = ddp_run
+    state = load_checkpoint(root / "run")
+    assert state["world_size"] == 2 and state["step"] == 6
+    assert len(state["sampler"]) == len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    cfg = tiny_config(root / "store", root / "run", max_steps=8, micro_batch=4)
+    with pytest.raises(ResumeRefused, match="written by 2 process"):
+        Trainer(cfg, D.init_distributed("cpu"))

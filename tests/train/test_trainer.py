@@ -1,0 +1,262 @@
+"""The Trainer in one process on CPU: logging, checkpoints, gradient accumulation, init_batch, skips,
+resume refusals, epochs, the CLI and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from trainer_util import (  # noqa: F401 (single_thread is an autouse fixture)
+    REPO,
+    load_script,
+    make_store,
+    nan_forward,
+    single_thread,
+    tiny_config,
+)
+
+from common.config import from_dict, load_yaml, to_dict
+from model import GPT, GPTConfig
+from train import distributed as D
+from train.checkpoint import ResumeRefused, list_checkpoints, load_checkpoint, save_checkpoint
+from train.config import TrainConfig
+from train.metrics import read_metrics
+from train.trainer import Trainer, TrainingAborted, fit_micro_batch
+
+STATE_KEYS = {"model", "model_config", "config", "step", "tokens_seen", "optimizer", "scaler", "sampler", "rng",
+              "world_size", "tokenizer_sha256", "store_manifest_sha256"}
+
+
+def make_trainer(cfg: TrainConfig, lines: list[str] | None = None) -> Trainer:
+    return Trainer(cfg, D.init_distributed(cfg.device), log=(lines if lines is not None else []).append)
+
+
+def run(cfg: TrainConfig, lines: list[str] | None = None) -> dict:
+    trainer = make_trainer(cfg, lines)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 30-step run shared by the read-only checks below."""
+    root = tmp_path_factory.mktemp("trained")
+    store = make_store(root / "store")
+    cfg = tiny_config(root / "store", root / "run", max_steps=30)
+    lines: list[str] = []
+    summary = run(cfg, lines)
+    return store, cfg, root / "run", lines, summary
+
+
+def test_metrics_every_step_and_eval(trained):
+    _, _, run_dir, lines, summary = trained
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    for r in train:
+        assert {"step", "loss", "lr", "tokens_per_s", "tokens", "grad_norm", "mfu"} <= set(r)
+        assert r["mfu"] is None and r["tokens_per_s"] > 0  # no MFU on CPU
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    for r in evals:
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
+        assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2) / 3.0 * (201 / 200), rel=1e-6)
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5, "the loss should visibly fall"
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert summary["step"] == 30 and summary["val_loss"] == evals[-1]["val_loss"]
+    assert any(line.startswith("config:") for line in lines)
+    assert any(line.startswith("parameters: ") for line in lines)
+    assert any("step 30/30 | loss" in line and "tok/s" in line and "eta" in line for line in lines)
+
+
+def test_run_dir_and_checkpoint_contents(trained):
+    store, cfg, run_dir, _, _ = trained
+    assert (run_dir / "tokenizer.json").read_bytes() == store.tokenizer_path.read_bytes()
+    assert from_dict(TrainConfig, yaml.safe_load((run_dir / "config.yml").read_text())) == cfg
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-00000010", "ckpt-00000020", "ckpt-00000030"]
+    state = load_checkpoint(run_dir)
+    assert set(state) == STATE_KEYS
+    assert state["step"] == 30 and state["tokens_seen"] == 30 * 8 * 32 and state["world_size"] == 1
+    assert state["config"] == to_dict(cfg) and state["model_config"] == to_dict(cfg.model)
+    assert state["tokenizer_sha256"] == store.tokenizer_sha256
+    assert state["store_manifest_sha256"] == store.manifest_sha256
+    assert len(state["sampler"]) == len(state["rng"]) == 1 and state["scaler"] is None
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["model"])
+    GPT(GPTConfig(**state["model_config"])).load_state_dict(state["model"])  # strict: exactly the raw keys
+
+
+def test_rerun_after_the_end_does_nothing(trained):
+    _, cfg, run_dir, _, _ = trained
+    lines: list[str] = []
+    assert run(from_dict(TrainConfig, to_dict(cfg)), lines) == {"step": 30}
+    assert any("nothing to do" in line for line in lines)
+
+
+def test_plot_writes_png(trained, tmp_path):
+    png = tmp_path / "loss.png"
+    assert load_script("plot").main([str(trained[2]), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class FixedBatches:
+    """Stands in for the Prefetcher: hands out the given batches in order."""
+
+    def __init__(self, batches):
+        self.batches, self.epoch = list(batches), 0
+
+    def next(self):
+        return self.batches.pop(0)
+
+
+def test_grad_accum_equals_one_big_batch(tmp_path):
+    make_store(tmp_path / "store")
+    x = torch.randint(6, 64, (8, 32), generator=torch.Generator().manual_seed(0))
+    y = torch.roll(x, -1, dims=1)
+    results = []
+    for mb, ga in ((8, 1), (4, 2), (2, 4)):
+        cfg = tiny_config(tmp_path / "store", tmp_path / f"run{mb}", micro_batch=mb, grad_accum=ga, init_batch=False)
+        trainer = make_trainer(cfg)
+        trainer.prefetcher = FixedBatches((x[i : i + mb], y[i : i + mb]) for i in range(0, 8, mb))
+        loss, gnorm, applied = trainer.train_step()
+        assert applied
+        results.append((loss, gnorm, torch.cat([p.detach().flatten() for p in trainer.raw.parameters()])))
+    for loss, gnorm, params in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-6)
+        assert gnorm == pytest.approx(results[0][1], rel=1e-5)
+        torch.testing.assert_close(params, results[0][2], rtol=0, atol=1e-6)
+
+
+def test_fit_micro_batch_keeps_divisors():
+    def oom_above(limit):
+        def probe(mb):
+            if mb > limit:
+                raise torch.cuda.OutOfMemoryError(f"simulated OOM at {mb}")
+        return probe
+
+    assert fit_micro_batch(64, oom_above(64)) == 64
+    assert fit_micro_batch(64, oom_above(20)) == 16
+    assert fit_micro_batch(12, oom_above(4)) == 3  # 12 -> 6 -> 3: divisors, so 12/3 = 4 accumulation steps
+    with pytest.raises(RuntimeError, match="even at micro_batch=1"):
+        fit_micro_batch(6, oom_above(0))
+
+
+def test_init_batch_halves_on_oom_and_keeps_global_batch(tmp_path, monkeypatch):
+    make_store(tmp_path / "store")
+    real_probe = Trainer._probe
+    tried = []
+
+    def probe(self, micro_batch):
+        tried.append(micro_batch)
+        if micro_batch > 2:
+            raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory")
+        real_probe(self, micro_batch)
+
+    monkeypatch.setattr(Trainer, "_probe", probe)
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", micro_batch=8, grad_accum=3, max_steps=2)
+    lines: list[str] = []
+    trainer = make_trainer(cfg, lines)
+    assert tried == [8, 4, 2]
+    assert (cfg.micro_batch, cfg.grad_accum) == (2, 12) and trainer.tokens_per_step == 8 * 3 * 32
+    assert any("init_batch: micro_batch 8 does not fit" in line for line in lines)
+    # The probe's optimizer step was undone: the weights are those of a run without init_batch.
+    plain = make_trainer(tiny_config(tmp_path / "store", tmp_path / "plain", init_batch=False))
+    for (name, a), b in zip(trainer.raw.state_dict().items(), plain.raw.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert not trainer.optimizer.state
+    trainer.fit()
+    trainer.close()
+    plain.close()
+
+
+def test_nonfinite_steps_skipped_on_every_rank_then_abort(tmp_path):
+    make_store(tmp_path / "store")
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, max_steps=6, max_skips=3)
+    trainer = make_trainer(cfg)
+    nan_forward(trainer.raw, {3, 4})
+    params = lambda: [p.detach().clone() for p in trainer.raw.parameters()]  # noqa: E731
+    assert [trainer.train_step()[2] for _ in range(2)] == [True, True]
+    before = params()
+    assert [trainer.train_step()[2] for _ in range(2)] == [False, False]
+    assert all(torch.equal(a, b) for a, b in zip(before, params(), strict=True))
+    assert trainer.train_step()[2] and trainer.step == 5
+    trainer.close()
+
+    lines: list[str] = []
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run2", init_batch=False, max_steps=10, max_skips=3)
+    trainer = make_trainer(cfg, lines)
+    nan_forward(trainer.raw, {2, 3, 5, 6, 7, 8})
+    with pytest.raises(TrainingAborted, match="3 consecutive steps had a non-finite loss"):
+        trainer.fit()
+    trainer.close()
+    records = [r for r in read_metrics(tmp_path / "run2/metrics.jsonl") if "loss" in r]
+    assert [(r["step"], r["skipped"], r["loss"] is None) for r in records] == [
+        (1, 0, False), (2, 1, True), (3, 2, True), (4, 2, False), (5, 3, True), (6, 4, True)]
+    assert sum("step skipped" in line for line in lines) == 5
+
+
+def test_resume_refusals_and_world_size_change(trained, tmp_path):
+    _, cfg, run_dir, _, _ = trained
+    out = tmp_path / "run"
+    # A copy of the trained run's newest checkpoint, to tamper with.
+    save_checkpoint(out, "00000030", load_checkpoint(run_dir))
+    base = to_dict(cfg) | {"out_dir": str(out), "max_steps": 32}
+
+    def attempt(**changes):
+        return make_trainer(from_dict(TrainConfig, base | changes))
+
+    make_store(tmp_path / "other_tok", tokenizer=b'{"other": 1}')
+    with pytest.raises(ResumeRefused, match="tokenizer sha256"):
+        attempt(data=str(tmp_path / "other_tok"))
+    make_store(tmp_path / "other_data", seed=1)
+    with pytest.raises(ResumeRefused, match="another token store"):
+        attempt(data=str(tmp_path / "other_data"))
+    with pytest.raises(ResumeRefused, match=r"model.n_layer: 2 -> 3"):
+        attempt(model=to_dict(cfg.model) | {"n_layer": 3})
+    with pytest.raises(ResumeRefused, match="already holds checkpoints"):
+        attempt(resume="none")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        attempt(resume=str(tmp_path / "nowhere"))
+
+    state = load_checkpoint(out)
+    state.update(world_size=2, sampler=state["sampler"] * 2, rng=state["rng"] * 2)
+    save_checkpoint(out, "00000030", state)
+    with pytest.raises(ResumeRefused, match="written by 2 process"):
+        attempt()
+    trainer = attempt(allow_world_size_change=True)
+    assert trainer.step == 30
+    assert trainer.fit()["step"] == 32
+    trainer.close()
+
+
+def test_epochs_end_training_with_epoch_checkpoints(tmp_path):
+    make_store(tmp_path / "store", docs=4, doc_len=100)  # ~12 windows of 32 per epoch: 3 batches of 4
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", max_steps=0, epochs=2, sampler_mode="epoch",
+                      micro_batch=4, ckpt_interval=0, keep_last=0, eval_interval=0)
+    summary = run(cfg)
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert len(names) == 2 and names[0].endswith("_e1") and names[1].endswith("_e2")
+    assert summary["epoch"] == 2 and names[1] == f"ckpt-{summary['step']:08d}_e2"
+
+
+@pytest.mark.parametrize("name", ["tiny", "gpt-45m", "gpt_d768_l12"])
+def test_presets_are_valid_train_configs(name):
+    cfg = from_dict(TrainConfig, load_yaml(REPO / "configs" / f"{name}.yml"), where=name)
+    cfg.validate()
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    cli = load_script("train")
+    assert cli.main(["model.n_head=3"]) == 2  # the model's own check (512 % 3)
+    assert cli.main(["max_steps=0"]) == 2
+    assert cli.main([f"data={tmp_path / 'missing'}", "max_steps=1"]) == 1
+    err = capsys.readouterr().err
+    assert "not divisible" in err and "set max_steps or epochs" in err and "no manifest.json" in err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0 and "--max-steps" in capsys.readouterr().out
+    json.dumps(to_dict(TrainConfig()))  # the config is plain data all the way down

@@ -1,0 +1,47 @@
+"""On a CUDA device only (skipped elsewhere): compile + bf16 / fp16 end to end, init_batch on a real OOM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trainer_util import make_store, tiny_config
+
+from train import distributed as D
+from train.checkpoint import load_checkpoint
+from train.metrics import peak_flops
+from train.trainer import Trainer
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float16"])
+def test_compiled_mixed_precision_training_and_checkpoint(tmp_path, dtype):
+    make_store(tmp_path / "store")
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", device="auto", dtype=dtype, max_steps=30)
+    trainer = Trainer(cfg, D.init_distributed(cfg.device), log=print)
+    summary = trainer.fit()
+    trainer.close()
+    assert (cfg.device, cfg.compile) == ("cuda", True)
+    if dtype == "auto":
+        assert cfg.dtype == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    assert (trainer.scaler is not None) == (cfg.dtype == "float16")  # fp16 needs loss scaling, bf16 does not
+    assert summary["peak_mem_gb"] > 0 and summary["val_loss"] < 3.5
+    assert (summary["mfu"] is not None) == (peak_flops(torch.device("cuda")) is not None)
+    state = load_checkpoint(tmp_path / "run")
+    assert not any(k.startswith("_orig_mod.") for k in state["model"])  # the raw module, not the compiled one
+    assert state["rng"][0]["cuda"] is not None
+    assert (state["scaler"] is not None) == (cfg.dtype == "float16")
+
+
+def test_init_batch_survives_a_real_oom(tmp_path):
+    make_store(tmp_path / "store")
+    # ~70 KB of fp32 activations per token: 4096 x 1024 tokens need ~280 GB, more than any single GPU.
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", device="cuda", compile=False, dtype="float32",
+                      model={"block_size": 1024, "d_model": 512, "n_head": 8}, micro_batch=4096,
+                      max_steps=1, eval_batches=1)
+    lines: list[str] = []
+    trainer = Trainer(cfg, D.init_distributed(cfg.device), log=lines.append)
+    assert cfg.micro_batch < 4096 and cfg.micro_batch * cfg.grad_accum == 4096
+    assert any("does not fit" in line for line in lines)
+    assert trainer.fit()["step"] == 1  # and training runs at the fitted size
+    trainer.close()

@@ -1,0 +1,183 @@
+"""Atomic, self-describing checkpoints: `run_dir/ckpt-<tag>/state.pt` plus a `COMPLETE` marker.
+
+Write order is the invariant: state.pt goes to a temp name, is fsynced and renamed, and only then is
+`COMPLETE` (JSON: step, tag, tokens_seen) written, atomically. A directory without COMPLETE is a
+crash leftover that nothing loads and the next save removes. Tags are the zero-padded step
+(`00001000`), with `_e<epoch>` for the checkpoint that closes an epoch (`00001000_e2`).
+
+Pruning keeps the newest `keep_last` complete checkpoints, epoch-end ones counted like any other, so
+disk use is bounded whatever the epoch length.
+
+Checkpoints are untrusted input: they are loaded with `weights_only=True` only, so a state holds
+tensors and plain containers of str/int/float/bool/None and nothing else (see `rng_state`).
+
+State keys, as the trainer writes them:
+    model                  the raw module's state_dict (no `_orig_mod.` / `module.` prefixes)
+    model_config           GPTConfig fields as a dict
+    config                 the whole resolved TrainConfig as a dict
+    step, tokens_seen      optimizer steps done, tokens consumed over all ranks
+    optimizer, scaler      their state_dicts (scaler None without fp16)
+    sampler, rng           lists indexed by rank: each rank's data-position state and RNG states
+    world_size             ranks that wrote it
+    tokenizer_sha256, store_manifest_sha256   what the ids mean and which store they came from
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.store import atomic_write_bytes, fsync_dir
+
+MARKER = "COMPLETE"
+# Model fields that may differ on resume: dropout is a training choice, not part of the weights.
+_RESUMABLE_MODEL_FIELDS = {"dropout"}
+STATE = "state.pt"
+_DIR_RE = re.compile(r"^ckpt-(\d+)(?:_e(\d+))?$")
+
+
+def checkpoint_tag(step: int, epoch: int | None = None) -> str:
+    return f"{step:08d}" + (f"_e{epoch}" if epoch is not None else "")
+
+
+def save_checkpoint(run_dir: str | Path, tag: str, state: dict[str, Any], keep_last: int = 0) -> Path:
+    """Write `state` as run_dir/ckpt-<tag>, marker last; then prune to the newest keep_last (0 = all)."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / f"ckpt-{tag}"
+    if ckpt.exists():  # an older incomplete or superseded copy of this very tag
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True)
+    tmp = ckpt / f"{STATE}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckpt / STATE)
+    fsync_dir(ckpt)
+    marker = {"step": int(state["step"]), "tag": tag, "tokens_seen": int(state.get("tokens_seen", 0)),
+              "time": time.time()}
+    atomic_write_bytes(ckpt / MARKER, (json.dumps(marker) + "\n").encode())
+    fsync_dir(run_dir)
+    _prune(run_dir, keep_last, keep=ckpt)
+    return ckpt
+
+
+def _marker_step(ckpt: Path) -> int | None:
+    """The step recorded in a checkpoint's COMPLETE marker, or None if it is incomplete or unreadable."""
+    try:
+        return int(json.loads((ckpt / MARKER).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in run_dir, oldest first (by step, then tag)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for path in run_dir.iterdir():
+        if path.is_dir() and _DIR_RE.match(path.name) and (step := _marker_step(path)) is not None:
+            found.append((step, path.name, path))
+    return [path for _, _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _prune(run_dir: Path, keep_last: int, keep: Path) -> None:
+    """Drop complete checkpoints beyond the newest keep_last, and incomplete leftovers of crashes.
+
+    Only rank 0 saves, so nothing else is writing a checkpoint directory while this runs.
+    """
+    complete = list_checkpoints(run_dir)
+    doomed = complete[:-keep_last] if keep_last > 0 else []
+    doomed += [p for p in run_dir.iterdir() if p.is_dir() and _DIR_RE.match(p.name) and p not in complete]
+    for path in doomed:
+        if path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run dir (its newest complete one), a ckpt dir or its state.pt."""
+    path = Path(path)
+    if path.is_file() and path.name == STATE:
+        path = path.parent
+    if (path / STATE).exists() or _DIR_RE.match(path.name):
+        if _marker_step(path) is None:
+            raise FileNotFoundError(f"{path}: incomplete checkpoint (no {MARKER} marker); it was cut off while saving")
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path}: no complete checkpoint (ckpt-*/{MARKER}) found")
+    return latest
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint (run dir -> its newest complete one). weights_only=True always: a checkpoint
+    may come from anywhere, and full unpickling would run whatever code it names."""
+    ckpt = resolve_checkpoint(path)
+    return torch.load(ckpt / STATE, map_location=map_location, weights_only=True)
+
+
+class ResumeRefused(RuntimeError):
+    """A checkpoint that must not be continued here: another tokenizer, store, model or world size."""
+
+
+def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: int) -> None:
+    """Refuse, with the reason and the way out, to continue a checkpoint under different data or
+    world size. `store` is a TokenStore and `cfg` a TrainConfig (typed loosely to stay import-light)."""
+    fresh = "start a new run instead (another out_dir, or resume=none in an empty one)"
+    if state["tokenizer_sha256"] != store.tokenizer_sha256:
+        raise ResumeRefused(
+            f"the checkpoint was trained with tokenizer sha256 {state['tokenizer_sha256'][:12] or '(none)'}, but "
+            f"{store.root} uses {store.tokenizer_sha256[:12] or '(none)'}: its token ids mean other things; {fresh}")
+    if state["store_manifest_sha256"] != store.manifest_sha256:
+        raise ResumeRefused(
+            f"the checkpoint was trained on another token store (manifest sha256 "
+            f"{state['store_manifest_sha256'][:12]}, {store.root} has {store.manifest_sha256[:12]}): its data "
+            f"position does not apply; resume with data=<the original store>, or {fresh}")
+    if state["world_size"] != world_size and not cfg.allow_world_size_change:
+        raise ResumeRefused(
+            f"the checkpoint was written by {state['world_size']} process(es), this run has {world_size}: the "
+            "per-rank data streams and RNG states do not carry over. Pass allow_world_size_change=true to "
+            "continue anyway (a different data order from then on), or run with the original process count")
+    ours = dataclasses.asdict(cfg.model)
+    diff = sorted(k for k in set(ours) | set(state["model_config"])
+                  if k not in _RESUMABLE_MODEL_FIELDS and ours.get(k) != state["model_config"].get(k))
+    if diff:
+        changes = ", ".join(f"model.{k}: {state['model_config'].get(k)!r} -> {ours.get(k)!r}" for k in diff)
+        raise ResumeRefused(f"the checkpoint's model differs from the configured one ({changes}); {fresh}")
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's RNG states in weights_only-loadable form (numpy's array becomes a list)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -1,0 +1,122 @@
+"""TrainConfig: every option of a training run, one typed and documented field each.
+
+A preset YAML (configs/*.yml) holds a `model:` section (GPTConfig) beside these flat training keys;
+the command line overrides either (`lr=1e-3`, `model.n_layer=4`). The resolved config is printed at
+start, saved as the run directory's config.yml and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import ConfigError
+from model.config import GPTConfig
+
+SAMPLER_MODES = ("random", "epoch")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    """The network (see model/config.py); model.vocab_size is always taken from the token store."""
+    data: str = "data_cache/shakespeare"
+    """Token store directory written by `make prepare`."""
+    out_dir: str = ""
+    """Run directory for checkpoints, metrics.jsonl, config.yml and tokenizer.json. Empty means
+    runs/<name of the --config file>, e.g. runs/tiny (runs/default without a config file)."""
+    seed: int = 1337
+    """Seeds the model init (same on every rank) and the per-rank samplers, dropout and RNGs."""
+    max_steps: int = 0
+    """Optimizer steps to train for. 0 means as many as `epochs` full passes take (sampler_mode=epoch)."""
+    epochs: int = 0
+    """Full passes over the train split (needs sampler_mode=epoch). With max_steps too, the first
+    limit reached ends training."""
+    micro_batch: int = 16
+    """Sequences per forward pass on each rank (the starting candidate when init_batch is on)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step on each rank. Global batch in sequences =
+    micro_batch * grad_accum * world_size."""
+    lr: float = 6e-4
+    """Peak learning rate, reached after warmup_steps."""
+    min_lr: float = 6e-5
+    """Learning rate at the end of the cosine decay (reached at max_steps)."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from ~0 to lr."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay, applied to matrices only (not norms or biases)."""
+    beta1: float = 0.9
+    """AdamW first-moment decay."""
+    beta2: float = 0.95
+    """AdamW second-moment decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged)."""
+    eval_interval: int = 250
+    """Evaluate on the fixed validation windows every N steps (and always at the end); 0 = end only."""
+    eval_batches: int = 20
+    """Validation micro-batches per evaluation, in total, shared out across the ranks; 0 = no evaluation."""
+    ckpt_interval: int = 500
+    """Save a checkpoint every N steps (and at each epoch end and at the end); 0 = only those."""
+    keep_last: int = 3
+    """Complete checkpoints kept in the run directory, epoch-end ones included; 0 keeps all."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in out_dir if there is one; none: start
+    afresh (refused if out_dir already holds checkpoints); or the path of a checkpoint or run dir."""
+    log_interval: int = 10
+    """Print a progress line and write a metrics.jsonl record every N steps (1 = every step)."""
+    sampler_mode: str = "random"
+    """random: window offsets drawn with replacement; epoch: each window start once per epoch."""
+    align_bos: bool = False
+    """Start every training window at a document's [BOS]."""
+    compile: bool | str = "auto"
+    """torch.compile the model: true | false | auto (on for CUDA, off on CPU)."""
+    dtype: str = "auto"
+    """Autocast dtype: auto (bfloat16 where the GPU supports it, else float16 with a GradScaler;
+    float32 on CPU) | float32 | bfloat16 | float16."""
+    init_batch: bool = True
+    """Before training, probe a full step at micro_batch and halve it until it fits in GPU memory
+    (the minimum over ranks wins); grad_accum grows to keep the global batch."""
+    max_skips: int = 10
+    """Abort after this many consecutive steps skipped for a non-finite loss or gradient norm."""
+    allow_world_size_change: bool = False
+    """Allow resuming with another number of processes (the data order then differs from the
+    uninterrupted run's)."""
+    device: str = "auto"
+    """auto (cuda when available, else cpu) | cpu | cuda. Under torchrun each rank takes cuda:LOCAL_RANK."""
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("sampler_mode", self.sampler_mode, SAMPLER_MODES),
+            ("dtype", self.dtype, DTYPES),
+            ("device", self.device, DEVICES),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"TrainConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if isinstance(self.compile, str) and self.compile != "auto":
+            raise ConfigError(f"TrainConfig.compile must be true, false or auto; got {self.compile!r}")
+        for name in ("micro_batch", "grad_accum", "max_skips"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "epochs", "warmup_steps", "eval_interval", "eval_batches", "ckpt_interval",
+                     "keep_last"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_interval < 1:
+            raise ConfigError(f"TrainConfig.log_interval must be >= 1, got {self.log_interval}")
+
+    def validate(self) -> None:
+        """Checks across fields. Not in __post_init__: a YAML file may set epochs and the command line
+        sampler_mode, and the config built from the file alone must not fail in between."""
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ConfigError("TrainConfig: set max_steps or epochs (or both)")
+        if self.epochs and self.sampler_mode != "epoch":
+            raise ConfigError("TrainConfig: epochs counts passes of sampler_mode=epoch; set sampler_mode=epoch")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+
+    def resolve_out_dir(self, config_path: str | None) -> None:
+        """Fill an empty out_dir with runs/<config file stem> (runs/default without a file)."""
+        if not self.out_dir:
+            self.out_dir = str(Path("runs") / (Path(config_path).stem if config_path else "default"))

@@ -1,0 +1,410 @@
+"""The training loop: one Trainer per process, the same code on a CPU, one GPU or many under torchrun.
+
+Per optimizer step every rank runs `grad_accum` micro-batches (DDP's gradient all-reduce only on the
+last, via no_sync), clips, and all-reduces one small tensor holding the loss and a non-finite flag.
+That single host sync per step decides, identically on every rank, whether the step is applied or
+skipped, so ranks can never diverge on it.
+
+Exact resume rests on three things: the sampler state is that of the last batch consumed (the
+Prefetcher's), every RNG is saved per rank, and the LR is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from common.config import to_dict
+from model import GPT
+from pipeline.store import TokenStore
+from train import distributed as D
+from train.checkpoint import (
+    ResumeRefused,
+    check_compatible,
+    checkpoint_tag,
+    latest_checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from train.config import TrainConfig
+from train.metrics import MetricsLog, eval_line, eval_record, peak_flops, progress_line
+from train.optim import build_optimizer, lr_at, set_lr
+from train.prefetch import Prefetcher
+from train.sampler import WindowSampler
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose (too many consecutive non-finite steps)."""
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit_micro_batch(candidate: int, probe: Callable[[int], None], cleanup: Callable[[], None] = lambda: None) -> int:
+    """The largest divisor of `candidate`, tried from `candidate` down by at least halving each time,
+    at which `probe` raises no CUDA OOM. Divisors only, so candidate / result is a whole number of
+    extra accumulation steps and the global batch stays exactly the same."""
+    mb = candidate
+    while True:
+        try:
+            probe(mb)
+            return mb
+        except torch.cuda.OutOfMemoryError:
+            pass
+        # Out of the except block: its traceback (and the activations it pins) is gone by now.
+        cleanup()
+        smaller = [d for d in range(mb // 2, 0, -1) if candidate % d == 0]
+        if not smaller:
+            raise RuntimeError(f"out of GPU memory even at micro_batch={mb}; use a smaller model or block_size")
+        mb = smaller[0]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dist: D.DistInfo, log: Callable[[str], None] = print):
+        cfg.validate()
+        self.cfg, self.dist, self.device = cfg, dist, dist.device
+        self.log = log if dist.is_main else (lambda _msg: None)
+        self.store = TokenStore(cfg.data)
+        self.run_dir = Path(cfg.out_dir)
+        cfg.model.vocab_size = self.store.vocab_size
+        self._resolve_auto(cfg)
+        self.ptdtype = getattr(torch, cfg.dtype)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs outside autocast
+        self.scaler = torch.amp.GradScaler("cuda") if self.ptdtype is torch.float16 else None
+
+        started = time.perf_counter()
+        seed_all(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+        self.raw = GPT(cfg.model).to(self.device)
+        # dynamic=False: init_batch probes several batch sizes, and a dynamic-shape graph would be slower.
+        self.model = torch.compile(self.raw, dynamic=False) if cfg.compile else self.raw
+        self.optimizer = build_optimizer(self.raw, cfg, self.device)
+        if cfg.init_batch:
+            self._init_batch()
+        self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
+
+        seed_all(cfg.seed + 1 + dist.rank)  # dropout etc. differ per rank; a resume overwrites these
+        sampler = WindowSampler(self.store, "train", cfg.model.block_size, cfg.micro_batch, cfg.seed,
+                                dist.rank, dist.world_size, cfg.sampler_mode, cfg.align_bos)
+        self.prefetcher = Prefetcher(sampler, self.device)
+        val = WindowSampler(self.store, "val", cfg.model.block_size, cfg.micro_batch, cfg.seed,
+                            dist.rank, dist.world_size)
+        self.eval_batches = [(x.to(self.device), y.to(self.device))
+                             for x, y in val.fixed_batches(cfg.eval_batches, cfg.seed)]
+        self.total_steps = self._total_steps()
+
+        self.step, self.tokens_seen, self.skipped = 0, 0, 0
+        resumed = self._resume()
+        self._start_step = self.step
+        self.init_s = time.perf_counter() - started  # includes init_batch's probe, i.e. the first compile
+        self.epoch = self.prefetcher.epoch
+        # Compile first, then wrap: DDP's hooks stay eager, so no_sync needs no recompiles.
+        self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                       broadcast_buffers=False) if dist.distributed else None
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if dist.is_main else None
+        self._announce(resumed)
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def _resolve_auto(self, cfg: TrainConfig) -> None:
+        """Replace `auto` values by what this machine gives, so the saved config says what ran."""
+        cfg.device = self.device.type
+        if cfg.compile == "auto":
+            cfg.compile = self.device.type == "cuda"
+        if cfg.dtype == "auto":
+            if self.device.type != "cuda":
+                cfg.dtype = "float32"
+            else:
+                cfg.dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.ptdtype, enabled=self.ptdtype is not torch.float32)
+
+    def _probe(self, micro_batch: int) -> None:
+        """One full step at this micro-batch: forward, backward, optimizer (its state is allocated on
+        the first step, so only a step shows the peak). No collectives: ranks may OOM at different sizes."""
+        T = self.cfg.model.block_size
+        # Separate tensors, as in training: inputs sharing storage would compile an aliased-input graph.
+        x, y = (torch.randint(0, self.cfg.model.vocab_size, (micro_batch, T), device=self.device) for _ in "xy")
+        with self.autocast():
+            _, loss = self.model(x, y)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _init_batch(self) -> None:
+        """Find the micro-batch that fits (minimum over ranks) and raise grad_accum to keep the global
+        batch; then put back the initial weights and a fresh optimizer, as if no probe had run."""
+        initial = {k: v.detach().clone() for k, v in self.raw.state_dict().items()}
+
+        def cleanup() -> None:
+            self.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        candidate = self.cfg.micro_batch
+        fitted = fit_micro_batch(candidate, self._probe, cleanup)
+        fitted = int(D.all_reduce(torch.tensor([fitted], device=self.device), "min").item())
+        self.raw.load_state_dict(initial)
+        del initial
+        self.optimizer = build_optimizer(self.raw, self.cfg, self.device)
+        cleanup()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if fitted < candidate:
+            self.cfg.micro_batch, self.cfg.grad_accum = fitted, self.cfg.grad_accum * (candidate // fitted)
+            self.log(f"init_batch: micro_batch {candidate} does not fit; using micro_batch {fitted} x "
+                     f"grad_accum {self.cfg.grad_accum} (same global batch)")
+
+    def _total_steps(self) -> int:
+        """max_steps, or the steps `epochs` passes take. The per-epoch count is estimated from the
+        split's size (the exact grid shifts a little with each epoch's random phase); it only shapes
+        the LR schedule and the ETA, while the epoch counter itself ends training."""
+        if not self.cfg.epochs:
+            return self.cfg.max_steps
+        cfg, split = self.cfg, self.store.manifest["splits"]["train"]
+        windows = split["documents"] if cfg.align_bos else split["tokens"] // cfg.model.block_size
+        per_epoch = max(windows // (cfg.micro_batch * self.dist.world_size) // cfg.grad_accum, 1)
+        steps = cfg.epochs * per_epoch
+        return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+    def _resume(self) -> int:
+        """Load the checkpoint `resume` names, if any; returns its step (-1 for a fresh start)."""
+        cfg = self.cfg
+        source: Path | Exception | None = None
+        if self.dist.is_main:  # rank 0 decides, and every rank then loads the same checkpoint
+            if cfg.resume == "auto":
+                source = latest_checkpoint(self.run_dir)
+            elif cfg.resume == "none":
+                if latest_checkpoint(self.run_dir) is not None:
+                    source = ResumeRefused(f"{self.run_dir} already holds checkpoints; resume=auto continues "
+                                           "that run, or pick another out_dir for a new one")
+            else:
+                try:
+                    source = resolve_checkpoint(cfg.resume)
+                except FileNotFoundError as err:
+                    source = err  # raised on every rank below, not on rank 0 alone (the others would hang)
+        source = D.broadcast_object(source)
+        if isinstance(source, Exception):
+            raise source
+        if source is None:
+            return -1
+        state = load_checkpoint(source)
+        check_compatible(state, self.store, cfg, self.dist.world_size)
+        self.raw.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        if state["world_size"] == self.dist.world_size:
+            self.prefetcher.load_state_dict(state["sampler"][self.dist.rank])
+            set_rng_state(state["rng"][self.dist.rank], self.device)
+        else:
+            # The sampler's state counts the global stream (random: step; epoch: windows handed out),
+            # so rank 0's continues it at any world size. Per-rank RNG streams cannot be mapped.
+            self.prefetcher.load_state_dict(state["sampler"][0])
+            seed_all(cfg.seed + 1 + self.dist.rank + 1_000_003 * self.step)
+        self.log(f"resumed from {source} at step {self.step}")
+        return self.step
+
+    def _announce(self, resumed: int) -> None:
+        cfg = self.cfg
+        self.log("config:\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
+        total, core = self.raw.num_params(non_embedding=False), self.raw.num_params()
+        self.log(f"parameters: {total:,}" + (f" ({core:,} without lookup-only embeddings)" if core != total else ""))
+        self.log(f"device {self.device} x {self.dist.world_size} | dtype {cfg.dtype} | compile {cfg.compile} | "
+                 f"{self.tokens_per_step:,} tokens/step | {self.total_steps} steps")
+        if not self.dist.is_main:
+            return
+        (self.run_dir / "config.yml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if self.store.tokenizer_path.is_file():
+            shutil.copyfile(self.store.tokenizer_path, self.run_dir / "tokenizer.json")
+        self.metrics.write({"step": max(resumed, 0), "event": "resume" if resumed >= 0 else "start",
+                            "world_size": self.dist.world_size, "micro_batch": cfg.micro_batch,
+                            "grad_accum": cfg.grad_accum, "params": total, "init_s": self.init_s})
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def train_step(self) -> tuple[float, float, bool]:
+        """One optimizer step over grad_accum micro-batches. Returns (mean loss over ranks, grad norm,
+        applied); a step with a non-finite loss or grad norm on any rank is skipped on all ranks."""
+        cfg = self.cfg
+        set_lr(self.optimizer, lr_at(self.step, cfg, self.total_steps))
+        model = self.ddp or self.model
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = self.prefetcher.next()
+            sync = self.ddp is None or micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with self.autocast():
+                    _, loss = model(x, y)
+                loss = loss / cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.grad_clip or float("inf"))
+        # With fp16 an overflowing gradient is the GradScaler's business (it skips and lowers the
+        # scale); only a non-finite loss counts as bad then.
+        bad = ~torch.isfinite(loss_sum) if self.scaler else ~(torch.isfinite(loss_sum) & torch.isfinite(gnorm))
+        # gnorm is the same on every rank (gradients were all-reduced), so its sum / world_size is it.
+        summed = D.all_reduce(torch.stack([loss_sum.float(), bad.float(), gnorm.float()]))
+        loss_total, bad_ranks, gnorm_total = summed.tolist()  # the step's one host sync
+        applied = bad_ranks == 0
+        if self.scaler is not None:
+            if applied:
+                self.scaler.step(self.optimizer)
+            self.scaler.update()  # also after a skip: unscale_ was called and must be closed
+        elif applied:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        return loss_total / self.dist.world_size, gnorm_total / self.dist.world_size, applied
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation windows; each rank runs its share, then all-reduce."""
+        self.model.eval()
+        total = torch.zeros(2, device=self.device)
+        for x, y in self.eval_batches:
+            with self.autocast():
+                _, loss = self.model(x, y)
+            total += torch.stack([loss.float(), torch.ones((), device=self.device)])
+        self.model.train()
+        loss_sum, count = D.all_reduce(total).tolist()
+        return loss_sum / max(count, 1.0)
+
+    def _eval_and_log(self) -> dict[str, Any]:
+        rec = eval_record(self.step, self.tokens_seen, self.evaluate(), self.store.bytes_per_token("val"))
+        self.log(eval_line(rec))
+        if self.metrics:
+            self.metrics.write(rec)
+        return rec
+
+    def save(self, epoch_end: bool = False) -> Path | None:
+        """Checkpoint on rank 0, after gathering every rank's sampler and RNG state."""
+        samplers = D.all_gather_objects(self.prefetcher.state_dict())
+        rngs = D.all_gather_objects(rng_state(self.device))
+        if not self.dist.is_main:
+            return None
+        state = {
+            "model": self.raw.state_dict(),
+            "model_config": to_dict(self.cfg.model),
+            "config": to_dict(self.cfg),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "sampler": samplers,
+            "rng": rngs,
+            "world_size": self.dist.world_size,
+            "tokenizer_sha256": self.store.tokenizer_sha256,
+            "store_manifest_sha256": self.store.manifest_sha256,
+        }
+        tag = checkpoint_tag(self.step, self.epoch if epoch_end else None)
+        path = save_checkpoint(self.run_dir, tag, state, self.cfg.keep_last)
+        self.log(f"saved {path}")
+        return path
+
+    def _finished(self) -> bool:
+        return self.step >= self.total_steps or bool(self.cfg.epochs and self.epoch >= self.cfg.epochs)
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end, evaluating and checkpointing on schedule (and always at the end, which
+        is also the last step of the final epoch); returns the last train and eval records merged."""
+        cfg = self.cfg
+        if self._finished():
+            self.log(f"nothing to do: the run in {self.run_dir} is already at step {self.step}")
+            return {"step": self.step}
+        peak = peak_flops(self.device)
+        flops_per_step = self.raw.flops_per_token() * self.tokens_per_step
+        last: dict[str, Any] = {}
+        consecutive, losses, window_time, window_steps = 0, [], 0.0, 0
+        first_step_s = None
+        while not self._finished():
+            t0 = time.perf_counter()
+            loss, gnorm, applied = self.train_step()
+            dt = time.perf_counter() - t0
+            window_time, window_steps = window_time + dt, window_steps + 1
+            if applied:
+                consecutive = 0
+                losses.append(loss)
+            else:
+                consecutive, self.skipped = consecutive + 1, self.skipped + 1
+                self.log(f"step {self.step}: non-finite loss or gradient norm on some rank; step skipped "
+                         f"({consecutive} in a row, max_skips={cfg.max_skips})")
+                if consecutive >= cfg.max_skips:
+                    raise TrainingAborted(
+                        f"{consecutive} consecutive steps had a non-finite loss or gradient norm (max_skips="
+                        f"{cfg.max_skips}); stopping at step {self.step}. The last checkpoint is "
+                        f"{latest_checkpoint(self.run_dir)}. Lower lr, raise warmup_steps or check the data.")
+            epoch_end = self.prefetcher.epoch > self.epoch
+            self.epoch = self.prefetcher.epoch
+            done = self._finished()
+            if first_step_s is None:
+                first_step_s = dt  # compile and warm-up land here; reported once
+            if self.step % cfg.log_interval == 0 or done:
+                step_s = window_time / window_steps
+                last = {
+                    "step": self.step, "tokens": self.tokens_seen,
+                    "loss": sum(losses) / len(losses) if losses else None,
+                    "lr": lr_at(self.step - 1, cfg, self.total_steps), "grad_norm": gnorm,
+                    "tokens_per_s": self.tokens_per_step / step_s, "step_s": step_s,
+                    "mfu": flops_per_step / step_s / self.dist.world_size / peak if peak else None,
+                    "peak_mem_gb": (torch.cuda.max_memory_allocated(self.device) / 1e9
+                                    if self.device.type == "cuda" else None),
+                    "skipped": self.skipped, "epoch": self.epoch,
+                }
+                if window_steps == self.step - self._start_step:
+                    last["first_step_s"] = first_step_s
+                self.log(progress_line(last, self.total_steps, (self.total_steps - self.step) * step_s))
+                if self.metrics:
+                    self.metrics.write(last)
+                losses, window_time, window_steps = [], 0.0, 0
+            if cfg.eval_batches and ((cfg.eval_interval and self.step % cfg.eval_interval == 0) or done):
+                last.update(self._eval_and_log())
+            if (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0) or epoch_end or done:
+                self.save(epoch_end)
+        return last
+
+    def close(self) -> None:
+        self.prefetcher.close()
+        if self.metrics:
+            self.metrics.close()
+        D.barrier()  # rank 0 may still be writing the last checkpoint
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Set up the process group (under torchrun), train, and always tear it down."""
+    dist = D.init_distributed(cfg.device)
+    try:
+        trainer = Trainer(cfg, dist, log)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
+    finally:
+        D.teardown()
