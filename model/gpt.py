@@ -50,8 +50,6 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, std=std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                module.reset_parameters()
         for block in self.blocks:
             nn.init.normal_(block.attn.out.weight, std=std / math.sqrt(2 * self.cfg.n_layer))
             nn.init.normal_(block.mlp.down.weight, std=std / math.sqrt(2 * self.cfg.n_layer))

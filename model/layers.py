@@ -12,11 +12,30 @@ from model.config import GPTConfig
 from model.kv_cache import KVCache
 
 
+class RMSNorm(nn.Module):
+    """RMS normalisation with a learned gain (same state_dict as nn.RMSNorm).
+
+    On CUDA it calls the fused F.rms_norm kernel. On CPU the plain formula runs forward+backward
+    about 5x faster than nn.RMSNorm's CPU path in torch 2.13, which made the CPU demo model trail
+    a LayerNorm one (bench/train.py).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        # eps well above bf16 resolution so a near-zero row does not blow up under autocast.
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
 def make_norm(kind: str, dim: int, bias: bool) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, bias=bias)
-    # eps well above bf16 resolution so a near-zero row does not blow up under autocast.
-    return nn.RMSNorm(dim, eps=1e-6)
+    return RMSNorm(dim)
 
 
 def sinusoidal_table(max_len: int, dim: int, scale: float) -> torch.Tensor:
@@ -63,8 +82,8 @@ class Attention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
         # RMS rather than cfg.norm: QK-norm only has to bound the logits' scale, and a bias would
         # shift every key alike, which softmax ignores anyway.
-        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim) if cfg.qk_norm else None
 
     def forward(
         self,
