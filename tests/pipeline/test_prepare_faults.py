@@ -1,0 +1,95 @@
+"""`prepare` under faults: kill -9 mid-run (a real subprocess), corrupt and missing input files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
+
+from pipeline.prepare import main
+from pipeline.store import TokenStore
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> Path:
+    return tiny_tokenizer(tmp_path_factory.getbasetemp() / "tiny-tokenizer")
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_store(tmp_path, tokenizer):
+    corpus = tmp_path / "corpus"
+    for k in range(4):  # ~8 MB in 64 KiB chunks: ~120 chunks, a few seconds of work for 2 workers
+        write_jsonl(corpus / f"s{k}.jsonl", sentences(k, 4000))
+    args = ["--data", str(corpus), "--name", "k", "--tokenizer", str(tokenizer), "--clean-preset", "minimal",
+            "--chunk-bytes", "65536", "--quiet"]
+    cmd = [sys.executable, "bin/prepare.py", *args, "--out", str(tmp_path / "killed"), "--workers", "2"]
+    work = tmp_path / "killed" / "k" / ".work"
+    # Its own session, so the kill takes the pool's workers too, like a node going down.
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(list(work.glob("*.chunk"))) < 8:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work.parent / "manifest.json").exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in work.glob("*.chunk")}
+
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all((work / name).stat().st_mtime_ns == t for name, t in finished.items())  # reused, not redone
+    assert not list(work.glob("*.tmp*"))
+    reference = build(tmp_path / "clean", tokenizer, data=[str(corpus)], name="k", clean_preset="minimal", workers=1)
+    assert store_files(work.parent) == store_files(reference)
+    TokenStore(work.parent, verify=True)
+
+
+def _bad_corpus(folder: Path) -> tuple[Path, Path]:
+    good = write_jsonl(folder / "a_good.jsonl", sentences(1, 50))
+    bad = folder / "b_bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(good.read_bytes() * 4)[:-300])  # truncated: the stream ends mid-way
+    write_jsonl(folder / "c_more.jsonl", sentences(2, 50))
+    return good, bad
+
+
+def test_bad_file_stops_the_run_naming_file_and_offset(tmp_path, tokenizer, capsys):
+    _, bad = _bad_corpus(tmp_path / "corpus")
+    argv = ["--data", str(tmp_path / "corpus"), "--out", str(tmp_path), "--name", "b", "--tokenizer", str(tokenizer),
+            "--workers", "1", "--quiet", "--clean-preset", "minimal"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "byte offset" in err and "--skip-bad-files" in err and "Traceback" not in err
+    store = tmp_path / "b"
+    assert not (store / "manifest.json").exists()  # nothing half-written looks complete
+    finished = list((store / ".work").glob("*.chunk"))
+    assert len(finished) == 1  # the good file before it is kept for the next run
+
+    assert main([*argv, "--skip-bad-files"]) == 0
+    m = TokenStore(store, verify=True).manifest
+    assert [b["path"] for b in m["stats"]["bad_files"]] == [str(bad)]
+    assert m["stats"]["bad_files"][0]["offset"] is not None
+    assert m["stats"]["documents_kept"] == 100 and finished[0].exists()
+    assert [s["path"] for s in m["sources"]] == [str(p) for p in sorted((tmp_path / "corpus").iterdir()) if p != bad]
+
+
+def test_missing_path_and_bad_records(tmp_path, tokenizer, capsys):
+    missing = tmp_path / "nope" / "x.jsonl"
+    assert main(["--data", str(missing), "--out", str(tmp_path), "--tokenizer", str(tokenizer), "--quiet"]) == 1
+    assert str(missing) in capsys.readouterr().err
+
+    lines = [json.dumps({"text": t}) for t in sentences(3, 20)]
+    lines[4:4] = ["{not json", json.dumps({"txt": "x"}), json.dumps({"text": None}), json.dumps({"text": 7})]
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    m = TokenStore(build(tmp_path, tokenizer, data=[str(data)], clean_preset="minimal")).manifest
+    assert m["stats"]["bad_records"] == {"invalid_json": 1, "missing_text": 1, "null_text": 1, "non_string_text": 1}
+    assert m["stats"]["documents_in"] == m["stats"]["documents_kept"] == 20
+    assert m["stats"]["bad_record_examples"][0].startswith(f"{data}:5")
