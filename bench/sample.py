@@ -1,0 +1,79 @@
+"""Sampling benchmark: tokens/s of model/generate.py with the KV cache against without it.
+
+    .venv/bin/python bench/sample.py [--presets tiny gpt-45m] [--prompt-tokens 16] [--new-tokens 512] [--reps 1]
+
+Per preset (configs/<preset>.yml, random weights, the default 16384-token vocabulary): greedy
+generation of --new-tokens after a random --prompt-tokens prompt, batch 1, float32, on whatever
+device torch picks (CPU here). Greedy, so both runs must produce the same tokens, which is checked.
+Without the cache every step re-encodes the whole window; with it, a step encodes one position.
+tiny's context is 256, so past it both follow generate's sliding-window rule (see model/generate.py).
+With --reps N the two runs take turns N times and the best time of each counts: a decode step is
+many small multi-threaded ops, which stall whenever another process holds a core, so on a shared
+machine the best rep is the one that says what the code does.
+
+Target (issue 4): >= 10x at 512 tokens. Not a test: prints a Markdown table for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.config import from_dict, load_yaml  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from model.generate import generate  # noqa: E402
+
+
+def timed(model: GPT, prompt: list[int], new_tokens: int, use_kv_cache: bool) -> tuple[float, list[int]]:
+    t0 = time.perf_counter()
+    out = generate(model, [prompt], new_tokens, temperature=0, use_kv_cache=use_kv_cache)[0]
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "gpt-45m"])
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--reps", type=int, default=1)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    command = " ".join(["python bench/sample.py", *sys.argv[1:]])
+    print(f"{date.today()} | {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads | "
+          f"load average {os.getloadavg()[0]:.1f} | torch {torch.__version__} | {device} | `{command}`")
+    print()
+    print("| preset | params | block | prompt + new | no cache tok/s | KV cache tok/s | speed-up | same tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for preset in args.presets:
+        cfg = from_dict(GPTConfig, load_yaml(ROOT / "configs" / f"{preset}.yml")["model"])
+        torch.manual_seed(0)
+        model = GPT(cfg).to(device).eval()
+        prompt = torch.randint(6, cfg.vocab_size, (args.prompt_tokens,)).tolist()
+        for use_cache in (True, False):  # warm-up: allocator, kernels, lazy init
+            timed(model, prompt, 8, use_cache)
+        best = {True: float("inf"), False: float("inf")}
+        outputs = set()
+        for _ in range(args.reps):
+            for use_cache in (True, False):
+                seconds, out = timed(model, prompt, args.new_tokens, use_cache)
+                best[use_cache] = min(best[use_cache], seconds)
+                outputs.add(tuple(out))
+        t_cache, t_plain = best[True], best[False]
+        n = args.new_tokens
+        print(f"| {preset} | {model.num_params() / 1e6:.1f}M | {cfg.block_size} | {args.prompt_tokens} + {n} | "
+              f"{n / t_plain:,.1f} | {n / t_cache:,.1f} | {t_plain / t_cache:.1f}x | {len(outputs) == 1} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

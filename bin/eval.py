@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Loss, perplexity and bits per byte of a trained model on a token store split or on text files.
+
+    python bin/eval.py [--checkpoint runs/tiny] [--data STORE] [--split val] [--max-tokens N]
+    python bin/eval.py --checkpoint runs/tiny --text notes.txt more.jsonl
+
+The tokens are cut into consecutive windows of block_size + 1 that overlap by one token, so every
+token after the first is predicted exactly once, from up to block_size tokens of context within its
+window (the windows' predictions do not overlap; the last window may be shorter). --max-tokens
+stops after that many predictions.
+
+Store: the default is the store the model was trained on (its val split). Text files go through
+the pipeline's own reader (.jsonl/.json/.csv/.parquet/.md, compressed or not; a .txt file is one
+document), its cleaning (--clean-preset) and the model's tokenizer: every document becomes [BOS] +
+ids, as in a store. Bits per byte = total nats / ln 2 / UTF-8 bytes of the cleaned text covered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
+
+from common.config import ConfigError, from_dict  # noqa: E402
+from model.export import LoadedModel, TokenizerMismatch, load  # noqa: E402
+from model.gpt import GPT  # noqa: E402
+from pipeline.chunks import _with_bos  # noqa: E402
+from pipeline.clean import PRESETS, CleanConfig, CleanStats, clean_text, full_clean  # noqa: E402
+from pipeline.fast_encode import Encoder  # noqa: E402
+from pipeline.readers import BadFileError  # noqa: E402
+from pipeline.store import StoreError, TokenStore  # noqa: E402
+
+READ_TOKENS = 1 << 20  # a store split is read in pieces of this many tokens, so memory stays bounded
+
+
+def windows(arrays: Iterable[np.ndarray], size: int, max_tokens: int | None = None) -> Iterator[np.ndarray]:
+    """Consecutive windows of up to size + 1 tokens over the concatenated arrays, each starting at the
+    previous one's last token; at most max_tokens predictions (window lengths minus one) in all."""
+    budget = None if max_tokens is None else max_tokens + 1
+    carry = np.zeros(0, dtype=np.int64)
+    for arr in arrays:
+        for lo in range(0, len(arr), READ_TOKENS):
+            if budget == 0:
+                break
+            piece = np.asarray(arr[lo : lo + READ_TOKENS], dtype=np.int64)[:budget]
+            budget = None if budget is None else budget - len(piece)
+            buf = np.concatenate([carry, piece])
+            full = (len(buf) - 1) // size
+            for i in range(full):
+                yield buf[i * size : (i + 1) * size + 1]
+            carry = buf[full * size :]
+    if len(carry) >= 2:
+        yield carry
+
+
+@torch.no_grad()
+def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int) -> tuple[float, int]:
+    """(total nats, number of predicted tokens) over the windows, batched by equal length."""
+    device = model.wte.weight.device
+    model.eval()
+    nats, count = 0.0, 0
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal nats, count
+        x = torch.from_numpy(np.stack(batch)).to(device)
+        _, loss = model(x[:, :-1], x[:, 1:])
+        n = int((x[:, 1:] != model.cfg.pad_id).sum())  # the model's loss is the mean over these
+        nats, count = nats + float(loss) * n, count + n
+        batch.clear()
+
+    for w in wins:
+        if batch and (len(batch) == batch_size or len(w) != len(batch[0])):
+            flush()
+        batch.append(w)
+    if batch:
+        flush()
+    return nats, count
+
+
+def report(nats: float, count: int, text_bytes: float | None) -> dict:
+    """Loss (nats/token), perplexity and bits per byte (None without byte counts)."""
+    if count == 0:
+        raise ValueError("nothing to evaluate: fewer than two tokens")
+    loss = nats / count
+    return {"tokens": count, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "bits_per_byte": nats / math.log(2) / text_bytes if text_bytes else None}
+
+
+def eval_store(loaded: LoadedModel, root: str, split: str, max_tokens: int | None, batch_size: int) -> dict:
+    store = TokenStore(root)
+    if store.tokenizer_sha256 != loaded.tokenizer_sha256:
+        raise TokenizerMismatch(f"{root} was tokenized with sha256 {store.tokenizer_sha256[:12]}..., the model "
+                                f"with {loaded.tokenizer_sha256[:12]}...: its ids mean other things to the model")
+    nats, count = score(loaded.model, windows(store.shards(split), loaded.model.cfg.block_size, max_tokens),
+                        batch_size)
+    info = store.manifest["splits"][split]
+    # The predictions cover all tokens but the first, so scale the split's bytes by how many were made.
+    covered = info.get("text_bytes", 0) * count / max(info["tokens"] - 1, 1)
+    return {"source": f"{root} {split}", **report(nats, count, covered)}
+
+
+def clean_config(preset: str, loaded: LoadedModel) -> CleanConfig:
+    """`store`: the cleaning the training store applied (from its manifest), else minimal."""
+    if preset != "store":
+        return CleanConfig.for_source(preset)
+    try:
+        return from_dict(CleanConfig, TokenStore(loaded.data).manifest["clean"], where="store manifest")
+    except (StoreError, KeyError, TypeError, ConfigError):
+        print("note: the training store's cleaning is unknown here; using the minimal preset", file=sys.stderr)
+        return CleanConfig.for_source("minimal")
+
+
+def eval_texts(loaded: LoadedModel, paths: list[str], clean: CleanConfig, max_tokens: int | None,
+               batch_size: int) -> dict:
+    stats = CleanStats()
+    docs: list[str] = []
+    for path in paths:
+        if path.endswith(".txt"):  # not a pipeline input format: the whole file is one document
+            cleaned, _ = clean_text(Path(path).read_text(encoding="utf-8", errors="replace"), clean, stats)
+            docs += [cleaned] if cleaned is not None else []
+        else:
+            docs += full_clean([path], clean, stats)
+    if not docs:
+        raise ValueError(f"cleaning dropped every document ({dict(stats.dropped)}); try --clean-preset minimal")
+    encoder = Encoder(loaded.tokenizer_path)
+    ids, lengths = encoder.encode_to_array(docs)
+    ids, _ = _with_bos(ids, lengths, encoder.bos_id)
+    nats, count = score(loaded.model, windows([ids], loaded.model.cfg.block_size, max_tokens), batch_size)
+    text_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    result = report(nats, count, text_bytes * count / max(len(ids) - 1, 1))
+    dropped = stats.documents_in - stats.documents_kept
+    return {"source": " ".join(paths), "documents": len(docs), "dropped_by_cleaning": dropped, **result}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    head, tail = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="bin/eval.py", description=head, epilog=tail,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/tiny",
+                   help="run directory, checkpoint directory or export folder (default runs/tiny)")
+    p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the model)")
+    p.add_argument("--data", help="token store directory (default: the one the model was trained on)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="store split (default val)")
+    p.add_argument("--text", nargs="+", help="evaluate on these files instead of a store")
+    p.add_argument("--clean-preset", default="store", choices=("store", *PRESETS),
+                   help="cleaning for --text: store (what the training store used; default) or a preset")
+    p.add_argument("--max-tokens", type=int, help="stop after this many predicted tokens (default: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ... (default auto)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.max_tokens is not None and args.max_tokens < 1) or args.batch_size < 1:
+        parser.error("--max-tokens and --batch-size must be >= 1")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        loaded = load(args.checkpoint, device, args.tokenizer)
+        if args.text:
+            result = eval_texts(loaded, args.text, clean_config(args.clean_preset, loaded), args.max_tokens,
+                                args.batch_size)
+        else:
+            data = args.data or loaded.data
+            if not data:
+                raise ValueError(f"{args.checkpoint} does not say which store it was trained on; pass --data")
+            result = eval_store(loaded, data, args.split, args.max_tokens, args.batch_size)
+    except (TokenizerMismatch, StoreError, BadFileError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    result = {"model": str(loaded.source), "step": loaded.step, **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        bpb = "n/a" if result["bits_per_byte"] is None else f"{result['bits_per_byte']:.4f}"
+        print(f"{result['model']} (step {result['step']}) on {result['source']}: {result['tokens']:,} tokens\n"
+              f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | bits/byte {bpb}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Export a trained model to a folder that loads without unpickling anything.
+
+    python bin/export.py [--checkpoint runs/tiny] --out exports/tiny
+
+The folder holds model.safetensors (weights; metadata: tokenizer sha256, step, source checkpoint),
+config.json (the GPTConfig fields) and tokenizer.json. Load it back with
+`model.export.load("exports/tiny")`, or sample from it with `bin/sample.py --checkpoint exports/tiny`.
+The checkpoint itself is read with torch.load(weights_only=True) only: it is untrusted input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
+
+from model.export import TokenizerMismatch, export, load  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    head, tail = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="bin/export.py", description=head, epilog=tail,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="runs/tiny",
+                   help="run directory (its newest complete checkpoint) or checkpoint directory (default runs/tiny)")
+    p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the checkpoint)")
+    p.add_argument("--out", required=True, help="folder to write (created; existing files in it are replaced)")
+    args = p.parse_args(argv)
+    try:
+        loaded = load(args.checkpoint, "cpu", args.tokenizer)
+    except (TokenizerMismatch, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out = export(loaded, args.out)
+    print(f"exported {loaded.source} (step {loaded.step}, {loaded.model.num_params() / 1e6:.1f}M params) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

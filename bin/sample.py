@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Generate text with a trained model: `python bin/sample.py --prompt "ROMEO:" [options]`.
+
+The prompt comes from --prompt (repeatable: several prompts run as one batch), --prompt-file
+(repeatable; "-" is standard input), or else standard input when it is not a terminal; with none
+of these the model starts from [BOS] alone. Every prompt is preceded by [BOS], as every training
+document is. Text goes to stdout (the prompt, then its continuation; samples are separated by a
+line of dashes), the speed to stderr.
+
+Context rule: the model sees at most block_size tokens. A longer prompt keeps its last block_size
+tokens; once the context is full, generation drops the oldest tokens and continues from the newest
+block_size/2 (with or without the KV cache, so greedy output is the same either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
+
+from model.export import TokenizerMismatch, load  # noqa: E402
+from model.generate import CompletionStats, complete  # noqa: E402
+from pipeline.fast_encode import Encoder  # noqa: E402
+from pipeline.tokenizer import BOS_ID, SPECIALS  # noqa: E402
+
+DEFAULT_CHECKPOINT = "runs/tiny"  # where `make train` (configs/tiny.yml) writes
+SEP_ID = SPECIALS.index("[SEP]")
+SEPARATOR = "-" * 40
+
+
+def _positive(kind: type, low: float, inclusive: bool = True):
+    def parse(text: str):
+        value = kind(text)
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, got {text}")
+        return value
+
+    return parse
+
+
+def _unescape(text: str) -> str:
+    """`\\n`, `\\t` and `\\\\` in a --stop string, since a shell makes typing a newline awkward."""
+    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    head, tail = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="bin/sample.py", description=head, epilog=tail,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="a run directory (its newest complete checkpoint), a checkpoint directory, or a folder "
+                        f"from bin/export.py (default: {DEFAULT_CHECKPOINT})")
+    p.add_argument("--tokenizer", help="tokenizer.json to use instead of the run's; it must be the one the model "
+                                       "was trained with (same sha256), or sampling is refused")
+    p.add_argument("--prompt", action="append", help="prompt text; repeat for a batch of prompts")
+    p.add_argument("--prompt-file", action="append", help="a file whose whole text is one prompt ('-': stdin)")
+    p.add_argument("--max-new-tokens", type=_positive(int, 0), default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=_positive(float, 0.0), default=0.8,
+                   help="softmax temperature; 0 picks the most likely token every time (greedy) (default 0.8)")
+    p.add_argument("--top-k", type=_positive(int, 1), help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=_positive(float, 0.0, inclusive=False),
+                   help="sample only among the most likely tokens whose probabilities sum to p (nucleus)")
+    p.add_argument("--seed", type=int, help="seed of the sampler: the same seed and options repeat the output "
+                                            "exactly (default: a fresh seed, printed to stderr)")
+    p.add_argument("--num-samples", type=_positive(int, 1), default=1, help="samples per prompt (default 1)")
+    p.add_argument("--stop", action="append", default=[],
+                   help="stop a sample where this text appears (it is not printed); repeatable; \\n and \\t "
+                        "are understood. Generation always ends at [BOS] or [SEP] (a new document).")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="re-encode the whole context for every token (slow; the reference the cache must match)")
+    p.add_argument("--stream", action="store_true",
+                   help="print text as it is generated; several samples are then generated one after another")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model first (pays off on GPU for long outputs; costs ~30 s up front)")
+    return p
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    for name in args.prompt_file or []:
+        prompts.append(sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8"))
+    if not prompts and not sys.stdin.isatty():
+        prompts.append(sys.stdin.read())
+    return prompts or [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        prompts = read_prompts(args)
+    except OSError as err:
+        print(f"error: cannot read prompt: {err}", file=sys.stderr)
+        return 2
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        loaded = load(args.checkpoint, device, args.tokenizer)
+    except (TokenizerMismatch, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    model = loaded.model
+    print(f"model {loaded.source} (step {loaded.step}, {model.num_params() / 1e6:.1f}M params) on {device}",
+          file=sys.stderr)
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
+    generator = torch.Generator(device)
+    seed = generator.manual_seed(args.seed).initial_seed() if args.seed is not None else generator.seed()
+    print(f"seed {seed}", file=sys.stderr)
+    options = dict(bos_id=BOS_ID, stop=[_unescape(s) for s in args.stop], temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, generator=generator, stop_ids=(BOS_ID, SEP_ID),
+                   use_kv_cache=not args.no_kv_cache)
+    tokenizer, stats = Encoder(loaded.tokenizer_path), CompletionStats()
+    rows = [p for p in prompts for _ in range(args.num_samples)]
+    if args.stream:
+        for i, prompt in enumerate(rows):
+            print(("\n" + SEPARATOR + "\n" if i else "") + prompt, end="", flush=True)
+            complete(model, tokenizer, [prompt], args.max_new_tokens, stats=stats,
+                     stream=lambda _row, piece: print(piece, end="", flush=True), **options)
+        print()
+    else:
+        done = complete(model, tokenizer, rows, args.max_new_tokens, stats=stats, **options)
+        print(f"\n{SEPARATOR}\n".join(prompt + c.text for prompt, c in zip(rows, done, strict=True)))
+    print(f"{stats.new_tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s "
+          f"({'KV cache' if not args.no_kv_cache else 'no KV cache'}, batch {1 if args.stream else len(rows)})",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""bin/eval.py: windows, and loss / perplexity / bits per byte checked against independent numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TEXTS, load_script, make_run
+
+from model.export import load
+from pipeline.clean import CleanConfig, clean_text
+from pipeline.fast_encode import Encoder
+from pipeline.store import TokenStore
+from pipeline.tokenizer import BOS_ID
+
+ev = load_script("eval")
+
+
+def test_windows_predict_every_token_once():
+    arrays = [np.arange(10), np.arange(10, 23)]  # 23 tokens across two arrays
+    wins = list(ev.windows(arrays, size=5))
+    assert [len(w) for w in wins] == [6, 6, 6, 6, 3]
+    targets = np.concatenate([w[1:] for w in wins])
+    assert targets.tolist() == list(range(1, 23))
+    for a, b in zip(wins, wins[1:], strict=False):
+        assert a[-1] == b[0]  # each window starts where the previous one's predictions ended
+    capped = list(ev.windows(arrays, size=5, max_tokens=7))
+    assert sum(len(w) - 1 for w in capped) == 7
+    assert list(ev.windows([np.arange(1)], size=5)) == []
+
+
+def manual_nats(model, tokens: np.ndarray, block: int) -> tuple[float, int]:
+    """Sum of -log p(next token) over non-overlapping windows, computed with plain forwards."""
+    nats, n = 0.0, 0
+    with torch.no_grad():
+        for lo in range(0, len(tokens) - 1, block):
+            chunk = torch.from_numpy(tokens[lo : lo + block + 1].astype(np.int64))[None]
+            logits, _ = model(chunk[:, :-1], all_logits=True)
+            nats += F.cross_entropy(logits[0].double(), chunk[0, 1:], reduction="sum").item()
+            n += chunk.size(1) - 1
+    return nats, n
+
+
+def test_store_val_loss_matches_plain_forwards(run_dir, store_dir):
+    loaded = load(run_dir)
+    result = ev.eval_store(loaded, str(store_dir), "val", None, batch_size=3)
+    store = TokenStore(store_dir)
+    tokens = np.concatenate(store.shards("val"))
+    nats, n = manual_nats(loaded.model, tokens, 32)
+    assert result["tokens"] == n == len(tokens) - 1
+    assert result["loss"] == pytest.approx(nats / n, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(nats / n), rel=1e-5)
+    val_bytes = sum(len(t.encode()) for t in TEXTS[:2])
+    assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / val_bytes, rel=1e-5)
+
+
+def test_uniform_model_scores_log_vocab(tmp_path, tokenizer_path, store_dir, capsys):
+    """All-zero weights give uniform logits: loss ln V, perplexity V, bits/byte = log2 V * tokens / bytes."""
+    run = make_run(tmp_path / "zero", tokenizer_path, store_dir)
+    state_path = next(run.glob("ckpt-*")) / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["model"] = {k: torch.zeros_like(v) for k, v in state["model"].items()}
+    torch.save(state, state_path)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("the dog is feeling happy\n")
+    assert ev.main(["--checkpoint", str(run), "--text", str(doc), "--clean-preset", "minimal", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    vocab = Encoder(tokenizer_path).vocab_size
+    n = len(Encoder(tokenizer_path).encode("the dog is feeling happy"))  # [BOS] is context, never predicted
+    assert result["tokens"] == n
+    assert result["loss"] == pytest.approx(math.log(vocab), rel=1e-6)
+    assert result["perplexity"] == pytest.approx(vocab, rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(math.log2(vocab) * n / len("the dog is feeling happy"), rel=1e-6)
+
+
+def test_text_files_go_through_cleaning_and_the_tokenizer(run_dir, tmp_path, capsys):
+    raw = "ROMEO:   But soft,\r\nwhat light\t\tthrough yonder window breaks?\n\n\n\n"
+    (tmp_path / "a.txt").write_text(raw)
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": raw}) + "\n" + json.dumps({"text": TEXTS[2]}) + "\n")
+    loaded = load(run_dir)
+    enc = Encoder(loaded.tokenizer_path)
+    minimal = CleanConfig.for_source("minimal")
+    docs = [clean_text(raw, minimal)[0], clean_text(TEXTS[2], minimal)[0]]
+    assert docs[0] == "ROMEO: But soft,\nwhat light through yonder window breaks?"
+    tokens = np.array([t for d in docs for t in [BOS_ID, *enc.encode(d)]])
+    nats, n = manual_nats(loaded.model, tokens, 32)
+    result = ev.eval_texts(loaded, [str(tmp_path / "b.jsonl")], minimal, None, batch_size=4)
+    assert result["tokens"] == n and result["documents"] == 2
+    assert result["loss"] == pytest.approx(nats / n, rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / sum(len(d.encode()) for d in docs),
+                                                    rel=1e-5)
+    one = ev.eval_texts(loaded, [str(tmp_path / "a.txt")], minimal, None, batch_size=4)
+    assert one["tokens"] == len(enc.encode(docs[0]))
+    # --max-tokens caps the predictions, and bits/byte then counts the bytes they cover.
+    capped = ev.eval_texts(loaded, [str(tmp_path / "b.jsonl")], minimal, 10, batch_size=4)
+    assert capped["tokens"] == 10
+
+
+def test_cleaning_defaults_to_the_stores_and_can_drop_everything(run_dir, store_dir, tmp_path, capsys):
+    loaded = load(run_dir)
+    assert ev.clean_config("store", loaded) == CleanConfig.for_source("minimal")  # the fixture store records none
+    other = tmp_path / "store"
+    shutil.copytree(store_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["clean"] = asdict(CleanConfig.for_source("shakespeare"))
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    loaded.data = str(other)
+    assert ev.clean_config("store", loaded) == CleanConfig.for_source("shakespeare")
+    assert ev.clean_config("web", loaded) == CleanConfig()
+    (tmp_path / "short.txt").write_text("Too short.")
+    code = ev.main(["--checkpoint", str(run_dir), "--text", str(tmp_path / "short.txt"), "--clean-preset", "web"])
+    assert code == 1 and "try --clean-preset minimal" in capsys.readouterr().err
+
+
+def test_cli_store_default_and_max_tokens(run_dir, capsys):
+    assert ev.main(["--checkpoint", str(run_dir), "--max-tokens", "20", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "val: 20 tokens" in out and "loss " in out and "perplexity " in out and "bits/byte " in out
+    with pytest.raises(SystemExit):
+        ev.main(["--checkpoint", str(run_dir), "--max-tokens", "0"])
+
+
+def test_store_with_another_tokenizer_is_refused(run_dir, store_dir, tmp_path, capsys):
+    other = tmp_path / "store"
+    shutil.copytree(store_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer"]["sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert ev.main(["--checkpoint", str(run_dir), "--data", str(other)]) == 1
+    assert "ids mean other things" in capsys.readouterr().err

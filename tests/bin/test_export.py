@@ -1,0 +1,102 @@
+"""bin/export.py and model/export.py: safetensors round trip with identical logits; untrusted input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from conftest import load_script, make_run
+from safetensors import safe_open
+from safetensors.torch import save_model
+
+from model import GPT, GPTConfig
+from model.export import TokenizerMismatch, export, load
+from pipeline.store import sha256_file
+from train.checkpoint import save_checkpoint
+
+export_cli = load_script("export")
+
+
+@pytest.mark.parametrize("model_kw", [{}, {"tie_embeddings": False, "pos_encoding": "learned", "bias": True,
+                                           "norm": "layernorm", "mlp": "swiglu", "qk_norm": True}])
+def test_round_trip_gives_identical_logits(tmp_path, tokenizer_path, store_dir, model_kw, capsys):
+    run = make_run(tmp_path / "run", tokenizer_path, store_dir, seed=4, **model_kw)
+    assert export_cli.main(["--checkpoint", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert "exported" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    original, exported = load(run), load(out)
+    assert GPTConfig(**json.loads((out / "config.json").read_text())) == original.model.cfg
+    idx = torch.randint(6, original.model.cfg.vocab_size, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(original.model(idx, all_logits=True)[0], exported.model(idx, all_logits=True)[0])
+    if original.model.cfg.tie_embeddings:  # stored once, and tied again after loading
+        assert exported.model.lm_head.weight is exported.model.wte.weight
+    with safe_open(out / "model.safetensors", framework="pt") as f:
+        meta, names = f.metadata(), set(f.keys())
+    tied = {"lm_head.weight", "wte.weight"} if original.model.cfg.tie_embeddings else set()
+    assert len(names) == len(original.model.state_dict()) - len(tied) // 2
+    assert meta["tokenizer_sha256"] == sha256_file(tokenizer_path) and meta["step"] == "7"
+    assert (exported.step, exported.tokenizer_sha256) == (7, original.tokenizer_sha256)
+
+
+def test_sample_from_an_export_matches_the_checkpoint(run_dir, tmp_path, monkeypatch, capsys):
+    export(load(run_dir), tmp_path / "out")
+    sample = load_script("sample")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    outs = []
+    for src in (run_dir, tmp_path / "out"):
+        assert sample.main(["--checkpoint", str(src), "--prompt", "ROMEO:", "--temperature", "0",
+                            "--max-new-tokens", "15", "--device", "cpu"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+
+
+def test_export_with_a_changed_tokenizer_is_refused(run_dir, tmp_path):
+    out = export(load(run_dir), tmp_path / "out")
+    with open(out / "tokenizer.json", "a") as f:
+        f.write("\n")
+    with pytest.raises(TokenizerMismatch, match="sha256"):
+        load(out)
+
+
+class Payload:
+    """Unpickling this runs code; weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_checkpoint_with_pickled_objects_is_refused(run_dir, tmp_path, capsys):
+    run = tmp_path / "evil"
+    shutil.copytree(run_dir, run)
+    state = torch.load(next(run.glob("ckpt-*")) / "state.pt", weights_only=True)
+    state["extra"] = Payload()
+    save_checkpoint(run, "00000008", state)
+    assert export_cli.main(["--checkpoint", str(run), "--out", str(tmp_path / "out")]) == 1
+    assert "refused" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_export_config_is_an_error(run_dir, tmp_path):
+    out = export(load(run_dir), tmp_path / "out")
+    (out / "config.json").write_text(json.dumps({"n_layer": 2, "evil": 1}))
+    with pytest.raises(ValueError, match="not a model config"):
+        load(out)
+
+
+def test_weights_that_do_not_fit_the_config_are_an_error(tmp_path, tokenizer_path):
+    """An export folder whose weights belong to another shape fails loudly, not silently."""
+    model = GPT(GPTConfig(vocab_size=300, block_size=8, n_layer=1, n_head=1, d_model=8))
+    folder = tmp_path / "f"
+    folder.mkdir()
+    save_model(model, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"vocab_size": 300, "block_size": 8, "n_layer": 2, "n_head": 1,
+                                                    "d_model": 8}))
+    shutil.copyfile(tokenizer_path, folder / "tokenizer.json")
+    with pytest.raises(ValueError, match="do not fit"):
+        load(folder)

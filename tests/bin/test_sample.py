@@ -1,0 +1,210 @@
+"""bin/sample.py: every option, run in-process on a random-init checkpoint (see conftest.py)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+import torch
+from conftest import load_script
+
+from model.export import load
+from model.generate import generate
+from pipeline.fast_encode import Encoder
+from pipeline.tokenizer import BOS_ID, SPECIALS
+
+sample = load_script("sample")
+SEP = "\n" + sample.SEPARATOR + "\n"
+
+
+@pytest.fixture
+def run(run_dir, capsys, monkeypatch):
+    """run(*args) -> (exit code, stdout, stderr) of bin/sample.py on the fixture checkpoint."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal, empty: never blocks
+
+    def go(*args: str, checkpoint=run_dir) -> tuple[int, str, str]:
+        code = sample.main(["--checkpoint", str(checkpoint), "--device", "cpu", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return go
+
+
+def greedy(run_dir, prompt: str, n: int) -> str:
+    """The greedy continuation computed here with plain full forwards: no cache, no generate()."""
+    loaded = load(run_dir)
+    enc = Encoder(loaded.tokenizer_path)
+    ids = [BOS_ID, *enc.encode(prompt)]
+    new = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = loaded.model(torch.tensor([ids]))
+            nxt = int(logits[0, -1].argmax())
+            if nxt in (BOS_ID, SPECIALS.index("[SEP]")):
+                break
+            ids.append(nxt)
+            new.append(nxt)
+    return enc.decode(new)
+
+
+def test_seed_example_prints_most_likely_next_token(run, run_dir):
+    code, out, err = run("--prompt", "the dog is feeling ", "--max-new-tokens", "1", "--temperature", "0")
+    assert code == 0
+    assert out == "the dog is feeling " + greedy(run_dir, "the dog is feeling ", 1) + "\n"
+    assert "tokens/s" in err and "tokens/s" not in out
+
+
+def test_greedy_kv_cache_equals_no_cache_and_reference(run, run_dir):
+    args = ("--prompt", "ROMEO:", "--max-new-tokens", "20", "--temperature", "0")
+    _, cached, _ = run(*args)
+    _, plain, err = run(*args, "--no-kv-cache")
+    assert cached == plain == "ROMEO:" + greedy(run_dir, "ROMEO:", 20) + "\n"
+    assert "no KV cache" in err
+
+
+def test_seed_repeats_a_multinomial_sample(run):
+    args = ("--prompt", "JULIET:", "--max-new-tokens", "30", "--temperature", "1.5", "--num-samples", "3")
+    first, second, other = run(*args, "--seed", "3")[1], run(*args, "--seed", "3")[1], run(*args, "--seed", "4")[1]
+    assert first == second
+    assert first != other
+    _, _, err = run(*args)
+    assert "seed " in err  # an unseeded run prints the seed it drew, so it can be repeated
+
+
+def test_num_samples_and_batch_of_prompts(run):
+    _, out, err = run("--prompt", "ROMEO:", "--prompt", "the dog", "--num-samples", "2", "--max-new-tokens", "5",
+                      "--seed", "0")
+    parts = out.rstrip("\n").split(SEP)
+    assert len(parts) == 4
+    assert [p.split(":")[0] if p.startswith("ROMEO") else p[:7] for p in parts] == ["ROMEO", "ROMEO", "the dog",
+                                                                                    "the dog"]
+    assert "batch 4" in err
+
+
+def test_batch_equals_each_prompt_alone(run):
+    prompts = ["ROMEO: But soft, what light", "the", "To be, or not to be, that is the question"]
+    batch = run(*sum((["--prompt", p] for p in prompts), []), "--temperature", "0", "--max-new-tokens", "12")[1]
+    alone = [run("--prompt", p, "--temperature", "0", "--max-new-tokens", "12")[1].rstrip("\n") for p in prompts]
+    assert batch.rstrip("\n").split(SEP) == alone
+
+
+def test_stream_prints_the_same_text(run):
+    args = ("--prompt", "ROMEO:", "--max-new-tokens", "25", "--temperature", "0", "--num-samples", "2")
+    assert run(*args, "--stream")[1] == run(*args)[1]
+
+
+def test_prompt_from_stdin_and_file(run, tmp_path, monkeypatch):
+    args = ("--max-new-tokens", "8", "--temperature", "0")
+    expected = run("--prompt", "JULIET: O Romeo", *args)[1]
+    (tmp_path / "p.txt").write_text("JULIET: O Romeo")
+    assert run("--prompt-file", str(tmp_path / "p.txt"), *args)[1] == expected
+    monkeypatch.setattr("sys.stdin", io.StringIO("JULIET: O Romeo"))
+    assert run(*args)[1] == expected
+    monkeypatch.setattr("sys.stdin", io.StringIO("JULIET: O Romeo"))
+    assert run("--prompt-file", "-", *args)[1] == expected
+    code, _, err = run("--prompt-file", str(tmp_path / "missing.txt"))
+    assert code == 2 and "cannot read prompt" in err
+
+
+def test_no_prompt_starts_from_bos(run, run_dir):
+    assert run("--max-new-tokens", "6", "--temperature", "0")[1] == greedy(run_dir, "", 6) + "\n"
+
+
+def test_stop_strings(run):
+    args = ("--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0")
+    full = run(*args)[1].rstrip("\n")[len("ROMEO:"):]
+    assert "yonder window" in full and "Romeo" in full  # the fixture model has learned its text
+    for stops in (["yonder window"], ["Romeo", "yonder window"], ["light", "nowhere"]):
+        cut = min(full.index(s) for s in stops if s in full)
+        for extra in ((), ("--stream",)):
+            stop_args = sum((["--stop", s] for s in stops), [])
+            assert run(*args, *stop_args, *extra)[1] == "ROMEO:" + full[:cut] + "\n"
+    # Escapes: "\n" on the command line is a newline.
+    assert sample._unescape("a\\nb\\tc\\\\n") == "a\nb\tc\\n"
+
+
+def test_default_stop_ids_are_bos_and_sep(run, monkeypatch):
+    seen = {}
+    real = sample.complete
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sample, "complete", spy)
+    run("--prompt", "x", "--max-new-tokens", "1")
+    assert set(seen["stop_ids"]) == {SPECIALS.index("[BOS]"), SPECIALS.index("[SEP]")}
+    assert seen["bos_id"] == BOS_ID
+
+
+def test_top_k_one_is_greedy_and_top_p_runs(run):
+    greedy_out = run("--prompt", "the dog", "--max-new-tokens", "10", "--temperature", "0")[1]
+    assert run("--prompt", "the dog", "--max-new-tokens", "10", "--top-k", "1", "--seed", "5")[1] == greedy_out
+    assert run("--prompt", "the dog", "--max-new-tokens", "10", "--top-p", "1e-6", "--seed", "5")[1] == greedy_out
+    code, out, _ = run("--prompt", "the dog", "--max-new-tokens", "10", "--top-k", "5", "--top-p", "0.9")
+    assert code == 0 and out.startswith("the dog")
+
+
+def test_long_prompt_keeps_its_last_block_size_tokens(run, run_dir):
+    enc = Encoder(run_dir / "tokenizer.json")
+    long_prompt = " ".join(["ROMEO: But soft, what light"] * 20)
+    ids = [BOS_ID, *enc.encode(long_prompt)]
+    assert len(ids) > 32
+    tail = enc.decode(ids[-32:])
+    assert enc.encode(tail) == ids[-32:]  # the tail round-trips, so it is a fair comparison
+    out_long = run("--prompt", long_prompt, "--max-new-tokens", "40", "--temperature", "0")[1]
+    cont = out_long[len(long_prompt):]
+    # The tail alone (no [BOS] in front) must give the same continuation as the long prompt.
+    loaded = load(run_dir)
+    new = generate(loaded.model, [ids[-32:]], 40, temperature=0, stop_ids=(BOS_ID, 3))[0]
+    assert cont == enc.decode(new) + "\n"
+
+
+@pytest.mark.parametrize("bad", [["--temperature", "-1"], ["--top-k", "0"], ["--top-p", "0"], ["--num-samples", "0"],
+                                 ["--max-new-tokens", "-1"], ["--seed", "x"], ["--bogus"]])
+def test_bad_arguments_exit_2(run, bad):
+    with pytest.raises(SystemExit) as exc:
+        run(*bad)
+    assert exc.value.code == 2
+
+
+def test_argument_defaults():
+    args = sample.build_parser().parse_args([])
+    assert args.checkpoint == "runs/tiny" and args.device == "auto" and args.temperature == 0.8
+    assert not (args.no_kv_cache or args.stream or args.compile) and args.num_samples == 1 and args.stop == []
+
+
+def test_default_checkpoint_is_runs_tiny(run_dir, tmp_path, monkeypatch, capsys):
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(run_dir, tmp_path / "runs" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert sample.main(["--prompt", "x", "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    assert "runs/tiny/ckpt-00000007" in capsys.readouterr().err
+
+
+def test_tokenizer_mismatch_is_refused(run, run_dir, tmp_path):
+    other = tmp_path / "run"
+    shutil.copytree(run_dir, other)
+    (other / "tokenizer.json").write_text((run_dir / "tokenizer.json").read_text() + " ")
+    code, out, err = run("--prompt", "x", checkpoint=other)
+    assert code == 1 and out == ""
+    assert "sha256" in err and "--tokenizer" in err
+    # --tokenizer with the right file fixes it; with a wrong one it is refused too.
+    assert run("--prompt", "x", "--max-new-tokens", "1", "--tokenizer", str(run_dir / "tokenizer.json"),
+               checkpoint=other)[0] == 0
+    assert run("--prompt", "x", "--tokenizer", str(other / "tokenizer.json"))[0] == 1
+
+
+def test_missing_checkpoint(run, tmp_path):
+    code, _, err = run("--prompt", "x", checkpoint=tmp_path / "nothing")
+    assert code == 1 and "no complete checkpoint" in err
+
+
+def test_compile_flag_compiles_the_model(run, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    args = ("--prompt", "ROMEO:", "--max-new-tokens", "5", "--temperature", "0")
+    assert run(*args, "--compile")[1] == run(*args)[1]
+    assert calls == [{"dynamic": True}]

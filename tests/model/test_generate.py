@@ -1,0 +1,215 @@
+"""model/generate.py: logit filters, sampling, the KV-cache decode loop, batching, the context rule,
+stop ids / strings and streaming. Random-init models; a character-level tokenizer for `complete`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from model.generate import complete, filter_logits, find_stop, generate, next_tokens, stable_prefix
+
+V = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: a second thread only adds sync cost, and under `pytest -n 2` oversubscribes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    # Untied: a tied random model's greedy choice is mostly its input token again, a weak test.
+    base = dict(vocab_size=V, block_size=16, n_layer=2, n_head=2, d_model=32, tie_embeddings=False)
+    return GPT(GPTConfig(**{**base, **kw})).eval()
+
+
+def reference_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
+    """The documented context rule, spelled out with full forwards: the prompt's last block_size
+    tokens; when a token would not fit, keep the newest block_size // 2 and go on from there."""
+    block, keep = model.cfg.block_size, model.cfg.block_size // 2
+    seq, start = list(prompt[-block:]), 0
+    for _ in range(n):
+        if len(seq) - start > block:
+            start = len(seq) - keep
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([seq[start:]]))
+        seq.append(int(logits[0, -1].argmax()))
+    return seq[len(prompt[-block:]) :]
+
+
+# ---- filters and sampling on crafted logits ----
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 2.0, 3.0]])
+    out = filter_logits(logits, top_k=2)
+    kept = torch.isfinite(out)[0].nonzero().flatten().tolist()
+    assert len(kept) == 2 and kept[0] == 1 and kept[1] in (2, 4)  # a tie is broken, not doubled
+    assert out[0, kept].tolist() == [5.0, 3.0]
+    assert torch.equal(filter_logits(logits, top_k=10), logits)
+
+
+@pytest.mark.parametrize(("top_p", "kept"), [(0.45, 1), (0.6, 2), (0.79, 2), (0.9, 3), (0.99, 4), (1.0, 4)])
+def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])  # sorted: 0.5, 0.3, 0.15, 0.05
+    out = filter_logits(probs.log(), top_p=top_p)
+    order = [1, 3, 2, 0]
+    assert torch.isfinite(out[0, order]).tolist() == [True] * kept + [False] * (4 - kept)
+
+
+def test_top_p_applies_to_the_top_k_distribution():
+    probs = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    # top-2 renormalises to 4/7, 3/7; p=0.5 then keeps only the first (p=0.5 alone would keep two).
+    assert torch.isfinite(filter_logits(probs.log(), top_k=2, top_p=0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(probs.log(), top_p=0.5)).sum() == 2
+
+
+def test_bad_filter_values():
+    with pytest.raises(ValueError):
+        filter_logits(torch.zeros(1, 3), top_k=0)
+    with pytest.raises(ValueError):
+        filter_logits(torch.zeros(1, 3), top_p=0.0)
+    with pytest.raises(ValueError):
+        next_tokens(torch.zeros(1, 3), temperature=-0.1)
+
+
+def test_temperature_zero_is_argmax_without_nan():
+    logits = torch.tensor([[0.0, float("-inf"), 2.0], [1e30, -1e30, 0.0]])
+    assert next_tokens(logits, temperature=0).tolist() == [2, 0]
+
+
+def test_sampling_follows_temperature_top_k_and_top_p():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(40000, 4)
+    g = torch.Generator().manual_seed(0)
+    for temperature, top_k, top_p in [(1.0, None, None), (0.5, None, None), (2.0, 3, None), (1.0, None, 0.8)]:
+        draws = next_tokens(logits, temperature, top_k, top_p, g)
+        freq = torch.bincount(draws, minlength=4).float() / len(draws)
+        expected = filter_logits(logits[:1] / temperature, top_k, top_p).softmax(-1)[0]
+        assert torch.allclose(freq, expected, atol=0.01), (temperature, top_k, top_p, freq, expected)
+    assert torch.isfinite(filter_logits(logits[:1], top_p=0.8)).sum() == 2  # 0.64 + 0.24 reaches 0.8
+
+
+def test_seed_repeats_a_sample_exactly():
+    model = build()
+    prompts = [[1, 2, 3], [7, 8]]
+
+    def run(seed):
+        return generate(model, prompts, 30, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(seed))
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+# ---- the decode loop ----
+
+
+@pytest.mark.parametrize("pos_encoding", ["rope", "learned", "sinusoidal"])
+def test_kv_cache_matches_no_cache_and_the_reference(pos_encoding):
+    """Token for token, for prompts of several lengths in one batch, past block_size (sliding twice)."""
+    model = build(pos_encoding=pos_encoding)
+    prompts = [[5, 9], [5, 20, 21, 22, 23, 24, 25], list(range(10, 40))]  # the last is longer than block_size
+    cached = generate(model, prompts, 30, temperature=0)
+    plain = generate(model, prompts, 30, temperature=0, use_kv_cache=False)
+    assert cached == plain
+    assert cached == [reference_greedy(model, p, 30) for p in prompts]
+    assert len({tuple(c) for c in cached}) == 3
+
+
+def test_batch_rows_equal_each_prompt_alone():
+    model = build(seed=1)
+    prompts = [[3], [4, 5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
+    assert generate(model, prompts, 12, temperature=0) == [generate(model, [p], 12, temperature=0)[0]
+                                                         for p in prompts]
+
+
+def test_long_prompt_keeps_its_last_block_size_tokens():
+    model = build(seed=2)
+    long = list(range(1, 50))
+    assert generate(model, [long], 10, temperature=0) == generate(model, [long[-16:]], 10, temperature=0)
+
+
+def test_cache_is_allocated_once_at_block_size(monkeypatch):
+    model = build()
+    sizes = []
+    real = model.new_kv_cache
+    monkeypatch.setattr(model, "new_kv_cache", lambda b, *a, **k: sizes.append(b) or real(b, *a, **k))
+    generate(model, [[1, 2], [3, 4, 5]], 40, temperature=0)
+    assert sizes == [2]
+    assert real(2).max_len == model.cfg.block_size
+
+
+def test_stop_ids_callback_and_limits():
+    model = build()
+    free = generate(model, [[1, 2, 3]], 10, temperature=0)[0]
+    assert len(free) == 10
+    # A stop id ends the row and is not returned.
+    assert generate(model, [[1, 2, 3]], 10, temperature=0, stop_ids=[free[4]])[0] == free[: free.index(free[4])]
+    # The callback sees each row's ids so far and may end it.
+    seen = []
+    out = generate(model, [[1, 2, 3], [4]], 10, temperature=0,
+                   callback=lambda row, ids: seen.append((row, len(ids))) or (row == 0 and len(ids) == 3))
+    assert len(out[0]) == 3 and len(out[1]) == 10
+    assert (0, 4) not in seen and (1, 10) in seen
+    assert generate(model, [[1]], 0) == [[]]
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, [[1], []], 5)
+
+
+def test_generate_restores_training_mode():
+    model = build(dropout=0.1).train()
+    assert generate(model, [[1, 2]], 3, temperature=0) == generate(model, [[1, 2]], 3, temperature=0)
+    assert model.training
+
+
+# ---- text level: complete() ----
+
+
+class Chars:
+    """A character tokenizer over V ids: id i <-> chr(32 + i), so " " to "_" (upper case only)."""
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) - 32 for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(32 + i) for i in ids)
+
+
+def test_find_stop_and_stable_prefix():
+    assert find_stop("abc STOP def END", ["END", "STOP"]) == 4
+    assert find_stop("abc", ["x", ""]) is None
+    assert stable_prefix("hello wo", ["world"]) == "hello "  # "wo" may still become "world"
+    assert stable_prefix("hello w", ["world", "wx"]) == "hello "
+    assert stable_prefix("caf\ufffd", []) == "caf"  # an unfinished UTF-8 character waits
+    assert stable_prefix("hello", ["world"]) == "hello"
+
+
+def test_complete_cuts_at_stop_strings_and_streams_the_same_text():
+    model, tok = build(seed=3), Chars()
+    full = complete(model, tok, ["AB"], 30, temperature=0)[0]
+    assert full.ids == generate(model, [tok.encode("AB")], 30, temperature=0)[0]
+    text = full.text
+    stop = text[10:12]
+    cut = text.index(stop)
+    pieces: list[tuple[int, str]] = []
+    got = complete(model, tok, ["AB"], 30, temperature=0, stop=[stop], stream=lambda r, p: pieces.append((r, p)))[0]
+    assert got.text == text[:cut]
+    assert "".join(p for _, p in pieces) == got.text and all(r == 0 for r, _ in pieces)
+    assert len(got.ids) < 30  # generation stopped early, not just the text
+
+
+def test_complete_bos_and_stats():
+    from model.generate import CompletionStats
+
+    model, tok = build(), Chars()
+    stats = CompletionStats()
+    out = complete(model, tok, ["XYZ", "Q"], 7, bos_id=5, temperature=0, stats=stats)
+    assert out[0].prompt_ids == [5, *tok.encode("XYZ")]
+    assert [c.ids for c in out] == generate(model, [[5, *tok.encode("XYZ")], [5, *tok.encode("Q")]], 7, temperature=0)
+    assert stats.new_tokens == 14 and stats.seconds > 0 and math.isfinite(stats.tokens_per_s)
