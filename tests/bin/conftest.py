@@ -7,9 +7,7 @@ directory layout `make train` leaves (ckpt-*/ + tokenizer.json).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
@@ -34,23 +32,6 @@ LINES = [
     "Now is the winter of our discontent made glorious summer by this sun of York.",
 ]
 TEXTS = [" ".join(LINES[i:] + LINES[:i]) for i in range(len(LINES))]
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """The models here are tiny: a second thread only adds sync cost, and under `pytest -n 2` oversubscribes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with single_thread():
-        yield
 
 
 def load_script(name: str) -> ModuleType:
@@ -100,8 +81,7 @@ def make_run(run_dir: Path, tokenizer_path: Path, store_dir: Path, seed: int = 0
                        "n_head": 2, "d_model": 64, **model_kw})
     torch.manual_seed(seed)
     model = GPT(cfg)
-    with single_thread():
-        fit(model, store_dir, steps)
+    fit(model, store_dir, steps)
     state = {"model": model.state_dict(), "model_config": asdict(cfg), "config": {"data": str(store_dir)},
              "step": 7, "tokenizer_sha256": sha256_file(tokenizer_path),
              "store_manifest_sha256": sha256_file(store_dir / "manifest.json")}

@@ -14,15 +14,6 @@ from model.generate import complete, filter_logits, find_stop, generate, next_to
 V = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only adds sync cost, and under `pytest -n 2` oversubscribes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(seed: int = 0, **kw) -> GPT:
     torch.manual_seed(seed)
     # Untied: a tied random model's greedy choice is mostly its input token again, a weak test.

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from trainer_util import REPO, make_store, single_thread, tiny_config  # noqa: F401 (autouse fixture)
+from trainer_util import REPO, make_store, tiny_config
 
 from common.config import from_dict, to_dict
 from train import distributed as D

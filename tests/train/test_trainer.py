@@ -9,14 +9,7 @@ import math
 import pytest
 import torch
 import yaml
-from trainer_util import (  # noqa: F401 (single_thread is an autouse fixture)
-    REPO,
-    load_script,
-    make_store,
-    nan_forward,
-    single_thread,
-    tiny_config,
-)
+from trainer_util import REPO, load_script, make_store, nan_forward, tiny_config
 
 from common.config import from_dict, load_yaml, to_dict
 from model import GPT, GPTConfig

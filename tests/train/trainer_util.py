@@ -7,8 +7,6 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import pytest
-import torch
 
 from common.config import from_dict
 from pipeline.store import write_store
@@ -16,17 +14,6 @@ from train.config import TrainConfig
 
 VOCAB = 64
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box (pytest -n 2) extra
-    threads only spin against each other; subprocesses get OMP_NUM_THREADS=1 for the same reason.
-    Imported by a test module, this applies to that module only."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_store(root: Path, docs: int = 40, doc_len: int = 200, seed: int = 0, tokenizer: bytes = b"{}"):
