@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,13 +88,11 @@ class ChunkData:
 
     @property
     def clean_stats(self) -> CleanStats:
-        d = self.meta["clean"]
-        return CleanStats(**{k: Counter(v) if isinstance(v, dict) else v for k, v in d.items()})
+        return CleanStats.from_dict(self.meta["clean"])
 
     @property
     def read_stats(self) -> ReadStats:
-        d = self.meta["read"]
-        return ReadStats(**{**d, "bad_records": Counter(d["bad_records"])})
+        return ReadStats.from_dict(self.meta["read"])
 
 
 def _with_bos(ids: np.ndarray, lengths: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -98,6 +98,11 @@ class ReadStats:
             "examples": list(self.examples),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReadStats:
+        """The inverse of `to_dict`: stats read back from JSON (a worker's result file, say)."""
+        return cls(d["records"], d["invalid_utf8"], Counter(d["bad_records"]), list(d["examples"]))
+
 
 def repair(text: str) -> tuple[str, int]:
     return _SURROGATE.subn("\ufffd", text)

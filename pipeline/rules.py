@@ -7,24 +7,24 @@ them dependency-free and linear-time:
 * words are whitespace-separated tokens (datatrove runs an NLTK/spaCy word tokenizer); where a
   rule needs the "word itself" (length, stop words) surrounding punctuation is stripped first;
 * sentences are counted with a single punctuation regex rather than Punkt;
-* n-grams are compared as sequences of whole words (as 64-bit hashes of word ids), not as
-  joined strings, so "ab c" and "a bc" are never confused.
+* n-grams are compared as sequences of whole words, not as joined strings, so "ab c" and "a bc"
+  are never confused.
 
-Each function returns the name of the rule that fired (a key of `CleanStats.dropped`) or None.
-Every threshold is read from the config; a threshold of None switches that one rule off.
+Each rule function returns the name of the rule that fired (a key of `CleanStats.dropped`) or None,
+checking its rules in a fixed order and reporting the first that fires. Every threshold is read from
+the config; a threshold of None switches that one rule off. They run at tens of MB/s per core in
+plain Python by doing per-word work in C (str methods, map/filter, dicts) and by deciding most rules
+from cheap exact bounds, falling back to the full computation only when a bound cannot decide.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from bisect import bisect_left
 from collections import Counter
-from itertools import accumulate, count, repeat
-from operator import methodcaller
+from itertools import accumulate, compress, count, filterfalse, pairwise, repeat
+from operator import itemgetter, ne, sub
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 if TYPE_CHECKING:
     from pipeline.clean import CleanConfig
@@ -35,6 +35,8 @@ PUNCTUATION = string.punctuation + "“”‘’«»„‚…—–·•¡¿"
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("•", "-", "●", "‣", "◦", "▪")
 ELLIPSES = ("...", "…")
+_FIRST_CHAR = itemgetter(slice(None, 1))
+_LAST_3_CHARS = itemgetter(slice(-3, None))
 # C4: a line is kept only if it ends like a sentence; a closing quote counts.
 END_PUNCTUATION = (".", "?", "!", '"', "'", "”", "’")
 POLICY_SUBSTRINGS = (
@@ -52,27 +54,63 @@ CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
 SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
 # A letter: a word character that is not a digit or underscore.
 _HAS_LETTER = re.compile(r"[^\W\d_]").search
-_PARAGRAPH_BREAK = re.compile(r"\n{2,}")
-_BLANK_RUNS = re.compile(r"\n{3,}")
+# Spelled with literal newlines first, not "\n{2,}": re then scans for the literal in C, ~5x faster.
+_PARAGRAPH_BREAK = re.compile(r"\n\n+")
+BLANK_RUNS = re.compile(r"\n\n\n+")
+_ASCII_PUNCTUATION = string.punctuation.encode()
+# For counting the words with a letter in ASCII text in one C pass: letters become "a", str.split's
+# whitespace a space, every other byte is deleted, so each such word leaves one run of "a" and the
+# others vanish. (In ASCII, [^\W\d_] is exactly the 52 letters.)
+_ASCII_SPACE = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+_LETTERS_TO_A = bytes.maketrans(string.ascii_letters.encode() + _ASCII_SPACE, b"a" * 52 + b" " * len(_ASCII_SPACE))
+_NOT_LETTER_OR_SPACE = bytes(sorted(set(range(128)) - set(string.ascii_letters.encode() + _ASCII_SPACE)))
 
 
-def gopher_quality(text: str, cfg: CleanConfig) -> str | None:
-    """Gopher's quality filter: length, word shape, symbol ratios, bullet/ellipsis lines, stop words."""
-    words = text.split()
+def _cores(words: list[str]) -> list[str]:
+    """Words stripped of surrounding punctuation, without the pure-symbol ones."""
+    return list(filter(None, map(str.strip, words, repeat(PUNCTUATION))))
+
+
+def gopher_quality(text: str, words: list[str], lines: list[str], cfg: CleanConfig) -> str | None:
+    """Gopher's quality filter: length, word shape, symbol ratios, bullet/ellipsis lines, stop words.
+
+    `words` is text.split() and `lines` text.split("\n"), shared with the other rules.
+    """
     n_words = len(words) or 1
-    # Words stripped of surrounding punctuation, without the pure-symbol ones; map/filter keep the
-    # per-word work in C, which matters at a million words per play.
-    cores = list(filter(None, map(str.strip, words, repeat(PUNCTUATION))))
-    if cfg.gopher_min_words is not None and len(cores) < cfg.gopher_min_words:
-        return "gopher_short_doc"
-    if cfg.gopher_max_words is not None and len(cores) > cfg.gopher_max_words:
-        return "gopher_long_doc"
-    if cores:
-        mean_len = sum(map(len, cores)) / len(cores)
-        if cfg.gopher_min_mean_word_length is not None and mean_len < cfg.gopher_min_mean_word_length:
-            return "gopher_mean_word_length_low"
-        if cfg.gopher_max_mean_word_length is not None and mean_len > cfg.gopher_max_mean_word_length:
-            return "gopher_mean_word_length_high"
+    # Stripping every word (for the word count and mean length) is the costly step, and prose rarely
+    # needs it: stripping removes at most `symbols` chars, an upper bound on the punctuation in the
+    # text (every ASCII punctuation byte, plus one per extra UTF-8 byte, which covers every
+    # non-ASCII mark), and each pure-symbol word holds at least one of them. So the core count lies
+    # in [len(words) - symbols, len(words)] and the core chars in [chars - symbols, chars]; `cores`
+    # is computed only when those ranges straddle a threshold.
+    data = text.encode()
+    symbols = len(data) - len(data.translate(None, _ASCII_PUNCTUATION)) + len(data) - len(text)
+    fewest = len(words) - symbols
+    cores: list[str] | None = None
+    if cfg.gopher_min_words is not None and fewest < cfg.gopher_min_words:
+        cores = _cores(words)
+        if len(cores) < cfg.gopher_min_words:
+            return "gopher_short_doc"
+    if cfg.gopher_max_words is not None and len(words) > cfg.gopher_max_words:
+        cores = _cores(words) if cores is None else cores
+        if len(cores) > cfg.gopher_max_words:
+            return "gopher_long_doc"
+    lo, hi = cfg.gopher_min_mean_word_length, cfg.gopher_max_mean_word_length
+    if lo is not None or hi is not None:
+        # The chars of all words; in ASCII text, its bytes that are not whitespace.
+        chars = len(data.translate(None, _ASCII_SPACE)) if text.isascii() else sum(map(len, words))
+        # Float division rounds monotonically, so a bound on the exact quotient decides its rounding too.
+        decided = (
+            fewest > 0 and (lo is None or (chars - symbols) / len(words) >= lo) and (hi is None or chars / fewest <= hi)
+        )
+        if not decided:
+            cores = _cores(words) if cores is None else cores
+            if cores:
+                mean_len = sum(map(len, cores)) / len(cores)
+                if lo is not None and mean_len < lo:
+                    return "gopher_mean_word_length_low"
+                if hi is not None and mean_len > hi:
+                    return "gopher_mean_word_length_high"
     if cfg.gopher_max_symbol_word_ratio is not None:
         if text.count("#") / n_words > cfg.gopher_max_symbol_word_ratio:
             return "gopher_hash_ratio"
@@ -80,22 +118,33 @@ def gopher_quality(text: str, cfg: CleanConfig) -> str | None:
             return "gopher_ellipsis_ratio"
     # Blank lines are paragraph separators, not content: counting them would let a pure list with
     # blank lines between items pass the bullet rule, so ratios are over non-blank lines.
-    lines = list(filter(None, map(str.strip, text.split("\n")))) or [""]
+    # The lines' first characters (every bullet is one character) and last three, joined with
+    # newlines, are counted with str.count: C passes instead of a method call per line.
+    stripped = list(filter(None, map(str.strip, lines))) or [""]
     if cfg.gopher_max_bullet_lines_ratio is not None:
-        bullets = sum(map(methodcaller("startswith", BULLETS), lines))
-        if bullets / len(lines) > cfg.gopher_max_bullet_lines_ratio:
+        firsts = "".join(map(_FIRST_CHAR, stripped))
+        if sum(map(firsts.count, BULLETS)) / len(stripped) > cfg.gopher_max_bullet_lines_ratio:
             return "gopher_bullet_lines"
     if cfg.gopher_max_ellipsis_lines_ratio is not None:
-        trailing = sum(map(methodcaller("endswith", ELLIPSES), lines))
-        if trailing / len(lines) > cfg.gopher_max_ellipsis_lines_ratio:
+        ends = "\n".join(map(_LAST_3_CHARS, stripped)) + "\n"
+        trailing = sum(ends.count(e + "\n") for e in ELLIPSES)
+        if trailing / len(stripped) > cfg.gopher_max_ellipsis_lines_ratio:
             return "gopher_ellipsis_lines"
     if cfg.gopher_min_alpha_words_ratio is not None:
-        alpha = len(list(filter(_HAS_LETTER, words)))
+        if text.isascii():
+            alpha = (b" " + data.translate(_LETTERS_TO_A, _NOT_LETTER_OR_SPACE)).count(b" a")
+        else:
+            # An all-letter word (str.isalpha, a fast C check) has a letter; only when those alone
+            # fall short are the other words searched.
+            alpha = sum(map(str.isalpha, words))
+            if alpha / n_words < cfg.gopher_min_alpha_words_ratio:
+                alpha += len(list(filter(_HAS_LETTER, filterfalse(str.isalpha, words))))
         if alpha / n_words < cfg.gopher_min_alpha_words_ratio:
             return "gopher_alpha_words"
     if cfg.gopher_min_stop_words:
         found = 0
-        for core in cores:  # stops at the threshold: prose reaches two stop words within a line
+        # Stripped lazily: prose reaches two stop words within a line.
+        for core in cores if cores is not None else filter(None, map(str.strip, words, repeat(PUNCTUATION))):
             if core.lower() in STOP_WORDS:
                 found += 1
                 if found >= cfg.gopher_min_stop_words:
@@ -111,69 +160,84 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return len(items) - len(unique), sum(map(len, items)) - sum(map(len, unique))
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads small word ids over 64 bits so n-gram hashes rarely collide."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+# The n-grams of one length that occur more than once: their positions, ascending, and parallel to
+# them their names, each the position of that n-gram's first occurrence.
+_Level = tuple[list[int], list[int]]
 
 
-def _ngram_hashes(words: list[str], max_n: int) -> list[np.ndarray]:
-    """hashes[n][i] identifies the n-gram starting at word i, for n = 1..max_n (index 0 unused).
+def _repeated(positions: list[int], names: list[int]) -> _Level:
+    """The positions (with their names) whose name occurs more than once; every step runs in C."""
+    counts = Counter(names)
+    if len(counts) == len(names):
+        return [], []
+    keep = list(map((1).__lt__, map(counts.__getitem__, names)))
+    return list(compress(positions, keep)), list(compress(names, keep))
 
-    Words become exact integer ids first, so only whole n-grams are hashed (64-bit, collisions
-    ~len(words)^2 / 2^64: negligible), and each n costs one vectorised pass instead of building
-    len(words) tuples of strings.
+
+def _ngram_hashes(words: list[str], max_n: int) -> list[_Level]:
+    """levels[n] for n = 2..max_n (indexes 0 and 1 are unused): the repeated n-grams.
+
+    An n-gram's name, its first position, is an exact, collision-free hash of it within the
+    document. Only level 2 looks at every position (one pass in C over word pairs). An (n+1)-gram
+    at i repeats only if the n-grams at i and i+1 both do, and the pair of their names identifies
+    it exactly, so each further level is built from the one below alone, in time proportional to
+    the repeated positions: in prose a few percent of them, and none after the first empty level.
     """
-    index = dict(zip(dict.fromkeys(words), count()))  # word -> id in order of first use, all in C
-    ids = np.fromiter(map(index.__getitem__, words), np.uint64, len(words))
-    x = _mix(ids + np.uint64(1))
-    hashes = [x, x]
-    for n in range(2, max_n + 1):  # polynomial rolling hash; uint64 arithmetic wraps mod 2^64
-        hashes.append(hashes[-1][:-1] * np.uint64(0x9E3779B97F4A7C15) + x[n - 1 :])
-    return hashes
+    levels: list[_Level] = [([], []), ([], [])]
+    if max_n >= 2:
+        first: dict[tuple[str, str], int] = {}
+        names = list(map(first.setdefault, pairwise(words), count()))
+        # Most bigrams of prose occur once: find the later occurrences (name != position), then
+        # their first ones, rather than counting every bigram.
+        later = list(compress(count(), map(ne, names, count()))) if len(first) < len(names) else []
+        positions = sorted({*later, *map(names.__getitem__, later)})
+        levels.append((positions, list(map(names.__getitem__, positions))))
+    while len(levels) <= max_n:
+        positions, names = levels[-1]
+        if not positions:
+            return levels + [([], [])] * (max_n + 1 - len(levels))
+        # Consecutive positions of the level below: both n-grams of an (n+1)-gram repeat.
+        pairs = list(map((1).__eq__, map(sub, positions[1:], positions)))
+        starts = list(compress(positions, pairs))
+        first_pair: dict[tuple[int, int], int] = {}
+        names = list(map(first_pair.setdefault, compress(pairwise(names), pairs), starts))
+        levels.append(_repeated(starts, names))
+    return levels
 
 
-def _dup_ngram_chars(h: np.ndarray, ends: list[int], n: int) -> int:
-    """Chars of words inside repeated n-grams, scanning left to right, skipping the n-1 n-grams
-    after each repeat so overlapping repeats count once (Gopher's definition). `ends` are word-length
-    prefix sums: the n-gram at word i spans ends[i + n] - ends[i] chars.
+def _dup_ngram_chars(level: _Level, ends: list[int], n: int) -> int:
+    """Chars of words inside repeated n-grams, scanning left to right, skipping the n-1 n-grams after
+    each repeat so overlapping repeats count once (Gopher's definition). `level` is one level of
+    `_ngram_hashes`; `ends` are word-length prefix sums: the n-gram at word i spans
+    ends[i + n] - ends[i] chars.
 
-    Equivalent to the plain scan with a `seen` set, but visits only positions whose n-gram occurred
-    before: a first occurrence joins `seen` exactly when it is not inside a skipped span, which
-    bisecting the (increasing) list of counted repeats answers.
+    The plain scan over every position, visiting only the repeated ones: an n-gram that occurs once
+    joins the `seen` set but is never looked up, so skipping it changes nothing.
     """
-    order = np.argsort(h, kind="stable")  # stable: within a group of equal hashes, earliest first
-    sorted_h = h[order]
-    starts = np.flatnonzero(np.r_[True, sorted_h[1:] != sorted_h[:-1]])
-    first_at = np.empty_like(order)
-    first_at[order] = np.repeat(order[starts], np.diff(np.r_[starts, len(h)]))
-    repeats = np.flatnonzero(first_at < np.arange(len(h)))
-    counted: list[int] = []  # positions counted as repeats; each skips the next n - 1 positions
-    # n-grams (named by their first position) that joined `seen` at a later occurrence, their first
-    # occurrence having been skipped.
-    visited: set[int] = set()
+    seen: set[int] = set()
     chars, skip_until = 0, 0
-    for j, f in zip(repeats.tolist(), first_at[repeats].tolist(), strict=True):
-        if j < skip_until:
+    for i, name in zip(*level, strict=True):
+        if i < skip_until:
             continue
-        k = bisect_left(counted, f) - 1
-        if f in visited or k < 0 or f >= counted[k] + n:  # an earlier occurrence was visited
-            chars += ends[j + n] - ends[j]
-            counted.append(j)
-            skip_until = j + n
+        if name in seen:
+            chars += ends[i + n] - ends[i]
+            skip_until = i + n
         else:
-            visited.add(f)
+            seen.add(name)
     return chars
 
 
-def gopher_repetition(text: str, cfg: CleanConfig) -> str | None:
-    """Gopher's repetition filter: duplicated paragraphs/lines and over-frequent or repeated n-grams."""
+def gopher_repetition(text: str, words: list[str], lines: list[str], cfg: CleanConfig) -> str | None:
+    """Gopher's repetition filter: duplicated paragraphs/lines and over-frequent or repeated n-grams.
+
+    `words` is text.split() and `lines` text.split("\n"), shared with the other rules.
+    """
     n_chars = len(text) or 1
+    stripped = text.strip()
     checks = (
-        (_PARAGRAPH_BREAK.split(text.strip()), "para", cfg.gopher_max_dup_para_frac,
-         cfg.gopher_max_dup_para_char_frac),
-        (list(filter(None, text.split("\n"))) or [""], "line", cfg.gopher_max_dup_line_frac,
+        (_PARAGRAPH_BREAK.split(stripped), "para",
+         cfg.gopher_max_dup_para_frac, cfg.gopher_max_dup_para_char_frac),
+        (list(filter(None, lines)) or [""], "line", cfg.gopher_max_dup_line_frac,
          cfg.gopher_max_dup_line_char_frac),
     )  # fmt: skip
     for items, unit, max_frac, max_char_frac in checks:
@@ -183,32 +247,28 @@ def gopher_repetition(text: str, cfg: CleanConfig) -> str | None:
         if max_char_frac is not None and dup_chars / n_chars > max_char_frac:
             return f"gopher_dup_{unit}_char_frac"
 
-    words = text.split()
-    if len(words) < 2:
-        return None
-    hashes = _ngram_hashes(words, 4 + len(cfg.gopher_dup_ngram_max_frac))
-    ends = [0, *accumulate(map(len, words))]
-    for n, max_frac in enumerate(cfg.gopher_top_ngram_max_frac, start=2):
-        if max_frac is None or len(words) < n:
+    top, dup = cfg.gopher_top_ngram_max_frac, cfg.gopher_dup_ngram_max_frac
+    levels = _ngram_hashes(words, max(1 + len(top), 4 + len(dup)))
+    for n, max_frac in enumerate(top, start=2):
+        # An n-gram that occurs once is not repetition (datatrove would still count it, dropping any
+        # document of a few words), so only repeated n-grams matter: none at all in most documents.
+        if max_frac is None or not levels[n][0]:
             continue
-        values, counts = np.unique(hashes[n], return_counts=True)
-        count = int(counts.max())
-        # An n-gram that occurs once is not repetition (datatrove would still count it, dropping
-        # any document of a few words); chars include the n - 1 spaces inside the n-gram.
-        if count > 1:
-            # Among equally frequent n-grams take the one that occurs first, as datatrove's
-            # Counter.most_common does; its first position also gives its length.
-            i = int(np.argmax(np.isin(hashes[n], values[counts == count])))
-            if (ends[i + n] - ends[i] + n - 1) * count / n_chars > max_frac:
-                return f"gopher_top_{n}_gram"
+        # Among equally frequent n-grams take the one that occurs first, as datatrove's
+        # Counter.most_common does: names enter the Counter in order of first occurrence, and max
+        # returns the first maximum. A name is also the first position; chars include the n - 1 spaces.
+        first, most = max(Counter(levels[n][1]).items(), key=itemgetter(1))
+        if len(" ".join(words[first : first + n])) * most / n_chars > max_frac:
+            return f"gopher_top_{n}_gram"
 
-    for n, max_frac in enumerate(cfg.gopher_dup_ngram_max_frac, start=5):
-        if max_frac is None or len(words) < n:
+    ends: list[int] | None = None
+    for n, max_frac in enumerate(dup, start=5):
+        if max_frac is None:
             continue
-        chars = _dup_ngram_chars(hashes[n], ends, n)
-        if chars == 0:
+        if not levels[n][0]:
             break  # no repeated n-gram means no repeated longer n-gram either: the rest all pass
-        if chars / n_chars > max_frac:
+        ends = [0, *accumulate(map(len, words))] if ends is None else ends
+        if _dup_ngram_chars(levels[n], ends, n) / n_chars > max_frac:
             return f"gopher_dup_{n}_gram"
     return None
 
@@ -219,33 +279,46 @@ def _sentences(line: str) -> int:
     return max(1, len(SENTENCE_END.findall(line)))
 
 
-def c4_lines(text: str, cfg: CleanConfig, removed: Counter[str]) -> tuple[str | None, str | None]:
+def c4_lines(text: str, lines: list[str], cfg: CleanConfig, removed: Counter[str]) -> tuple[str | None, str | None]:
     """C4's line filter: drop non-sentence lines, drop the document on lorem ipsum or `{`.
 
-    Returns (filtered text, None) or (None, rule). Lines removed are counted into `removed` by
-    rule. Blank lines are kept so paragraphs survive (C4 itself joined the kept lines with one
-    newline, which erased paragraph structure a language model can use).
+    `lines` is text.split("\n"). Returns (filtered text, None) or (None, rule). Lines removed are
+    counted into `removed` by rule. Blank lines are kept so paragraphs survive (C4 itself joined the
+    kept lines with one newline, which erased paragraph structure a language model can use).
     """
+    # The phrase rules are decided for the whole document first (one lower() and a few searches in
+    # C): a phrase absent from the document is absent from its lines, which then skip their own
+    # lower(). Citation removal can join a phrase ("lorem [1]ipsum"), so a line it changed is searched.
+    lower = text.lower()
+    phrases = (
+        (cfg.c4_lorem_ipsum and "lorem ipsum" in lower)
+        or (cfg.c4_javascript and "javascript" in lower)
+        or (cfg.c4_policy and any(p in lower for p in POLICY_SUBSTRINGS))
+    )
+    max_word, min_words = cfg.c4_max_word_length, cfg.c4_min_words_per_line
     kept: list[str] = []
-    sentences = 0
-    for raw in text.split("\n"):
+    content: list[str] = []  # the kept lines that passed every rule (not the blank ones)
+    for raw in lines:
         line = raw.strip()
         if not line:
             kept.append("")
             continue
-        words = line.split()
-        if cfg.c4_max_word_length is not None and any(len(w) > cfg.c4_max_word_length for w in words):
+        # No word is longer than its line, and splitting at most min_words - 1 times counts words up
+        # to min_words: both spare a full split of most lines.
+        if max_word is not None and len(line) > max_word and max(map(len, line.split())) > max_word:
             removed["c4_long_word"] += 1
             continue
-        if cfg.c4_remove_citations:
-            line = CITATION.sub("", line)
+        cited = False
+        if cfg.c4_remove_citations and "[" in line:
+            uncited = CITATION.sub("", line)
+            cited, line = uncited != line, uncited
         if cfg.c4_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSES)):
             removed["c4_no_terminal_punct"] += 1
             continue
-        if cfg.c4_min_words_per_line is not None and len(words) < cfg.c4_min_words_per_line:
+        if min_words is not None and min_words > 0 and len(raw.split(None, min_words - 1)) < min_words:
             removed["c4_too_few_words"] += 1
             continue
-        lower = line.lower()
+        lower = line.lower() if phrases or cited else ""
         if cfg.c4_lorem_ipsum and "lorem ipsum" in lower:
             return None, "c4_lorem_ipsum"
         if cfg.c4_javascript and "javascript" in lower:
@@ -253,12 +326,14 @@ def c4_lines(text: str, cfg: CleanConfig, removed: Counter[str]) -> tuple[str | 
             continue
         if cfg.c4_curly_bracket and "{" in line:
             return None, "c4_curly_bracket"  # code, templates or JSON rather than prose
-        if cfg.c4_policy and any(p in lower for p in POLICY_SUBSTRINGS):
+        if cfg.c4_policy and lower and any(p in lower for p in POLICY_SUBSTRINGS):
             removed["c4_policy"] += 1
             continue
-        sentences += _sentences(line)
         kept.append(line)
-    if cfg.c4_min_sentences is not None and sentences < cfg.c4_min_sentences:
+        content.append(line)
+    # Every such line counts as at least one sentence, so the regex runs only when they alone are too few.
+    least = cfg.c4_min_sentences
+    if least is not None and len(content) < least and sum(map(_sentences, content)) < least:
         return None, "c4_too_few_sentences"
-    out = _BLANK_RUNS.sub("\n\n", "\n".join(kept)).strip()
+    out = BLANK_RUNS.sub("\n\n", "\n".join(kept)).strip()
     return (out, None) if out else (None, "c4_no_lines_kept")

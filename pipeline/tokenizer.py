@@ -17,12 +17,12 @@ import heapq
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipeline.clean import CleanConfig, CleanStats, full_clean
+from pipeline.clean import CleanConfig, CleanStats, clean_text
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]"]
 PAD_ID = SPECIALS.index("[PAD]")
@@ -34,6 +34,10 @@ BOS_ID = SPECIALS.index("[BOS]")
 # sees too seldom to learn. A 16k vocabulary still averages ~4 bytes per token on English web
 # text (GPT-2's 50k: ~4.5), so a context window covers nearly as much text.
 DEFAULT_VOCAB_SIZE = 16384
+# `sample_corpus` cleans a random fraction of the raw documents, expected to total this multiple of
+# the sample size: the margin covers the documents cleaning drops and the error of estimating the
+# corpus size from its file sizes.
+OVERSAMPLE = 1.2
 
 
 def _strip_added_tokens(tok: Tokenizer) -> Tokenizer:
@@ -107,6 +111,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _key(data: bytes, seed: int, person: bytes = b"") -> int:
+    """A uniform 64-bit number from a seeded hash of `data`; a different `person` gives an independent one."""
+    salt = seed.to_bytes(8, "little", signed=True)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, key=salt, person=person).digest(), "little")
+
+
 def sample_texts(texts: Iterable[str], sample_bytes: int, seed: int = 0) -> list[str]:
     """A uniform random sample of whole documents totalling about `sample_bytes` UTF-8 bytes.
 
@@ -118,12 +128,11 @@ def sample_texts(texts: Iterable[str], sample_bytes: int, seed: int = 0) -> list
     """
     if sample_bytes <= 0:
         raise ValueError("sample_bytes must be positive")
-    salt = seed.to_bytes(8, "little", signed=True)
     heap: list[tuple[int, int, int, str]] = []  # (-key, -position, size, text): the largest key on top
     total = 0
     for position, text in enumerate(texts):
         data = text.encode("utf-8")
-        key = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=salt).digest(), "little")
+        key = _key(data, seed)
         if heap and total >= sample_bytes and key > -heap[0][0]:
             continue  # full, and this document would be the first one dropped anyway
         heapq.heappush(heap, (-key, -position, len(data), text))
@@ -131,6 +140,40 @@ def sample_texts(texts: Iterable[str], sample_bytes: int, seed: int = 0) -> list
         while total - heap[0][2] >= sample_bytes:  # still full without the largest key: drop it
             total -= heapq.heappop(heap)[2]
     return [text for *_, text in sorted(heap, key=lambda item: -item[1])]
+
+
+def sample_corpus(
+    paths: Iterable[str | Path],
+    sample_bytes: int,
+    clean_cfg: CleanConfig | None,
+    seed: int,
+    stats: CleanStats | None = None,
+) -> list[str]:
+    """`sample_texts` of the cleaned documents under `paths`, cleaning only a random fraction of them.
+
+    Cleaning costs far more than reading, so a big corpus is thinned first: each raw document is
+    kept when a seeded hash of it, independent of the one `sample_texts` uses, falls below the
+    fraction that makes the kept documents total OVERSAMPLE x sample_bytes on average, the corpus
+    size being estimated from its file sizes (all of them in a corpus smaller than that). Whether a
+    document is kept depends on nothing but its text, so the sample stays uniform over documents and
+    deterministic given the seed. With `stats`, only the kept documents are counted.
+    """
+    # Imported here so this module works without the readers and their dependencies.
+    from pipeline.sources import expand_paths, iter_texts
+
+    files = expand_paths(paths)
+    estimate = sum(f.stat().st_size for f in files)
+    keep_below = 2**64 if estimate <= OVERSAMPLE * sample_bytes else int(2**64 * OVERSAMPLE * sample_bytes / estimate)
+    cfg = clean_cfg or CleanConfig()
+
+    def cleaned_kept() -> Iterator[str]:
+        for text, _where in iter_texts(files):
+            if _key(text.encode("utf-8", "surrogatepass"), seed, b"pre-sample") < keep_below:
+                cleaned, _rule = clean_text(text, cfg, stats)
+                if cleaned is not None:
+                    yield cleaned
+
+    return sample_texts(cleaned_kept(), sample_bytes, seed)
 
 
 def train_from_paths(
@@ -142,8 +185,8 @@ def train_from_paths(
     out_path: str | Path,
     stats: CleanStats | None = None,
 ) -> Path:
-    """Clean the documents under `paths`, sample `sample_bytes` of them, train, save to out_path."""
-    sample = sample_texts(full_clean(paths, clean_cfg, stats), sample_bytes, seed)
+    """Train on `sample_corpus` of the documents under `paths` and save to out_path."""
+    sample = sample_corpus(paths, sample_bytes, clean_cfg, seed, stats)
     if not sample:
         raise ValueError("no documents survived cleaning; nothing to train a tokenizer on")
     return save_tokenizer(train_tokenizer(sample, vocab_size), out_path)

@@ -255,6 +255,15 @@ def test_stats_invariant_merge_and_table():
     assert "documents kept" in table and "empty" in table and "c4_policy" in table
 
 
+def test_clean_stats_from_dict_inverts_to_dict():
+    stats = CleanStats()
+    for doc in [PROSE, "", "Home\nAbout", PROSE + "\nCookie policy applies here, sadly.", "The cat sat."]:
+        clean_text(doc, WEB, stats)
+    d = json.loads(json.dumps(stats.to_dict()))  # as a worker's result file carries it
+    assert CleanStats.from_dict(d) == stats and CleanStats.from_dict(d).to_dict() == d
+    assert CleanStats.from_dict(CleanStats().to_dict()) == CleanStats()
+
+
 def test_doc_hash_stable_64_bit():
     expected = int.from_bytes(hashlib.blake2b("héllo".encode(), digest_size=8).digest(), "little")
     assert doc_hash("héllo") == expected

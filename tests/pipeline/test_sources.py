@@ -346,13 +346,21 @@ def test_missing_and_unreadable_paths(tmp_path):
         list(read_chunk(Chunk(str(tmp_path / "dir.jsonl"), 0, 1, 0, 1, 0, "jsonl")))
 
 
-def test_permission_denied(tmp_path):
+def test_permission_denied(tmp_path, monkeypatch):
     path = tmp_path / "locked.jsonl"
     path.write_text('{"text": "a"}\n')
     path.chmod(0)
     try:
         if os.access(path, os.R_OK):
-            pytest.skip("running as root: chmod does not block reads")
+            # Root reads through chmod 000 (as in CI): make the kernel's answer for this file EACCES.
+            real_open = open
+
+            def open_as_user(file, *args, **kwargs):
+                if str(file) == str(path):
+                    raise PermissionError(13, "Permission denied", str(file))
+                return real_open(file, *args, **kwargs)
+
+            monkeypatch.setattr("pipeline.sources.open", open_as_user, raising=False)
         bad_file(path, "locked.jsonl: permission denied")
     finally:
         path.chmod(0o644)
@@ -371,6 +379,15 @@ def test_read_stats_merge_and_to_dict():
     assert merged["bad_records"] == {"invalid_json": 4, "null_text": 4}
     assert merged["examples"] == [f"a:{i}: invalid_json" for i in range(4)] + ["b:0: null_text"]
     assert ReadStats(**{**merged, "bad_records": a.bad_records}).to_dict() == merged
+
+
+def test_read_stats_from_dict_inverts_to_dict():
+    stats = ReadStats(records=7, invalid_utf8=2)
+    stats.note("invalid_json", "f:1")
+    stats.note("missing_text", "f:2")
+    d = json.loads(json.dumps(stats.to_dict()))  # as a worker's result file carries it
+    assert ReadStats.from_dict(d) == stats and ReadStats.from_dict(d).to_dict() == d
+    assert ReadStats.from_dict(ReadStats().to_dict()) == ReadStats()
 
 
 def test_iter_texts_reads_a_mixed_directory_in_order(write_texts, tmp_path):

@@ -20,6 +20,7 @@ from pipeline.tokenizer import (
     SPECIALS,
     file_sha256,
     load_tokenizer,
+    sample_corpus,
     sample_texts,
     save_tokenizer,
     train_from_paths,
@@ -259,9 +260,34 @@ def test_train_from_paths(tmp_path, corpus):
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus[:10] + [""]), encoding="utf-8")
     stats = CleanStats()
+    # A sample budget above the corpus (~0.4 MB): every document is cleaned, none sampled away.
     out = train_from_paths(
-        [str(path)], 500, 200_000, CleanConfig.for_source("shakespeare"), 0, tmp_path / "t.json", stats
+        [str(path)], 500, 500_000, CleanConfig.for_source("shakespeare"), 0, tmp_path / "t.json", stats
     )
     assert stats.documents_in == 11 and stats.dropped["empty"] == 1
     enc = Encoder(out)
     assert enc.vocab_size == 500 and enc.engine == "tiktoken"
+
+
+def test_big_corpus_is_sampled_before_cleaning(tmp_path):
+    pytest.importorskip("pipeline.sources")
+    from pipeline.clean import CleanConfig, CleanStats
+
+    rng = random.Random(4)
+    words = [f"w{i}" for i in range(300)] + ["the", "and", "of"] * 20
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(10, 200))) + "." for _ in range(3000)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    budget = path.stat().st_size // 10
+    cfg = CleanConfig.for_source("minimal")
+    stats = CleanStats()
+    sample = sample_corpus([path], budget, cfg, 3, stats)
+    # Only ~OVERSAMPLE / 10 of the documents were cleaned, and they still fill the budget.
+    assert 0.06 * len(docs) < stats.documents_in < 0.2 * len(docs)
+    assert budget <= sum(len(d.encode()) for d in sample) < 1.1 * budget
+    assert set(sample) <= set(docs)
+    assert sample == sample_corpus([path], budget, cfg, 3)  # deterministic given the seed
+    assert sample != sample_corpus([path], budget, cfg, 4)
+    first = train_from_paths([path], 400, budget, cfg, 3, tmp_path / "a.json")
+    second = train_from_paths([path], 400, budget, cfg, 3, tmp_path / "b.json")
+    assert first.read_text() == second.read_text()
