@@ -80,7 +80,7 @@ def train_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None) -> Path
              cfg.tokenizer_sample_bytes / 1e6, root.name)
     started = time.perf_counter()
     path = Path(train_from_paths(paths, vocab, cfg.tokenizer_sample_bytes, clean_config(cfg), cfg.seed,
-                                 root / "tokenizer.json"))
+                                 root / "tokenizer.json", text_field=cfg.text_field, csv_column=cfg.csv_column))
     log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
     return path
 

@@ -148,6 +148,8 @@ def sample_corpus(
     clean_cfg: CleanConfig | None,
     seed: int,
     stats: CleanStats | None = None,
+    text_field: str = "text",
+    csv_column: str = "text",
 ) -> list[str]:
     """`sample_texts` of the cleaned documents under `paths`, cleaning only a random fraction of them.
 
@@ -167,7 +169,7 @@ def sample_corpus(
     cfg = clean_cfg or CleanConfig()
 
     def cleaned_kept() -> Iterator[str]:
-        for text, _where in iter_texts(files):
+        for text, _where in iter_texts(files, text_field=text_field, csv_column=csv_column):
             if _key(text.encode("utf-8", "surrogatepass"), seed, b"pre-sample") < keep_below:
                 cleaned, _rule = clean_text(text, cfg, stats)
                 if cleaned is not None:
@@ -184,9 +186,11 @@ def train_from_paths(
     seed: int,
     out_path: str | Path,
     stats: CleanStats | None = None,
+    text_field: str = "text",
+    csv_column: str = "text",
 ) -> Path:
     """Train on `sample_corpus` of the documents under `paths` and save to out_path."""
-    sample = sample_corpus(paths, sample_bytes, clean_cfg, seed, stats)
+    sample = sample_corpus(paths, sample_bytes, clean_cfg, seed, stats, text_field, csv_column)
     if not sample:
         raise ValueError("no documents survived cleaning; nothing to train a tokenizer on")
     return save_tokenizer(train_tokenizer(sample, vocab_size), out_path)

@@ -16,6 +16,7 @@ from pipeline.assemble import HashSet, is_val
 from pipeline.clean import CleanConfig, clean_text, doc_hash, full_clean
 from pipeline.config import PrepareConfig, resolve_name
 from pipeline.fast_encode import Encoder
+from pipeline.prepare import prepare
 from pipeline.sources import shakespeare_plays
 from pipeline.store import TokenStore
 
@@ -217,3 +218,17 @@ def test_hash_set_and_split_fraction():
     assert not s.contains(values + np.uint64(1)).any() and len(s.runs) <= 14  # runs at least double
     assert 0.04 < is_val(values, 0.05, 0).mean() < 0.06
     assert (is_val(values, 0.05, 0) != is_val(values, 0.05, 1)).any()  # the seed changes the split
+
+
+def test_tokenizer_trained_from_a_custom_csv_column(tmp_path):
+    """With no tokenizer given, prepare trains one from the same column it then encodes."""
+    texts = sentences(5, 40)
+    csv_path = tmp_path / "posts.csv"
+    csv_path.write_text("id,body\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts)))
+    cfg = PrepareConfig(out=str(tmp_path / "out"), data=[str(csv_path)], name="posts", csv_column="body",
+                        vocab_size=400, quiet=True, **MINIMAL)
+    store = TokenStore(prepare(cfg))
+    assert store.manifest["stats"]["documents_kept"] == 40
+    encoder = Encoder(store.tokenizer_path)
+    kept = {encoder.decode(d[1:].tolist()) for split in ("train", "val") for d in store.documents(split)}
+    assert kept == set(texts)
