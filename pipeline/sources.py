@@ -66,10 +66,12 @@ def _format_of(path: str | Path) -> str | None:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    # Hidden entries (.git, .ipynb_checkpoints) are never corpus data.
+    # Hidden entries (.git, .ipynb_checkpoints) are never corpus data; nor is a Markdown file found by
+    # searching a folder (a README.md beside the shards): plays are read only when named or globbed.
     return [
         p for p in folder.rglob("*")
-        if p.is_file() and _format_of(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file() and _format_of(p) not in (None, "md")
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
 
 

@@ -120,6 +120,7 @@ def test_expand_paths_directories_globs_dedup(tmp_path, write_texts):
     for name in ["d/b.jsonl", "d/a.csv", "d/sub/c.parquet", "d/sub/z.json", "top.jsonl.zst"]:
         write_texts(name, ["t"])
     (tmp_path / "d/readme.txt").write_text("not data")
+    (tmp_path / "d/README.md").write_text("# About these shards\n")
     (tmp_path / "d/.hidden").mkdir()
     write_texts("d/.hidden/skip.jsonl", ["t"])
     got = expand_paths([tmp_path / "d", str(tmp_path / "d/b.jsonl"), str(tmp_path / "*.jsonl.*")])
@@ -127,7 +128,7 @@ def test_expand_paths_directories_globs_dedup(tmp_path, write_texts):
     assert names == ["d/a.csv", "d/b.jsonl", "d/sub/c.parquet", "d/sub/z.json", "top.jsonl.zst"]
     assert all(p.is_absolute() for p in got)
     assert expand_paths([str(tmp_path / "d/**/*.parquet")]) == [tmp_path / "d/sub/c.parquet"]
-    assert expand_paths([str(tmp_path / "d/*")]) == got[:4]  # a matched directory is searched too
+    assert expand_paths([str(tmp_path / "d/*")]) == [tmp_path / "d/README.md", *got[:4]]  # globbed .md counts
 
 
 def test_expand_paths_errors_name_the_spec(tmp_path):
