@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from common.config import ConfigError, from_dict  # noqa: E402
 from model.export import LoadedModel, TokenizerMismatch, load  # noqa: E402
 from model.gpt import GPT  # noqa: E402
-from pipeline.chunks import _with_bos  # noqa: E402
+from pipeline.chunks import with_bos  # noqa: E402
 from pipeline.clean import PRESETS, CleanConfig, CleanStats, clean_text, full_clean  # noqa: E402
 from pipeline.fast_encode import Encoder  # noqa: E402
 from pipeline.readers import BadFileError  # noqa: E402
@@ -133,7 +133,7 @@ def eval_texts(loaded: LoadedModel, paths: list[str], clean: CleanConfig, max_to
         raise ValueError(f"cleaning dropped every document ({dict(stats.dropped)}); try --clean-preset minimal")
     encoder = Encoder(loaded.tokenizer_path)
     ids, lengths = encoder.encode_to_array(docs)
-    ids, _ = _with_bos(ids, lengths, encoder.bos_id)
+    ids, _ = with_bos(ids, lengths, encoder.bos_id)
     nats, count = score(loaded.model, windows([ids], loaded.model.cfg.block_size, max_tokens), batch_size)
     text_bytes = sum(len(d.encode("utf-8")) for d in docs)
     result = report(nats, count, text_bytes * count / max(len(ids) - 1, 1))

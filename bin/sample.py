@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read prompt: {err}", file=sys.stderr)
         return 2
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {device}: this torch sees no CUDA device", file=sys.stderr)
+        return 2
     try:
         loaded = load(args.checkpoint, device, args.tokenizer)
     except (TokenizerMismatch, FileNotFoundError, ValueError) as err:

@@ -95,7 +95,7 @@ class ChunkData:
         return ReadStats.from_dict(self.meta["read"])
 
 
-def _with_bos(ids: np.ndarray, lengths: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
+def with_bos(ids: np.ndarray, lengths: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat ids of n documents -> flat [BOS] + ids of each, and the new lengths."""
     out_len = lengths + 1
     bos_at = np.cumsum(out_len) - out_len
@@ -131,7 +131,7 @@ def _stream_chunk(chunk: Chunk, tmp: Path, settings: Settings, encoder: Encoder)
             ids, lens = encoder.encode_to_array(batch)
             if len(ids) and int(ids.max()) >= encoder.vocab_size:
                 raise ValueError(f"tokenizer produced id {int(ids.max())} >= vocab_size {encoder.vocab_size}")
-            ids, lens = _with_bos(ids.astype(dtype, copy=False), np.asarray(lens, dtype=np.int64), encoder.bos_id)
+            ids, lens = with_bos(ids.astype(dtype, copy=False), np.asarray(lens, dtype=np.int64), encoder.bos_id)
             f.write(ids.tobytes())
             lengths.append(lens)
             hashes.extend(map(doc_hash, batch))

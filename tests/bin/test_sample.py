@@ -208,3 +208,9 @@ def test_compile_flag_compiles_the_model(run, monkeypatch):
     args = ("--prompt", "ROMEO:", "--max-new-tokens", "5", "--temperature", "0")
     assert run(*args, "--compile")[1] == run(*args)[1]
     assert calls == [{"dynamic": True}]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(run):
+    code, out, err = run("--prompt", "x", "--device", "cuda")
+    assert code == 2 and out == "" and "sees no CUDA device" in err
