@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.clean import CleanConfig, CleanStats, clean_text
+from pipeline.store import atomic_write_bytes
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]"]
 PAD_ID = SPECIALS.index("[PAD]")
@@ -76,14 +75,7 @@ def save_tokenizer(tok: Tokenizer, path: str | Path) -> Path:
     """Write tokenizer.json atomically: a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tok.save(tmp, pretty=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, tok.to_str(pretty=True).encode())
     return path
 
 
@@ -100,15 +92,6 @@ def load_tokenizer(path: str | Path, max_len: int | None = None, pad: bool = Fal
     if pad:
         tok.enable_padding(pad_id=PAD_ID, pad_token=SPECIALS[PAD_ID], length=max_len)
     return tok
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in blocks (names the tokenizer a token store was built with)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _key(data: bytes, seed: int, person: bytes = b"") -> int:
