@@ -12,6 +12,7 @@ Prefetcher's), every RNG is saved per rank, and the LR is a pure function of the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import random
 import shutil
@@ -83,7 +84,8 @@ class Trainer:
         self.log = log if dist.is_main else (lambda _msg: None)
         self.store = TokenStore(cfg.data)
         self.run_dir = Path(cfg.out_dir)
-        cfg.model.vocab_size = self.store.vocab_size
+        # replace() reruns GPTConfig's checks (pad_id must lie inside the store's vocabulary).
+        cfg.model = dataclasses.replace(cfg.model, vocab_size=self.store.vocab_size)
         self._resolve_auto(cfg)
         self.ptdtype = getattr(torch, cfg.dtype)
         if self.device.type == "cuda":
