@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError
+from model.attention_backend import ATTENTION_BACKENDS
 from model.config import GPTConfig
 
 SAMPLER_MODES = ("random", "epoch")
@@ -75,6 +76,10 @@ class TrainConfig:
     dtype: str = "auto"
     """Autocast dtype: auto (bfloat16 where the GPU supports it, else float16 with a GradScaler;
     float32 on CPU) | float32 | bfloat16 | float16."""
+    attention: str = "auto"
+    """Attention kernel to prefer: auto (cuDNN on Hopper GPUs, where it beats FlashAttention-2 by far,
+    see bench/RESULTS.md; torch's own order elsewhere) | flash | cudnn | efficient | math. A
+    preference: a call the kernel cannot serve falls back to the others."""
     init_batch: bool = True
     """Before training, probe a full step at micro_batch and halve it until it fits in GPU memory
     (the minimum over ranks wins); grad_accum grows to keep the global batch."""
@@ -91,6 +96,7 @@ class TrainConfig:
             ("sampler_mode", self.sampler_mode, SAMPLER_MODES),
             ("dtype", self.dtype, DTYPES),
             ("device", self.device, DEVICES),
+            ("attention", self.attention, ATTENTION_BACKENDS),
         ):
             if value not in allowed:
                 raise ConfigError(f"TrainConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
