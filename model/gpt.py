@@ -89,6 +89,9 @@ class GPT(nn.Module):
             x = x + self.wpe.weight[start_pos:end]
         elif self.pos_table is not None:
             x = x + self.pos_table[start_pos:end]
+        if self.cfg.bf16_residual and torch.is_autocast_enabled(x.device.type) and \
+                torch.get_autocast_dtype(x.device.type) == torch.bfloat16:
+            x = x.to(torch.bfloat16)  # the blocks' bf16 outputs then add without promotion to float32
         rope = (self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]) if self.rope_cos is not None else None
         x = self.drop(x)
         for block in self.blocks:

@@ -28,7 +28,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+            # The fused kernel needs matching dtypes (a bf16 residual stream meets a float32 gain).
+            return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 

@@ -145,6 +145,31 @@ def test_all_pad_batch_gives_zero_loss_not_nan():
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_bf16_residual_keeps_the_stream_in_bf16_under_autocast_only(pos):
+    """The blocks hand each other bf16 under bf16 autocast (float32 without the option), the loss
+    stays close to the float32 stream's, and outside autocast the option changes nothing at all."""
+    idx = tokens(2, 16)
+    models = {flag: build(small(pos_encoding=pos, bf16_residual=flag)) for flag in (False, True)}
+    seen = {}
+
+    def record(flag):
+        def hook(module, args, out):
+            seen[flag] = out.dtype  # returns None: a hook's return value would replace the output
+        return hook
+
+    for flag, model in models.items():
+        handle = model.blocks[0].register_forward_hook(record(flag))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, seen[f"loss{flag}"] = model(idx, idx)
+        seen[f"loss{flag}"].backward()
+        handle.remove()  # the plain forwards below must not overwrite the autocast dtype
+        assert all(p.grad.dtype == torch.float32 and p.grad.isfinite().all() for p in model.parameters())
+    assert (seen[False], seen[True]) == (torch.float32, torch.bfloat16)
+    assert abs(seen["lossTrue"].item() - seen["lossFalse"].item()) < 0.02
+    assert torch.equal(models[True](idx, idx)[1], models[False](idx, idx)[1])
+
+
 @pytest.mark.parametrize("pos", ["sinusoidal", "learned", "rope"])
 def test_causal(pos):
     model = build(small(pos_encoding=pos)).eval()
