@@ -7,6 +7,11 @@ synthetic token store on the spot unless data_cache/shakespeare exists, runs bin
 subprocesses (a fresh process per run, so peak memory and compile caches are per run), and writes
 its logs and a JSON summary under $OUT when that is set. `--smoke` runs the same path on CPU with a
 tiny model in seconds, so the one GPU run cannot die of a typo.
+
+`--variant 'NAME: key=value ...'` (repeatable) adds a compiled run with those overrides between the
+compiled and the eager run, so several settings are compared on one lent machine in one call.
+Upper-case keys (`TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1`) are set in the run's environment
+instead. Variant runs skip evaluation: they measure training speed only.
 """
 
 from __future__ import annotations
@@ -69,6 +74,24 @@ def pick_store(args: argparse.Namespace, work: Path) -> Path:
     return store.root
 
 
+def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """'NAME: key=value ENV_VAR=value ...' -> (name, overrides, environment)."""
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if not sep or not name.replace("_", "").replace("-", "").isalnum() or name in ("compiled", "eager"):
+        raise argparse.ArgumentTypeError(f"--variant wants 'NAME: key=value ...' with a new plain NAME; got {text!r}")
+    overrides, env = [], {}
+    for token in rest.split():
+        key, eq, value = token.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"--variant {name}: {token!r} is not key=value")
+        if key.isupper():
+            env[key] = value
+        else:
+            overrides.append(token)
+    return name, overrides, env
+
+
 def train_args(args: argparse.Namespace, store: Path, out_dir: Path, compiled: bool) -> list[str]:
     common = [f"data={store}", f"out_dir={out_dir}", "resume=none", f"max_steps={args.steps}",
               f"micro_batch={args.micro_batch}", "grad_accum=1", "warmup_steps=20", "eval_interval=0",
@@ -80,11 +103,11 @@ def train_args(args: argparse.Namespace, store: Path, out_dir: Path, compiled: b
     return ["--config", str(REPO / "configs/gpt-45m.yml"), *common, "device=cuda", "dtype=bfloat16"]
 
 
-def run_training(argv: list[str], log_path: Path, timeout: float) -> tuple[int, float]:
+def run_training(argv: list[str], log_path: Path, timeout: float, extra_env: dict[str, str]) -> tuple[int, float]:
     """bin/train.py in a child process, its output echoed live and saved; returns (exit code, seconds)."""
     cmd = [sys.executable, str(REPO / "bin/train.py"), *argv]
-    print("$ " + " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    print("$ " + " ".join([*(f"{k}={v}" for k, v in extra_env.items()), *cmd]), flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **extra_env}
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -140,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-interval", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per training run")
     parser.add_argument("--runs", default="compiled,eager", help="which runs, comma-separated: compiled,eager")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[],
+                        help="'NAME: key=value ...': an extra compiled run with these overrides (repeatable)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/smallgpt-gpu-check"))
     args = parser.parse_args(argv)
     if args.smoke:
@@ -159,14 +184,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     store = pick_store(args, args.work_dir)
-    runs = [name for name in ("compiled", "eager") if name in args.runs.split(",")]
-    results = {}
-    for name in runs:
+    plan = [(name, [], {}) for name in ("compiled",) if name in args.runs.split(",")]
+    plan += [(name, [*overrides, "eval_batches=0"], env) for name, overrides, env in args.variant]
+    plan += [(name, [], {}) for name in ("eager",) if name in args.runs.split(",")]
+    runs, results = [name for name, _, _ in plan], {}
+    for name, overrides, env in plan:
         run_dir = args.work_dir / name
         shutil.rmtree(run_dir, ignore_errors=True)
-        code, wall = run_training(train_args(args, store, run_dir, name == "compiled"), out / f"train_{name}.log",
-                                  args.timeout)
-        results[name] = summarise(run_dir, code, wall)
+        argv = [*train_args(args, store, run_dir, name != "eager"), *overrides]
+        # A cold compile cache per run: compile times compare, and no run reuses another's graph (the
+        # cache key does not cover e.g. the attention-kernel preference, which is decided at tracing).
+        cache = args.work_dir / f"{name}-inductor-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        code, wall = run_training(argv, out / f"train_{name}.log", args.timeout,
+                                  {"TORCHINDUCTOR_CACHE_DIR": str(cache), **env})
+        results[name] = summarise(run_dir, code, wall) | {"overrides": overrides, "env": env}
+        # Written after every run: a call cut short by its time limit still returns what finished.
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
     c, e = results.get("compiled", {}), results.get("eager", {})
     startup = [r.get("init_s", 0) + r.get("first_step_s", 0) if r.get("first_step_s") else None for r in (c, e)]
     if None not in startup:
@@ -177,15 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"\n== gpu check on {device} (torch {torch.__version__}), {args.steps} steps, store {store}")
-    print(f"{'run':<9} {'exit':>4} {'mb x ga':>8} {'tok/s':>10} {'MFU':>6} {'step ms':>8} {'peak GB':>8} "
+    print(f"{'run':<12} {'exit':>4} {'mb x ga':>8} {'tok/s':>10} {'MFU':>6} {'step ms':>8} {'peak GB':>8} "
           f"{'init s':>7} {'1st step s':>10} {'wall s':>7} {'loss':>13} {'val':>6}")
     for name in runs:
         r = results[name]
-        print(f"{name:<9} {r['exit_code']:>4} {fmt(r['micro_batch'], 'd'):>3} x {fmt(r['grad_accum'], 'd'):<2} "
+        print(f"{name:<12} {r['exit_code']:>4} {fmt(r['micro_batch'], 'd'):>3} x {fmt(r['grad_accum'], 'd'):<2} "
               f"{fmt(r['tokens_per_s'], ',.0f'):>10} {fmt(r['mfu'] and 100 * r['mfu'], '.1f%'):>6} "
               f"{fmt(r['step_s'] and 1000 * r['step_s'], '.1f'):>8} {fmt(r['peak_mem_gb'], '.1f'):>8} "
               f"{fmt(r['init_s'], '.1f'):>7} {fmt(r['first_step_s'], '.1f'):>10} {r['wall_s']:>7.1f} "
               f"{fmt(r['first_loss'], '.2f'):>6}->{fmt(r['last_loss'], '.2f'):<6} {fmt(r['val_loss'], '.2f'):>6}")
+    for name, overrides, env in args.variant:
+        print(f"  {name}: {' '.join([*(f'{k}={v}' for k, v in env.items()), *overrides])}")
     print(f"compile time (compiled minus eager, init + first step): {fmt(results.get('compile_s'), '.1f')} s")
     if c.get("mfu") is not None:
         print(f"MFU target >= 45%: {'met' if c['mfu'] >= 0.45 else 'NOT met'} ({100 * c['mfu']:.1f}%)")

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 from trainer_util import REPO
 
 
 def test_gpu_check_smoke(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    variant = "bf16res: model.bf16_residual=true compile=false max_steps=4 SMALLGPT_CHECK_ENV=1"
     proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--runs", "eager", "--work-dir",
-                           str(tmp_path / "work")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "work"), "--variant", variant],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "== gpu check on cpu" in proc.stdout
     summary = json.loads((tmp_path / "out/gpu_check.json").read_text())
@@ -21,3 +24,27 @@ def test_gpu_check_smoke(tmp_path):
     assert eager["exit_code"] == 0 and eager["steps"] == 6 and eager["tokens_per_s"] > 0
     assert eager["init_s"] is not None and eager["first_step_s"] is not None and eager["val_loss"] is not None
     assert (tmp_path / "out/train_eager.log").read_text().count("step 6/6") == 1
+    # The variant ran first, with its overrides (and no evaluation) and its environment variable.
+    assert proc.stdout.index("model.bf16_residual=true") < proc.stdout.index("step 6/6")
+    extra = summary["bf16res"]
+    assert extra["exit_code"] == 0 and extra["steps"] == 4 and extra["val_loss"] is None
+    assert extra["overrides"][-1] == "eval_batches=0" and extra["env"] == {"SMALLGPT_CHECK_ENV": "1"}
+    assert "bf16_residual: true" in (tmp_path / "out/train_bf16res.log").read_text()
+
+
+def test_gpu_check_rejects_a_malformed_variant(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--variant", "eager: lr=1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "new plain NAME" in proc.stderr
+
+
+def test_gpu_profile_smoke(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench/gpu_profile.py"), "--smoke", "--trace", "--work-dir",
+                           str(tmp_path / "work"), "attention=math"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = (tmp_path / "out/profile.txt").read_text()
+    assert "== profile on cpu" in report and "overrides: attention=math" in report
+    assert "matmul" in report and "aten::mm" in report
+    assert (tmp_path / "out/trace.json.gz").stat().st_size > 0
