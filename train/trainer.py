@@ -2,8 +2,8 @@
 
 Per optimizer step every rank runs `grad_accum` micro-batches (DDP's gradient all-reduce only on the
 last, via no_sync), clips, and all-reduces one small tensor holding the loss and a non-finite flag.
-That single host sync per step decides, identically on every rank, whether the step is applied or
-skipped, so ranks can never diverge on it.
+That flag decides on the device, identically on every rank, whether the step is applied or skipped,
+so ranks can never diverge on it, and no step waits for the host (train/step_stats.py).
 
 Exact resume rests on three things: the sampler state is that of the last batch consumed (the
 Prefetcher's), every RNG is saved per rank, and the LR is a pure function of the step.
@@ -43,10 +43,12 @@ from train.checkpoint import (
     set_rng_state,
 )
 from train.config import TrainConfig
+from train.init_batch import fit_micro_batch
 from train.metrics import MetricsLog, eval_line, eval_record, peak_flops, progress_line
 from train.optim import build_optimizer, lr_at, set_lr
 from train.prefetch import Prefetcher
 from train.sampler import WindowSampler
+from train.step_stats import StepStats
 
 
 class TrainingAborted(RuntimeError):
@@ -57,25 +59,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def fit_micro_batch(candidate: int, probe: Callable[[int], None], cleanup: Callable[[], None] = lambda: None) -> int:
-    """The largest divisor of `candidate`, tried from `candidate` down by at least halving each time,
-    at which `probe` raises no CUDA OOM. Divisors only, so candidate / result is a whole number of
-    extra accumulation steps and the global batch stays exactly the same."""
-    mb = candidate
-    while True:
-        try:
-            probe(mb)
-            return mb
-        except torch.cuda.OutOfMemoryError:
-            pass
-        # Out of the except block: its traceback (and the activations it pins) is gone by now.
-        cleanup()
-        smaller = [d for d in range(mb // 2, 0, -1) if candidate % d == 0]
-        if not smaller:
-            raise RuntimeError(f"out of GPU memory even at micro_batch={mb}; use a smaller model or block_size")
-        mb = smaller[0]
 
 
 class Trainer:
@@ -98,7 +81,7 @@ class Trainer:
         self.raw = GPT(cfg.model).to(self.device)
         # dynamic=False: init_batch probes several batch sizes, and a dynamic-shape graph would be slower.
         self.model = torch.compile(self.raw, dynamic=False) if cfg.compile else self.raw
-        self.optimizer = build_optimizer(self.raw, cfg, self.device)
+        self.optimizer = build_optimizer(self.raw, cfg)
         if cfg.init_batch:
             self._init_batch()
         self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
@@ -172,7 +155,7 @@ class Trainer:
         fitted = int(D.all_reduce(torch.tensor([fitted], device=self.device), "min").item())
         self.raw.load_state_dict(initial)
         del initial
-        self.optimizer = build_optimizer(self.raw, self.cfg, self.device)
+        self.optimizer = build_optimizer(self.raw, self.cfg)
         cleanup()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -250,9 +233,11 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
 
-    def train_step(self) -> tuple[float, float, bool]:
-        """One optimizer step over grad_accum micro-batches. Returns (mean loss over ranks, grad norm,
-        applied); a step with a non-finite loss or grad norm on any rank is skipped on all ranks."""
+    def train_step(self) -> torch.Tensor:
+        """Queue one optimizer step over grad_accum micro-batches without waiting for the device.
+        Returns [mean loss over ranks, grad norm, skipped (0/1)] as a device tensor. A non-finite loss
+        or grad norm on any rank skips the step on every rank, decided on the device: the fused AdamW
+        takes the all-reduced flag as `found_inf` and then leaves weights, moments and step count alone."""
         cfg = self.cfg
         set_lr(self.optimizer, lr_at(self.step, cfg, self.total_steps))
         model = self.ddp or self.model
@@ -273,19 +258,20 @@ class Trainer:
         # scale); only a non-finite loss counts as bad then.
         bad = ~torch.isfinite(loss_sum) if self.scaler else ~(torch.isfinite(loss_sum) & torch.isfinite(gnorm))
         # gnorm is the same on every rank (gradients were all-reduced), so its sum / world_size is it.
-        summed = D.all_reduce(torch.stack([loss_sum.float(), bad.float(), gnorm.float()]))
-        loss_total, bad_ranks, gnorm_total = summed.tolist()  # the step's one host sync
-        applied = bad_ranks == 0
+        summed = D.all_reduce(torch.stack([loss_sum.float(), bad.float(), gnorm.float()])) / self.dist.world_size
+        skipped = (summed[1] > 0).float()
         if self.scaler is not None:
-            if applied:
+            # GradScaler owns found_inf for its own overflow skips, so fp16 decides on the host.
+            if not skipped.item():
                 self.scaler.step(self.optimizer)
             self.scaler.update()  # also after a skip: unscale_ was called and must be closed
-        elif applied:
+        else:
+            self.optimizer.found_inf = skipped
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
-        return loss_total / self.dist.world_size, gnorm_total / self.dist.world_size, applied
+        return torch.stack([summed[0], summed[2], skipped])
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -337,44 +323,42 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to the end, evaluating and checkpointing on schedule (and always at the end, which
-        is also the last step of the final epoch); returns the last train and eval records merged."""
+        is also the last step of the final epoch); returns the last train and eval records merged.
+
+        Steps are queued back to back; the host reads their numbers (one sync) only at a log, eval or
+        checkpoint step, after the first step, and every max_skips steps, so a run of bad steps is
+        caught within max_skips steps of its start."""
         cfg = self.cfg
         if self._finished():
             self.log(f"nothing to do: the run in {self.run_dir} is already at step {self.step}")
             return {"step": self.step}
         peak = peak_flops(self.device)
         flops_per_step = self.raw.flops_per_token() * self.tokens_per_step
+        stats = StepStats(self.device)
         last: dict[str, Any] = {}
-        consecutive, losses, window_time, window_steps = 0, [], 0.0, 0
-        first_step_s = None
+        loss_sum, applied, unread, window_steps, first_step_s = 0.0, 0, 0, 0, None
+        window_start = time.perf_counter()
         while not self._finished():
-            t0 = time.perf_counter()
-            loss, gnorm, applied = self.train_step()
-            dt = time.perf_counter() - t0
-            window_time, window_steps = window_time + dt, window_steps + 1
-            if applied:
-                consecutive = 0
-                losses.append(loss)
-            else:
-                consecutive, self.skipped = consecutive + 1, self.skipped + 1
-                self.log(f"step {self.step}: non-finite loss or gradient norm on some rank; step skipped "
-                         f"({consecutive} in a row, max_skips={cfg.max_skips})")
-                if consecutive >= cfg.max_skips:
-                    raise TrainingAborted(
-                        f"{consecutive} consecutive steps had a non-finite loss or gradient norm (max_skips="
-                        f"{cfg.max_skips}); stopping at step {self.step}. The last checkpoint is "
-                        f"{latest_checkpoint(self.run_dir)}. Lower lr, raise warmup_steps or check the data.")
+            stats.add(self.train_step())
+            unread, window_steps = unread + 1, window_steps + 1
             epoch_end = self.prefetcher.epoch > self.epoch
             self.epoch = self.prefetcher.epoch
             done = self._finished()
+            log_now = self.step % cfg.log_interval == 0 or done
+            eval_now = cfg.eval_batches and ((cfg.eval_interval and self.step % cfg.eval_interval == 0) or done)
+            save_now = (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0) or epoch_end or done
+            if not (log_now or eval_now or save_now or first_step_s is None or self.step % cfg.max_skips == 0):
+                continue
+            window = stats.read()
             if first_step_s is None:
-                first_step_s = dt  # compile and warm-up land here; reported once
-            if self.step % cfg.log_interval == 0 or done:
-                step_s = window_time / window_steps
+                first_step_s = time.perf_counter() - window_start  # compile and warm-up land here; reported once
+            self._check_skips(window, unread)
+            loss_sum, applied, unread = loss_sum + window["loss_sum"], applied + window["applied"], 0
+            if log_now:
+                step_s = (time.perf_counter() - window_start) / window_steps
                 last = {
-                    "step": self.step, "tokens": self.tokens_seen,
-                    "loss": sum(losses) / len(losses) if losses else None,
-                    "lr": lr_at(self.step - 1, cfg, self.total_steps), "grad_norm": gnorm,
+                    "step": self.step, "tokens": self.tokens_seen, "loss": loss_sum / applied if applied else None,
+                    "lr": lr_at(self.step - 1, cfg, self.total_steps), "grad_norm": window["grad_norm"],
                     "tokens_per_s": self.tokens_per_step / step_s, "step_s": step_s,
                     "mfu": flops_per_step / step_s / self.dist.world_size / peak if peak else None,
                     "peak_mem_gb": (torch.cuda.max_memory_allocated(self.device) / 1e9
@@ -386,12 +370,29 @@ class Trainer:
                 self.log(progress_line(last, self.total_steps, (self.total_steps - self.step) * step_s))
                 if self.metrics:
                     self.metrics.write(last)
-                losses, window_time, window_steps = [], 0.0, 0
-            if cfg.eval_batches and ((cfg.eval_interval and self.step % cfg.eval_interval == 0) or done):
+                loss_sum, applied, window_steps = 0.0, 0, 0
+            paused = time.perf_counter()
+            if eval_now:
                 last.update(self._eval_and_log())
-            if (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0) or epoch_end or done:
+            if save_now:
                 self.save(epoch_end)
+            # Evals and saves stay out of the training speed; a new log window starts after them.
+            window_start = time.perf_counter() if log_now else window_start + time.perf_counter() - paused
         return last
+
+    def _check_skips(self, window: dict[str, Any], steps: int) -> None:
+        """Report the steps skipped among the last `steps`, and abort after max_skips in a row."""
+        if not window["skipped"]:
+            return
+        self.skipped += window["skipped"]
+        consecutive, limit = window["consecutive"], self.cfg.max_skips
+        self.log(f"step {self.step}: non-finite loss or gradient norm on some rank; {window['skipped']} of the last "
+                 f"{steps} step(s) skipped ({consecutive} in a row, max_skips={limit})")
+        if consecutive >= limit:
+            raise TrainingAborted(
+                f"{consecutive} consecutive steps had a non-finite loss or gradient norm (max_skips={limit}); "
+                f"stopping at step {self.step}. The last checkpoint is {latest_checkpoint(self.run_dir)}. "
+                "Lower lr, raise warmup_steps or check the data.")
 
     def close(self) -> None:
         self.prefetcher.close()

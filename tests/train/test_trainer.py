@@ -16,8 +16,9 @@ from model import GPT, GPTConfig
 from train import distributed as D
 from train.checkpoint import ResumeRefused, list_checkpoints, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
+from train.init_batch import fit_micro_batch
 from train.metrics import read_metrics
-from train.trainer import Trainer, TrainingAborted, fit_micro_batch
+from train.trainer import Trainer, TrainingAborted
 
 STATE_KEYS = {"model", "model_config", "config", "step", "tokens_seen", "optimizer", "scaler", "sampler", "rng",
               "world_size", "tokenizer_sha256", "store_manifest_sha256"}
@@ -115,8 +116,8 @@ def test_grad_accum_equals_one_big_batch(tmp_path):
         cfg = tiny_config(tmp_path / "store", tmp_path / f"run{mb}", micro_batch=mb, grad_accum=ga, init_batch=False)
         trainer = make_trainer(cfg)
         trainer.prefetcher = FixedBatches((x[i : i + mb], y[i : i + mb]) for i in range(0, 8, mb))
-        loss, gnorm, applied = trainer.train_step()
-        assert applied
+        loss, gnorm, skipped = trainer.train_step().tolist()
+        assert not skipped
         results.append((loss, gnorm, torch.cat([p.detach().flatten() for p in trainer.raw.parameters()])))
     for loss, gnorm, params in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-6)
@@ -172,11 +173,15 @@ def test_nonfinite_steps_skipped_on_every_rank_then_abort(tmp_path):
     trainer = make_trainer(cfg)
     nan_forward(trainer.raw, {3, 4})
     params = lambda: [p.detach().clone() for p in trainer.raw.parameters()]  # noqa: E731
-    assert [trainer.train_step()[2] for _ in range(2)] == [True, True]
-    before = params()
-    assert [trainer.train_step()[2] for _ in range(2)] == [False, False]
+    moments = lambda: [t.clone() for state in trainer.optimizer.state.values() for t in state.values()]  # noqa: E731
+    assert [trainer.train_step()[2].item() for _ in range(2)] == [0, 0]
+    before, before_state = params(), moments()
+    assert [trainer.train_step()[2].item() for _ in range(2)] == [1, 1]
+    # Skipped on the device: weights, AdamW moments and its step count all untouched.
     assert all(torch.equal(a, b) for a, b in zip(before, params(), strict=True))
-    assert trainer.train_step()[2] and trainer.step == 5
+    assert all(torch.equal(a, b) for a, b in zip(before_state, moments(), strict=True))
+    assert trainer.train_step()[2].item() == 0 and trainer.step == 5
+    assert all(state["step"].item() == 3 for state in trainer.optimizer.state.values())
     trainer.close()
 
     lines: list[str] = []
@@ -189,7 +194,7 @@ def test_nonfinite_steps_skipped_on_every_rank_then_abort(tmp_path):
     records = [r for r in read_metrics(tmp_path / "run2/metrics.jsonl") if "loss" in r]
     assert [(r["step"], r["skipped"], r["loss"] is None) for r in records] == [
         (1, 0, False), (2, 1, True), (3, 2, True), (4, 2, False), (5, 3, True), (6, 4, True)]
-    assert sum("step skipped" in line for line in lines) == 5
+    assert sum("1 of the last 1 step(s) skipped" in line for line in lines) == 5
 
 
 def test_resume_refusals_and_world_size_change(trained, tmp_path):

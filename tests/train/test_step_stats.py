@@ -1,0 +1,70 @@
+"""Step numbers kept on the device: the accumulator itself, and a Trainer that reads them only at its
+sync points yet reports skipped steps and aborts on a run of them within max_skips steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from trainer_util import make_store, nan_forward, tiny_config
+
+from train import distributed as D
+from train.metrics import read_metrics
+from train.step_stats import StepStats
+from train.trainer import Trainer, TrainingAborted
+
+
+def test_accumulates_applied_losses_and_counts_runs_of_skips():
+    stats = StepStats(torch.device("cpu"))
+    for loss, gnorm, skipped in ((2.0, 1.0, 0), (math.nan, math.nan, 1), (math.inf, 3.0, 1), (4.0, 0.5, 0)):
+        stats.add(torch.tensor([loss, gnorm, float(skipped)]))
+    assert stats.read() == {"loss_sum": 6.0, "applied": 2, "skipped": 2, "consecutive": 0, "grad_norm": 0.5}
+    for _ in range(3):
+        stats.add(torch.tensor([math.nan, 1.0, 1.0]))
+    # The sums restart after a read; the run of consecutive skips does not.
+    assert stats.read() == {"loss_sum": 0.0, "applied": 0, "skipped": 3, "consecutive": 3, "grad_norm": 1.0}
+    stats.add(torch.tensor([math.nan, 1.0, 1.0]))
+    assert stats.read()["consecutive"] == 4
+
+
+def trainer_with_read_log(tmp_path, lines, **overrides):
+    make_store(tmp_path / "store")
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, **overrides)
+    trainer = Trainer(cfg, D.init_distributed(cfg.device), log=lines.append)
+    reads = []
+    real_read = StepStats.read
+
+    def read(stats):
+        reads.append(trainer.step)
+        return real_read(stats)
+
+    return trainer, reads, read
+
+
+def test_fit_reads_the_device_only_at_its_sync_points(tmp_path, monkeypatch):
+    lines: list[str] = []
+    trainer, reads, read = trainer_with_read_log(tmp_path, lines, max_steps=20, log_interval=5, eval_interval=10,
+                                                 ckpt_interval=10, max_skips=8)
+    monkeypatch.setattr(StepStats, "read", read)
+    nan_forward(trainer.raw, {2, 3})
+    trainer.fit()
+    trainer.close()
+    # The first step, the log steps (5, 10, 15, 20; 10 and 20 also eval + save) and max_skips' 8 and 16.
+    assert reads == [1, 5, 8, 10, 15, 16, 20]
+    assert "step 5: non-finite loss or gradient norm on some rank; 2 of the last 4 step(s) skipped (0 in a row" in (
+        "\n".join(lines))
+    records = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if "loss" in r]
+    assert [(r["step"], r["skipped"]) for r in records] == [(5, 2), (10, 2), (15, 2), (20, 2)]
+    assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in records)  # skipped NaNs stay out
+
+
+def test_a_run_of_bad_steps_aborts_within_max_skips_steps(tmp_path):
+    lines: list[str] = []
+    trainer, _, _ = trainer_with_read_log(tmp_path, lines, max_steps=40, log_interval=100, eval_interval=0,
+                                          ckpt_interval=0, max_skips=3)
+    nan_forward(trainer.raw, set(range(2, 41)))
+    with pytest.raises(TrainingAborted, match="5 consecutive steps had a non-finite loss .* stopping at step 6"):
+        trainer.fit()
+    trainer.close()
+    assert trainer.step == 6
