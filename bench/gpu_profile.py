@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from model.attention_backend import prefer_attention_backend
+    from model.attention_backend import use_attention_backend
     from train import distributed as D
     from train.config import TrainConfig
     from train.trainer import Trainer
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = D.init_distributed(cfg.device)
     cuda = dist.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    with prefer_attention_backend(cfg.attention, dist.device):
+    with use_attention_backend(cfg.attention, dist.device):
         trainer = Trainer(cfg, dist, log=lambda _msg: None)
         for _ in range(args.warmup):
             trainer.train_step()

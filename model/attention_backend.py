@@ -1,13 +1,15 @@
-"""Which fused kernel F.scaled_dot_product_attention should prefer.
+"""Which fused kernel F.scaled_dot_product_attention may use on CUDA.
 
-torch tries its SDPA kernels in a fixed order that puts FlashAttention-2 first. On Hopper GPUs (H100,
-H200) cuDNN's attention kernels use the chip's own matrix instructions and run the training shapes
-much faster (bench/RESULTS.md), so `auto` prefers them there. Every choice is a preference, never a
-restriction: every kernel stays enabled, and a call the preferred kernel cannot serve (a mask, a
-head size it lacks) falls back to the next one exactly as before.
+`auto` leaves the choice to torch. With cuDNN 9 on Hopper (H100, H200) torch itself tries cuDNN's
+attention first, then FlashAttention-2, memory-efficient and math; elsewhere FlashAttention-2 first.
+A named kernel is a restriction, not a preference: only it and the math fallback (for calls it
+cannot serve) stay enabled. A priority order alone does not hold: torch installs its own order
+lazily at the first attention call on the device, overwriting one set before it (seen on an H200
+with torch 2.11: `flash` first still ran cuDNN; bench/RESULTS.md).
 
-The preference is read when a call is dispatched, which under torch.compile is when the graph is
-traced: so it must be in force around compilation (the first forward), not only around later calls.
+The choice is read when a call is dispatched, which under torch.compile is when the graph is traced:
+so it must be in force around compilation (the first forward), not only around later calls. CPU
+attention is left alone (it has only its own flash kernel and math).
 """
 
 from __future__ import annotations
@@ -26,23 +28,17 @@ _BY_NAME = {
 }
 
 
-def resolve_attention_backend(name: str, device: torch.device) -> str | None:
-    """The backend to put first for this device, or None to keep torch's own order."""
+def attention_backends(name: str, device: torch.device) -> list[SDPBackend] | None:
+    """The SDPA backends to allow on this device, or None to leave torch's choice alone."""
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}; got {name!r}")
-    if name != "auto":
-        return name
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
-        return "cudnn"
-    return None
+    if name == "auto" or device.type != "cuda":
+        return None
+    return list(dict.fromkeys([_BY_NAME[name], SDPBackend.MATH]))
 
 
-def prefer_attention_backend(name: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """A context in which SDPA tries `name`'s kernel first (see resolve_attention_backend), then the
-    others in torch's default order; all stay enabled. Restores the previous order on exit."""
-    first = resolve_attention_backend(name, device)
-    if first is None:
-        return contextlib.nullcontext()
-    rest = [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                        SDPBackend.MATH) if b is not _BY_NAME[first]]
-    return sdpa_kernel([_BY_NAME[first], *rest], set_priority=True)
+def use_attention_backend(name: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which SDPA on `device` runs only `name`'s kernel (math where it cannot serve a
+    call); `auto` and CPU devices change nothing. Restores the previous settings on exit."""
+    backends = attention_backends(name, device)
+    return contextlib.nullcontext() if backends is None else sdpa_kernel(backends)

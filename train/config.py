@@ -77,9 +77,9 @@ class TrainConfig:
     """Autocast dtype: auto (bfloat16 where the GPU supports it, else float16 with a GradScaler;
     float32 on CPU) | float32 | bfloat16 | float16."""
     attention: str = "auto"
-    """Attention kernel to prefer: auto (cuDNN on Hopper GPUs, where it beats FlashAttention-2 by far,
-    see bench/RESULTS.md; torch's own order elsewhere) | flash | cudnn | efficient | math. A
-    preference: a call the kernel cannot serve falls back to the others."""
+    """Attention kernel on CUDA: auto (torch's choice: cuDNN first on Hopper GPUs with cuDNN 9, else
+    FlashAttention-2) | flash | cudnn | efficient | math. A named kernel is the only one allowed,
+    with math as the fallback for calls it cannot serve. No effect on CPU."""
     init_batch: bool = True
     """Before training, probe a full step at micro_batch and halve it until it fits in GPU memory
     (the minimum over ranks wins); grad_accum grows to keep the global batch."""

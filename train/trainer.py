@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common.config import to_dict
 from model import GPT
-from model.attention_backend import prefer_attention_backend
+from model.attention_backend import use_attention_backend
 from pipeline.store import TokenStore
 from train import distributed as D
 from train.checkpoint import (
@@ -403,10 +403,10 @@ class Trainer:
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Set up the process group (under torchrun), train, and always tear it down. The attention
-    preference spans the Trainer's whole life: its init_batch probe is where compilation happens."""
+    kernel choice spans the Trainer's whole life: its init_batch probe is where compilation happens."""
     dist = D.init_distributed(cfg.device)
     try:
-        with prefer_attention_backend(cfg.attention, dist.device):
+        with use_attention_backend(cfg.attention, dist.device):
             trainer = Trainer(cfg, dist, log)
             try:
                 return trainer.fit()
