@@ -4,8 +4,8 @@ print the kernels' time by kind (matmul, attention, compiled elementwise/reducti
 the top kernels, and how busy the GPU was over the steps' wall time.
 
 For a lent GPU machine (torch, numpy and pyyaml only): it trains on the synthetic store that
-bench/gpu_check.py builds (or data_cache/shakespeare), in this process, with the same Trainer and
-attention preference as bin/train.py. Arguments after the options are TrainConfig overrides
+bench/gpu_check.py builds (or data_cache/shakespeare), in this process, with the Trainer set up as
+bin/train.py sets it up (train.trainer.open_trainer). Arguments after the options are TrainConfig overrides
 (`attention=flash model.bf16_residual=true`). `--smoke` runs the path on CPU with a tiny model.
 Writes profile.txt (and with --trace a gzipped Chrome trace) under $OUT when that is set.
 """
@@ -62,10 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from model.attention_backend import use_attention_backend
-    from train import distributed as D
     from train.config import TrainConfig
-    from train.trainer import Trainer
+    from train.trainer import open_trainer
 
     store = pick_store(args, args.work_dir)
     run_dir = args.work_dir / "run"
@@ -77,11 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     base += (["device=cpu", "dtype=float32", "model.n_layer=2", "model.n_head=2", "model.d_model=64",
               "model.block_size=64"] if args.smoke else ["device=cuda", "dtype=bfloat16", "compile=true"])
     cfg = parse_cli(TrainConfig, [*base, *overrides], prog="bench/gpu_profile.py")
-    dist = D.init_distributed(cfg.device)
-    cuda = dist.device.type == "cuda"
+    cuda = cfg.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    with use_attention_backend(cfg.attention, dist.device):
-        trainer = Trainer(cfg, dist, log=lambda _msg: None)
+    with open_trainer(cfg, log=lambda _msg: None) as trainer:
         for _ in range(args.warmup):
             trainer.train_step()
         sync()
@@ -92,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                 trainer.train_step()
             sync()
             wall = (time.perf_counter() - t0) / args.steps
-        trainer.close()
-    D.teardown()
 
     device_type = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
     per_kernel: dict[str, float] = defaultdict(float)

@@ -17,7 +17,7 @@ import gc
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -401,16 +401,24 @@ class Trainer:
         D.barrier()  # rank 0 may still be writing the last checkpoint
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Set up the process group (under torchrun), train, and always tear it down. The attention
-    kernel choice spans the Trainer's whole life: its init_batch probe is where compilation happens."""
+@contextlib.contextmanager
+def open_trainer(cfg: TrainConfig, log: Callable[[str], None] = print) -> Iterator[Trainer]:
+    """A Trainer set up as bin/train.py runs it: the process group (under torchrun) and the attention
+    kernel choice around the Trainer's whole life (its init_batch probe is where compilation
+    happens), all torn down on exit."""
     dist = D.init_distributed(cfg.device)
     try:
         with use_attention_backend(cfg.attention, dist.device):
             trainer = Trainer(cfg, dist, log)
             try:
-                return trainer.fit()
+                yield trainer
             finally:
                 trainer.close()
     finally:
         D.teardown()
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train to the end; returns the last train and eval records merged."""
+    with open_trainer(cfg, log) as trainer:
+        return trainer.fit()
