@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # This machine has a CPU wheel of torch 2.13.0 on disk; on a GPU box pip takes the usual CUDA build.
 # A torch already importable from the venv that satisfies pyproject's range is kept.
 TORCH_SPEC ?= torch==2.13.0
+# Triton ships with CUDA builds of torch; on a CPU-only machine the tests run model/kernels in Triton's
+# interpreter, which needs 3.9+ with numpy 2 (3.6's interpreter fails on loop bounds).
+TRITON_SPEC ?= triton==3.9.0
 
 # Pipeline variables (see README): DATA="paths or globs", NAME=, SOURCE=, TOKENIZER=, VOCAB=, ARGS=
 DATA ?=
@@ -30,6 +33,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	@$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q "$(TRITON_SPEC)" || \
+		echo "no Triton wheel for this platform: the model/kernels tests will skip"
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 

@@ -52,6 +52,16 @@ class GPTConfig:
     does by default: every norm and residual add then moves half the bytes (gpt-45m trains 6% faster
     on an H200; `tiny` reached the same val loss either way; bench/RESULTS.md). Weights, optimizer
     state and the loss stay float32; without bf16 autocast (CPU training, sampling) it changes nothing."""
+    fused_loss: bool = True
+    """On CUDA with Triton, compute the training loss with the fused output-projection +
+    cross-entropy kernel (model/kernels/cross_entropy.py): same loss, its gradient made in the forward
+    pass, no float32 logits. Only when the caller does not ask for logits; elsewhere the plain path."""
+    fused_swiglu: bool = True
+    """On CUDA with Triton, run SwiGLU through its one-pass kernel (model/kernels/swiglu_kernel.py) instead of
+    the compiled formula. Same values; only the memory traffic of the backward differs."""
+    fused_rope: bool = True
+    """On CUDA with Triton, when training (no KV cache) with rope and no qk_norm, split [q | k | v]
+    and rotate q and k in one kernel each way (model/kernels/rope.py) instead of the compiled formula."""
     pad_id: int = 0
     """Token id of [PAD]: targets equal to it never count in the loss."""
     init_std: float = 0.02

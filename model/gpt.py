@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import kernels
 from model.config import GPTConfig
 from model.kv_cache import KVCache
 from model.layers import Block, make_norm, rope_tables, sinusoidal_table
@@ -63,7 +64,8 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         all_logits: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits, and the loss when targets are given.
 
         idx, targets: [B, T] token ids; targets equal to pad_id do not count. The loss is the float32
@@ -74,6 +76,8 @@ class GPT(nn.Module):
         kv_cache, start_pos: idx holds absolute positions start_pos..start_pos+T-1; their keys and
         values are stored in kv_cache and attention also covers the cached positions before them.
         Logits are [B, T, vocab] with targets or all_logits, else [B, 1, vocab] for the last position.
+        return_logits=False (with targets) lets the loss skip them: on CUDA it then runs the fused
+        projection + cross-entropy kernel (cfg.fused_loss) and the logits come back as None.
         """
         B, T = idx.shape
         end = start_pos + T
@@ -100,14 +104,17 @@ class GPT(nn.Module):
 
         if targets is None:
             return self.lm_head(x if all_logits else x[:, -1:]), None
-        logits = self.lm_head(x)
         if attention_mask is not None:
             targets = targets.masked_fill(~attention_mask, self.cfg.pad_id)
+        # clamp: an all-pad batch gives 0/1 = 0 instead of F.cross_entropy's 0/0 = NaN.
+        counted = (targets != self.cfg.pad_id).sum().clamp(min=1)
+        if not return_logits and self.cfg.fused_loss and kernels.usable(x):
+            return None, kernels.linear_cross_entropy(x, self.lm_head.weight, targets, self.cfg.pad_id) / counted
+        logits = self.lm_head(x)
         loss_sum = F.cross_entropy(
             logits.float().flatten(0, 1), targets.flatten(), ignore_index=self.cfg.pad_id, reduction="sum"
         )
-        # clamp: an all-pad batch gives 0/1 = 0 instead of F.cross_entropy's 0/0 = NaN.
-        return logits, loss_sum / (targets != self.cfg.pad_id).sum().clamp(min=1)
+        return logits, loss_sum / counted
 
     def new_kv_cache(
         self,

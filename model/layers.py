@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import kernels
 from model.config import GPTConfig
 from model.kv_cache import KVCache
 
@@ -78,6 +79,7 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.dropout = cfg.dropout
+        self.fused_rope = cfg.fused_rope and cfg.pos_encoding == "rope" and not cfg.qk_norm
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
@@ -94,11 +96,15 @@ class Attention(nn.Module):
         start_pos: int,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
+        if self.fused_rope and kv_cache is None and kernels.usable(qkv):
+            q, k, v = (t.transpose(1, 2) for t in kernels.rope_qkv(qkv, *rope))
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 
         if kv_cache is None:
             mask, causal = None, True
@@ -126,6 +132,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.kind = cfg.mlp
+        self.fused = cfg.fused_swiglu
         hidden = cfg.hidden_dim
         # swiglu's gate and value projections share one matmul: one launch, same weights.
         self.up = nn.Linear(cfg.d_model, (2 if self.kind == "swiglu" else 1) * hidden, bias=cfg.bias)
@@ -134,7 +141,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
-        if self.kind == "swiglu":
+        if self.kind == "swiglu" and self.fused and kernels.usable(h):
+            h = kernels.swiglu(h)
+        elif self.kind == "swiglu":
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value
         elif self.kind == "relu2":

@@ -40,8 +40,10 @@ import torch
 from pipeline.store import atomic_write_bytes, fsync_dir
 
 MARKER = "COMPLETE"
-# Model fields that may differ on resume: dropout is a training choice, not part of the weights.
-_RESUMABLE_MODEL_FIELDS = {"dropout"}
+# Model fields that may differ on resume: dropout is a training choice, not part of the weights; the
+# others choose how the same function is computed (kernels, the residual stream's dtype), and a
+# checkpoint written before a field existed lacks it.
+_RESUMABLE_MODEL_FIELDS = {"dropout", "bf16_residual", "fused_loss", "fused_swiglu", "fused_rope"}
 STATE = "state.pt"
 _DIR_RE = re.compile(r"^ckpt-(\d+)(?:_e(\d+))?$")
 

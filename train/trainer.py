@@ -132,7 +132,7 @@ class Trainer:
         # Separate tensors, as in training: inputs sharing storage would compile an aliased-input graph.
         x, y = (torch.randint(0, self.cfg.model.vocab_size, (micro_batch, T), device=self.device) for _ in "xy")
         with self.autocast():
-            _, loss = self.model(x, y)
+            _, loss = self.model(x, y, return_logits=False)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -247,7 +247,7 @@ class Trainer:
             sync = self.ddp is None or micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with self.autocast():
-                    _, loss = model(x, y)
+                    _, loss = model(x, y, return_logits=False)
                 loss = loss / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach()
@@ -280,7 +280,7 @@ class Trainer:
         total = torch.zeros(2, device=self.device)
         for x, y in self.eval_batches:
             with self.autocast():
-                _, loss = self.model(x, y)
+                _, loss = self.model(x, y, return_logits=False)
             total += torch.stack([loss.float(), torch.ones((), device=self.device)])
         self.model.train()
         loss_sum, count = D.all_reduce(total).tolist()

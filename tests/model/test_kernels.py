@@ -1,0 +1,280 @@
+"""The Triton kernels (model/kernels) against float64 references: values, gradients, ignored rows,
+both code paths of the loss kernel, rope with ragged head shapes and strided gradients, the custom
+ops' registrations, and the model with the kernels on versus off. On CPU they run in Triton's
+interpreter (tests/conftest.py); on a GPU, compiled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from model import GPT, GPTConfig, kernels  # noqa: E402
+from model.kernels import cross_entropy, rope, swiglu_kernel  # noqa: E402
+from model.layers import apply_rope, rope_tables  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+IGNORE = 0
+
+
+def reference_loss(x, weight, targets):
+    logits = x.double() @ weight.double().t()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
+
+
+def inputs(n, c, vocab, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=gen).to(DEVICE, dtype)
+    weight = (torch.randn(vocab, c, generator=gen) * 0.5).to(DEVICE, dtype)
+    targets = torch.randint(0, vocab, (n,), generator=gen).to(DEVICE)
+    targets[::5] = IGNORE  # every 5th row does not count
+    return x.requires_grad_(), weight.requires_grad_(), targets
+
+
+def grads_of(loss_fn, x, weight, targets, scale):
+    x, weight = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    loss = loss_fn(x, weight, targets)
+    (loss * scale).backward()
+    return loss.detach(), x.grad, weight.grad
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["one-block", "streamed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_and_gradients_match_a_float64_reference(streamed, dtype, monkeypatch):
+    if streamed:  # force the blocked online-softmax path, with a partial last block
+        monkeypatch.setattr(cross_entropy, "ONE_BLOCK_MAX", 64)
+        monkeypatch.setattr(cross_entropy, "STREAM_BLOCK", 64)
+    x, weight, targets = inputs(37, 24, 300, dtype)
+    scale = 0.37  # an upstream gradient other than 1 (a mean, grad accumulation)
+    fused = grads_of(lambda a, b, t: kernels.linear_cross_entropy(a, b, t, IGNORE), x, weight, targets, scale)
+    ref = grads_of(reference_loss, x.double(), weight.double(), targets, scale)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    assert fused[0].dtype == torch.float32
+    torch.testing.assert_close(fused[0].double(), ref[0], **tol)
+    for got, want in zip(fused[1:], ref[1:], strict=True):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), want, **tol)
+
+
+def test_ignored_rows_add_nothing_and_an_all_ignored_batch_is_zero():
+    x, weight, targets = inputs(12, 16, 100, torch.float32)
+    full = kernels.linear_cross_entropy(x, weight, targets, IGNORE)
+    kept = targets != IGNORE
+    only_counted = kernels.linear_cross_entropy(x[kept], weight, targets[kept], IGNORE)
+    torch.testing.assert_close(full, only_counted)
+
+    loss, gx, gw = grads_of(
+        lambda a, b, t: kernels.linear_cross_entropy(a, b, t, IGNORE), x, weight, torch.full_like(targets, IGNORE), 1.0
+    )
+    assert loss.item() == 0 and not gx.any() and not gw.any()
+
+
+def test_without_grad_the_loss_is_the_same_and_no_gradient_buffer_is_made():
+    x, weight, targets = inputs(10, 8, 50, torch.float32)
+    with_grad = kernels.linear_cross_entropy(x, weight, targets, IGNORE)
+    with torch.no_grad():
+        loss_sum, grad = cross_entropy._linear_cross_entropy(x, weight, targets, IGNORE, False)
+    torch.testing.assert_close(loss_sum, with_grad.detach())
+    assert grad.numel() == 0
+
+
+def test_autocast_runs_the_projection_in_the_autocast_dtype():
+    x, weight, targets = inputs(9, 8, 40, torch.float32)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        under = kernels.linear_cross_entropy(x, weight, targets, IGNORE)
+    plain = kernels.linear_cross_entropy(x.bfloat16(), weight.bfloat16(), targets, IGNORE)
+    torch.testing.assert_close(under, plain)
+    assert not torch.equal(under, kernels.linear_cross_entropy(x, weight, targets, IGNORE))
+
+
+@pytest.mark.parametrize("shape", [(37, 200), (2, 3, 128), (1, 2)], ids=["ragged", "3d", "tiny"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_forward_and_backward_match_a_float64_reference(shape, dtype):
+    gen = torch.Generator().manual_seed(1)
+    h = (torch.randn(*shape[:-1], 2 * shape[-1], generator=gen) * 2).to(DEVICE, dtype).requires_grad_()
+    grad_out = torch.randn(*shape, generator=gen).to(DEVICE, dtype)
+    out = kernels.swiglu(h)
+    out.backward(grad_out)
+
+    ref_h = h.detach().double().requires_grad_()
+    gate, value = ref_h.chunk(2, dim=-1)
+    ref = F.silu(gate) * value
+    ref.backward(grad_out.double())
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 2e-2}
+    assert out.shape == shape and out.dtype == dtype and h.grad.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, **tol)
+    torch.testing.assert_close(h.grad.double(), ref_h.grad, **tol)
+
+
+def test_swiglu_rejects_an_odd_width():
+    with pytest.raises(ValueError, match="even last dimension"):
+        kernels.swiglu(torch.zeros(2, 5, device=DEVICE))
+
+
+@pytest.mark.parametrize("heads,head_dim", [(2, 16), (3, 12)], ids=["pow2", "ragged"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_qkv_matches_apply_rope_forward_and_backward(heads, head_dim, dtype):
+    B, T = 2, 7
+    gen = torch.Generator().manual_seed(2)
+    qkv = torch.randn(B, T, 3, heads, head_dim, generator=gen).to(DEVICE, dtype).requires_grad_()
+    cos, sin = (t.to(DEVICE) for t in rope_tables(T, head_dim, 10000.0))
+    grads = [torch.randn(B, heads, T, head_dim, generator=gen).to(DEVICE, dtype) for _ in range(3)]
+
+    # As attention uses it: [B, H, T, D] views; their gradients then arrive in that layout, strided.
+    got = [t.transpose(1, 2) for t in kernels.rope_qkv(qkv, cos, sin)]
+    torch.autograd.backward(got, grads)
+
+    ref_qkv = qkv.detach().double().requires_grad_()
+    q, k, v = ref_qkv.permute(2, 0, 3, 1, 4)
+    want = [apply_rope(q, cos.double(), sin.double()), apply_rope(k, cos.double(), sin.double()), v]
+    torch.autograd.backward(want, [g.double() for g in grads])
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 2e-2}
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, **tol)
+    torch.testing.assert_close(qkv.grad.double(), ref_qkv.grad, **tol)
+
+
+def test_rope_qkv_rejects_a_table_of_the_wrong_length():
+    qkv = torch.zeros(1, 4, 3, 2, 8, device=DEVICE)
+    cos, sin = rope_tables(5, 8, 10000.0)
+    with pytest.raises(ValueError, match="cos/sin"):
+        kernels.rope_qkv(qkv, cos.to(DEVICE), sin.to(DEVICE))
+
+
+@pytest.mark.parametrize("config", swiglu_kernel.TILE_OPTIONS, ids=str)
+def test_every_swiglu_tiling_computes_the_same(config):
+    """The GPU picks a tiling by timing; each must give the reference result (ragged edges too)."""
+    rows, hidden = 37, 200
+    h, grad_out = torch.randn(rows, 2 * hidden, device=DEVICE), torch.randn(rows, hidden, device=DEVICE)
+    out, grad_h = torch.empty(rows, hidden, device=DEVICE), torch.empty_like(h)
+    grid = swiglu_kernel._grid(rows, hidden)
+    swiglu_kernel._swiglu_fwd.fn[grid](h, out, rows, hidden, **config.all_kwargs())
+    swiglu_kernel._swiglu_bwd.fn[grid](h, grad_out, grad_h, rows, hidden, **config.all_kwargs())
+    ref_h = h.double().requires_grad_()
+    gate, value = ref_h.chunk(2, dim=-1)
+    ref = F.silu(gate) * value
+    ref.backward(grad_out.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_h.double(), ref_h.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", rope.TILE_OPTIONS, ids=str)
+def test_every_rope_tiling_computes_the_same(config):
+    B, T, heads, head_dim = 2, 7, 3, 12
+    qkv = torch.randn(B, T, 3, heads, head_dim, device=DEVICE)
+    cos, sin = (t.to(DEVICE) for t in rope_tables(T, head_dim, 10000.0))
+    q, k, v = (torch.empty(B, T, heads, head_dim, device=DEVICE) for _ in range(3))
+    blocks = rope._blocks(heads, head_dim) | config.all_kwargs()
+    rope._rope_qkv_fwd.fn[rope._grid(B * T)](qkv, cos, sin, q, k, v, B * T, T, heads, **blocks)
+    dq, dk, dv = (torch.randn(B, heads, T, head_dim, device=DEVICE).transpose(1, 2) for _ in range(3))
+    dqkv = torch.empty_like(qkv)
+    rope._rope_qkv_bwd.fn[rope._grid(B * T)](dq, dk, dv, cos, sin, dqkv, B * T, T, heads, *dq.stride()[:3], **blocks)
+    want_q, want_k, want_v = kernels.rope_qkv(qkv, cos, sin)  # the tested default tiling
+    for got, want in ((q, want_q), (k, want_k), (v, want_v)):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(dqkv, rope._rope_qkv_backward(dq, dk, dv, cos, sin))
+
+
+def test_custom_op_registrations_pass_torch_opcheck():
+    """Schema, fake (shape-only) implementation and autograd formula agree with the real op: what
+    torch.compile relies on to keep each kernel as one call in a compiled graph."""
+    x, weight, targets = inputs(6, 8, 30, torch.float32)
+    torch.library.opcheck(cross_entropy._linear_cross_entropy, (x, weight, targets, IGNORE, True))
+    no_grad_args = (x.detach(), weight.detach(), targets, IGNORE, False)
+    torch.library.opcheck(cross_entropy._linear_cross_entropy, no_grad_args)
+    h = torch.randn(6, 10, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.smallgpt.swiglu.default, (h,))
+    qkv = torch.randn(2, 5, 3, 2, 4, device=DEVICE, requires_grad=True)
+    cos, sin = (t.to(DEVICE) for t in rope_tables(5, 4, 10000.0))
+    torch.library.opcheck(torch.ops.smallgpt.rope_qkv.default, (qkv, cos, sin))
+
+
+def test_the_kernels_trace_into_a_compiled_graph_with_the_same_result():
+    x, weight, targets = inputs(11, 8, 30, torch.float32)
+    h = torch.randn(11, 20, device=DEVICE, requires_grad=True)
+
+    def step(x, weight, h):
+        return kernels.linear_cross_entropy(x, weight, targets, IGNORE) + kernels.swiglu(h).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    eager_grads = torch.autograd.grad(step(x, weight, h), (x, weight, h))
+    compiled_grads = torch.autograd.grad(compiled(x, weight, h), (x, weight, h))
+    for a, b in zip(eager_grads, compiled_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_model_with_kernels_matches_the_model_without(monkeypatch):
+    """The full GPT (rope, swiglu: all three kernels), kernels on (forced on CPU through the
+    interpreter) versus off: same loss and same gradients for every parameter; asking for logits
+    keeps the plain loss."""
+    cfg = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, d_model=32, mlp="swiglu")
+    torch.manual_seed(0)
+    model = GPT(cfg).to(DEVICE)
+    idx = torch.randint(0, cfg.vocab_size, (3, 17), device=DEVICE)
+    idx[0, 5:9] = cfg.pad_id
+
+    def loss_and_grads(use_kernels: bool):
+        monkeypatch.setattr(kernels, "usable", lambda t: use_kernels)
+        model.zero_grad()
+        logits, loss = model(idx[:, :-1], idx[:, 1:], return_logits=False)
+        loss.backward()
+        return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused_logits, fused_loss, fused_grads = loss_and_grads(True)
+    plain_logits, plain_loss, plain_grads = loss_and_grads(False)
+    assert fused_logits is None and plain_logits is not None
+    torch.testing.assert_close(fused_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, msg=lambda m, n=name: f"{n}: {m}")
+
+    monkeypatch.setattr(kernels, "usable", lambda t: True)
+    logits, loss = model(idx[:, :-1], idx[:, 1:])
+    assert logits is not None and logits.shape == (3, 16, cfg.vocab_size)
+    torch.testing.assert_close(loss.detach(), plain_loss)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_bf16_model_with_kernels_matches_without_on_gpu():
+    """What training runs: gpt-45m's layer shape and vocab, torch.compile, bf16 autocast. The kernels
+    must really run (profiler) and give the plain path's loss and gradients to bf16 accuracy."""
+    cfg = dict(vocab_size=16384, block_size=256, n_layer=2, n_head=8, d_model=512, mlp="swiglu")
+    idx = torch.randint(0, 16384, (8, 257), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    results = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**cfg, fused_loss=fused, fused_swiglu=fused, fused_rope=fused)).cuda()
+        step = torch.compile(model)
+        with torch.profiler.profile() as prof:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = step(idx[:, :-1], idx[:, 1:], return_logits=False)
+            loss.backward()
+            torch.cuda.synchronize()
+        ran = " ".join(e.key for e in prof.key_averages())
+        results[fused] = loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}, ran
+    for name in ("_loss_and_grad_rows", "_swiglu_fwd", "_swiglu_bwd", "_rope_qkv_fwd", "_rope_qkv_bwd"):
+        assert name in results[True][2] and name not in results[False][2], name
+    assert abs(results[True][0] - results[False][0]) < 1e-2
+    for name, plain in results[False][1].items():
+        rel = ((results[True][1][name] - plain).norm() / plain.norm()).item()
+        assert rel < 3e-2, f"{name}: relative gradient difference {rel:.3g}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU smoke test; on a GPU run bench/kernels.py itself")
+def test_kernel_benchmark_smoke():
+    """bench/kernels.py --smoke: every case of the GPU benchmark runs (CPU, interpreter, toy sizes)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench/kernels.py"), "--smoke"], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for label in ("projection + loss", "loss kernel, one block", "loss kernel, streamed 64", "swiglu", "rope + qkv"):
+        assert label in proc.stdout, proc.stdout
