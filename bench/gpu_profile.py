@@ -29,6 +29,7 @@ from common.config import parse_cli  # noqa: E402
 
 # First matching pattern names a kernel's kind (lower-cased substrings of the kernel name).
 KINDS = (
+    ("ours (model/kernels)", ("_loss_and_grad_rows", "_swiglu_", "_rope_qkv_")),
     ("attention", ("flash", "fmha", "sdpa", "attention")),
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "matmul", "aten::mm", "aten::addmm", "aten::bmm")),
     ("optimizer", ("adam", "multi_tensor", "foreach")),
