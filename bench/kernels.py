@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         ms_base = measure(baseline, args.reps, args.warmup) if baseline else None
         rows.append((label, ms_ours, ms_base, min_bytes / ms_ours / 1e6))
 
+    # The bandwidth ceiling these memory-bound kernels aim at: a device-to-device copy of 2 GB-ish.
+    copy_src = rand(N, V)
+    copy_dst = torch.empty_like(copy_src)
+    case("copy (the bandwidth ceiling)", lambda: copy_dst.copy_(copy_src), None, 2 * copy_src.numel() * 2)
+
     # Loss: projection + cross-entropy, forward + backward (both sides do the same three matmuls).
     x, w = rand(N, C).requires_grad_(), rand(V, C, scale=0.05).requires_grad_()
     targets = torch.randint(1, V, (N,), generator=gen, device=device)

@@ -155,7 +155,8 @@ def test_every_swiglu_tiling_computes_the_same(config):
     """The GPU picks a tiling by timing; each must give the reference result (ragged edges too)."""
     rows, hidden = 37, 200
     h, grad_out = torch.randn(rows, 2 * hidden, device=DEVICE), torch.randn(rows, hidden, device=DEVICE)
-    out, grad_h = torch.empty(rows, hidden, device=DEVICE), torch.empty_like(h)
+    # Poisoned: an element no program writes stays NaN and fails the comparison.
+    out, grad_h = torch.full((rows, hidden), float("nan"), device=DEVICE), torch.full_like(h, float("nan"))
     grid = swiglu_kernel._grid(rows, hidden)
     swiglu_kernel._swiglu_fwd.fn[grid](h, out, rows, hidden, **config.all_kwargs())
     swiglu_kernel._swiglu_bwd.fn[grid](h, grad_out, grad_h, rows, hidden, **config.all_kwargs())
@@ -172,11 +173,11 @@ def test_every_rope_tiling_computes_the_same(config):
     B, T, heads, head_dim = 2, 7, 3, 12
     qkv = torch.randn(B, T, 3, heads, head_dim, device=DEVICE)
     cos, sin = (t.to(DEVICE) for t in rope_tables(T, head_dim, 10000.0))
-    q, k, v = (torch.empty(B, T, heads, head_dim, device=DEVICE) for _ in range(3))
+    q, k, v = (torch.full((B, T, heads, head_dim), float("nan"), device=DEVICE) for _ in range(3))
     blocks = rope._blocks(heads, head_dim) | config.all_kwargs()
     rope._rope_qkv_fwd.fn[rope._grid(B * T)](qkv, cos, sin, q, k, v, B * T, T, heads, **blocks)
     dq, dk, dv = (torch.randn(B, heads, T, head_dim, device=DEVICE).transpose(1, 2) for _ in range(3))
-    dqkv = torch.empty_like(qkv)
+    dqkv = torch.full_like(qkv, float("nan"))
     rope._rope_qkv_bwd.fn[rope._grid(B * T)](dq, dk, dv, cos, sin, dqkv, B * T, T, heads, *dq.stride()[:3], **blocks)
     want_q, want_k, want_v = kernels.rope_qkv(qkv, cos, sin)  # the tested default tiling
     for got, want in ((q, want_q), (k, want_k), (v, want_v)):
