@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Our Triton kernels (model/kernels) against what torch.compile makes of the same formulas, at
 gpt-45m's training shape: 64 x 1024 tokens, d_model 512, vocab 16384, SwiGLU hidden 1408, 8 heads of
-64, bf16. Each case times forward + backward (median of --reps after --warmup, CUDA events) and
-prints ours, the compiled baseline, their ratio, and the bandwidth ours reaches on the bytes the
-step must move at least. The loss kernel is also timed alone in each block strategy.
+64, bf16. Each case times forward + backward (GPU kernel time per call, see `timer`) and prints
+ours, the compiled baseline, their ratio, and the bandwidth ours reaches on the bytes the step must
+move at least. The loss kernel is also timed alone in each block strategy.
 
 For a lent GPU machine (torch with Triton; nothing else needed). `--smoke` runs every case on CPU
 at toy sizes through Triton's interpreter, uncompiled, so the script cannot fail on the GPU on a typo.
@@ -23,26 +23,33 @@ sys.path.insert(0, str(REPO))
 
 
 def timer(device):
-    """fn -> median milliseconds over reps runs, after warmup runs."""
+    """fn -> milliseconds per call: on CUDA the summed time of the kernels it launches (torch.profiler),
+    averaged over reps calls after warmup calls; on CPU the median wall time.
+
+    Kernel time, not wall time between events: at one layer's size the host's launch overhead
+    (custom-op dispatch, autograd, autotuner bookkeeping) can exceed the GPU work, and in a training
+    step the host runs ahead of the GPU, so only the kernels' own time reaches the step time.
+    """
     import torch
+    from torch.profiler import ProfilerActivity, profile
 
     def measure(fn, reps: int, warmup: int) -> float:
         for _ in range(warmup):
             fn()
-        times = []
-        for _ in range(reps):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
+        if device.type != "cuda":
+            times = []
+            for _ in range(reps):
                 t0 = time.perf_counter()
                 fn()
                 times.append(1000 * (time.perf_counter() - t0))
-        return statistics.median(times)
+            return statistics.median(times)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        cuda = torch.autograd.DeviceType.CUDA
+        return sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == cuda) / 1e3 / reps
 
     return measure
 
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     measure = timer(device)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (interpreter)"
     print(f"== kernels on {name}, torch {torch.__version__}: {B} x {T} tokens, d_model {C}, vocab {V}, "
-          f"hidden {H}, {heads} heads, bf16; median of {args.reps}")
+          f"hidden {H}, {heads} heads, bf16; kernel time per call over {args.reps} calls")
     gen = torch.Generator(device).manual_seed(0)
 
     def rand(*shape, scale=1.0):

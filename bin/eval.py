@@ -72,7 +72,7 @@ def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int) -> tuple[floa
     def flush() -> None:
         nonlocal nats, count
         x = torch.from_numpy(np.stack(batch)).to(device)
-        _, loss = model(x[:, :-1], x[:, 1:])
+        _, loss = model(x[:, :-1], x[:, 1:], return_logits=False)
         n = int((x[:, 1:] != model.cfg.pad_id).sum())  # the model's loss is the mean over these
         nats, count = nats + float(loss) * n, count + n
         batch.clear()
