@@ -48,11 +48,9 @@ from train.metrics import MetricsLog, eval_line, eval_record, peak_flops, progre
 from train.optim import build_optimizer, lr_at, set_lr
 from train.prefetch import Prefetcher
 from train.sampler import WindowSampler
-from train.step_stats import StepStats
+from train.step_stats import StepStats, TrainingAborted, check_skips
 
-
-class TrainingAborted(RuntimeError):
-    """Training stopped on purpose (too many consecutive non-finite steps)."""
+__all__ = ["Trainer", "TrainingAborted", "open_trainer", "seed_all", "train"]
 
 
 def seed_all(seed: int) -> None:
@@ -352,7 +350,8 @@ class Trainer:
             window = stats.read()
             if first_step_s is None:
                 first_step_s = time.perf_counter() - window_start  # compile and warm-up land here; reported once
-            self._check_skips(window, unread)
+            self.skipped += check_skips(window, unread, self.step, cfg.max_skips, self.log,
+                                        lambda: latest_checkpoint(self.run_dir))
             loss_sum, applied, unread = loss_sum + window["loss_sum"], applied + window["applied"], 0
             if log_now:
                 step_s = (time.perf_counter() - window_start) / window_steps
@@ -379,20 +378,6 @@ class Trainer:
             # Evals and saves stay out of the training speed; a new log window starts after them.
             window_start = time.perf_counter() if log_now else window_start + time.perf_counter() - paused
         return last
-
-    def _check_skips(self, window: dict[str, Any], steps: int) -> None:
-        """Report the steps skipped among the last `steps`, and abort after max_skips in a row."""
-        if not window["skipped"]:
-            return
-        self.skipped += window["skipped"]
-        consecutive, limit = window["consecutive"], self.cfg.max_skips
-        self.log(f"step {self.step}: non-finite loss or gradient norm on some rank; {window['skipped']} of the last "
-                 f"{steps} step(s) skipped ({consecutive} in a row, max_skips={limit})")
-        if consecutive >= limit:
-            raise TrainingAborted(
-                f"{consecutive} consecutive steps had a non-finite loss or gradient norm (max_skips={limit}); "
-                f"stopping at step {self.step}. The last checkpoint is {latest_checkpoint(self.run_dir)}. "
-                "Lower lr, raise warmup_steps or check the data.")
 
     def close(self) -> None:
         self.prefetcher.close()
