@@ -214,11 +214,14 @@ def test_the_kernels_trace_into_a_compiled_graph_with_the_same_result():
         torch.testing.assert_close(a, b)
 
 
-def test_the_model_with_kernels_matches_the_model_without(monkeypatch):
-    """The full GPT (rope, swiglu: all three kernels), kernels on (forced on CPU through the
-    interpreter) versus off: same loss and same gradients for every parameter; asking for logits
-    keeps the plain loss."""
-    cfg = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, d_model=32, mlp="swiglu")
+@pytest.mark.parametrize("variant", [{}, {"qk_norm": True}, {"pos_encoding": "learned", "mlp": "gelu"}],
+                         ids=["rope-swiglu", "qk-norm", "learned-gelu"])
+def test_the_model_with_kernels_matches_the_model_without(monkeypatch, variant):
+    """The full GPT, kernels on (forced on CPU through the interpreter) versus off: same loss and same
+    gradients for every parameter; asking for logits keeps the plain loss. rope + swiglu runs all
+    three kernels; QK-norm keeps the plain RoPE (the norm comes between split and rotation)."""
+    cfg = GPTConfig(**{"vocab_size": 96, "block_size": 16, "n_layer": 2, "n_head": 2, "d_model": 32,
+                       "mlp": "swiglu"} | variant)
     torch.manual_seed(0)
     model = GPT(cfg).to(DEVICE)
     idx = torch.randint(0, cfg.vocab_size, (3, 17), device=DEVICE)
