@@ -40,7 +40,10 @@ def _loss_and_grad_rows(
     base = logits_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
     counted = target != ignore_index
-    target_logit = tl.load(base + tl.where(counted, target, 0)).to(tl.float32)
+    # Ids come from the token store (all below vocab); an id out of range reads column 0, never
+    # memory outside the row (checking on the host would cost a sync per step).
+    in_range = counted & (target >= 0) & (target < vocab)
+    target_logit = tl.load(base + tl.where(in_range, target, 0)).to(tl.float32)
     cols = tl.arange(0, BLOCK)
     if ONE_BLOCK:
         mask = cols < vocab
