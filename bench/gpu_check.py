@@ -8,8 +8,10 @@ subprocesses (a fresh process per run, so peak memory and compile caches are per
 its logs and a JSON summary under $OUT when that is set. `--smoke` runs the same path on CPU with a
 tiny model in seconds, so the one GPU run cannot die of a typo.
 
-`--variant 'NAME: key=value ...'` (repeatable) adds a compiled run with those overrides between the
-compiled and the eager run, so several settings are compared on one lent machine in one call.
+Runs, in order: `compiled` (the defaults), `plain` (the same with the model's own Triton kernels
+off, model/kernels: their gain measured in the same call), any variants, `eager`.
+`--variant 'NAME: key=value ...'` (repeatable) adds a compiled run with those overrides before the
+eager run, so several settings are compared on one lent machine in one call.
 Upper-case keys (`TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1`) are set in the run's environment
 instead. Variant runs skip evaluation: they measure training speed only.
 """
@@ -37,6 +39,9 @@ from train.metrics import read_metrics  # noqa: E402
 SHAKESPEARE = REPO / "data_cache" / "shakespeare"
 # After this many steps compile, cudnn autotuning and the allocator have settled.
 STEADY_FROM = 30
+RUNS = ("compiled", "plain", "eager")
+# The `plain` run: compiled, with model/kernels switched off.
+PLAIN = ["model.fused_loss=false", "model.fused_swiglu=false", "model.fused_rope=false"]
 
 
 def synthetic_store(root: Path, tokens: int, vocab: int, seed: int = 0) -> TokenStore:
@@ -78,7 +83,7 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
     """'NAME: key=value ENV_VAR=value ...' -> (name, overrides, environment)."""
     name, sep, rest = text.partition(":")
     name = name.strip()
-    if not sep or not name.replace("_", "").replace("-", "").isalnum() or name in ("compiled", "eager"):
+    if not sep or not name.replace("_", "").replace("-", "").isalnum() or name in RUNS:
         raise argparse.ArgumentTypeError(f"--variant wants 'NAME: key=value ...' with a new plain NAME; got {text!r}")
     overrides, env = [], {}
     for token in rest.split():
@@ -162,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--log-interval", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per training run")
-    parser.add_argument("--runs", default="compiled,eager", help="which runs, comma-separated: compiled,eager")
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help="which runs, comma-separated: compiled, plain (compiled, model/kernels off), eager")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[],
                         help="'NAME: key=value ...': an extra compiled run with these overrides (repeatable)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/smallgpt-gpu-check"))
@@ -183,10 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no CUDA device; `bench/gpu_check.py --smoke` runs the same path on CPU", file=sys.stderr)
         return 2
 
+    chosen = args.runs.split(",")
+    if not set(chosen) <= set(RUNS):
+        print(f"error: --runs takes {', '.join(RUNS)}; got {args.runs!r}", file=sys.stderr)
+        return 2
     store = pick_store(args, args.work_dir)
-    plan = [(name, [], {}) for name in ("compiled",) if name in args.runs.split(",")]
+    plan = [(name, [], {}) for name in ("compiled",) if name in chosen]
+    plan += [(name, [*PLAIN, "eval_batches=0"], {}) for name in ("plain",) if name in chosen]
     plan += [(name, [*overrides, "eval_batches=0"], env) for name, overrides, env in args.variant]
-    plan += [(name, [], {}) for name in ("eager",) if name in args.runs.split(",")]
+    plan += [(name, [], {}) for name in ("eager",) if name in chosen]
     runs, results = [name for name, _, _ in plan], {}
     for name, overrides, env in plan:
         run_dir = args.work_dir / name
@@ -201,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = summarise(run_dir, code, wall) | {"overrides": overrides, "env": env}
         # Written after every run: a call cut short by its time limit still returns what finished.
         (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
-    c, e = results.get("compiled", {}), results.get("eager", {})
+    c, e, p = results.get("compiled", {}), results.get("eager", {}), results.get("plain", {})
+    if c.get("tokens_per_s") and p.get("tokens_per_s"):
+        results["kernels_speedup"] = round(c["tokens_per_s"] / p["tokens_per_s"], 3)
     startup = [r.get("init_s", 0) + r.get("first_step_s", 0) if r.get("first_step_s") else None for r in (c, e)]
     if None not in startup:
         # Both runs do the same probe and first step; what the compiled one spends beyond that is compiling.
@@ -220,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{fmt(r['step_s'] and 1000 * r['step_s'], '.1f'):>8} {fmt(r['peak_mem_gb'], '.1f'):>8} "
               f"{fmt(r['init_s'], '.1f'):>7} {fmt(r['first_step_s'], '.1f'):>10} {r['wall_s']:>7.1f} "
               f"{fmt(r['first_loss'], '.2f'):>6}->{fmt(r['last_loss'], '.2f'):<6} {fmt(r['val_loss'], '.2f'):>6}")
-    for name, overrides, env in args.variant:
+    legend = [("plain", PLAIN, {})] if "plain" in chosen else []
+    for name, overrides, env in [*legend, *args.variant]:
         print(f"  {name}: {' '.join([*(f'{k}={v}' for k, v in env.items()), *overrides])}")
     print(f"compile time (compiled minus eager, init + first step): {fmt(results.get('compile_s'), '.1f')} s")
+    print(f"model/kernels: compiled / plain tokens/s = {fmt(results.get('kernels_speedup'), '.3f')}")
     if c.get("mfu") is not None:
         print(f"MFU target >= 45%: {'met' if c['mfu'] >= 0.45 else 'NOT met'} ({100 * c['mfu']:.1f}%)")
     print(f"summary: {out / 'gpu_check.json'}")
