@@ -58,7 +58,8 @@ class GPTConfig:
     pass, no float32 logits. Only when the caller does not ask for logits; elsewhere the plain path."""
     fused_swiglu: bool = True
     """On CUDA with Triton, run SwiGLU through its one-pass kernel (model/kernels/swiglu_kernel.py) instead of
-    the compiled formula. Same values; only the memory traffic of the backward differs."""
+    the compiled formula. The same arithmetic as the compiled formula (float32 inside, one rounding to
+    the output dtype); only the memory traffic of the backward differs."""
     fused_rope: bool = True
     """On CUDA with Triton, when training (no KV cache) with rope and no qk_norm, split [q | k | v]
     and rotate q and k in one kernel each way (model/kernels/rope.py) instead of the compiled formula."""

@@ -39,15 +39,17 @@ def _loss_and_grad_rows(
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
-    counted = target != ignore_index
-    # Ids come from the token store (all below vocab); an id out of range reads column 0, never
-    # memory outside the row (checking on the host would cost a sync per step).
-    in_range = counted & (target >= 0) & (target < vocab)
-    target_logit = tl.load(base + tl.where(in_range, target, 0)).to(tl.float32)
+    # The token store holds ids below vocab only. An id out of range (a caller's bug) counts as
+    # ignored, loss and gradient alike, where F.cross_entropy would raise: checking for it here would
+    # cost a host sync per step.
+    counted = (target != ignore_index) & (target >= 0) & (target < vocab)
     cols = tl.arange(0, BLOCK)
+    # The target's logit is picked out of the loaded values, never re-read from the row that the
+    # gradient overwrites.
     if ONE_BLOCK:
         mask = cols < vocab
         z = tl.load(base + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        target_logit = tl.sum(tl.where(cols == target, z, 0.0), 0)
         z_max = tl.max(z, 0)
         e = tl.exp(z - z_max)
         total = tl.sum(e, 0)
@@ -60,14 +62,17 @@ def _loss_and_grad_rows(
         # Online softmax per lane: m holds each lane's running max, s its sum of exp(z - m).
         m = tl.full([BLOCK], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK], tl.float32)
+        picked = tl.zeros([BLOCK], tl.float32)
         for start in range(0, vocab, BLOCK):
             mask = start + cols < vocab
             z = tl.load(base + start + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            picked += tl.where(start + cols == target, z, 0.0)
             m_new = tl.maximum(m, z)
             # A lane that has seen only masked columns keeps m = -inf; shift by 0 there, not NaN.
             shift = tl.where(m_new == float("-inf"), 0.0, m_new)
             s = s * tl.exp(m - shift) + tl.exp(z - shift)
             m = m_new
+        target_logit = tl.sum(picked, 0)
         z_max = tl.max(m, 0)
         lse = z_max + tl.log(tl.sum(s * tl.exp(m - z_max), 0))
         if WRITE_GRAD:
@@ -136,8 +141,9 @@ def _backward(ctx, grad_loss_sum, _grad_of_grad):
         raise RuntimeError("linear_cross_entropy ran with with_grad=False, so it has no gradient to give")
     # The scale goes on the [V, C] and [N, C] operands, never on the [N, V] gradient (see the top).
     scale = grad_loss_sum.float()
-    grad_x = grad_logits @ (weight.float() * scale).to(weight.dtype)
-    grad_weight = grad_logits.t() @ (x.float() * scale).to(x.dtype)
+    need_x, need_weight = ctx.needs_input_grad[:2]
+    grad_x = grad_logits @ (weight.float() * scale).to(weight.dtype) if need_x else None
+    grad_weight = grad_logits.t() @ (x.float() * scale).to(x.dtype) if need_weight else None
     return grad_x, grad_weight, None, None, None
 
 
@@ -150,8 +156,9 @@ def linear_cross_entropy(
     """Sum over counted tokens of cross_entropy(x @ weight.T, targets), in float32.
 
     x: [..., C] features; weight: [V, C]; targets: [...] ids, those equal to ignore_index not counted
-    (loss 0, gradient 0). Under autocast the matmul runs in the autocast dtype, as nn.Linear would.
-    The [N, V] logits are never returned: callers that want them use the plain path.
+    (loss 0, gradient 0), nor ids outside [0, V) (see the kernel). Under autocast the matmul runs in
+    the autocast dtype, as nn.Linear would. The [N, V] logits are never returned: callers that want
+    them use the plain path.
     """
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)

@@ -161,7 +161,7 @@ def rope_qkv(
     cos, sin: [T, D/2] for positions 0..T-1 of every row (model/layers.py rope_tables); channel i is
     paired with i + D/2, as in model.layers.apply_rope, which this matches.
     """
-    if qkv.dim() != 5 or qkv.shape[2] != 3 or cos.shape != (qkv.shape[1], qkv.shape[4] // 2):
+    if qkv.dim() != 5 or qkv.shape[2] != 3 or not cos.shape == sin.shape == (qkv.shape[1], qkv.shape[4] // 2):
         raise ValueError(f"rope_qkv takes qkv [B, T, 3, H, D] and cos/sin [T, D/2]; got {tuple(qkv.shape)}, "
                          f"{tuple(cos.shape)}")
     return _rope_qkv(qkv, cos, sin)

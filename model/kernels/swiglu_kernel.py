@@ -87,7 +87,7 @@ def _swiglu_backward(h: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
 
 @_swiglu_backward.register_fake
 def _(h, grad_out):
-    return torch.empty_like(h)
+    return h.new_empty(h.shape)  # contiguous, as the real op returns whatever h's layout
 
 
 def _setup_context(ctx, inputs, output):

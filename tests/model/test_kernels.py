@@ -64,12 +64,20 @@ def test_fused_loss_and_gradients_match_a_float64_reference(streamed, dtype, mon
         torch.testing.assert_close(got.double(), want, **tol)
 
 
-def test_ignored_rows_add_nothing_and_an_all_ignored_batch_is_zero():
+@pytest.mark.parametrize("streamed", [False, True], ids=["one-block", "streamed"])
+def test_ignored_and_out_of_range_rows_add_nothing_and_an_all_ignored_batch_is_zero(streamed, monkeypatch):
+    if streamed:
+        monkeypatch.setattr(cross_entropy, "ONE_BLOCK_MAX", 16)
+        monkeypatch.setattr(cross_entropy, "STREAM_BLOCK", 32)
     x, weight, targets = inputs(12, 16, 100, torch.float32)
-    full = kernels.linear_cross_entropy(x, weight, targets, IGNORE)
-    kept = targets != IGNORE
-    only_counted = kernels.linear_cross_entropy(x[kept], weight, targets[kept], IGNORE)
-    torch.testing.assert_close(full, only_counted)
+    targets[3], targets[7] = 100 + 3, -5  # out of range: counted as ignored, loss and gradient alike
+    kept = (targets != IGNORE) & (targets >= 0) & (targets < 100)
+    fused = grads_of(lambda a, b, t: kernels.linear_cross_entropy(a, b, t, IGNORE), x, weight, targets, 1.0)
+    only_counted = grads_of(
+        lambda a, b, t: kernels.linear_cross_entropy(a[kept], b, t[kept], IGNORE), x, weight, targets, 1.0
+    )
+    for got, want in zip(fused, only_counted, strict=True):
+        torch.testing.assert_close(got, want)
 
     loss, gx, gw = grads_of(
         lambda a, b, t: kernels.linear_cross_entropy(a, b, t, IGNORE), x, weight, torch.full_like(targets, IGNORE), 1.0
@@ -84,6 +92,16 @@ def test_without_grad_the_loss_is_the_same_and_no_gradient_buffer_is_made():
         loss_sum, grad = cross_entropy._linear_cross_entropy(x, weight, targets, IGNORE, False)
     torch.testing.assert_close(loss_sum, with_grad.detach())
     assert grad.numel() == 0
+
+
+def test_a_frozen_weight_gets_no_gradient_and_x_the_right_one():
+    x, weight, targets = inputs(9, 8, 40, torch.float32)
+    weight = weight.detach()
+    kernels.linear_cross_entropy(x, weight, targets, IGNORE).backward()
+    ref_x = x.detach().double().requires_grad_()
+    reference_loss(ref_x, weight, targets).backward()
+    assert weight.grad is None
+    torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_autocast_runs_the_projection_in_the_autocast_dtype():
@@ -197,6 +215,12 @@ def test_custom_op_registrations_pass_torch_opcheck():
     qkv = torch.randn(2, 5, 3, 2, 4, device=DEVICE, requires_grad=True)
     cos, sin = (t.to(DEVICE) for t in rope_tables(5, 4, 10000.0))
     torch.library.opcheck(torch.ops.smallgpt.rope_qkv.default, (qkv, cos, sin))
+    # The backward ops on their own, with inputs in layouts the forward never sees (fake and real
+    # must agree on the output's strides too).
+    torch.library.opcheck(torch.ops.smallgpt.swiglu_backward.default,
+                          (torch.randn(10, 6, device=DEVICE).t(), torch.randn(6, 5, device=DEVICE)))
+    grads = [torch.randn(2, 2, 5, 4, device=DEVICE).transpose(1, 2) for _ in range(3)]
+    torch.library.opcheck(torch.ops.smallgpt.rope_qkv_backward.default, (*grads, cos, sin))
 
 
 def test_the_kernels_trace_into_a_compiled_graph_with_the_same_result():
@@ -245,6 +269,28 @@ def test_the_model_with_kernels_matches_the_model_without(monkeypatch, variant):
     logits, loss = model(idx[:, :-1], idx[:, 1:])
     assert logits is not None and logits.shape == (3, 16, cfg.vocab_size)
     torch.testing.assert_close(loss.detach(), plain_loss)
+
+
+def test_compiled_bf16_autocast_model_with_kernels_matches_the_plain_model(monkeypatch):
+    """The training path on CPU: bf16 autocast, bf16 residual stream, torch.compile (aot_eager, one
+    graph), kernels forced on through the interpreter, against the plain model compiled the same way."""
+    cfg = GPTConfig(vocab_size=512, block_size=32, n_layer=2, n_head=4, d_model=64, mlp="swiglu")
+    idx = torch.randint(0, 512, (2, 33), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    results = {}
+    for use_kernels in (True, False):
+        monkeypatch.setattr(kernels, "usable", lambda t, on=use_kernels: on)
+        torch.manual_seed(0)
+        model = GPT(cfg).to(DEVICE)
+        torch._dynamo.reset()
+        step = torch.compile(model, backend="aot_eager", fullgraph=True)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            _, loss = step(idx[:, :-1], idx[:, 1:], return_logits=False)
+        loss.backward()
+        results[use_kernels] = loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}
+    assert abs(results[True][0] - results[False][0]) < 1e-2
+    for name, plain in results[False][1].items():
+        rel = ((results[True][1][name] - plain).norm() / plain.norm()).item()
+        assert rel < 3e-2, f"{name}: relative gradient difference {rel:.3g}"
 
 
 @pytest.mark.gpu
