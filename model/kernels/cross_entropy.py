@@ -12,8 +12,8 @@ so any upstream scaling (the mean over counted tokens, grad accumulation, a loss
 scalar that multiplies the small matmul operands, never the [N, vocab] buffer.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.library.custom_op reads the annotations as types,
+# which torch before 2.5 cannot do from strings.
 import torch
 import triton
 import triton.language as tl

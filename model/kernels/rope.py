@@ -11,8 +11,8 @@ Outputs are [B, T, H, D] (token-major); attention takes them as .transpose(1, 2)
 the fused attention kernels read natively.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.library.custom_op reads the annotations as types,
+# which torch before 2.5 cannot do from strings.
 import torch
 import triton
 import triton.language as tl

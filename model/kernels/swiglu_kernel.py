@@ -7,8 +7,8 @@ and the upstream gradient: each input is read twice (4.8 ms of a 59 ms gpt-45m s
 and writes both halves of the gradient: 3 reads and 2 writes per hidden unit, the minimum.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.library.custom_op reads the annotations as types,
+# which torch before 2.5 cannot do from strings.
 import torch
 import triton
 import triton.language as tl
