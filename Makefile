@@ -25,7 +25,7 @@ PIPE_ARGS := $(if $(DATA),--data "$(DATA)") $(if $(NAME),--name $(NAME)) $(if $(
 	$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(VOCAB),--vocab-size $(VOCAB))
 LAUNCH := $(if $(NGPU),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU),$(PY))
 
-.PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check bench clean
+.PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check gpu-test bench clean
 
 setup: $(STAMP)
 
@@ -64,6 +64,14 @@ demo: setup
 
 gpu-check:
 	bash bench/gpu_check.sh
+
+# On a GPU machine (its own python3 and torch; no venv needed): every test that does something
+# different with CUDA, the model's Triton kernels compiled rather than interpreted among them.
+GPU_TESTS := tests/model/test_kernels.py tests/model/test_attention_backend.py tests/train/test_trainer_gpu.py \
+	tests/train/test_sampler.py
+gpu-test:
+	PYTHONPATH=$(CURDIR) $$(test -x $(PY) && echo $(PY) || echo python3) -m pytest -q -p no:cacheprovider \
+		-o addopts="" $(GPU_TESTS)
 
 bench: setup
 	$(PY) bench/prepare.py
