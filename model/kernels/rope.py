@@ -5,7 +5,8 @@ and k into new tensors (each output element loading both channels of its pair) a
 backward, rotates dq and dk back and then gathers dq, dk and dv into d[q | k | v] in a second
 kernel: ~3.3 ms of a 59 ms gpt-45m step on an H200. Here each program takes a few tokens, reads their
 q, k and v once and writes rotated q, k and a copy of v; the backward reads dq, dk, dv once and writes
-d[q | k | v] rotated back: one pass each way.
+d[q | k | v] rotated back: one pass each way. Measured on an H200: 2.4 ms per step for both
+(bench/RESULTS.md), at about the card's copy bandwidth.
 
 Outputs are [B, T, H, D] (token-major); attention takes them as .transpose(1, 2) views, the layout
 the fused attention kernels read natively.
