@@ -164,5 +164,5 @@ def rope_qkv(
     """
     if qkv.dim() != 5 or qkv.shape[2] != 3 or not cos.shape == sin.shape == (qkv.shape[1], qkv.shape[4] // 2):
         raise ValueError(f"rope_qkv takes qkv [B, T, 3, H, D] and cos/sin [T, D/2]; got {tuple(qkv.shape)}, "
-                         f"{tuple(cos.shape)}")
+                         f"{tuple(cos.shape)}/{tuple(sin.shape)}")
     return _rope_qkv(qkv, cos, sin)

@@ -24,31 +24,34 @@ TILE_OPTIONS = [
 ]
 
 
-@triton.autotune(configs=candidates(TILE_OPTIONS), key=["hidden"])
 @triton.jit
-def _swiglu_fwd(h_ptr, out_ptr, n_rows, hidden, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _tile(n_rows, hidden, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's [BLOCK_R, BLOCK_C] tile: offsets of its gates in [gate | value] (values sit
+    `hidden` further on), offsets in the [N, H] output, and the mask of its ragged edges."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (rows < n_rows)[:, None] & (cols < hidden)[None, :]
     rows = rows.to(tl.int64)[:, None]
-    gate_at = h_ptr + rows * (2 * hidden) + cols[None, :]
-    gate = tl.load(gate_at, mask=mask).to(tl.float32)
-    value = tl.load(gate_at + hidden, mask=mask).to(tl.float32)
+    return rows * (2 * hidden) + cols[None, :], rows * hidden + cols[None, :], mask
+
+
+@triton.autotune(configs=candidates(TILE_OPTIONS), key=["hidden"])
+@triton.jit
+def _swiglu_fwd(h_ptr, out_ptr, n_rows, hidden, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    in_at, out_at, mask = _tile(n_rows, hidden, BLOCK_R, BLOCK_C)
+    gate = tl.load(h_ptr + in_at, mask=mask).to(tl.float32)
+    value = tl.load(h_ptr + in_at + hidden, mask=mask).to(tl.float32)
     out = gate * tl.sigmoid(gate) * value
-    tl.store(out_ptr + rows * hidden + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + out_at, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.autotune(configs=candidates(TILE_OPTIONS), key=["hidden"])
 @triton.jit
 def _swiglu_bwd(h_ptr, grad_out_ptr, grad_h_ptr, n_rows, hidden, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (rows < n_rows)[:, None] & (cols < hidden)[None, :]
-    rows = rows.to(tl.int64)[:, None]
-    in_at = rows * (2 * hidden) + cols[None, :]
+    in_at, out_at, mask = _tile(n_rows, hidden, BLOCK_R, BLOCK_C)
     gate = tl.load(h_ptr + in_at, mask=mask).to(tl.float32)
     value = tl.load(h_ptr + in_at + hidden, mask=mask).to(tl.float32)
-    grad_out = tl.load(grad_out_ptr + rows * hidden + cols[None, :], mask=mask).to(tl.float32)
+    grad_out = tl.load(grad_out_ptr + out_at, mask=mask).to(tl.float32)
     sig = tl.sigmoid(gate)
     # d silu(g)/dg = sig * (1 + g * (1 - sig))
     grad_gate = grad_out * value * sig * (1.0 + gate * (1.0 - sig))

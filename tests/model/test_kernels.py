@@ -39,6 +39,19 @@ def inputs(n, c, vocab, dtype, seed=0):
     return x.requires_grad_(), weight.requires_grad_(), targets
 
 
+def swiglu_reference(h, grad_out):
+    """silu(gate) * value in float64, and its gradient for grad_out."""
+    ref_h = h.detach().double().requires_grad_()
+    gate, value = ref_h.chunk(2, dim=-1)
+    out = F.silu(gate) * value
+    out.backward(grad_out.double())
+    return out, ref_h.grad
+
+
+def angles(T, head_dim):
+    return tuple(t.to(DEVICE) for t in rope_tables(T, head_dim, 10000.0))
+
+
 def grads_of(loss_fn, x, weight, targets, scale):
     x, weight = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
     loss = loss_fn(x, weight, targets)
@@ -122,14 +135,11 @@ def test_swiglu_forward_and_backward_match_a_float64_reference(shape, dtype):
     out = kernels.swiglu(h)
     out.backward(grad_out)
 
-    ref_h = h.detach().double().requires_grad_()
-    gate, value = ref_h.chunk(2, dim=-1)
-    ref = F.silu(gate) * value
-    ref.backward(grad_out.double())
+    ref, ref_grad = swiglu_reference(h, grad_out)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1.6e-2, "atol": 2e-2}
     assert out.shape == shape and out.dtype == dtype and h.grad.dtype == dtype
     torch.testing.assert_close(out.double(), ref, **tol)
-    torch.testing.assert_close(h.grad.double(), ref_h.grad, **tol)
+    torch.testing.assert_close(h.grad.double(), ref_grad, **tol)
 
 
 def test_swiglu_rejects_an_odd_width():
@@ -143,7 +153,7 @@ def test_rope_qkv_matches_apply_rope_forward_and_backward(heads, head_dim, dtype
     B, T = 2, 7
     gen = torch.Generator().manual_seed(2)
     qkv = torch.randn(B, T, 3, heads, head_dim, generator=gen).to(DEVICE, dtype).requires_grad_()
-    cos, sin = (t.to(DEVICE) for t in rope_tables(T, head_dim, 10000.0))
+    cos, sin = angles(T, head_dim)
     grads = [torch.randn(B, heads, T, head_dim, generator=gen).to(DEVICE, dtype) for _ in range(3)]
 
     # As attention uses it: [B, H, T, D] views; their gradients then arrive in that layout, strided.
@@ -163,9 +173,8 @@ def test_rope_qkv_matches_apply_rope_forward_and_backward(heads, head_dim, dtype
 
 def test_rope_qkv_rejects_a_table_of_the_wrong_length():
     qkv = torch.zeros(1, 4, 3, 2, 8, device=DEVICE)
-    cos, sin = rope_tables(5, 8, 10000.0)
     with pytest.raises(ValueError, match="cos/sin"):
-        kernels.rope_qkv(qkv, cos.to(DEVICE), sin.to(DEVICE))
+        kernels.rope_qkv(qkv, *angles(5, 8))
 
 
 @pytest.mark.parametrize("config", swiglu_kernel.TILE_OPTIONS, ids=str)
@@ -178,19 +187,16 @@ def test_every_swiglu_tiling_computes_the_same(config):
     grid = swiglu_kernel._grid(rows, hidden)
     swiglu_kernel._swiglu_fwd.fn[grid](h, out, rows, hidden, **config.all_kwargs())
     swiglu_kernel._swiglu_bwd.fn[grid](h, grad_out, grad_h, rows, hidden, **config.all_kwargs())
-    ref_h = h.double().requires_grad_()
-    gate, value = ref_h.chunk(2, dim=-1)
-    ref = F.silu(gate) * value
-    ref.backward(grad_out.double())
+    ref, ref_grad = swiglu_reference(h, grad_out)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(grad_h.double(), ref_h.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_h.double(), ref_grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("config", rope.TILE_OPTIONS, ids=str)
 def test_every_rope_tiling_computes_the_same(config):
     B, T, heads, head_dim = 2, 7, 3, 12
     qkv = torch.randn(B, T, 3, heads, head_dim, device=DEVICE)
-    cos, sin = (t.to(DEVICE) for t in rope_tables(T, head_dim, 10000.0))
+    cos, sin = angles(T, head_dim)
     q, k, v = (torch.full((B, T, heads, head_dim), float("nan"), device=DEVICE) for _ in range(3))
     blocks = rope._blocks(heads, head_dim) | config.all_kwargs()
     rope._rope_qkv_fwd.fn[rope._grid(B * T)](qkv, cos, sin, q, k, v, B * T, T, heads, **blocks)
@@ -213,7 +219,7 @@ def test_custom_op_registrations_pass_torch_opcheck():
     h = torch.randn(6, 10, device=DEVICE, requires_grad=True)
     torch.library.opcheck(torch.ops.smallgpt.swiglu.default, (h,))
     qkv = torch.randn(2, 5, 3, 2, 4, device=DEVICE, requires_grad=True)
-    cos, sin = (t.to(DEVICE) for t in rope_tables(5, 4, 10000.0))
+    cos, sin = angles(5, 4)
     torch.library.opcheck(torch.ops.smallgpt.rope_qkv.default, (qkv, cos, sin))
     # The backward ops on their own, with inputs in layouts the forward never sees (fake and real
     # must agree on the output's strides too).
@@ -271,60 +277,54 @@ def test_the_model_with_kernels_matches_the_model_without(monkeypatch, variant):
     torch.testing.assert_close(loss.detach(), plain_loss)
 
 
-def test_compiled_bf16_autocast_model_with_kernels_matches_the_plain_model(monkeypatch):
-    """The training path on CPU: bf16 autocast, bf16 residual stream, torch.compile (aot_eager, one
-    graph), kernels forced on through the interpreter, against the plain model compiled the same way."""
-    cfg = GPTConfig(vocab_size=512, block_size=32, n_layer=2, n_head=4, d_model=64, mlp="swiglu")
-    idx = torch.randint(0, 512, (2, 33), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+def compiled_bf16_with_and_without_kernels(cfg: dict, idx: torch.Tensor, backend: str) -> None:
+    """What training runs: torch.compile (one graph), bf16 autocast and residual stream, the kernel
+    switches on versus off from the same init. The custom ops must run (profiler) only with the
+    switches on, and both must agree on the loss and every gradient to bf16 accuracy."""
     results = {}
-    for use_kernels in (True, False):
-        monkeypatch.setattr(kernels, "usable", lambda t, on=use_kernels: on)
+    for fused in (True, False):
         torch.manual_seed(0)
-        model = GPT(cfg).to(DEVICE)
+        model = GPT(GPTConfig(**cfg, fused_loss=fused, fused_swiglu=fused, fused_rope=fused)).to(idx.device)
         torch._dynamo.reset()
-        step = torch.compile(model, backend="aot_eager", fullgraph=True)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-            _, loss = step(idx[:, :-1], idx[:, 1:], return_logits=False)
-        loss.backward()
-        results[use_kernels] = loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}
+        step = torch.compile(model, backend=backend, fullgraph=True)
+
+        def loss_and_backward(model=model, step=step):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(idx.device.type, dtype=torch.bfloat16):
+                _, loss = step(idx[:, :-1], idx[:, 1:], return_logits=False)
+            loss.backward()
+            if idx.is_cuda:
+                torch.cuda.synchronize()
+            return loss
+
+        loss_and_backward()  # compiles: outside the profiler, which would record every op of the compiler
+        with torch.profiler.profile() as prof:
+            loss = loss_and_backward()
+        ran = {e.key for e in prof.key_averages()}
+        results[fused] = loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}, ran
+    for op in ("linear_cross_entropy", "swiglu", "swiglu_backward", "rope_qkv", "rope_qkv_backward"):
+        assert f"smallgpt::{op}" in results[True][2] and f"smallgpt::{op}" not in results[False][2], op
     assert abs(results[True][0] - results[False][0]) < 1e-2
     for name, plain in results[False][1].items():
         rel = ((results[True][1][name] - plain).norm() / plain.norm()).item()
         assert rel < 3e-2, f"{name}: relative gradient difference {rel:.3g}"
+
+
+def test_compiled_bf16_autocast_model_with_kernels_matches_the_plain_model(monkeypatch):
+    """On CPU: aot_eager, the kernels in the interpreter (usable forced; the switches choose)."""
+    monkeypatch.setattr(kernels, "usable", lambda t: True)
+    idx = torch.randint(0, 512, (2, 33), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    compiled_bf16_with_and_without_kernels(
+        dict(vocab_size=512, block_size=32, n_layer=2, n_head=4, d_model=64, mlp="swiglu"), idx, "aot_eager")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compiled_bf16_model_with_kernels_matches_without_on_gpu():
-    """What training runs: gpt-45m's layer shape and vocab, torch.compile, bf16 autocast. The kernels
-    must really run (profiler) and give the plain path's loss and gradients to bf16 accuracy."""
-    cfg = dict(vocab_size=16384, block_size=256, n_layer=2, n_head=8, d_model=512, mlp="swiglu")
+    """On a GPU: inductor, the compiled kernels, gpt-45m's layer shape and vocab."""
     idx = torch.randint(0, 16384, (8, 257), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    results = {}
-    for fused in (True, False):
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(**cfg, fused_loss=fused, fused_swiglu=fused, fused_rope=fused)).cuda()
-        step = torch.compile(model)
-
-        def loss_and_backward(model=model, step=step):
-            model.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                _, loss = step(idx[:, :-1], idx[:, 1:], return_logits=False)
-            loss.backward()
-            torch.cuda.synchronize()
-            return loss
-
-        loss_and_backward()  # compiles: outside the profiler, which would record every op of the compiler
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            loss = loss_and_backward()
-        ran = " ".join(e.key for e in prof.key_averages())
-        results[fused] = loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}, ran
-    for name in ("_loss_and_grad_rows", "_swiglu_fwd", "_swiglu_bwd", "_rope_qkv_fwd", "_rope_qkv_bwd"):
-        assert name in results[True][2] and name not in results[False][2], name
-    assert abs(results[True][0] - results[False][0]) < 1e-2
-    for name, plain in results[False][1].items():
-        rel = ((results[True][1][name] - plain).norm() / plain.norm()).item()
-        assert rel < 3e-2, f"{name}: relative gradient difference {rel:.3g}"
+    compiled_bf16_with_and_without_kernels(
+        dict(vocab_size=16384, block_size=256, n_layer=2, n_head=8, d_model=512, mlp="swiglu"), idx, "inductor")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU smoke test; on a GPU run bench/kernels.py itself")
