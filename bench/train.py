@@ -8,7 +8,8 @@ GPT-2-style reference written below, at the same shape.
     of one forward + backward + AdamW step of the tiny model at the same batch shape.
 (b) Training tokens/s of our model -- as configured in configs/tiny.yml, and configured GPT-2-style
     (learned positions, LayerNorm, GELU, biases) so the comparison is like for like -- against the
-    reference.
+    reference. Our model runs as the trainer calls it (no logits returned, so its loss is the fused
+    one, model/kernels/chunked_loss.py on CPU); the reference computes logits and F.cross_entropy.
 Timings take turns (sampler / loop, and the three models step by step) so that load from other
 processes on a shared machine hits them alike; each figure is a median, with the best rep beside it.
 
@@ -133,8 +134,11 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     except (RuntimeError, TypeError):
         opt = torch.optim.AdamW(groups, lr=3e-4)
 
+    # Our GPT as the trainer calls it: no logits wanted, so the loss may fuse with the projection.
+    kwargs = {"return_logits": False} if isinstance(model, GPT) else {}
+
     def step() -> None:
-        _, loss = model(x, y)
+        _, loss = model(x, y, **kwargs)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

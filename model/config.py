@@ -53,9 +53,11 @@ class GPTConfig:
     on an H200; `tiny` reached the same val loss either way; bench/RESULTS.md). Weights, optimizer
     state and the loss stay float32; without bf16 autocast (CPU training, sampling) it changes nothing."""
     fused_loss: bool = True
-    """On CUDA with Triton, compute the training loss with the fused output-projection +
-    cross-entropy kernel (model/kernels/cross_entropy.py): same loss, its gradient made in the forward
-    pass, no float32 logits. Only when the caller does not ask for logits; elsewhere the plain path."""
+    """Compute the loss with the output projection and cross-entropy fused, its gradient made in the
+    forward pass, without [N, vocab] float32 logits: on CUDA with Triton one kernel
+    (model/kernels/cross_entropy.py), elsewhere chunks of rows through one reused buffer
+    (model/kernels/chunked_loss.py, ~25% faster than the plain loss on CPU). The same loss either
+    way. Only when the caller does not ask for logits; otherwise the plain path."""
     fused_swiglu: bool = True
     """On CUDA with Triton, run SwiGLU through its one-pass kernel (model/kernels/swiglu_kernel.py) instead of
     the compiled formula. The same arithmetic as the compiled formula (float32 inside, one rounding to

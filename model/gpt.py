@@ -76,8 +76,8 @@ class GPT(nn.Module):
         kv_cache, start_pos: idx holds absolute positions start_pos..start_pos+T-1; their keys and
         values are stored in kv_cache and attention also covers the cached positions before them.
         Logits are [B, T, vocab] with targets or all_logits, else [B, 1, vocab] for the last position.
-        return_logits=False (with targets) lets the loss skip them: on CUDA it then runs the fused
-        projection + cross-entropy kernel (cfg.fused_loss) and the logits come back as None.
+        return_logits=False (with targets) lets the loss skip them: it then runs the fused projection +
+        cross-entropy (cfg.fused_loss; model/kernels) and the logits come back as None.
         """
         B, T = idx.shape
         end = start_pos + T
@@ -108,7 +108,7 @@ class GPT(nn.Module):
             targets = targets.masked_fill(~attention_mask, self.cfg.pad_id)
         # clamp: an all-pad batch gives 0/1 = 0 instead of F.cross_entropy's 0/0 = NaN.
         counted = (targets != self.cfg.pad_id).sum().clamp(min=1)
-        if not return_logits and self.cfg.fused_loss and kernels.usable(x):
+        if not return_logits and self.cfg.fused_loss:
             return None, kernels.linear_cross_entropy(x, self.lm_head.weight, targets, self.cfg.pad_id) / counted
         logits = self.lm_head(x)
         loss_sum = F.cross_entropy(

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from model.kernels.chunked_loss import loss_inputs
+
 # Rows up to this many logits are held in registers whole (one read); wider rows are streamed in
 # blocks of STREAM_BLOCK, and their second pass re-reads the row (mostly from L2).
 ONE_BLOCK_MAX = 16384
@@ -161,9 +163,5 @@ def linear_cross_entropy(
     the autocast dtype, as nn.Linear would. The [N, V] logits are never returned: callers that want
     them use the plain path.
     """
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    with_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    loss_sum, _ = _linear_cross_entropy(
-        x.flatten(0, -2).to(dtype), weight.to(dtype), targets.flatten().contiguous(), ignore_index, with_grad
-    )
-    return loss_sum
+    xf, wf, tf, with_grad = loss_inputs(x, weight, targets)
+    return _linear_cross_entropy(xf, wf, tf, ignore_index, with_grad)[0]

@@ -1,6 +1,6 @@
-"""The Triton kernels (model/kernels) against float64 references: values, gradients, ignored rows,
-both code paths of the loss kernel, rope with ragged head shapes and strided gradients, the custom
-ops' registrations, and the model with the kernels on versus off. On CPU they run in Triton's
+"""The Triton kernels (model/kernels) against float64 references: SwiGLU, rope with ragged head
+shapes and strided gradients, every tiling, the custom ops' registrations, and the model with the
+kernels on versus off (the loss op's own tests are in test_fused_loss.py). On CPU they run in Triton's
 interpreter (tests/conftest.py); on a GPU, compiled."""
 
 from __future__ import annotations
@@ -16,27 +16,13 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
+from loss_cases import DEVICE, IGNORE, inputs  # noqa: E402
+
 from model import GPT, GPTConfig, kernels  # noqa: E402
 from model.kernels import cross_entropy, rope, swiglu_kernel  # noqa: E402
 from model.layers import apply_rope, rope_tables  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-IGNORE = 0
-
-
-def reference_loss(x, weight, targets):
-    logits = x.double() @ weight.double().t()
-    return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
-
-
-def inputs(n, c, vocab, dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, generator=gen).to(DEVICE, dtype)
-    weight = (torch.randn(vocab, c, generator=gen) * 0.5).to(DEVICE, dtype)
-    targets = torch.randint(0, vocab, (n,), generator=gen).to(DEVICE)
-    targets[::5] = IGNORE  # every 5th row does not count
-    return x.requires_grad_(), weight.requires_grad_(), targets
 
 
 def swiglu_reference(h, grad_out):
@@ -50,80 +36,6 @@ def swiglu_reference(h, grad_out):
 
 def angles(T, head_dim):
     return tuple(t.to(DEVICE) for t in rope_tables(T, head_dim, 10000.0))
-
-
-def grads_of(loss_fn, x, weight, targets, scale):
-    x, weight = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-    loss = loss_fn(x, weight, targets)
-    (loss * scale).backward()
-    return loss.detach(), x.grad, weight.grad
-
-
-@pytest.mark.parametrize("streamed", [False, True], ids=["one-block", "streamed"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_loss_and_gradients_match_a_float64_reference(streamed, dtype, monkeypatch):
-    if streamed:  # force the blocked online-softmax path, with a partial last block
-        monkeypatch.setattr(cross_entropy, "ONE_BLOCK_MAX", 64)
-        monkeypatch.setattr(cross_entropy, "STREAM_BLOCK", 64)
-    x, weight, targets = inputs(37, 24, 300, dtype)
-    scale = 0.37  # an upstream gradient other than 1 (a mean, grad accumulation)
-    fused = grads_of(lambda a, b, t: kernels.linear_cross_entropy(a, b, t, IGNORE), x, weight, targets, scale)
-    ref = grads_of(reference_loss, x.double(), weight.double(), targets, scale)
-    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
-    assert fused[0].dtype == torch.float32
-    torch.testing.assert_close(fused[0].double(), ref[0], **tol)
-    for got, want in zip(fused[1:], ref[1:], strict=True):
-        assert got.dtype == dtype
-        torch.testing.assert_close(got.double(), want, **tol)
-
-
-@pytest.mark.parametrize("streamed", [False, True], ids=["one-block", "streamed"])
-def test_ignored_and_out_of_range_rows_add_nothing_and_an_all_ignored_batch_is_zero(streamed, monkeypatch):
-    if streamed:
-        monkeypatch.setattr(cross_entropy, "ONE_BLOCK_MAX", 16)
-        monkeypatch.setattr(cross_entropy, "STREAM_BLOCK", 32)
-    x, weight, targets = inputs(12, 16, 100, torch.float32)
-    targets[3], targets[7] = 100 + 3, -5  # out of range: counted as ignored, loss and gradient alike
-    kept = (targets != IGNORE) & (targets >= 0) & (targets < 100)
-    fused = grads_of(lambda a, b, t: kernels.linear_cross_entropy(a, b, t, IGNORE), x, weight, targets, 1.0)
-    only_counted = grads_of(
-        lambda a, b, t: kernels.linear_cross_entropy(a[kept], b, t[kept], IGNORE), x, weight, targets, 1.0
-    )
-    for got, want in zip(fused, only_counted, strict=True):
-        torch.testing.assert_close(got, want)
-
-    loss, gx, gw = grads_of(
-        lambda a, b, t: kernels.linear_cross_entropy(a, b, t, IGNORE), x, weight, torch.full_like(targets, IGNORE), 1.0
-    )
-    assert loss.item() == 0 and not gx.any() and not gw.any()
-
-
-def test_without_grad_the_loss_is_the_same_and_no_gradient_buffer_is_made():
-    x, weight, targets = inputs(10, 8, 50, torch.float32)
-    with_grad = kernels.linear_cross_entropy(x, weight, targets, IGNORE)
-    with torch.no_grad():
-        loss_sum, grad = cross_entropy._linear_cross_entropy(x, weight, targets, IGNORE, False)
-    torch.testing.assert_close(loss_sum, with_grad.detach())
-    assert grad.numel() == 0
-
-
-def test_a_frozen_weight_gets_no_gradient_and_x_the_right_one():
-    x, weight, targets = inputs(9, 8, 40, torch.float32)
-    weight = weight.detach()
-    kernels.linear_cross_entropy(x, weight, targets, IGNORE).backward()
-    ref_x = x.detach().double().requires_grad_()
-    reference_loss(ref_x, weight, targets).backward()
-    assert weight.grad is None
-    torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=1e-4, atol=1e-4)
-
-
-def test_autocast_runs_the_projection_in_the_autocast_dtype():
-    x, weight, targets = inputs(9, 8, 40, torch.float32)
-    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-        under = kernels.linear_cross_entropy(x, weight, targets, IGNORE)
-    plain = kernels.linear_cross_entropy(x.bfloat16(), weight.bfloat16(), targets, IGNORE)
-    torch.testing.assert_close(under, plain)
-    assert not torch.equal(under, kernels.linear_cross_entropy(x, weight, targets, IGNORE))
 
 
 @pytest.mark.parametrize("shape", [(37, 200), (2, 3, 128), (1, 2)], ids=["ragged", "3d", "tiny"])
@@ -234,7 +146,7 @@ def test_the_kernels_trace_into_a_compiled_graph_with_the_same_result():
     h = torch.randn(11, 20, device=DEVICE, requires_grad=True)
 
     def step(x, weight, h):
-        return kernels.linear_cross_entropy(x, weight, targets, IGNORE) + kernels.swiglu(h).square().sum()
+        return cross_entropy.linear_cross_entropy(x, weight, targets, IGNORE) + kernels.swiglu(h).square().sum()
 
     torch._dynamo.reset()
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
@@ -260,7 +172,8 @@ def test_the_model_with_kernels_matches_the_model_without(monkeypatch, variant):
     def loss_and_grads(use_kernels: bool):
         monkeypatch.setattr(kernels, "usable", lambda t: use_kernels)
         model.zero_grad()
-        logits, loss = model(idx[:, :-1], idx[:, 1:], return_logits=False)
+        # Off: the plain loss too (asking for logits), not the chunked one that CPU would pick.
+        logits, loss = model(idx[:, :-1], idx[:, 1:], return_logits=not use_kernels)
         loss.backward()
         return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 

@@ -1,0 +1,166 @@
+"""Both forms of the fused projection + cross-entropy (model/kernels): the Triton kernel (in Triton's
+interpreter on CPU, tests/conftest.py; skipped without Triton) and the chunked plain-torch op that
+every other device runs, each in both of its code paths, against float64 references; and the
+model's choice between them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from loss_cases import DEVICE, IGNORE, inputs
+
+from model import GPT, GPTConfig, kernels
+from model.kernels import chunked_loss
+
+
+def reference_loss(x, weight, targets):
+    logits = x.double() @ weight.double().t()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
+
+
+def grads_of(loss_fn, x, weight, targets, scale=1.0):
+    x, weight = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    loss = loss_fn(x, weight, targets)
+    (loss * scale).backward()
+    return loss.detach(), x.grad, weight.grad
+
+
+@pytest.fixture(params=["chunked", "chunked-row-by-row", "triton", "triton-streamed"])
+def impl(request, monkeypatch):
+    """One of the loss ops, on one of its code paths: (its module's linear_cross_entropy, the raw op)."""
+    if request.param.startswith("chunked"):
+        if request.param == "chunked-row-by-row":  # every row a chunk of its own
+            monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 1)
+        return chunked_loss.linear_cross_entropy, chunked_loss._linear_cross_entropy_chunked
+    pytest.importorskip("triton")
+    from model.kernels import cross_entropy
+
+    if request.param == "triton-streamed":  # the blocked online softmax, with a partial last block
+        monkeypatch.setattr(cross_entropy, "ONE_BLOCK_MAX", 16)
+        monkeypatch.setattr(cross_entropy, "STREAM_BLOCK", 32)
+    return cross_entropy.linear_cross_entropy, cross_entropy._linear_cross_entropy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_and_gradients_match_a_float64_reference(impl, dtype):
+    loss_fn = lambda a, b, t: impl[0](a, b, t, IGNORE)
+    x, weight, targets = inputs(37, 24, 300, dtype)
+    scale = 0.37  # an upstream gradient other than 1 (a mean, grad accumulation)
+    got = grads_of(loss_fn, x, weight, targets, scale)
+    want = grads_of(reference_loss, x.double(), weight.double(), targets, scale)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    assert got[0].dtype == torch.float32
+    torch.testing.assert_close(got[0].double(), want[0], **tol)
+    for g, w in zip(got[1:], want[1:], strict=True):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), w, **tol)
+
+
+def test_chunks_with_a_short_last_one_sum_to_the_one_chunk_result(monkeypatch):
+    x, weight, targets = inputs(37, 24, 300, torch.float32)
+    whole = grads_of(lambda a, b, t: chunked_loss.linear_cross_entropy(a, b, t, IGNORE), x, weight, targets)
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 8 * 4 * 300)  # 8 rows per chunk: 4 full, then 5 rows
+    chunked = grads_of(lambda a, b, t: chunked_loss.linear_cross_entropy(a, b, t, IGNORE), x, weight, targets)
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ignored_rows_add_nothing_and_an_all_ignored_batch_is_zero(impl):
+    loss_fn = lambda a, b, t: impl[0](a, b, t, IGNORE)
+    x, weight, targets = inputs(12, 16, 100, torch.float32)
+    kept = targets != IGNORE
+    everything = grads_of(loss_fn, x, weight, targets)
+    only_counted = grads_of(lambda a, b, t: loss_fn(a[kept], b, t[kept]), x, weight, targets)
+    for got, want in zip(everything, only_counted, strict=True):
+        torch.testing.assert_close(got, want)
+
+    loss, gx, gw = grads_of(loss_fn, x, weight, torch.full_like(targets, IGNORE))
+    assert loss.item() == 0 and not gx.any() and not gw.any()
+
+
+def test_out_of_range_ids_are_ignored_by_the_triton_op_and_refused_by_the_chunked_one():
+    x, weight, targets = inputs(12, 16, 100, torch.float32)
+    targets[3] = 100 + 3
+    with pytest.raises(ValueError, match=r"target id 103 is outside the vocabulary \[0, 100\)"):
+        chunked_loss.linear_cross_entropy(x, weight, targets, IGNORE)
+
+    pytest.importorskip("triton")
+    from model.kernels import cross_entropy
+
+    targets[7] = -5
+    kept = (targets != IGNORE) & (targets >= 0) & (targets < 100)
+    loss_fn = lambda a, b, t: cross_entropy.linear_cross_entropy(a, b, t, IGNORE)
+    everything = grads_of(loss_fn, x, weight, targets)
+    only_counted = grads_of(lambda a, b, t: loss_fn(a[kept], b, t[kept]), x, weight, targets)
+    for got, want in zip(everything, only_counted, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_without_grad_the_loss_is_the_same_and_no_gradient_buffer_is_made(impl):
+    loss_fn, op = impl
+    x, weight, targets = inputs(10, 8, 50, torch.float32)
+    with_grad = loss_fn(x, weight, targets, IGNORE)
+    with torch.no_grad():
+        loss_sum, *grads = op(x, weight, targets, IGNORE, False)
+        assert loss_fn(x, weight, targets, IGNORE).requires_grad is False
+    torch.testing.assert_close(loss_sum, with_grad.detach())
+    assert all(g.numel() == 0 for g in grads)
+
+
+def test_a_frozen_weight_gets_no_gradient_and_x_the_right_one(impl):
+    x, weight, targets = inputs(9, 8, 40, torch.float32)
+    weight = weight.detach()
+    impl[0](x, weight, targets, IGNORE).backward()
+    ref_x = x.detach().double().requires_grad_()
+    reference_loss(ref_x, weight, targets).backward()
+    assert weight.grad is None
+    torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_autocast_runs_the_projection_in_the_autocast_dtype(impl):
+    loss_fn = impl[0]
+    x, weight, targets = inputs(9, 8, 40, torch.float32)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        under = loss_fn(x, weight, targets, IGNORE)
+    plain = loss_fn(x.bfloat16(), weight.bfloat16(), targets, IGNORE)
+    torch.testing.assert_close(under, plain)
+    assert not torch.equal(under, loss_fn(x, weight, targets, IGNORE))
+
+
+def test_the_chunked_op_passes_torch_opcheck(monkeypatch):
+    """Schema, fake implementation and autograd formula agree with the real op, over several chunks."""
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 2 * 4 * 30)
+    x, weight, targets = inputs(7, 8, 30, torch.float32)
+    op = chunked_loss._linear_cross_entropy_chunked
+    torch.library.opcheck(op, (x, weight, targets, IGNORE, True))
+    torch.library.opcheck(op, (x.detach(), weight.detach(), targets, IGNORE, False))
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_the_model_takes_the_chunked_loss_where_the_kernel_cannot_run(tie):
+    """GPT.forward without logits on CPU: the chunked op runs (by name, in the profiler), and loss and
+    every parameter's gradient match the plain loss, which asking for logits keeps."""
+    cfg = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, d_model=32, tie_embeddings=tie)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (3, 17))
+    idx[0, 5:9] = cfg.pad_id
+
+    def loss_and_grads(return_logits: bool):
+        model.zero_grad()
+        with torch.profiler.profile() as prof:
+            logits, loss = model(idx[:, :-1], idx[:, 1:], return_logits=return_logits)
+            loss.backward()
+        ran = {e.key for e in prof.key_averages()}
+        return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, ran
+
+    fused_logits, fused_loss, fused_grads, fused_ran = loss_and_grads(False)
+    plain_logits, plain_loss, plain_grads, plain_ran = loss_and_grads(True)
+    assert not kernels.usable(idx)
+    assert "smallgpt::linear_cross_entropy_chunked" in fused_ran
+    assert "smallgpt::linear_cross_entropy_chunked" not in plain_ran
+    assert fused_logits is None and plain_logits.shape == (3, 16, cfg.vocab_size)
+    torch.testing.assert_close(fused_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, msg=lambda m, n=name: f"{n}: {m}")
