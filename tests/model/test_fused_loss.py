@@ -137,6 +137,20 @@ def test_the_chunked_op_passes_torch_opcheck(monkeypatch):
     torch.library.opcheck(op, (x.detach(), weight.detach(), targets, IGNORE, False))
 
 
+def test_the_chunked_op_traces_into_a_compiled_graph_with_the_same_result(monkeypatch):
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 4 * 4 * 30)  # 4 rows per chunk
+    x, weight, targets = inputs(11, 8, 30, torch.float32)
+
+    def step(x, weight):
+        return chunked_loss.linear_cross_entropy(x, weight, targets, IGNORE)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    eager = torch.autograd.grad(step(x, weight), (x, weight))
+    for a, b in zip(eager, torch.autograd.grad(compiled(x, weight), (x, weight)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_the_model_takes_the_chunked_loss_where_the_kernel_cannot_run(tie):
     """GPT.forward without logits on CPU: the chunked op runs (by name, in the profiler), and loss and
