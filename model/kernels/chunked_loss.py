@@ -3,9 +3,10 @@ the Triton kernel cannot run (CPU above all: the `tiny` demo, CPU eval).
 
 The plain path makes [N, vocab] float32 logits, then log-softmax writes another [N, vocab], its
 backward a zero-filled one and a third: on CPU each is a fresh allocation that the kernel faults in
-page by page. Here each chunk of rows goes through one buffer, allocated once and reused: logits,
-their softmax and then the gradient (softmax - one-hot) in place, and the chunk's share of both
-input gradients, so the whole gradient is made in the forward pass, as in the Triton op. The
+page by page. Here each chunk of rows goes through one float32 buffer, allocated once and reused
+(bf16/fp16 inputs add per-chunk casts around it): logits, their softmax and then the gradient
+(softmax - one-hot) in place, and the chunk's share of both input gradients, so the whole gradient
+is made in the forward pass, as in the Triton op. The
 loss + projection then costs about what its three matmuls cost, and a `tiny` training step on 2 CPU
 cores runs 1.3-1.6x the plain GPT-2 reference's speed instead of 0.96x (bench/RESULTS.md).
 
@@ -45,7 +46,7 @@ def _linear_cross_entropy_chunked(
     rows = max(1, CHUNK_BYTES // (4 * vocab))
     buf = torch.empty(min(rows, n), vocab, dtype=acc, device=x.device)
     loss = torch.zeros((), dtype=acc, device=x.device)
-    grad_x = torch.empty_like(x) if with_grad else x.new_empty(0)
+    grad_x = x.new_empty(x.shape) if with_grad else x.new_empty(0)
     grad_weight = torch.zeros(weight.shape, dtype=acc, device=x.device) if with_grad else x.new_empty(0)
     # Autocast would recast the matmuls; the caller has already chosen the dtype (the fake agrees).
     with torch.autocast(x.device.type, enabled=False):
@@ -78,19 +79,32 @@ def _linear_cross_entropy_chunked(
 def _(x, weight, targets, ignore_index, with_grad):
     if not with_grad:
         return x.new_empty((), dtype=torch.float32), x.new_empty(0), x.new_empty(0)
-    return x.new_empty((), dtype=torch.float32), torch.empty_like(x), torch.empty_like(weight)
+    return x.new_empty((), dtype=torch.float32), x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+def check_backward(ctx) -> None:
+    """What the backward of either loss op refuses (ctx.with_grad: the op's with_grad argument).
+
+    The gradients come from the forward pass as plain results, so autograd cannot differentiate
+    them again: a second derivative must fail here, not come out as zeros."""
+    if not ctx.with_grad:
+        raise RuntimeError("linear_cross_entropy ran with with_grad=False, so it has no gradient to give")
+    if torch.is_grad_enabled():
+        raise RuntimeError("linear_cross_entropy has no second derivative (backward ran with create_graph=True)")
 
 
 def _setup_context(ctx, inputs, output):
+    ctx.with_grad = inputs[4]
     ctx.save_for_backward(output[1], output[2])
+    ctx.mark_non_differentiable(output[1], output[2])
 
 
 def _backward(ctx, grad_loss_sum, _grad_of_grad_x, _grad_of_grad_weight):
+    check_backward(ctx)
     grad_x, grad_weight = ctx.saved_tensors
-    if grad_x.numel() == 0:
-        raise RuntimeError("linear_cross_entropy ran with with_grad=False, so it has no gradient to give")
     need_x, need_weight = ctx.needs_input_grad[:2]
-    scale = grad_loss_sum.to(grad_x.dtype)
+    # float32 scale: a bf16 gradient is then rounded once, not scaled by a rounded 1/count.
+    scale = grad_loss_sum.float()
     return grad_x * scale if need_x else None, grad_weight * scale if need_weight else None, None, None, None
 
 

@@ -84,6 +84,8 @@ def test_out_of_range_ids_are_ignored_by_the_triton_op_and_refused_by_the_chunke
     targets[3] = 100 + 3
     with pytest.raises(ValueError, match=r"target id 103 is outside the vocabulary \[0, 100\)"):
         chunked_loss.linear_cross_entropy(x, weight, targets, IGNORE)
+    with pytest.raises(ValueError, match="target id -5 is outside"):
+        chunked_loss.linear_cross_entropy(x, weight, torch.where(targets == 103, -5, targets), IGNORE)
 
     pytest.importorskip("triton")
     from model.kernels import cross_entropy
@@ -95,6 +97,44 @@ def test_out_of_range_ids_are_ignored_by_the_triton_op_and_refused_by_the_chunke
     only_counted = grads_of(lambda a, b, t: loss_fn(a[kept], b, t[kept]), x, weight, targets)
     for got, want in zip(everything, only_counted, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_another_ignore_index_and_an_empty_batch(impl):
+    x, weight, targets = inputs(12, 16, 100, torch.float32)
+    targets = torch.where(targets == IGNORE, -100, targets)
+    got = grads_of(lambda a, b, t: impl[0](a, b, t, -100), x, weight, targets)
+    want = grads_of(lambda a, b, t: F.cross_entropy(a.double() @ b.double().t(), t, reduction="sum"),
+                    x.double(), weight.double(), targets)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+
+    loss, gx, gw = grads_of(lambda a, b, t: impl[0](a, b, t, IGNORE), x[:0], weight, targets[:0])
+    assert loss.item() == 0 and gx.shape == (0, 16) and gw.shape == weight.shape and not gw.any()
+
+
+def test_a_second_derivative_is_refused_not_zero(impl):
+    """The gradients are made in the forward pass, so a graph of them cannot be had: asking for one
+    fails instead of giving second derivatives of 0."""
+    x, weight, targets = inputs(9, 8, 40, torch.float32)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(impl[0](x, weight, targets, IGNORE), x, create_graph=True)
+
+
+def test_bf16_matches_the_plain_loss_on_bf16_logits_closely():
+    """What the model's plain path computes under bf16: logits rounded to bf16, softmax in float32.
+    The loss agrees to float32 rounding (a bf16 softmax would be ~1e-3 off); the gradients to bf16
+    rounding, and without an overall bias against float64 (a scale rounded to bf16 has one: 0.37
+    becomes 0.3691)."""
+    x, weight, targets = inputs(37, 24, 300, torch.bfloat16)
+    plain = lambda a, b, t: F.cross_entropy((a @ b.t()).float(), t, ignore_index=IGNORE, reduction="sum")
+    got = grads_of(lambda a, b, t: chunked_loss.linear_cross_entropy(a, b, t, IGNORE), x, weight, targets, 0.37)
+    want = grads_of(plain, x, weight, targets, 0.37)
+    exact = grads_of(reference_loss, x.double(), weight.double(), targets, 0.37)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-4)
+    for g, w, e in zip(got[1:], want[1:], exact[1:], strict=True):
+        torch.testing.assert_close(g, w, rtol=1.6e-2, atol=1e-3)
+        g, e = g.double(), e.double()
+        assert abs((g * e).sum() / (e * e).sum() - 1) < 5e-4
 
 
 def test_without_grad_the_loss_is_the_same_and_no_gradient_buffer_is_made(impl):
@@ -128,13 +168,22 @@ def test_autocast_runs_the_projection_in_the_autocast_dtype(impl):
     assert not torch.equal(under, loss_fn(x, weight, targets, IGNORE))
 
 
-def test_the_chunked_op_passes_torch_opcheck(monkeypatch):
-    """Schema, fake implementation and autograd formula agree with the real op, over several chunks."""
+@pytest.mark.parametrize("case", ["float32", "bfloat16", "column-major weight", "no rows", "ignore -100"])
+def test_the_chunked_op_passes_torch_opcheck(monkeypatch, case):
+    """Schema, fake implementation and autograd formula agree with the real op (dtypes, shapes and
+    strides of every output), over several chunks."""
     monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 2 * 4 * 30)
-    x, weight, targets = inputs(7, 8, 30, torch.float32)
+    x, weight, targets = inputs(0 if case == "no rows" else 7, 8, 30,
+                                torch.bfloat16 if case == "bfloat16" else torch.float32)
+    ignore = IGNORE
+    if case == "column-major weight":
+        weight = weight.detach().t().contiguous().t().requires_grad_()
+    elif case == "ignore -100":
+        ignore = -100
+        targets = torch.where(targets == IGNORE, -100, targets)
     op = chunked_loss._linear_cross_entropy_chunked
-    torch.library.opcheck(op, (x, weight, targets, IGNORE, True))
-    torch.library.opcheck(op, (x.detach(), weight.detach(), targets, IGNORE, False))
+    torch.library.opcheck(op, (x, weight, targets, ignore, True))
+    torch.library.opcheck(op, (x.detach(), weight.detach(), targets, ignore, False))
 
 
 def test_the_chunked_op_traces_into_a_compiled_graph_with_the_same_result(monkeypatch):
@@ -152,9 +201,11 @@ def test_the_chunked_op_traces_into_a_compiled_graph_with_the_same_result(monkey
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_the_model_takes_the_chunked_loss_where_the_kernel_cannot_run(tie):
-    """GPT.forward without logits on CPU: the chunked op runs (by name, in the profiler), and loss and
-    every parameter's gradient match the plain loss, which asking for logits keeps."""
+def test_the_model_takes_the_chunked_loss_where_the_kernel_cannot_run(tie, monkeypatch):
+    """GPT.forward without logits on CPU: the chunked op runs (by name, in the profiler; 10 rows per
+    chunk), and loss and every parameter's gradient match the plain loss, which asking for logits
+    keeps."""
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 10 * 4 * 96)
     cfg = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, d_model=32, tie_embeddings=tie)
     torch.manual_seed(0)
     model = GPT(cfg)
