@@ -12,6 +12,7 @@ GPT-2-style reference written below, at the same shape.
     one, model/kernels/chunked_loss.py on CPU); the reference computes logits and F.cross_entropy.
 Timings take turns (sampler / loop, and the three models step by step) so that load from other
 processes on a shared machine hits them alike; each figure is a median, with the best rep beside it.
+Each model's peak resident memory over two training steps is measured in a fresh process.
 
 Targets (issue 3): sampler >= 20x the loop and < 1% of a step; our model >= 1.0x the reference.
 Not a test: prints a Markdown table for bench/RESULTS.md.
@@ -20,8 +21,10 @@ Not a test: prints a Markdown table for bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -146,6 +149,29 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     return step
 
 
+def build_model(kind: str, shape: dict) -> nn.Module:
+    """ours: GPTConfig(**shape); gpt2-style: our GPT configured as GPT-2; reference: RefGPT at that shape."""
+    if kind == "ours":
+        return GPT(GPTConfig(**shape))
+    if kind == "gpt2-style":
+        return GPT(GPTConfig(**{**shape, "pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}))
+    return RefGPT(shape["vocab_size"], shape["block_size"], shape["n_layer"], shape["n_head"], shape["d_model"])
+
+
+def peak_rss_mib(kind: str, shape: dict, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Peak resident memory (MiB) of this process after building one model and taking two training
+    steps on (x, y): run in a fresh process, so the peak is this model's alone."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    step = train_step_fn(build_model(kind, shape), x, y)
+    step()
+    step()
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a spawned child
+    # would report at least the parent's size at the fork.
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=50_000_000, help="train tokens in the synthetic store")
@@ -172,14 +198,13 @@ def main() -> None:
 
     shape = yaml.safe_load(Path(args.config).read_text())["model"]
     shape.update(vocab_size=args.vocab, block_size=T)
-    gpt2_style = {**shape, "pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}
     ours = f"ours ({Path(args.config).stem}.yml)"
-    models = {
-        ours: GPT(GPTConfig(**shape)),
-        "ours GPT-2-style": GPT(GPTConfig(**gpt2_style)),
-        "reference GPT-2": RefGPT(args.vocab, T, shape["n_layer"], shape["n_head"], shape["d_model"]),
-    }
+    kinds = {ours: "ours", "ours GPT-2-style": "gpt2-style", "reference GPT-2": "reference"}
+    models = {name: build_model(kind, shape) for name, kind in kinds.items()}
     steps = interleaved({name: (train_step_fn(m, x, y), 1) for name, m in models.items()}, args.reps, warmup=2)
+    # Spawned, not forked: a fork would start from this process's peak, not from an empty heap.
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        rss = {name: pool.apply(peak_rss_mib, (kind, shape, x, y)) for name, kind in kinds.items()}
 
     # Medians are the headline; on a shared machine the best rep is the closer estimate of the cost
     # itself, so both are shown.
@@ -188,20 +213,20 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nB={B} T={T} vocab={args.vocab}, model {shape}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.machine()}), load average {load}\n")
-    print("| measure | median (best) | ratio: median (best) | target |")
-    print("|---|---|---|---|")
+    print("| measure | median (best) | ratio: median (best) | target | peak RSS |")
+    print("|---|---|---|---|---|")
     for name, label in (("sampler", "sampler (vectorised)"), ("loop", "per-row loop (memmap per batch)")):
         print(f"| {label} | {1 / med[name]:,.0f} ({1 / best[name]:,.0f}) batches/s, {med[name] * 1e6:.0f} us "
               f"| {med['loop'] / med[name]:.1f}x ({best['loop'] / best[name]:.1f}x) the loop "
-              f"| {'>= 20x' if name == 'sampler' else ''} |")
+              f"| {'>= 20x' if name == 'sampler' else ''} | |")
     print(f"| sampler share of a train step, {ours} | {med['sampler'] * 1e6:.0f} us / {med[ours]:.2f} s "
-          f"| {100 * med['sampler'] / med[ours]:.4f}% ({100 * best['sampler'] / best[ours]:.4f}%) | < 1% |")
+          f"| {100 * med['sampler'] / med[ours]:.4f}% ({100 * best['sampler'] / best[ours]:.4f}%) | < 1% | |")
     ref = "reference GPT-2"
     for name, m in models.items():
         params = sum(p.numel() for p in m.parameters())
         print(f"| {name}: {params / 1e6:.2f}M params | {B * T / med[name]:,.0f} ({B * T / best[name]:,.0f}) "
               f"tokens/s, {med[name]:.2f} s/step | {med[ref] / med[name]:.2f}x ({best[ref] / best[name]:.2f}x) "
-              f"the reference | {'' if name == ref else '>= 1.0x'} |")
+              f"the reference | {'' if name == ref else '>= 1.0x'} | {rss[name]:,.0f} MiB |")
 
 
 if __name__ == "__main__":
