@@ -199,10 +199,11 @@ class _ZstdStream(io.RawIOBase):
 
 
 def decompressed(raw: BinaryIO, path: str) -> BinaryIO:
-    """The file's bytes, through gzip or zstd by suffix."""
-    if path.endswith(".gz"):
+    """The file's bytes, through gzip or zstd by suffix (in any case, as formats are recognised)."""
+    name = path.lower()
+    if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw, mode="rb")
-    if path.endswith(".zst"):
+    if name.endswith(".zst"):
         return io.BufferedReader(_ZstdStream(raw), BLOCK)
     return raw
 
@@ -222,9 +223,10 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
         end = None  # compressed files are never split
     pos, line_no = chunk.start, chunk.first_line
     for line in stream:
-        if pos == 0 and line.startswith(BOM):
+        at_file_start = pos == 0
+        pos += len(line)  # counted with the BOM: chunk boundaries are byte offsets of the file
+        if at_file_start and line.startswith(BOM):
             line = line[len(BOM) :]
-        pos += len(line)
         if not line.isspace():
             where = f"{chunk.path}:{line_no}"
             text = _json_record(line, key, where, stats)
@@ -287,7 +289,7 @@ class _ArrayScanner:
                 i = len(self.buf) if m is None else m.start()  # rescan an unfinished string from its quote
                 shift = self._more()
                 if shift < 0:
-                    raise _Malformed("file ends inside the JSON array")
+                    raise _Malformed(f"line {self.line}: the element starting here is not closed before the file ends")
                 i -= shift
                 continue
             c, i = m.group(), m.end()
@@ -302,7 +304,8 @@ class _ArrayScanner:
             elif c in "]}":
                 depth -= 1
                 if depth < 0:
-                    raise _Malformed(f"unbalanced {c!r} in the JSON array")
+                    line = self.line + self.buf.count("\n", self.pos, m.start())
+                    raise _Malformed(f"line {line}: unbalanced {c!r} in the JSON array")
 
 
 _STRUCTURE = re.compile(r'["\[\]{},]')
@@ -326,7 +329,8 @@ def read_json_array(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
     try:
         yield from _array_records(scan, chunk.path, key, stats)
     except _Malformed as err:
-        raise BadFileError(chunk.path, raw.tell(), str(err)) from None
+        # A line, not raw.tell(): that is where the read buffer ends, not where the fault is.
+        raise BadFileError(chunk.path, None, str(err)) from None
 
 
 def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -> Iterator[Record]:
@@ -334,7 +338,7 @@ def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -
     if first is None:
         return
     if first != "[":
-        raise _Malformed(f"not JSON lines or a JSON array (starts with {first!r})")
+        raise _Malformed(f"line {scan.line}: not JSON lines or a JSON array (starts with {first!r})")
     scan.advance(scan.pos + 1)
     if scan.peek() == "]":
         scan.advance(scan.pos + 1)
@@ -350,32 +354,38 @@ def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -
             if closing == "]":
                 break
     if scan.peek() is not None:
-        raise _Malformed("unexpected data after the JSON array")
+        raise _Malformed(f"line {scan.line}: unexpected data after the JSON array")
 
 
 def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iterator[Record]:
     """CSV with a header row; the location is the line where each record starts."""
     csv.field_size_limit(_CSV_FIELD_LIMIT)  # idempotent; documents may be tens of MB
-    reader = csv.reader(text_stream(raw, chunk.path))
-    header = next(reader, None)
-    if header is None:
-        return
-    names = [name.strip() for name in header]
-    if column not in names:
-        raise BadFileError(chunk.path, 0, f"no column {column!r}; columns found: {', '.join(names)}")
-    index = names.index(column)
-    line_no = reader.line_num + 1
-    for row in reader:
-        where = f"{chunk.path}:{line_no}"
+    # strict: a quote that never closes is an error, not a field that silently swallows every
+    # later row up to the end of the file.
+    reader = csv.reader(text_stream(raw, chunk.path), strict=True)
+    line_no = 1  # where the record being read starts
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        names = [name.strip() for name in header]
+        if column not in names:
+            raise BadFileError(chunk.path, 0, f"no column {column!r}; columns found: {', '.join(names)}")
+        index = names.index(column)
         line_no = reader.line_num + 1
-        if index >= len(row):
-            if row:  # a blank line is no record at all
-                stats.note("missing_text", where)
-            continue
-        text, replaced = repair(row[index])
-        if replaced:
-            stats.note("invalid_utf8", where)
-        yield text, where
+        for row in reader:
+            where = f"{chunk.path}:{line_no}"
+            line_no = reader.line_num + 1
+            if index >= len(row):
+                if row:  # a blank line is no record at all
+                    stats.note("missing_text", where)
+                continue
+            text, replaced = repair(row[index])
+            if replaced:
+                stats.note("invalid_utf8", where)
+            yield text, where
+    except csv.Error as err:
+        raise BadFileError(chunk.path, None, f"the record starting at line {line_no}: {err}") from None
 
 
 _PARQUET_TEXT_TYPES = (
@@ -390,11 +400,14 @@ def read_parquet(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Ite
     if key not in schema.names:
         raise BadFileError(chunk.path, None, f"no column {key!r}; columns found: {', '.join(schema.names)}")
     kind = schema.field(key).type
-    if not any(is_text(kind) for is_text in _PARQUET_TEXT_TYPES):
+    # pandas writes a "category" column as dictionary-encoded strings: text all the same.
+    value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not any(is_text(value_kind) for is_text in _PARQUET_TEXT_TYPES):
         raise BadFileError(chunk.path, None, f"column {key!r} holds {kind}, not text")
     row = chunk.first_line
     for batch in pf.iter_batches(row_groups=list(range(chunk.start, chunk.end)), columns=[key], batch_size=1024):
-        # Via bytes, because arrow strings may hold invalid UTF-8 that to_pylist() refuses.
+        # Via bytes, because arrow strings may hold invalid UTF-8 that to_pylist() refuses (the cast
+        # also decodes a dictionary-encoded column).
         for value in batch.column(0).cast(pa.large_binary()).to_pylist():
             where = f"{chunk.path}:{row}"
             row += 1

@@ -223,9 +223,16 @@ class Chunk:
 
 
 def _json_layout(path: str) -> str:
-    """`jsonl` when a .json file starts with an object (one per line), else `json` (an array)."""
+    """`jsonl` when a .json file starts with an object (one per line), else `json` (an array).
+
+    A first line that is only `{` is a pretty-printed object: read as JSON lines, every line of it
+    would be a bad record and the file would yield nothing without a word, so it is a bad file.
+    """
     with open(path, "rb") as f:
         head = f.read(BLOCK).removeprefix(BOM).lstrip()
+    if head[:1] == b"{" and head.split(b"\n", 1)[0].strip() == b"{":
+        raise BadFileError(path, 0, "a pretty-printed JSON object: write one object per line (JSON lines), "
+                                    "or an array of objects")
     return "jsonl" if head[:1] in (b"{", b"") else "json"
 
 
@@ -315,7 +322,7 @@ def plan_chunks(paths: Iterable[str | Path], chunk_bytes: int = DEFAULT_CHUNK_BY
 
 
 def _compressed(path: str) -> bool:
-    return path.endswith((".gz", ".zst"))
+    return path.lower().endswith((".gz", ".zst"))
 
 
 def _open_error(path: str, err: OSError) -> BadFileError:

@@ -100,17 +100,26 @@ def test_json_array_scanner_across_tiny_reads(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "content, match",
     [
-        ('[{"text": "a"}, {"text": "b"', "file ends inside the JSON array"),
-        ('[{"text": "a"}] trailing', "unexpected data after the JSON array"),
-        ('"just a string"', "not JSON lines or a JSON array"),
-        ('[{"text": "a"}}]', "unbalanced"),
+        ('[{"text": "a"},\n {"text": "b"', "line 2: the element starting here is not closed"),
+        ('[{"text": "a"}]\n\n trailing', "line 3: unexpected data after the JSON array"),
+        ('"just a string"', "line 1: not JSON lines or a JSON array"),
+        ('[{"text": "a"},\n{"text": "b"}\n}]', "line 3: unbalanced '}'"),
     ],
 )
-def test_broken_json_array_is_a_bad_file(tmp_path, content, match):
+def test_broken_json_array_is_a_bad_file_named_with_the_line(tmp_path, content, match):
+    """The line of the fault, not a byte offset: the reader's position is where its buffer ends."""
     path = tmp_path / "x.json"
     path.write_text(content)
     err = bad_file(path, match)
-    assert str(err).startswith(f"{path}: byte offset ")
+    assert str(err).startswith(f"{path}: line ")
+
+
+def test_the_line_of_a_fault_deep_in_a_large_array(tmp_path):
+    path = tmp_path / "big.json"
+    elements = [f'{{"text": "document {i} {"x" * 20000}"}}' for i in range(200)]
+    elements[150] += "}"
+    path.write_text("[\n" + ",\n".join(elements) + "\n]")
+    bad_file(path, "line 152: unbalanced '}'")
 
 
 # --- paths and named sources ----------------------------------------------------------------------
@@ -202,6 +211,18 @@ def test_chunked_reads_equal_one_read(tmp_path):
     assert plan_chunks([path], first)[1].start == first  # nominal offset right after a "\n"
     assert len(plan_chunks([path], 1)) == 60  # one chunk per line at the extreme
     assert plan_chunks([path], 100) == plan_chunks([path], 100)
+
+
+def test_a_bom_does_not_shift_the_chunk_boundaries(tmp_path):
+    """The BOM is dropped from the text but its 3 bytes still count: otherwise the first chunk runs
+    3 bytes behind and also reads the next chunk's first line (a duplicate record)."""
+    lines = [json.dumps({"text": f"line {i} " + "x" * (i % 40)}) + "\r\n" for i in range(400)]
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(readers.BOM + "".join(lines).encode())
+    whole, _ = read_all(path)
+    assert [where for _, where in whole] == [f"{path}:{i + 1}" for i in range(400)]
+    for chunk_bytes in (50, 1000, 4096):
+        assert read_all(path, chunk_bytes)[0] == whole, chunk_bytes
 
 
 def test_only_plain_json_lines_and_parquet_split(tmp_path, write_texts, sample_texts):
@@ -322,6 +343,43 @@ def test_truncated_compressed_file(write_texts, name):
     err = bad_file(path, "cannot read as jsonl")
     assert err.offset is not None and 0 < err.offset <= len(data) // 2
     assert "byte offset" in str(err)
+
+
+def test_a_csv_quote_that_never_closes_is_a_bad_file_not_a_swallowed_rest(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("id,text\n1,first row\n2,\"stray quote\n" + "".join(f"{i},row {i}\n" for i in range(3, 500)))
+    err = bad_file(path, "the record starting at line 3: unexpected end of data")
+    assert str(err).startswith(f"{path}: the record")
+    fine = tmp_path / "fine.csv"
+    fine.write_text('id,text\n1,"a ""quoted"" word"\n2,x"y\n3,"two\nlines"\n')
+    assert texts_of(fine) == ['a "quoted" word', 'x"y', "two\nlines"]
+
+
+@pytest.mark.parametrize("name", ["A.JSONL.GZ", "b.Jsonl.Zst"])
+def test_compressed_suffixes_in_any_case_are_decompressed(write_texts, tmp_path, name):
+    texts = [f"document {i}" for i in range(50)]
+    lower = write_texts(name.lower(), texts)
+    path = lower.rename(tmp_path / name)
+    assert texts_of(path) == texts
+    assert len(plan_chunks([path], 16)) == 1  # compressed: never split by bytes
+
+
+def test_a_pretty_printed_json_object_is_a_bad_file(tmp_path):
+    path = tmp_path / "pretty.json"
+    path.write_text("".join(json.dumps({"text": f"doc {i}"}, indent=2) + "\n" for i in range(3)))
+    bad_file(path, "a pretty-printed JSON object")
+    lines = tmp_path / "lines.json"  # one object per line is still JSON lines, a bad first line or not
+    lines.write_text('{"text": \n{"text": "b"}\n')
+    records, stats = read_all(lines)
+    assert [t for t, _ in records] == ["b"] and stats.bad_records == {"invalid_json": 1}
+
+
+def test_dictionary_encoded_parquet_text_is_text(tmp_path):
+    """pandas writes a "category" column so."""
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": pa.array(["x", "y", None, "x"]).dictionary_encode()}), path)
+    records, stats = read_all(path)
+    assert [t for t, _ in records] == ["x", "y", "x"] and stats.bad_records == {"null_text": 1}
 
 
 def test_csv_without_the_text_column_names_the_columns(tmp_path):
