@@ -9,15 +9,17 @@ Each stage declares its options once, as a dataclass whose fields carry attribut
 
 `parse_cli(TrainConfig, argv)` then accepts, in this order of precedence (later wins):
 defaults < `--config file.yml` < command-line overrides. Overrides may be written `key=value`,
-`--key value`, `--key=value`, `--flag` / `--no-flag` for booleans; dashes and underscores are
-interchangeable. Unknown keys and ill-typed values are errors that name the key, so a typo never
-silently trains the wrong model.
+`--key value`, `--key=value`, `--flag` / `--no-flag` for booleans (also for fields like
+`compile: bool | str`, where `--compile auto` still passes a value); dashes and underscores are
+interchangeable. Unknown keys and ill-typed values are errors that name the source (the YAML file or
+the command line) and the key path, so a typo never silently trains the wrong model.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import inspect
 import itertools
 import sys
@@ -30,6 +32,9 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 class ConfigError(ValueError):
@@ -57,7 +62,9 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Convert `value` (from YAML or the command line) to the field type `tp`, or raise ConfigError."""
+    """Convert `value` (from YAML or the command line) to the field type `tp`, or raise ConfigError.
+
+    `key` is the field's dotted path (`model.n_layer`), so that a message locates the value in its file."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -76,20 +83,22 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         item = args[0] if args else Any
-        return [_coerce(key, v, item) for v in value]
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where=key)
+        return _build(tp, value, prefix=f"{key}.")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
+        # YAML reads `init_batch: 0` (and the override init_batch=0) as an int, while the string "0" was
+        # always a boolean here; both spellings must mean the same.
+        if type(value) is int and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -110,18 +119,36 @@ def fields_of(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
-def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
-    """Build `cls` from a mapping; unknown keys are an error naming `where` (a file or 'command line')."""
+def _build(cls: type[T], values: Any, prefix: str = "") -> T:
+    """from_dict without the source label: messages carry the dotted key path (`prefix` + key) only."""
+    section = prefix.removesuffix(".")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section or 'top level'}: expected a mapping, got {values!r}")
     fields = fields_of(cls)
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted((k for k in values if k not in fields), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__}")
+        names = ", ".join(f"{prefix}{k}" for k in unknown)
+        hint = difflib.get_close_matches(str(unknown[0]), fields, n=1) if len(unknown) == 1 else []
+        raise ConfigError(f"{names}: unknown key{'s' if len(unknown) > 1 else ''} for {cls.__name__}"
+                          + (f" (did you mean {prefix}{hint[0]}?)" if hint else ""))
     out = {}
     for k, v in values.items():
         if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict):
             v = _merge(to_dict(fields[k]()), v)
-        out[k] = _coerce(k, v, fields[k])
-    return cls(**out)
+        out[k] = _coerce(f"{prefix}{k}", v, fields[k])
+    try:
+        return cls(**out)
+    except ValueError as err:  # the dataclass's own checks (ConfigError or, as in GPTConfig, ValueError)
+        raise ConfigError(f"{section}: {err}" if section else str(err)) from None
+
+
+def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
+    """Build `cls` from a mapping. Every error names `where` (the YAML file, 'command line', ...) and
+    the key path, e.g. `configs/tiny.yml: model.n_layr: unknown key for GPTConfig`."""
+    try:
+        return _build(cls, values)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -140,15 +167,33 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; any failure to read or parse it is a ConfigError naming the file."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as err:  # a directory, no permission, ...: an error message, not a traceback
+        raise ConfigError(f"{path}: cannot read config file: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(_yaml_error(path, err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def _yaml_error(path: str | Path, err: yaml.YAMLError) -> str:
+    """`file:line:col: not valid YAML: ...`; PyYAML's own text would name the file "<unicode string>"."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return f"{path}: not valid YAML: {err}"
+    context, ctx_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    where = f" ({context} at line {ctx_mark.line + 1})" if context and ctx_mark else f" ({context})" if context else ""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}{where}"
 
 
 def _parse_value(raw: str, tp: Any) -> Any:
@@ -163,9 +208,37 @@ def _parse_value(raw: str, tp: Any) -> Any:
         return raw
 
 
+def _takes_bool(tp: Any) -> bool:
+    """True for `bool` and unions holding it (`compile: bool | str`): these work as `--flag` / `--no-flag`."""
+    return tp is bool or (typing.get_origin(tp) in (typing.Union, types.UnionType) and bool in typing.get_args(tp))
+
+
+def _is_value_word(arg: str) -> bool:
+    """Whether an argument after a bare `--flag` is its value. There are no positional arguments, so a
+    word that is neither an option nor key=value can only be one (`--compile auto`, `--quiet false`)."""
+    return not arg.startswith("-") and "=" not in arg
+
+
+def _resolve(cls: type, key: str, arg: str) -> tuple[list[str], Any]:
+    """A (dotted) override key's path and field type; a `no_` prefix on a boolean leaf is kept in the path."""
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nested = fields_of(cls).get(part)
+        if not (isinstance(nested, type) and dataclasses.is_dataclass(nested)):
+            raise ConfigError(f"command line: {part!r} is not a config section of {cls.__name__}")
+        cls = nested
+    fields, leaf = fields_of(cls), parts[-1]
+    if leaf in fields:
+        return parts, fields[leaf]
+    if leaf.startswith("no_") and _takes_bool(fields.get(leaf[3:])):
+        return parts, None
+    hint = difflib.get_close_matches(leaf, fields, n=1)
+    raise ConfigError(f"command line: unknown option {arg!r} for {cls.__name__}"
+                      + (f" (did you mean {hint[0]}?)" if hint else " (see --help)"))
+
+
 def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, Any]]:
-    """Split argv into an optional `--config` path and a dict of overrides (still untyped)."""
-    fields = fields_of(cls)
+    """Split argv into an optional `--config` path and a (nested) dict of overrides, still untyped."""
     config_path: str | None = None
     out: dict[str, Any] = {}
     i = 0
@@ -179,19 +252,6 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
         else:
             raise ConfigError(f"command line: cannot parse {arg!r}; use key=value or --key value")
         key = key.replace("-", "_")
-        if "." in key:
-            section, _, sub = key.partition(".")
-            nested = fields.get(section)
-            if not (isinstance(nested, type) and dataclasses.is_dataclass(nested)):
-                raise ConfigError(f"command line: {section!r} is not a config section of {cls.__name__}")
-            sub_fields = fields_of(nested)
-            if not eq and bool not in (sub_fields.get(sub), sub_fields.get(sub.removeprefix("no_"))):
-                if i >= len(argv):
-                    raise ConfigError(f"command line: {arg} needs a value")
-                raw, eq, i = argv[i], "=", i + 1
-            _, sub_values = parse_overrides(nested, [f"{sub}={raw}" if eq else f"--{sub}"])
-            out[section] = _merge(out.get(section, {}), sub_values)
-            continue
         if key == "config":
             if not eq:
                 if i >= len(argv):
@@ -199,17 +259,25 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
                 raw, i = argv[i], i + 1
             config_path = raw
             continue
-        negated = key.startswith("no_") and key[3:] in fields and fields[key[3:]] is bool
-        if negated or (not eq and fields.get(key) is bool):
-            out[key[3:] if negated else key] = not negated
-            continue
-        if key not in fields:
-            raise ConfigError(f"command line: unknown option {arg!r} for {cls.__name__} (see --help)")
-        if not eq:
-            if i >= len(argv):
-                raise ConfigError(f"command line: {arg} needs a value")
-            raw, i = argv[i], i + 1
-        out[key] = _parse_value(raw, fields[key])
+        parts, tp = _resolve(cls, key, arg)
+        if tp is None:  # --no-flag
+            if eq:
+                raise ConfigError(f"command line: {arg!r}: a --no-... flag takes no value")
+            parts[-1], value = parts[-1][3:], False
+        elif not eq and _takes_bool(tp) and not (i < len(argv) and _is_value_word(argv[i])):
+            value = True  # a bare --flag; the next argument is an option of its own
+        else:
+            if not eq:
+                if i >= len(argv):
+                    raise ConfigError(f"command line: {arg} needs a value")
+                raw, i = argv[i], i + 1
+            value = _parse_value(raw, tp)
+        section = out
+        for part in parts[:-1]:
+            if not isinstance(section.get(part), dict):
+                section[part] = {}
+            section = section[part]
+        section[parts[-1]] = value
     return config_path, out
 
 
@@ -229,7 +297,7 @@ def _option_lines(cls: type, prefix: str = "") -> list[str]:
 
 
 def help_text(cls: type, prog: str, description: str = "") -> str:
-    lines = [f"usage: {prog} [--config FILE.yml] [key=value | --key value | --flag] ...", ""]
+    lines = [f"usage: {prog} [--config FILE.yml] [key=value | --key value | --flag | --no-flag] ...", ""]
     if description:
         lines += [description.strip(), ""]
     lines.append("options (defaults in brackets; section.key for nested sections):")

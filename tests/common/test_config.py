@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from common.config import ConfigError, field_docs, from_dict, parse_cli
+from common.config import ConfigError, field_docs, from_dict, load_yaml, parse_cli
 
 
 @dataclass
@@ -67,3 +67,112 @@ class Optional_:
 def test_none_for_optional_int():
     assert parse_cli(Optional_, ["limit=none"]).limit is None
     assert parse_cli(Optional_, ["--limit", "7"]).limit == 7
+
+
+@dataclass
+class Flags:
+    compile: bool | str = "auto"
+    init_batch: bool = True
+    align_bos: bool = False
+    lr: float = 1.0
+
+
+def _error(capsys, cls, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        parse_cli(cls, argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("lr: abc\n", "bad.yml: lr: expected float, got 'abc'"),
+        ("model: {n_layr: 2}\n", "bad.yml: model.n_layr: unknown key for Inner (did you mean model.n_layer?)"),
+        ("model: {flag: maybe}\n", "bad.yml: model.flag: expected true/false, got 'maybe'"),
+        ("paths: [a, [b]]\n", "bad.yml: paths[1]: expected str"),
+        ("model: 3\n", "bad.yml: model: expected a mapping, got 3"),
+    ],
+)
+def test_yaml_errors_name_file_and_key_path(tmp_path, capsys, text, expected):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(text)
+    assert expected in _error(capsys, Outer, ["--config", str(bad)])
+
+
+def test_cli_errors_still_say_command_line(tmp_path, capsys):
+    good = tmp_path / "good.yml"
+    good.write_text("lr: 0.5\n")
+    assert "command line: lr: expected float, got 'abc'" in _error(capsys, Outer, ["--config", str(good), "lr=abc"])
+
+
+@dataclass
+class Checked:
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"Checked.n must be >= 1, got {self.n}")
+
+
+@dataclass
+class HoldsChecked:
+    sub: Checked = field(default_factory=Checked)
+
+
+def test_dataclass_own_checks_name_file_and_section(tmp_path, capsys):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("sub: {n: 0}\n")
+    assert "bad.yml: sub: Checked.n must be >= 1, got 0" in _error(capsys, HoldsChecked, ["--config", str(bad)])
+
+
+def test_unreadable_config_is_a_config_error(tmp_path, capsys):
+    # A directory stands for every OSError (reading one fails even as root, unlike a chmod 000 file).
+    err = _error(capsys, Outer, ["--config", str(tmp_path)])
+    assert f"{tmp_path}: cannot read config file" in err and "Traceback" not in err
+    binary = tmp_path / "bin.yml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="bin.yml: not a UTF-8 text file"):
+        load_yaml(binary)
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("lr: 1\npaths: [a, b\nmodel: {}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yml:3:\d+: not valid YAML: .*flow sequence at line 2"):
+        load_yaml(bad)
+
+
+def test_yaml_ints_0_1_are_booleans(tmp_path):
+    cfg_file = tmp_path / "c.yml"
+    cfg_file.write_text("init_batch: 0\nalign_bos: 1\ncompile: 0\n")
+    cfg = parse_cli(Flags, ["--config", str(cfg_file)])
+    assert (cfg.init_batch, cfg.align_bos, cfg.compile) == (False, True, False)
+    cfg = parse_cli(Flags, ["init_batch=0", "align_bos=1", "compile=1"])
+    assert (cfg.init_batch, cfg.align_bos, cfg.compile) == (False, True, True)
+    with pytest.raises(ConfigError, match="align_bos: expected true/false, got 2"):
+        from_dict(Flags, {"align_bos": 2})
+
+
+@pytest.mark.parametrize(
+    ("argv", "compile_", "lr"),
+    [
+        (["--compile", "--lr", "2"], True, 2.0),  # a bare flag leaves the next option alone
+        (["--compile", "lr=2"], True, 2.0),
+        (["--lr", "2", "--compile"], True, 2.0),
+        (["--no-compile"], False, 1.0),
+        (["--compile", "auto"], "auto", 1.0),  # the --key value form still works
+        (["--compile", "false"], False, 1.0),
+        (["compile=auto"], "auto", 1.0),
+        (["--compile=true"], True, 1.0),
+    ],
+)
+def test_bool_or_str_field_as_flag(argv, compile_, lr):
+    cfg = parse_cli(Flags, argv)
+    assert cfg.compile == compile_ and type(cfg.compile) is type(compile_) and cfg.lr == lr
+
+
+def test_bool_flag_forms(capsys):
+    cfg = parse_cli(Flags, ["--no-init-batch", "--align-bos", "true"])
+    assert cfg.init_batch is False and cfg.align_bos is True
+    assert "takes no value" in _error(capsys, Flags, ["--no-init-batch=1"])
