@@ -20,6 +20,8 @@ State keys, as the trainer writes them:
     sampler, rng           lists indexed by rank: each rank's data-position state and RNG states
     world_size             ranks that wrote it
     tokenizer_sha256, store_manifest_sha256   what the ids mean and which store they came from
+    stats                  skip total, current run of skips and the open log window's loss sums
+                           (train/step_stats.py); absent from older checkpoints, which resume with zeros
 """
 
 from __future__ import annotations
@@ -135,7 +137,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 class ResumeRefused(RuntimeError):
-    """A checkpoint that must not be continued here: another tokenizer, store, model or world size."""
+    """A checkpoint that must not be continued here: another tokenizer, store, model, data stream or
+    world size, or a run directory that already holds a later history."""
+
+
+def choose_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
+    """The checkpoint a run in run_dir continues from as `resume` (TrainConfig.resume) says, or None
+    for a fresh start. Raises ResumeRefused or FileNotFoundError."""
+    run_dir = Path(run_dir)
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    if resume == "none":
+        if latest_checkpoint(run_dir) is not None:
+            raise ResumeRefused(f"{run_dir} already holds checkpoints; resume=auto continues that run, or pick "
+                                "another out_dir for a new one")
+        return None
+    source = resolve_checkpoint(resume)
+    # Branching from an older checkpoint into the same run dir would interleave two histories there,
+    # and resume=auto (or a keep_last prune) would later pick among both.
+    step = _marker_step(source)
+    later = [p for p in list_checkpoints(run_dir) if (_marker_step(p) or 0) > step]
+    if later:
+        raise ResumeRefused(
+            f"{run_dir} holds checkpoints past step {step} of {source} ({', '.join(p.name for p in later)}): "
+            "continuing from it there would mix two histories, and resume=auto would later pick the old one's. "
+            "Continue in another out_dir, or delete those checkpoints first")
+    return source
 
 
 def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: int) -> None:
@@ -156,6 +183,16 @@ def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: in
             f"the checkpoint was written by {state['world_size']} process(es), this run has {world_size}: the "
             "per-rank data streams and RNG states do not carry over. Pass allow_world_size_change=true to "
             "continue anyway (a different data order from then on), or run with the original process count")
+    # The data position (sampler state) only means something in the stream it was drawn from.
+    stream = state["sampler"][0]
+    settings = {"seed": ("seed", cfg.seed), "sampler_mode": ("mode", cfg.sampler_mode),
+                "align_bos": ("align_bos", cfg.align_bos)}
+    changed = [f"{name}: {stream[key]!r} -> {value!r}" for name, (key, value) in settings.items()
+               if stream.get(key, value) != value]
+    if changed:
+        raise ResumeRefused(
+            f"the checkpoint's data stream was drawn with other settings ({', '.join(changed)}): its data "
+            f"position does not apply to this one; resume with the original values, or {fresh}")
     ours = dataclasses.asdict(cfg.model)
     diff = sorted(k for k in set(ours) | set(state["model_config"])
                   if k not in _RESUMABLE_MODEL_FIELDS and ours.get(k) != state["model_config"].get(k))

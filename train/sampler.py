@@ -105,21 +105,40 @@ class WindowSampler:
         self.pos = 0  # windows of the current epoch's permutation already handed out, all ranks together
         self._plan: tuple[int, _Starts, np.ndarray] | None = None
 
-    def _starts(self, first: int, stride: int) -> _Starts:
-        window = self.block_size + 1
+    def _counts(self, first: int, stride: int) -> list[int]:
+        """Valid starts per shard of the grid first + k * stride (or of the [BOS] offsets)."""
         if self._bos is not None:
-            return _Starts(self.tokens, window, [len(b) for b in self._bos], explicit=self._bos)
-        counts = [max(0, (n - window - first) // stride + 1) for n in self.lengths]
-        return _Starts(self.tokens, window, counts, first=first, stride=stride)
+            return [len(b) for b in self._bos]
+        return [max(0, (n - self.block_size - 1 - first) // stride + 1) for n in self.lengths]
+
+    def _starts(self, first: int, stride: int) -> _Starts:
+        counts = self._counts(first, stride)
+        if self._bos is not None:
+            return _Starts(self.tokens, self.block_size + 1, counts, explicit=self._bos)
+        return _Starts(self.tokens, self.block_size + 1, counts, first=first, stride=stride)
+
+    def _phase(self, epoch: int) -> tuple[int, np.random.Generator]:
+        """Epoch `epoch`'s grid phase, and the generator that then shuffles its grid."""
+        rng = np.random.default_rng([self.seed, epoch])
+        return (0 if self.align_bos else int(rng.integers(self.block_size))), rng
 
     def _epoch_plan(self) -> tuple[_Starts, np.ndarray]:
         """This epoch's grid and its shuffled order: identical on every rank, rebuilt once per epoch."""
         if self._plan is None or self._plan[0] != self.epoch:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            phase = 0 if self.align_bos else int(rng.integers(self.block_size))
+            phase, rng = self._phase(self.epoch)
             grid = self._starts(first=phase, stride=self.block_size)
             self._plan = (self.epoch, grid, rng.permutation(grid.total))
         return self._plan[1], self._plan[2]
+
+    def batches_until(self, epochs: int) -> int:
+        """Global batches (one next_batch() on every rank) from the current position until `epochs`
+        epochs are complete, counted exactly: each epoch's grid size depends on its phase, and an
+        epoch hands out batches while a whole one is left (as _roll_over decides)."""
+        span, epoch, pos, batches = self.batch_size * self.world_size, self.epoch, self.pos, 0
+        while epoch < epochs:
+            batches += max(sum(self._counts(self._phase(epoch)[0], self.block_size)) - pos, 0) // span
+            epoch, pos = epoch + 1, 0
+        return batches
 
     def _roll_over(self) -> None:
         """Start the next epoch once the rest of the permutation cannot fill a global batch."""

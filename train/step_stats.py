@@ -14,13 +14,17 @@ from pathlib import Path
 
 import torch
 
-# Slots of the accumulator.
-LOSS_SUM, APPLIED, SKIPPED, CONSECUTIVE, GRAD_NORM = range(5)
+# Slots of the accumulator. LOSS_SUM and APPLIED cover the log window, so its mean loss is summed
+# on the device in step order however often the host reads in between (and a resumed run, which
+# restores the partial sums, logs the very same float). SKIPPED and LONGEST cover the last read.
+LOSS_SUM, APPLIED, SKIPPED, CONSECUTIVE, LONGEST, GRAD_NORM = range(6)
 
 
 class StepStats:
     def __init__(self, device: torch.device):
-        self.acc = torch.zeros(5, device=device)
+        self.acc = torch.zeros(6, device=device)
+        self.skipped = 0  # skipped steps of the whole run, as of the last read
+        self._last: dict = self._window([0.0] * 6)
 
     def add(self, step: torch.Tensor) -> None:
         """Fold in one step's [mean loss, grad norm, skipped (0 or 1)], as Trainer.train_step returns."""
@@ -29,15 +33,41 @@ class StepStats:
         self.acc[APPLIED] += 1 - skipped
         self.acc[SKIPPED] += skipped
         self.acc[CONSECUTIVE] = (self.acc[CONSECUTIVE] + skipped) * skipped
+        # The longest run, not just the current one: a run of max_skips may end between two reads.
+        self.acc[LONGEST] = torch.maximum(self.acc[LONGEST], self.acc[CONSECUTIVE])
         self.acc[GRAD_NORM] = gnorm
 
-    def read(self) -> dict[str, float]:
-        """Sums since the last read (loss_sum, applied, skipped), the current run of consecutive skipped
-        steps and the last grad norm; one host sync. Resets the sums."""
-        values = self.acc.tolist()
-        self.acc[:CONSECUTIVE] = 0
+    @staticmethod
+    def _window(values: list[float]) -> dict:
         return {"loss_sum": values[LOSS_SUM], "applied": int(values[APPLIED]), "skipped": int(values[SKIPPED]),
-                "consecutive": int(values[CONSECUTIVE]), "grad_norm": values[GRAD_NORM]}
+                "consecutive": int(values[CONSECUTIVE]), "longest": int(values[LONGEST]),
+                "grad_norm": values[GRAD_NORM]}
+
+    def read(self, end_window: bool = True) -> dict:
+        """One host sync: loss_sum and applied over the log window, skipped steps and the longest run
+        of consecutive ones since the last read (a run still going counts from its start), the
+        current run and the last grad norm. `end_window` starts a new log window."""
+        window = self._window(self.acc.tolist())
+        self.skipped += window["skipped"]
+        self.acc[SKIPPED] = 0
+        self.acc[LONGEST] = self.acc[CONSECUTIVE]
+        if end_window:
+            self.acc[LOSS_SUM], self.acc[APPLIED] = 0.0, 0.0
+        self._last = window | ({"loss_sum": 0.0, "applied": 0} if end_window else {})
+        return window
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to log what this one will (as of the last read, which the trainer
+        makes at every checkpoint): the skip total, the current run of skips and the open log window."""
+        return {"skipped": self.skipped, "consecutive": self._last["consecutive"],
+                "loss_sum": self._last["loss_sum"], "applied": self._last["applied"]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state["skipped"])
+        self.acc.zero_()
+        self.acc[LOSS_SUM], self.acc[APPLIED] = float(state["loss_sum"]), float(state["applied"])
+        self.acc[CONSECUTIVE] = self.acc[LONGEST] = float(state["consecutive"])
+        self._last = self._window(self.acc.tolist())
 
 
 class TrainingAborted(RuntimeError):
@@ -47,17 +77,16 @@ class TrainingAborted(RuntimeError):
 def check_skips(
     window: dict, steps: int, step: int, max_skips: int, log: Callable[[str], None],
     last_checkpoint: Callable[[], Path | None],
-) -> int:
-    """Log the steps skipped among the last `steps` (window: a StepStats.read()) and return how many;
-    raise TrainingAborted once max_skips steps in a row were skipped."""
-    skipped, consecutive = window["skipped"], window["consecutive"]
+) -> None:
+    """Log the steps skipped among the last `steps` (window: a StepStats.read()); raise TrainingAborted
+    if max_skips steps in a row were skipped anywhere in them."""
+    skipped, consecutive, longest = window["skipped"], window["consecutive"], window["longest"]
     if not skipped:
-        return 0
+        return
     log(f"step {step}: non-finite loss or gradient norm on some rank; {skipped} of the last {steps} step(s) "
-        f"skipped ({consecutive} in a row, max_skips={max_skips})")
-    if consecutive >= max_skips:
+        f"skipped ({consecutive} in a row now, longest run {longest}, max_skips={max_skips})")
+    if longest >= max_skips:
         raise TrainingAborted(
-            f"{consecutive} consecutive steps had a non-finite loss or gradient norm (max_skips={max_skips}); "
+            f"{longest} consecutive steps had a non-finite loss or gradient norm (max_skips={max_skips}); "
             f"stopping at step {step}. The last checkpoint is {last_checkpoint()}. "
             "Lower lr, raise warmup_steps or check the data.")
-    return skipped

@@ -6,7 +6,8 @@ That flag decides on the device, identically on every rank, whether the step is 
 so ranks can never diverge on it, and no step waits for the host (train/step_stats.py).
 
 Exact resume rests on three things: the sampler state is that of the last batch consumed (the
-Prefetcher's), every RNG is saved per rank, and the LR is a pure function of the step.
+Prefetcher's), every RNG is saved per rank, and the LR is a pure function of the step. The skip
+counts and the open log window's sums are saved too, so a resumed run logs what the straight one does.
 """
 
 from __future__ import annotations
@@ -35,19 +36,19 @@ from train.checkpoint import (
     ResumeRefused,
     check_compatible,
     checkpoint_tag,
+    choose_checkpoint,
     latest_checkpoint,
     load_checkpoint,
-    resolve_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from train.config import TrainConfig
+from train.data import eval_batches, train_sampler
 from train.init_batch import fit_micro_batch
 from train.metrics import MetricsLog, eval_line, eval_record, peak_flops, progress_line
 from train.optim import build_optimizer, lr_at, set_lr
 from train.prefetch import Prefetcher
-from train.sampler import WindowSampler
 from train.step_stats import StepStats, TrainingAborted, check_skips
 
 __all__ = ["Trainer", "TrainingAborted", "open_trainer", "seed_all", "train"]
@@ -85,17 +86,12 @@ class Trainer:
         self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
 
         seed_all(cfg.seed + 1 + dist.rank)  # dropout etc. differ per rank; a resume overwrites these
-        sampler = WindowSampler(self.store, "train", cfg.model.block_size, cfg.micro_batch, cfg.seed,
-                                dist.rank, dist.world_size, cfg.sampler_mode, cfg.align_bos)
-        self.prefetcher = Prefetcher(sampler, self.device)
-        val = WindowSampler(self.store, "val", cfg.model.block_size, cfg.micro_batch, cfg.seed,
-                            dist.rank, dist.world_size)
-        self.eval_batches = [(x.to(self.device), y.to(self.device))
-                             for x, y in val.fixed_batches(cfg.eval_batches, cfg.seed)]
-        self.total_steps = self._total_steps()
+        self.prefetcher = Prefetcher(train_sampler(self.store, cfg, dist.rank, dist.world_size), self.device)
+        self.eval_batches = eval_batches(self.store, cfg, dist.rank, dist.world_size, self.device)
 
-        self.step, self.tokens_seen, self.skipped = 0, 0, 0
+        self.step, self.tokens_seen, self.stats = 0, 0, StepStats(self.device)
         resumed = self._resume()
+        self.total_steps = self._total_steps()  # after the resume: counted from the data position
         self._start_step = self.step
         self.init_s = time.perf_counter() - started  # includes init_batch's probe, i.e. the first compile
         self.epoch = self.prefetcher.epoch
@@ -163,15 +159,14 @@ class Trainer:
                      f"grad_accum {self.cfg.grad_accum} (same global batch)")
 
     def _total_steps(self) -> int:
-        """max_steps, or the steps `epochs` passes take. The per-epoch count is estimated from the
-        split's size (the exact grid shifts a little with each epoch's random phase); it only shapes
-        the LR schedule and the ETA, while the epoch counter itself ends training."""
-        if not self.cfg.epochs:
-            return self.cfg.max_steps
-        cfg, split = self.cfg, self.store.manifest["splits"]["train"]
-        windows = split["documents"] if cfg.align_bos else split["tokens"] // cfg.model.block_size
-        per_epoch = max(windows // (cfg.micro_batch * self.dist.world_size) // cfg.grad_accum, 1)
-        steps = cfg.epochs * per_epoch
+        """max_steps, or the step in which the last of `epochs` passes ends if that comes first: the
+        LR schedule's end and the ETA's. The sampler counts the batches left exactly (each epoch's
+        grid differs with its phase); an epoch ending inside a step ends with that step, whose
+        remaining micro-batches come from the next epoch."""
+        cfg = self.cfg
+        if not cfg.epochs:
+            return cfg.max_steps
+        steps = self.step - (-self.prefetcher.sampler.batches_until(cfg.epochs) // cfg.grad_accum)
         return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
     def _resume(self) -> int:
@@ -179,17 +174,10 @@ class Trainer:
         cfg = self.cfg
         source: Path | Exception | None = None
         if self.dist.is_main:  # rank 0 decides, and every rank then loads the same checkpoint
-            if cfg.resume == "auto":
-                source = latest_checkpoint(self.run_dir)
-            elif cfg.resume == "none":
-                if latest_checkpoint(self.run_dir) is not None:
-                    source = ResumeRefused(f"{self.run_dir} already holds checkpoints; resume=auto continues "
-                                           "that run, or pick another out_dir for a new one")
-            else:
-                try:
-                    source = resolve_checkpoint(cfg.resume)
-                except FileNotFoundError as err:
-                    source = err  # raised on every rank below, not on rank 0 alone (the others would hang)
+            try:
+                source = choose_checkpoint(self.run_dir, cfg.resume)
+            except (ResumeRefused, FileNotFoundError) as err:
+                source = err  # raised on every rank below, not on rank 0 alone (the others would hang)
         source = D.broadcast_object(source)
         if isinstance(source, Exception):
             raise source
@@ -202,13 +190,18 @@ class Trainer:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        if state["world_size"] == self.dist.world_size:
-            self.prefetcher.load_state_dict(state["sampler"][self.dist.rank])
+        if "stats" in state:  # older checkpoints lack it: their skip count and log window start at zero
+            self.stats.load_state_dict(state["stats"])
+        # The sampler's state counts the global stream (random: step; epoch: windows handed out), so
+        # rank 0's continues it at any world size. Per-rank RNG streams cannot be mapped.
+        same_world = state["world_size"] == self.dist.world_size
+        try:
+            self.prefetcher.load_state_dict(state["sampler"][self.dist.rank if same_world else 0])
+        except ValueError as err:  # check_compatible compared the settings, so the state itself is off
+            raise ResumeRefused(f"{source}: its data position does not fit this run's sampler ({err})") from None
+        if same_world:
             set_rng_state(state["rng"][self.dist.rank], self.device)
         else:
-            # The sampler's state counts the global stream (random: step; epoch: windows handed out),
-            # so rank 0's continues it at any world size. Per-rank RNG streams cannot be mapped.
-            self.prefetcher.load_state_dict(state["sampler"][0])
             seed_all(cfg.seed + 1 + self.dist.rank + 1_000_003 * self.step)
         self.log(f"resumed from {source} at step {self.step}")
         return self.step
@@ -310,6 +303,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "tokenizer_sha256": self.store.tokenizer_sha256,
             "store_manifest_sha256": self.store.manifest_sha256,
+            "stats": self.stats.state_dict(),  # as of the read that every checkpoint step makes
         }
         tag = checkpoint_tag(self.step, self.epoch if epoch_end else None)
         path = save_checkpoint(self.run_dir, tag, state, self.cfg.keep_last)
@@ -317,7 +311,10 @@ class Trainer:
         return path
 
     def _finished(self) -> bool:
-        return self.step >= self.total_steps or bool(self.cfg.epochs and self.epoch >= self.cfg.epochs)
+        """The epoch counter ends an epochs run (total_steps agrees, but only shapes the LR and ETA)."""
+        if self.cfg.epochs and self.epoch >= self.cfg.epochs:
+            return True
+        return 0 < self.cfg.max_steps <= self.step
 
     def fit(self) -> dict[str, Any]:
         """Train to the end, evaluating and checkpointing on schedule (and always at the end, which
@@ -325,16 +322,16 @@ class Trainer:
 
         Steps are queued back to back; the host reads their numbers (one sync) only at a log, eval or
         checkpoint step, after the first step, and every max_skips steps, so a run of bad steps is
-        caught within max_skips steps of its start."""
+        caught within max_skips steps of its start, and one of max_skips between two reads at the next."""
         cfg = self.cfg
         if self._finished():
             self.log(f"nothing to do: the run in {self.run_dir} is already at step {self.step}")
             return {"step": self.step}
         peak = peak_flops(self.device)
         flops_per_step = self.raw.flops_per_token() * self.tokens_per_step
-        stats = StepStats(self.device)
+        stats = self.stats
         last: dict[str, Any] = {}
-        loss_sum, applied, unread, window_steps, first_step_s = 0.0, 0, 0, 0, None
+        unread, window_steps, first_step_s = 0, 0, None
         window_start = time.perf_counter()
         while not self._finished():
             stats.add(self.train_step())
@@ -347,29 +344,29 @@ class Trainer:
             save_now = (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0) or epoch_end or done
             if not (log_now or eval_now or save_now or first_step_s is None or self.step % cfg.max_skips == 0):
                 continue
-            window = stats.read()
+            window = stats.read(end_window=log_now)
             if first_step_s is None:
                 first_step_s = time.perf_counter() - window_start  # compile and warm-up land here; reported once
-            self.skipped += check_skips(window, unread, self.step, cfg.max_skips, self.log,
-                                        lambda: latest_checkpoint(self.run_dir))
-            loss_sum, applied, unread = loss_sum + window["loss_sum"], applied + window["applied"], 0
+            check_skips(window, unread, self.step, cfg.max_skips, self.log, lambda: latest_checkpoint(self.run_dir))
+            unread, applied = 0, window["applied"]
             if log_now:
                 step_s = (time.perf_counter() - window_start) / window_steps
                 last = {
-                    "step": self.step, "tokens": self.tokens_seen, "loss": loss_sum / applied if applied else None,
+                    "step": self.step, "tokens": self.tokens_seen,
+                    "loss": window["loss_sum"] / applied if applied else None,
                     "lr": lr_at(self.step - 1, cfg, self.total_steps), "grad_norm": window["grad_norm"],
                     "tokens_per_s": self.tokens_per_step / step_s, "step_s": step_s,
                     "mfu": flops_per_step / step_s / self.dist.world_size / peak if peak else None,
                     "peak_mem_gb": (torch.cuda.max_memory_allocated(self.device) / 1e9
                                     if self.device.type == "cuda" else None),
-                    "skipped": self.skipped, "epoch": self.epoch,
+                    "skipped": stats.skipped, "epoch": self.epoch,
                 }
                 if window_steps == self.step - self._start_step:
                     last["first_step_s"] = first_step_s
                 self.log(progress_line(last, self.total_steps, (self.total_steps - self.step) * step_s))
                 if self.metrics:
                     self.metrics.write(last)
-                loss_sum, applied, window_steps = 0.0, 0, 0
+                window_steps = 0
             paused = time.perf_counter()
             if eval_now:
                 last.update(self._eval_and_log())

@@ -41,7 +41,7 @@ def main(store: str, out_dir: str, result_dir: str) -> None:
         trainer.close()
         torch.save({"initial": initial, "final": flat_params(trainer.raw), "seen": seen,
                     "eval": [x for x, _ in trainer.eval_batches], "val_loss": summary["val_loss"],
-                    "skipped": trainer.skipped}, Path(result_dir) / f"rank{dist.rank}.pt")
+                    "skipped": trainer.stats.skipped}, Path(result_dir) / f"rank{dist.rank}.pt")
     finally:
         D.teardown()
 

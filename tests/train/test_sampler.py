@@ -138,6 +138,29 @@ def test_epoch_resume_with_another_batch_size_repeats_nothing(store):
     assert len(set(starts)) == len(starts) > 170
 
 
+@pytest.mark.parametrize("align_bos", [False, True])
+def test_batches_until_counts_each_epochs_batches_exactly(store, align_bos):
+    """Grids differ in size with each epoch's phase; the count must follow next_batch() exactly, from
+    any position and after a resume with another batch size."""
+
+    def drawn_until(sampler, epochs):
+        n = 0
+        while sampler.epoch < epochs:
+            sampler.next_batch()
+            n += 1
+        return n
+
+    sampler = WindowSampler(store, "train", 16, 3, seed=5, mode="epoch", align_bos=align_bos)
+    expected = sampler.batches_until(4)
+    assert drawn_until(sampler, 4) == expected > 0 and sampler.batches_until(4) == 0
+    sampler = WindowSampler(store, "train", 16, 3, seed=5, mode="epoch", align_bos=align_bos)
+    for _ in range(expected // 3):
+        sampler.next_batch()
+    wider = WindowSampler(store, "train", 16, 4, seed=5, mode="epoch", align_bos=align_bos)
+    wider.load_state_dict(sampler.state_dict())
+    assert wider.batches_until(3) == drawn_until(wider, 3)
+
+
 @pytest.mark.parametrize("mode", ["random", "epoch"])
 def test_align_bos_windows_start_at_documents(tmp_path, mode):
     store = sharded_store(tmp_path, [30, 50, 20, 70, 40] * 4, shard_tokens=400)

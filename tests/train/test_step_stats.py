@@ -19,13 +19,44 @@ def test_accumulates_applied_losses_and_counts_runs_of_skips():
     stats = StepStats(torch.device("cpu"))
     for loss, gnorm, skipped in ((2.0, 1.0, 0), (math.nan, math.nan, 1), (math.inf, 3.0, 1), (4.0, 0.5, 0)):
         stats.add(torch.tensor([loss, gnorm, float(skipped)]))
-    assert stats.read() == {"loss_sum": 6.0, "applied": 2, "skipped": 2, "consecutive": 0, "grad_norm": 0.5}
+    assert stats.read() == {"loss_sum": 6.0, "applied": 2, "skipped": 2, "consecutive": 0, "longest": 2,
+                            "grad_norm": 0.5}
     for _ in range(3):
         stats.add(torch.tensor([math.nan, 1.0, 1.0]))
     # The sums restart after a read; the run of consecutive skips does not.
-    assert stats.read() == {"loss_sum": 0.0, "applied": 0, "skipped": 3, "consecutive": 3, "grad_norm": 1.0}
+    assert stats.read() == {"loss_sum": 0.0, "applied": 0, "skipped": 3, "consecutive": 3, "longest": 3,
+                            "grad_norm": 1.0}
     stats.add(torch.tensor([math.nan, 1.0, 1.0]))
     assert stats.read()["consecutive"] == 4
+    assert stats.skipped == 6
+
+
+def test_longest_run_between_reads_and_log_window_across_reads():
+    stats = StepStats(torch.device("cpu"))
+    for loss, skipped in ((1.0, 0), (math.nan, 1), (math.nan, 1), (math.nan, 1), (2.0, 0)):
+        stats.add(torch.tensor([loss, 1.0, float(skipped)]))
+    # A run of 3 that ended before the read is still seen; a read inside the log window keeps its sums.
+    window = stats.read(end_window=False)
+    assert (window["longest"], window["consecutive"], window["loss_sum"], window["applied"]) == (3, 0, 3.0, 2)
+    stats.add(torch.tensor([4.0, 1.0, 0.0]))
+    window = stats.read()
+    assert (window["longest"], window["loss_sum"], window["applied"], stats.skipped) == (0, 7.0, 3, 3)
+    assert stats.read()["loss_sum"] == 0.0
+
+
+def test_state_round_trip_continues_the_log_window_and_the_run_of_skips():
+    stats = StepStats(torch.device("cpu"))
+    for loss, skipped in ((0.1, 0), (math.nan, 1), (0.7, 0), (math.nan, 1)):
+        stats.add(torch.tensor([loss, 1.0, float(skipped)]))
+    stats.read(end_window=False)
+    resumed = StepStats(torch.device("cpu"))
+    resumed.load_state_dict(stats.state_dict())
+    for s in (stats, resumed):
+        for _ in range(2):
+            s.add(torch.tensor([math.nan, 1.0, 1.0]))
+        s.add(torch.tensor([0.3, 1.0, 0.0]))
+    assert resumed.read() == stats.read()  # bit-identical float32 sums, and the run of 3 skips
+    assert resumed.skipped == stats.skipped == 4
 
 
 def trainer_with_read_log(tmp_path, lines, **overrides):
@@ -35,9 +66,9 @@ def trainer_with_read_log(tmp_path, lines, **overrides):
     reads = []
     real_read = StepStats.read
 
-    def read(stats):
+    def read(stats, *args, **kwargs):
         reads.append(trainer.step)
-        return real_read(stats)
+        return real_read(stats, *args, **kwargs)
 
     return trainer, reads, read
 
@@ -68,3 +99,15 @@ def test_a_run_of_bad_steps_aborts_within_max_skips_steps(tmp_path):
         trainer.fit()
     trainer.close()
     assert trainer.step == 6
+
+
+def test_a_run_of_max_skips_between_two_reads_aborts(tmp_path):
+    """Steps 5-7 skipped, max_skips=3: reads at 3, 6 and 9 see runs of 2 and 0 in a row; the longest
+    run since the last read is what counts, whatever log_interval is."""
+    lines: list[str] = []
+    trainer, reads, read = trainer_with_read_log(tmp_path, lines, max_steps=12, log_interval=100, eval_interval=0,
+                                                 ckpt_interval=0, max_skips=3)
+    nan_forward(trainer.raw, {5, 6, 7})
+    with pytest.raises(TrainingAborted, match="3 consecutive steps had a non-finite loss .* stopping at step 9"):
+        trainer.fit()
+    trainer.close()

@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from trainer_util import REPO, load_script, make_store, nan_forward, tiny_config
 
-from common.config import from_dict, load_yaml, to_dict
+from common.config import ConfigError, from_dict, load_yaml, to_dict
 from model import GPT, GPTConfig
+from pipeline.store import TokenStore, write_store
 from train import distributed as D
 from train.checkpoint import ResumeRefused, list_checkpoints, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.init_batch import fit_micro_batch
 from train.metrics import read_metrics
+from train.optim import lr_at
+from train.sampler import WindowSampler
 from train.trainer import Trainer, TrainingAborted
 
 STATE_KEYS = {"model", "model_config", "config", "step", "tokens_seen", "optimizer", "scaler", "sampler", "rng",
-              "world_size", "tokenizer_sha256", "store_manifest_sha256"}
+              "world_size", "tokenizer_sha256", "store_manifest_sha256", "stats"}
 
 
 def make_trainer(cfg: TrainConfig, lines: list[str] | None = None) -> Trainer:
@@ -219,6 +224,16 @@ def test_resume_refusals_and_world_size_change(trained, tmp_path):
         attempt(resume="none")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         attempt(resume=str(tmp_path / "nowhere"))
+    # The data position belongs to one stream: seed, sampler_mode and align_bos must stay.
+    for change, message in ((dict(seed=1), "seed: 1337 -> 1"), (dict(sampler_mode="epoch"), "sampler_mode: 'random'"),
+                            (dict(align_bos=True), "align_bos: False -> True")):
+        with pytest.raises(ResumeRefused, match=f"data stream was drawn with other settings \\({message}"):
+            attempt(**change)
+    state = load_checkpoint(out)
+    state["sampler"][0]["block_size"] = 16  # malformed: the model's block_size is 32
+    save_checkpoint(tmp_path / "odd", "00000030", state)
+    with pytest.raises(ResumeRefused, match="data position does not fit this run's sampler"):
+        attempt(out_dir=str(tmp_path / "odd"))
 
     # How the model is computed may change: a checkpoint from before the kernel switches existed resumes.
     state = load_checkpoint(out)
@@ -239,6 +254,59 @@ def test_resume_refusals_and_world_size_change(trained, tmp_path):
     trainer.close()
 
 
+def test_branching_from_an_older_checkpoint_in_the_same_run_dir_is_refused(trained, tmp_path):
+    _, cfg, run_dir, _, _ = trained
+    out = tmp_path / "run"
+    for name in ("ckpt-00000010", "ckpt-00000020", "ckpt-00000030"):
+        shutil.copytree(run_dir / name, out / name)
+    base = to_dict(cfg) | {"out_dir": str(out), "max_steps": 32}
+    with pytest.raises(ResumeRefused, match=r"past step 10 .*\(ckpt-00000020, ckpt-00000030\).*another out_dir"):
+        make_trainer(from_dict(TrainConfig, base | {"resume": str(out / "ckpt-00000010")}))
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-00000010", "ckpt-00000020", "ckpt-00000030"]
+    # The newest one continues in place, and an older one in another run dir.
+    make_trainer(from_dict(TrainConfig, base | {"resume": str(out / "ckpt-00000030")})).close()
+    branch = base | {"resume": str(out / "ckpt-00000010"), "out_dir": str(tmp_path / "branch")}
+    assert make_trainer(from_dict(TrainConfig, branch)).step == 10
+
+
+@pytest.mark.parametrize("grad_accum", [2, 3])
+def test_epochs_with_grad_accum_end_when_the_last_epoch_does(tmp_path, grad_accum):
+    store = make_store(tmp_path / "store", docs=5, doc_len=100)  # ~15 windows of 32: 3 micro-batches of 4
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", max_steps=0, epochs=2, sampler_mode="epoch",
+                      micro_batch=4, grad_accum=grad_accum, ckpt_interval=0, keep_last=0, eval_interval=0,
+                      init_batch=False)
+    counter, micro_batches = WindowSampler(TokenStore(store.root), "train", 32, 4, cfg.seed, mode="epoch"), 0
+    while counter.epoch < 2:
+        counter.next_batch()
+        micro_batches += 1
+    trainer = make_trainer(cfg)
+    summary = trainer.fit()
+    trainer.close()
+    # The step holding the second epoch's last micro-batch ends training, and the LR schedule with it.
+    assert summary["epoch"] == 2 and summary["step"] == trainer.total_steps == -(-micro_batches // grad_accum)
+    assert summary["lr"] == lr_at(summary["step"] - 1, cfg, summary["step"])
+    assert list_checkpoints(tmp_path / "run")[-1].name == f"ckpt-{summary['step']:08d}_e2"
+
+
+def test_splits_too_small_are_config_errors_and_val_is_only_read_for_eval(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    write_store(tmp_path / "store", {"train": [rng.integers(6, 64, 200) for _ in range(20)], "val": []},
+                vocab_size=64)
+    small = dict(init_batch=False, max_steps=2)
+    assert run(tiny_config(tmp_path / "store", tmp_path / "run", eval_batches=0, **small))["step"] == 2
+    with pytest.raises(ConfigError, match=r"split 'val' .* too small.*set eval_batches=0"):
+        make_trainer(tiny_config(tmp_path / "store", tmp_path / "run2", **small))
+    with pytest.raises(ConfigError, match=r"split 'train': epoch mode has only .* lower model.block_size or micro_b"):
+        make_trainer(tiny_config(tmp_path / "store", tmp_path / "run3", sampler_mode="epoch", micro_batch=200,
+                                 eval_batches=0, **small))
+    cli = load_script("train")
+    args = [f"data={tmp_path / 'store'}", f"out_dir={tmp_path / 'run4'}", "max_steps=1", "init_batch=false",
+            "device=cpu", "model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.block_size=32"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: split 'val'") and "Traceback" not in err
+
+
 def test_epochs_end_training_with_epoch_checkpoints(tmp_path):
     make_store(tmp_path / "store", docs=4, doc_len=100)  # ~12 windows of 32 per epoch: 3 batches of 4
     cfg = tiny_config(tmp_path / "store", tmp_path / "run", max_steps=0, epochs=2, sampler_mode="epoch",
@@ -257,9 +325,16 @@ def test_presets_are_valid_train_configs(name):
 
 def test_cli_exit_codes(tmp_path, capsys):
     cli = load_script("train")
-    assert cli.main(["model.n_head=3"]) == 2  # the model's own check (512 % 3)
-    assert cli.main(["max_steps=0"]) == 2
-    assert cli.main([f"data={tmp_path / 'missing'}", "max_steps=1"]) == 1
+
+    def exit_code(argv):
+        try:
+            return cli.main(argv)
+        except SystemExit as exc:  # parse_cli exits 2 itself on a ConfigError
+            return exc.code
+
+    assert exit_code(["model.n_head=3"]) == 2  # the model's own check (512 % 3)
+    assert exit_code(["max_steps=0"]) == 2
+    assert exit_code([f"data={tmp_path / 'missing'}", "max_steps=1"]) == 1
     err = capsys.readouterr().err
     assert "not divisible" in err and "set max_steps or epochs" in err and "no manifest.json" in err
     with pytest.raises(SystemExit) as exc:

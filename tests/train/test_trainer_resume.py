@@ -1,5 +1,6 @@
-"""Bit-exact resume through a real `kill -9`: bin/train.py killed once a checkpoint exists, rerun with
-resume=auto, must log the very same loss at every step as an uninterrupted run."""
+"""Bit-exact resume: through a real `kill -9` (bin/train.py killed once a checkpoint exists, rerun
+with resume=auto, must log the very same loss at every step as an uninterrupted run), and in-process
+from a checkpoint inside a log window and a run of skipped steps."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import sys
 import time
 
 import pytest
-from trainer_util import REPO, make_store
+from trainer_util import REPO, make_store, nan_forward, tiny_config
 
-from train.checkpoint import latest_checkpoint, list_checkpoints
+from train import distributed as D
+from train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from train.metrics import read_metrics
+from train.trainer import Trainer, TrainingAborted
 
 STEPS = 200
 # Dropout exercises the torch RNG, grad_accum the micro-step loop, epoch mode the sampler's
@@ -69,3 +72,53 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     val_straight = {r["step"]: r["val_loss"] for r in read_metrics(tmp_path / "straight/metrics.jsonl")
                     if "val_loss" in r}
     assert val == val_straight
+
+
+def fit(cfg, bad_calls=()):
+    trainer = Trainer(cfg, D.init_distributed(cfg.device), log=lambda _msg: None)
+    nan_forward(trainer.raw, set(bad_calls))
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+def logged(run_dir):
+    return [(r["step"], r["loss"], r["skipped"]) for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+def resume_copy(src_ckpt, run_dir, drop=()):
+    """run_dir holding only a copy of src_ckpt, minus the state keys in `drop` (an older checkpoint)."""
+    state = load_checkpoint(src_ckpt)
+    for key in drop:
+        del state[key]
+    save_checkpoint(run_dir, src_ckpt.name[5:], state)
+
+
+def test_resume_inside_a_log_window_logs_what_the_straight_run_logs(tmp_path):
+    store = tmp_path / "store"
+    make_store(store)
+    kw = dict(max_steps=12, log_interval=4, ckpt_interval=6, eval_interval=0, keep_last=0, init_batch=False)
+    fit(tiny_config(store, tmp_path / "straight", **kw), bad_calls={2})  # step 2 skipped
+    straight = logged(tmp_path / "straight")
+    assert [(step, skipped) for step, _, skipped in straight] == [(4, 1), (8, 1), (12, 1)]
+    # ckpt-6 falls inside the window of steps 5-8: the resumed run must still average all four.
+    resume_copy(tmp_path / "straight/ckpt-00000006", tmp_path / "resumed")
+    fit(tiny_config(store, tmp_path / "resumed", **kw))
+    assert logged(tmp_path / "resumed") == straight[1:]  # exact floats, skip total included
+    # A checkpoint from before these fields were saved still resumes, counting from zero.
+    resume_copy(tmp_path / "straight/ckpt-00000006", tmp_path / "old", drop=("stats",))
+    fit(tiny_config(store, tmp_path / "old", **kw))
+    assert [(step, skipped) for step, _, skipped in logged(tmp_path / "old")] == [(8, 0), (12, 0)]
+
+
+def test_a_run_of_skips_continues_across_a_resume(tmp_path):
+    store = tmp_path / "store"
+    make_store(store)
+    kw = dict(max_steps=12, log_interval=1, ckpt_interval=6, eval_interval=0, keep_last=0, max_skips=3,
+              init_batch=False)
+    with pytest.raises(TrainingAborted, match="stopping at step 7"):
+        fit(tiny_config(store, tmp_path / "straight", **kw), bad_calls={5, 6, 7})
+    resume_copy(tmp_path / "straight/ckpt-00000006", tmp_path / "resumed")
+    with pytest.raises(TrainingAborted, match="3 consecutive steps .* stopping at step 7"):
+        fit(tiny_config(store, tmp_path / "resumed", **kw), bad_calls={1})

@@ -1,0 +1,37 @@
+"""The trainer's data: the training sampler and the fixed validation batches.
+
+A split too small for the configured windows is a ConfigError that says what to change, not the
+sampler's bare ValueError, so bin/train.py prints it as a one-line error. The validation split is
+only opened when evaluation is on: a store without a usable val split trains with eval_batches=0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common.config import ConfigError
+from pipeline.store import TokenStore
+from train.config import TrainConfig
+from train.sampler import WindowSampler
+
+
+def train_sampler(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int) -> WindowSampler:
+    try:
+        return WindowSampler(store, "train", cfg.model.block_size, cfg.micro_batch, cfg.seed, rank, world_size,
+                             cfg.sampler_mode, cfg.align_bos)
+    except ValueError as err:
+        smaller = "model.block_size or micro_batch" if cfg.sampler_mode == "epoch" else "model.block_size"
+        raise ConfigError(f"{err}; lower {smaller}, or train on a store with more data") from None
+
+
+def eval_batches(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int,
+                 device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of the eval_batches fixed validation batches, on `device`; none if eval is off."""
+    if not cfg.eval_batches:
+        return []
+    try:
+        val = WindowSampler(store, "val", cfg.model.block_size, cfg.micro_batch, cfg.seed, rank, world_size)
+    except ValueError as err:
+        raise ConfigError(f"{err}; set eval_batches=0 to train without evaluation, or lower model.block_size") \
+            from None
+    return [(x.to(device), y.to(device)) for x, y in val.fixed_batches(cfg.eval_batches, cfg.seed)]
