@@ -17,7 +17,6 @@ records a fingerprint of the inputs (paths, sizes, mtimes) and of every option t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from common.config import ConfigError, parse_cli
+from common.lock import exclusive_lock
 from pipeline.assemble import SPLIT_HASH, SPLIT_RULE, Assembler, PrepareError, reset_store
 from pipeline.chunks import (
     WORK_FORMAT,
@@ -131,11 +131,10 @@ def _up_to_date(store: Path, fp: str) -> dict[str, Any] | None:
 @contextlib.contextmanager
 def _locked(store: Path) -> Iterator[None]:
     """One writer per store: two runs interleaving phase 2 would corrupt each other's shards."""
-    with open(store / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PrepareError(f"{store}: another prepare is writing this store") from None
+    lock = exclusive_lock(store / ".lock")
+    if lock is None:
+        raise PrepareError(f"{store}: another prepare is writing this store")
+    with lock:
         yield
 
 

@@ -34,11 +34,12 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
+from common.lock import exclusive_lock
 from pipeline.store import atomic_write_bytes, fsync_dir
 
 MARKER = "COMPLETE"
@@ -134,6 +135,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     may come from anywhere, and full unpickling would run whatever code it names."""
     ckpt = resolve_checkpoint(path)
     return torch.load(ckpt / STATE, map_location=map_location, weights_only=True)
+
+
+def lock_run_dir(run_dir: str | Path) -> IO[str] | None:
+    """Create run_dir and hold its lock until the returned file is closed; None if another run holds
+    it. Two runs in one out_dir would prune each other's checkpoints and interleave metrics.jsonl."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return exclusive_lock(Path(run_dir) / ".lock")
 
 
 class ResumeRefused(RuntimeError):

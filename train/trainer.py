@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common.config import to_dict
+from common.config import ConfigError, to_dict
 from model import GPT
 from model.attention_backend import use_attention_backend
 from pipeline.store import TokenStore
@@ -39,6 +39,7 @@ from train.checkpoint import (
     choose_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    lock_run_dir,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -385,12 +386,16 @@ class Trainer:
 
 @contextlib.contextmanager
 def open_trainer(cfg: TrainConfig, log: Callable[[str], None] = print) -> Iterator[Trainer]:
-    """A Trainer set up as bin/train.py runs it: the process group (under torchrun) and the attention
-    kernel choice around the Trainer's whole life (its init_batch probe is where compilation
-    happens), all torn down on exit."""
+    """A Trainer set up as bin/train.py runs it: the process group (under torchrun), the run dir's
+    lock and the attention kernel choice around the Trainer's whole life (its init_batch probe is
+    where compilation happens), all torn down on exit."""
     dist = D.init_distributed(cfg.device)
     try:
-        with use_attention_backend(cfg.attention, dist.device):
+        # Rank 0 holds the run dir's lock for the whole run; every rank learns whether it got it.
+        lock = lock_run_dir(cfg.out_dir) if dist.is_main else None
+        if not D.broadcast_object(lock is not None or not dist.is_main):
+            raise ConfigError(f"{cfg.out_dir}: another training run is using this out_dir; pick another out_dir")
+        with lock or contextlib.nullcontext(), use_attention_backend(cfg.attention, dist.device):
             trainer = Trainer(cfg, dist, log)
             try:
                 yield trainer

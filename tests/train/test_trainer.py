@@ -23,7 +23,7 @@ from train.init_batch import fit_micro_batch
 from train.metrics import read_metrics
 from train.optim import lr_at
 from train.sampler import WindowSampler
-from train.trainer import Trainer, TrainingAborted
+from train.trainer import Trainer, TrainingAborted, open_trainer, train
 
 STATE_KEYS = {"model", "model_config", "config", "step", "tokens_seen", "optimizer", "scaler", "sampler", "rng",
               "world_size", "tokenizer_sha256", "store_manifest_sha256", "stats"}
@@ -341,3 +341,16 @@ def test_cli_exit_codes(tmp_path, capsys):
         cli.main(["--help"])
     assert exc.value.code == 0 and "--max-steps" in capsys.readouterr().out
     json.dumps(to_dict(TrainConfig()))  # the config is plain data all the way down
+
+
+def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_runs(tmp_path):
+    """Two runs in one out_dir would prune each other's checkpoints and interleave metrics.jsonl."""
+    make_store(tmp_path / "store")
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2)
+    with open_trainer(cfg, log=lambda _: None):
+        second = open_trainer(tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2), log=lambda _: None)
+        with pytest.raises(ConfigError, match="another training run is using this out_dir"):
+            second.__enter__()
+        assert train(tiny_config(tmp_path / "store", tmp_path / "other", max_steps=1), log=lambda _: None)
+    # Released at the end of the run (and by the OS if the process dies): the next run may go on.
+    assert train(tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2), log=lambda _: None)["step"] == 2
