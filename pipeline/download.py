@@ -1,13 +1,20 @@
 """Resumable, verified HTTP downloads (urllib only), and the RedPajama sample files.
 
-A download appends to `dest.part` and renames it to `dest` only after the size and sha256 check,
-so `dest` existing means it is complete. An interrupted run resumes with an HTTP Range request;
-a server that ignores Range gets a clean restart. The sha256 of every finished file is written
-to `dest.sha256` (sha256sum format) so an unpinned file can be pinned or re-checked later.
+A download appends to `dest.part` and renames it to `dest` only after the size and sha256 check
+and an fsync, so `dest` existing means it is complete, even after a power cut. An interrupted run
+resumes with an HTTP Range request carrying If-Range with the ETag (or Last-Modified) that the
+first response gave, saved in `dest.part.validator`, so a file that changed on the server comes
+back whole rather than spliced from two versions. A server that ignores Range sends the whole
+file again; that body goes to `dest.part.new` and replaces `.part` only once it is complete, so
+an error page or a dropped connection cannot cost a good partial download. HTML responses are
+refused outright: they are error, login or rate-limit pages, never a data file. The sha256 of
+every finished file is written to `dest.sha256` (sha256sum format) so an unpinned file can be
+pinned or re-checked later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -62,6 +69,62 @@ def _part(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
+def _validator_file(part: Path) -> Path:
+    return part.with_name(part.name + ".validator")
+
+
+def _validator(headers) -> str | None:
+    """What If-Range can quote: a strong ETag, else Last-Modified (a weak ETag is not allowed there)."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _saved_validator(part: Path) -> str | None:
+    try:
+        return _validator_file(part).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _save_validator(part: Path, value: str | None) -> None:
+    # None still removes an older one: it would describe some other version of the file
+    if value is None:
+        _validator_file(part).unlink(missing_ok=True)
+    else:
+        _validator_file(part).write_text(value + "\n")
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _validator_file(part).unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename durable; some filesystems cannot fsync a directory, and the file itself is already safe
+    with contextlib.suppress(OSError):
+        _fsync(path)
+
+
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def _looks_like_html(path: Path) -> bool:
+    """An HTML page saved under a data file's name (by a version that did not check Content-Type)."""
+    with open(path, "rb") as f:
+        head = f.read(1024).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
+
+
 def _total_from(resp, offset: int) -> int | None:
     """Full size of the remote file, from Content-Range (`bytes a-b/total`) or Content-Length."""
     m = re.match(r"bytes\s+\d+-\d+/(\d+)", resp.headers.get("Content-Range", ""))
@@ -71,16 +134,45 @@ def _total_from(resp, offset: int) -> int | None:
     return offset + int(length) if length is not None else None
 
 
+def _copy(resp, path: Path, mode: str, done: int, total: int | None, progress: Progress | None) -> int:
+    """Append or write the response body to `path`; the byte count of the file afterwards."""
+    with open(path, mode) as out:
+        while block := resp.read(BLOCK):
+            out.write(block)
+            done += len(block)
+            if progress:
+                progress(done, total)
+    return done
+
+
+def _settle_new(new: Path, part: Path, validator: str | None, keep: bool) -> None:
+    """Make `new` the partial download (fsynced first: it replaces one that was good), or drop it."""
+    if not keep:
+        new.unlink(missing_ok=True)
+        return
+    _fsync(new)
+    # Validator off first: a crash between the steps must not pair the old validator with the new bytes
+    _validator_file(part).unlink(missing_ok=True)
+    os.replace(new, part)
+    _save_validator(part, validator)
+
+
 def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) -> None:
     """One attempt: bring `part` up to the whole file, resuming from what it already holds."""
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset >= size:
         if offset > size:  # cannot be a prefix of the right file
-            part.unlink()
+            _discard(part)
             offset = 0
         else:
             return
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    saved = _saved_validator(part) if offset else None
+    headers = {}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if saved:  # the server answers with the whole file instead if .part was cut from another version
+            headers["If-Range"] = saved
+    request = urllib.request.Request(url, headers=headers)
     try:
         resp = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as err:
@@ -88,26 +180,69 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
             total = re.search(r"/(\d+)", err.headers.get("Content-Range", ""))
             if total and int(total.group(1)) == offset:
                 return
-            part.unlink()
+            _discard(part)
             raise _Incomplete(f"{url}: stale partial download discarded") from None
         raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
     with resp:
-        if offset and resp.status != 206:
-            log.info("%s ignores Range; restarting from byte 0", url)
-            offset = 0
-        elif offset and not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
-            part.unlink()
-            raise _Incomplete(f"{url}: server resumed at the wrong offset; partial download discarded")
-        total = _total_from(resp, offset)
-        done = offset
-        with open(part, "ab" if offset else "wb") as out:
-            while block := resp.read(BLOCK):
-                out.write(block)
-                done += len(block)
-                if progress:
-                    progress(done, total or size)
+        kept = f"; {part} kept, run again to resume" if offset else ""
+        if resp.headers.get_content_type() in _HTML_TYPES:
+            raise DownloadError(
+                f"{url}: HTTP {resp.status} sent an HTML page ({resp.headers.get('Content-Type')}), not the data file "
+                f"(an error, login or rate-limit page?){kept}"
+            )
+        if resp.status not in ((200, 206) if offset else (200,)):
+            raise DownloadError(f"{url}: unexpected HTTP {resp.status} {resp.reason}{kept}")
+        current = _validator(resp.headers)
+        if resp.status == 206:
+            if not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+                _discard(part)
+                raise _Incomplete(f"{url}: server resumed at the wrong offset; partial download discarded")
+            if saved and current and current != saved:  # a server that ignores If-Range, caught by its validator
+                _discard(part)
+                raise _Incomplete(f"{url}: changed on the server since the partial download; starting over")
+            total = _total_from(resp, offset)
+            done = _copy(resp, part, "ab", offset, total or size, progress)
+        elif offset:
+            _refetch_whole(url, resp, part, offset, saved, current, size, progress)
+            return
+        else:
+            _save_validator(part, current)  # before the first byte, so every .part has its own validator
+            total = _total_from(resp, 0)
+            done = _copy(resp, part, "wb", 0, total or size, progress)
     if total is not None and done < total:
         raise _Incomplete(f"{url}: connection closed at byte {done} of {total}")
+
+
+def _refetch_whole(
+    url: str, resp, part: Path, offset: int, saved: str | None, current: str | None, size: int | None,
+    progress: Progress | None,
+) -> None:
+    """A 200 to a resume request: the whole file again, into `.part.new`, replacing `part` only once complete.
+
+    Until then `part` is untouched: the body may be cut short, or be no data file at all. Only a
+    response whose validator differs from the saved one proves `part` stale; then even a cut-short
+    new body is worth keeping as the partial download.
+    """
+    changed = saved is not None and current is not None and current != saved
+    log.info("%s %s; fetching the whole file again", url,
+             "changed on the server" if changed else "ignores Range" if not saved else "ignores Range or changed")
+    new = part.with_name(part.name + ".new")
+    total = _total_from(resp, 0)
+    try:
+        done = _copy(resp, new, "wb", 0, total or size, progress)
+    except BaseException:
+        _settle_new(new, part, current, keep=changed)
+        raise
+    if total is not None and done < total:
+        _settle_new(new, part, current, keep=changed)
+        raise _Incomplete(f"{url}: connection closed at byte {done} of {total}")
+    if done < offset and not changed:  # a whole file shorter than our prefix of it: more likely an error body
+        new.unlink()
+        raise DownloadError(
+            f"{url}: HTTP {resp.status} sent {done} bytes as the whole file, fewer than the {offset} already in "
+            f"{part}; kept that (delete it to start over)"
+        )
+    _settle_new(new, part, current, keep=True)
 
 
 def _verify(part: Path, size: int | None, sha256: str | None, url: str) -> str:
@@ -120,7 +255,7 @@ def _verify(part: Path, size: int | None, sha256: str | None, url: str) -> str:
     elif sha256 is not None and digest != sha256.lower():
         problem = f"sha256 {digest}, expected {sha256}"
     if problem:
-        part.unlink()
+        _discard(part)
         raise DownloadError(f"{url}: downloaded file does not verify ({problem}); deleted it, run again to retry")
     return digest
 
@@ -154,7 +289,12 @@ def download(
             time.sleep(min(2**attempt, 30))
     digest = _verify(part, size, sha256, url)
     Path(f"{dest}.sha256").write_text(f"{digest}  {dest.name}\n")
+    # On disk before it has the final name: after a power cut `dest` must never be empty or partial
+    _fsync(part)
     os.replace(part, dest)
+    _fsync_dir(dest.parent)
+    _validator_file(part).unlink(missing_ok=True)
+    part.with_name(part.name + ".new").unlink(missing_ok=True)  # a crash's leftover from a whole-file refetch
     return dest
 
 
@@ -177,6 +317,9 @@ def fetch_redpajama(dest_dir: str | Path, files: tuple[RemoteFile, ...] = REDPAJ
     paths = []
     for remote in files:
         dest = Path(dest_dir, remote.name)
+        if dest.exists() and _looks_like_html(dest):
+            log.warning("%s is an HTML page left by an earlier download, not data; downloading it again", dest)
+            dest.unlink()
         if not dest.exists():
             bar, update = _tqdm_progress(remote.name)
             with bar:

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,17 +14,32 @@ PAYLOAD = bytes(range(256)) * 4000  # ~1 MB, not a multiple of the client's read
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves server.files with optional Range support, and can cut a response short."""
+    """Serves server.files with optional Range support, and can cut a response short.
+
+    server.etag / server.last_modified are sent when set and honoured in If-Range unless
+    server.ignore_if_range; server.html replaces every body with an HTML page (a rate-limit page).
+    """
 
     def do_GET(self):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
+        srv.if_ranges.append(self.headers.get("If-Range"))
         data = srv.files.get(self.path.lstrip("/"))
         if data is None:
             self.send_error(404)
             return
+        if srv.html is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(srv.html)))
+            self.end_headers()
+            self.wfile.write(srv.html)
+            return
         start, status = 0, 200
         m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and not srv.ignore_if_range and if_range not in (srv.etag, srv.last_modified):
+            m = None  # the file changed since the client's copy: send it whole
         if m and not srv.ignore_range:
             start, status = int(m.group(1)), 206
             if start >= len(data):
@@ -34,6 +50,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         body = data[start:]
         self.send_response(status)
+        if srv.etag:
+            self.send_header("ETag", srv.etag)
+        if srv.last_modified:
+            self.send_header("Last-Modified", srv.last_modified)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.send_header("Content-Length", str(len(body)))
@@ -51,6 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.ignore_range, srv.cut_after = {"f.bin": PAYLOAD}, [], False, None
+    srv.if_ranges, srv.etag, srv.last_modified, srv.ignore_if_range, srv.html = [], None, None, False, None
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -137,3 +158,136 @@ def test_fetch_redpajama_from_a_mirror(server, tmp_path, monkeypatch):
     assert all(p.parent == tmp_path / "downloads" / "redpajama" for p in paths)
     assert paths[1].read_bytes() == b'{"text": "doc 1"}\n'
     assert fetch_redpajama(paths[0].parent) == paths and len(server.requests) == 3  # cached: no requests
+
+
+HTML = b"<!DOCTYPE html><html><body>Rate limited / login required</body></html>\n"
+
+
+@pytest.mark.parametrize("partial", [True, False])
+def test_html_page_is_refused_and_the_part_kept(server, tmp_path, partial):
+    server.html = HTML
+    part = tmp_path / "f.bin.part"
+    if partial:
+        part.write_bytes(PAYLOAD[:300_001])
+    with pytest.raises(DownloadError, match=re.escape(server.url + "f.bin") + ": HTTP 200 sent an HTML page"):
+        download(server.url + "f.bin", tmp_path / "f.bin")
+    assert len(server.requests) == 1  # an error page is not retried
+    assert not (tmp_path / "f.bin").exists()
+    assert part.read_bytes() == PAYLOAD[:300_001] if partial else not part.exists()
+
+
+def test_fetch_redpajama_refuses_html_and_replaces_a_cached_html_page(server, tmp_path, monkeypatch):
+    remote = REDPAJAMA[0]
+    good = b'{"text": "good data"}\n' * 1000
+    server.files[remote.name] = good
+    monkeypatch.setenv("REDPAJAMA_BASE_URL", server.url)
+    part = tmp_path / (remote.name + ".part")
+    part.write_bytes(good[:5000])
+    server.html = HTML
+    with pytest.raises(DownloadError, match="HTML page"):
+        fetch_redpajama(tmp_path, (remote,))
+    assert part.read_bytes() == good[:5000] and not (tmp_path / remote.name).exists()
+    server.html = None
+    (tmp_path / remote.name).write_bytes(HTML)  # what an earlier version kept as the complete file
+    assert fetch_redpajama(tmp_path, (remote,))[0].read_bytes() == good
+
+
+def test_short_whole_body_does_not_replace_a_longer_part(server, tmp_path):
+    server.ignore_range = True
+    server.files["f.bin"] = b"Service unavailable\n"  # not HTML, but shorter than what we already hold
+    part = tmp_path / "f.bin.part"
+    part.write_bytes(PAYLOAD[:300_001])
+    with pytest.raises(DownloadError, match="fewer than the 300001 already in"):
+        download(server.url + "f.bin", tmp_path / "f.bin")
+    assert part.read_bytes() == PAYLOAD[:300_001] and not (tmp_path / "f.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin.part"]
+
+
+def test_cut_short_whole_body_keeps_the_part(server, tmp_path):
+    server.ignore_range, server.cut_after = True, 200_000
+    part = tmp_path / "f.bin.part"
+    part.write_bytes(PAYLOAD[:300_001])
+    with pytest.raises(DownloadError, match="run again to resume"):
+        download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
+    assert part.read_bytes() == PAYLOAD[:300_001]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin.part"]
+
+
+NEW_PAYLOAD = bytes(reversed(PAYLOAD))
+
+
+@pytest.mark.parametrize("validator", ["etag", "last_modified"])
+def test_resume_sends_if_range_and_a_changed_file_comes_back_whole(server, tmp_path, validator):
+    value = '"v1"' if validator == "etag" else "Mon, 01 Jan 2024 00:00:00 GMT"
+    setattr(server, validator, value)
+    server.cut_after = 200_000
+    with pytest.raises(DownloadError):
+        download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
+    assert (tmp_path / "f.bin.part.validator").read_text() == value + "\n"
+    # Resuming the same version: a plain 206 continuation
+    download(server.url + "f.bin", tmp_path / "f.bin", sha256=sha(PAYLOAD))
+    assert server.if_ranges == [None, value] and server.requests[1][1] == "bytes=200000-"
+    assert not (tmp_path / "f.bin.part.validator").exists()
+
+    # The file changes on the server while a partial download of the old one waits
+    (tmp_path / "f.bin").unlink()
+    server.cut_after = 200_000
+    with pytest.raises(DownloadError):
+        download(server.url + "f.bin", tmp_path / "g.bin", retries=0)
+    server.files["f.bin"] = NEW_PAYLOAD
+    setattr(server, validator, '"v2"' if validator == "etag" else "Tue, 02 Jan 2024 00:00:00 GMT")
+    download(server.url + "f.bin", tmp_path / "g.bin")
+    assert (tmp_path / "g.bin").read_bytes() == NEW_PAYLOAD  # not 200000 old bytes + the new file's tail
+    assert server.if_ranges[-1] == value
+
+
+def test_weak_etag_is_not_used_for_if_range(server, tmp_path):
+    server.etag, server.cut_after = 'W/"weak"', 200_000
+    with pytest.raises(DownloadError):
+        download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
+    download(server.url + "f.bin", tmp_path / "f.bin", sha256=sha(PAYLOAD))
+    assert server.if_ranges == [None, None]
+
+
+def test_changed_file_is_caught_when_the_server_ignores_if_range(server, tmp_path):
+    server.etag, server.cut_after = '"v1"', 200_000
+    with pytest.raises(DownloadError):
+        download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
+    server.files["f.bin"], server.etag, server.ignore_if_range = NEW_PAYLOAD, '"v2"', True
+    download(server.url + "f.bin", tmp_path / "f.bin", retries=1)  # the 206 carries "v2": start over
+    assert (tmp_path / "f.bin").read_bytes() == NEW_PAYLOAD
+    assert server.requests[1:] == [("/f.bin", "bytes=200000-"), ("/f.bin", None)]
+
+
+def test_changed_file_cut_short_keeps_the_new_version_as_the_part(server, tmp_path):
+    server.etag, server.cut_after = '"v1"', 200_000
+    with pytest.raises(DownloadError):
+        download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
+    server.files["f.bin"], server.etag, server.cut_after = NEW_PAYLOAD, '"v2"', 100_000
+    with pytest.raises(DownloadError):
+        download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
+    assert (tmp_path / "f.bin.part").read_bytes() == NEW_PAYLOAD[:100_000]  # the old part was stale anyway
+    assert (tmp_path / "f.bin.part.validator").read_text() == '"v2"\n'
+    download(server.url + "f.bin", tmp_path / "f.bin")
+    assert (tmp_path / "f.bin").read_bytes() == NEW_PAYLOAD and server.if_ranges[-1] == '"v2"'
+
+
+def test_finished_file_is_fsynced_before_the_rename(server, tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = dl.os.fsync, dl.os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(dl.os, "fsync", fsync)
+    monkeypatch.setattr(dl.os, "replace", replace)
+    dest = tmp_path / "f.bin"
+    download(server.url + "f.bin", dest)
+    rename = events.index(("replace", str(tmp_path / "f.bin.part"), str(dest)))
+    assert ("fsync", str(tmp_path / "f.bin.part")) in events[:rename]
+    assert ("fsync", str(tmp_path)) in events[rename:]  # and the rename itself is made durable
