@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from common.config import ConfigError, from_dict, to_dict
+from pipeline.tokenizer import MIN_VOCAB_SIZE
 
 SOURCES = ("shakespeare", "redpajama")
 
@@ -102,6 +103,9 @@ def check(cfg: PrepareConfig) -> None:
         raise ConfigError(f"--chunk-bytes must be at least 65536, got {cfg.chunk_bytes}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")
+    if cfg.vocab_size is not None and cfg.vocab_size < MIN_VOCAB_SIZE:
+        raise ConfigError(f"--vocab-size must be at least {MIN_VOCAB_SIZE} (6 specials + 256 bytes), "
+                          f"got {cfg.vocab_size}")
     if cfg.merge and cfg.shard:
         raise ConfigError("--merge joins the parts of all shards; do not combine it with --shard")
     parse_shard(cfg.shard)

@@ -18,7 +18,7 @@ import numpy as np
 import tiktoken
 from tokenizers import Tokenizer
 
-from pipeline.tokenizer import BOS_ID, PAD_ID, SPECIALS
+from pipeline.tokenizer import BOS_ID, PAD_ID, SPECIALS, TokenizerError
 
 # GPT-2's pre-tokenizer split, which HF's ByteLevel(use_regex=True) runs too: contractions, letter
 # runs, digit runs, other-symbol runs (each optionally after one space), then whitespace. HF writes
@@ -111,6 +111,12 @@ class Encoder:
         self._hf.no_padding()
         self._hf.no_truncation()
         vocab = data["model"]["vocab"]
+        misplaced = [f"{tok} at {vocab.get(tok)}" for i, tok in enumerate(SPECIALS) if vocab.get(tok) != i]
+        if misplaced:
+            # Ids 0-5 are [PAD] .. [BOS] everywhere downstream: with another tokenizer an ordinary token
+            # (GPT-2's id 5 is '&') would mark a document start wherever it occurs.
+            raise TokenizerError(f"{path}: not a tokenizer of this pipeline: the specials {', '.join(SPECIALS)} must "
+                                 f"have ids 0-5 ({', '.join(misplaced)}); train one with `make tokenizer`")
         self.vocab_size = max(vocab.values()) + 1
         self.bos_id, self.pad_id = BOS_ID, PAD_ID
         self.num_threads = num_threads

@@ -8,6 +8,12 @@ Deduplication is exact within each part. A document that occurs in two parts can
 without rewriting a shard, so the merge only counts such documents (`stats.cross_part_duplicates`,
 from the hashes each part keeps in `doc_hashes.bin`); they stay in the store. With the plan's
 interleaved chunk assignment, they are as rare as duplicates across files are.
+
+Part i holds the chunks at positions i, i+n, i+2n... of the plan over all input files, so parts
+belong together only if they were cut from the same plan: a file added, removed or changed between
+the jobs shifts every later position, and a merge of parts from two plans silently holds some
+documents twice and others not at all. Each part records its plan's fingerprint (input paths, sizes
+and mtimes, chunk size, part count, every option) and the merge refuses parts whose fingerprints differ.
 """
 
 from __future__ import annotations
@@ -51,6 +57,31 @@ def _parts(root: Path) -> list[Path]:
     return [found[i, n] for i in range(n)]
 
 
+def _rerun(parts: list[Path]) -> str:
+    """The --shard options that rebuild `parts`, e.g. `--shard 1/4 and --shard 3/4`."""
+    specs = [f"--shard {m[1]}/{m[2]}" for m in (_PART.fullmatch(d.name) for d in parts)]
+    return " and ".join(specs) + " (same --data and options as the other jobs)"
+
+
+def _check_same_plan(root: Path, parts: list[Path], stores: list[TokenStore]) -> None:
+    """Refuse parts cut from different plans of the inputs, naming the stale ones.
+
+    Which plan is current cannot be told from the parts alone; the one of the most recently built
+    part is taken to be, since that job saw the inputs last. The others are named as stale.
+    """
+    plans = [store.manifest["part"]["plan_fingerprint"] for store in stores]
+    if len(set(plans)) == 1:
+        return
+    built = [(d / "manifest.json").stat().st_mtime_ns for d in parts]
+    latest = plans[max(range(len(parts)), key=built.__getitem__)]
+    stale = [d for d, plan in zip(parts, plans, strict=True) if plan != latest]
+    current = [d.name for d, plan in zip(parts, plans, strict=True) if plan == latest]
+    raise PrepareError(f"{root}: the parts were cut from different plans of the inputs (input files added, removed "
+                       f"or changed, or options changed, between the --shard jobs), so merging them would lose some "
+                       f"documents and repeat others. Stale, built before {', '.join(current)}: "
+                       f"{', '.join(d.name for d in stale)}; rerun {_rerun(stale)}")
+
+
 def _sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
     """Add counts, add per-kind tables, concatenate lists (bad files, the first few bad records)."""
     out: dict[str, Any] = {}
@@ -75,6 +106,18 @@ def merge_parts(root: Path) -> Path:
             stores.append(TokenStore(d))
         except StoreError as err:
             raise PrepareError(f"{d}: not a finished part ({err}); rerun its --shard job") from None
+    for d, store in zip(parts, stores, strict=True):
+        part = store.manifest["part"]
+        if f"part-{part['index']}-of-{part['count']}" != d.name:
+            raise PrepareError(f"{d}: holds part {part['index']}/{part['count']}, not the one its name says; "
+                               f"rerun its --shard job")
+    # Parts built before parts recorded their plan: nothing says which plan they were cut from, and
+    # parts of different plans look exactly like parts of one, so they are rebuilt rather than trusted.
+    unknown = [d for d, store in zip(parts, stores, strict=True) if "plan_fingerprint" not in store.manifest["part"]]
+    if unknown:
+        raise PrepareError(f"{', '.join(map(str, unknown))}: built by an older version that did not record which "
+                           f"plan of the inputs the part was cut from, so the merge cannot check that the parts "
+                           f"fit together; rebuild with {_rerun(unknown)}")
     first = stores[0].manifest
     for store in stores[1:]:
         m = store.manifest
@@ -86,6 +129,7 @@ def merge_parts(root: Path) -> Path:
         if diff:
             raise PrepareError(f"{store.root} differs from {stores[0].root} in {', '.join(diff)}: rebuild the parts "
                                "with the same options")
+    _check_same_plan(root, parts, stores)
     tokenizer = root / "tokenizer.json"
     if not tokenizer.is_file() or sha256_file(tokenizer) != first["tokenizer"]["sha256"]:
         raise PrepareError(f"{tokenizer} is missing or is not the tokenizer the parts were built with")
@@ -112,6 +156,11 @@ def merge_parts(root: Path) -> Path:
         cross += int(dup.sum())
         seen.add(hashes[~dup])
     stats = _sum_stats([s.manifest["stats"] for s in stores])
+    # Files that failed at planning are in every part's list (each part planned all files); a full
+    # build lists them once, first, then the files that failed while reading (here part by part).
+    planned = [s.manifest["part"]["plan_bad_files"] for s in stores]
+    stats["bad_files"] = first["stats"]["bad_files"][:planned[0]] + [
+        bad for s, k in zip(stores, planned, strict=True) for bad in s.manifest["stats"]["bad_files"][k:]]
     stats["cross_part_duplicates"] = cross
     sources = {}
     for store in stores:

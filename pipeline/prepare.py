@@ -59,7 +59,7 @@ from pipeline.store import (
     sha256_file,
     write_manifest,
 )
-from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, train_from_paths
+from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
 
 log = logging.getLogger("pipeline")
 
@@ -103,9 +103,13 @@ def ensure_tokenizer(cfg: PrepareConfig, root: Path, paths: list[Path], sharded:
     return dest
 
 
-def fingerprint(cfg: PrepareConfig, paths: list[Path], settings: Settings, shard: tuple[int, int] | None) -> str:
+def fingerprint(cfg: PrepareConfig, paths: list[Path], settings: Settings, parts: int | None = None) -> str:
     """Hash of the inputs and of every option the store's bytes depend on (not workers or chunk size:
-    the output does not depend on them, except which chunks a --shard part holds)."""
+    the output does not depend on them, except which chunks a --shard part holds).
+
+    With `parts`, the hash of the whole plan that each `--shard i/parts` job cuts its part from: the
+    input list, chunk size and part count decide which chunks land in which part, so parts of one
+    store must share it or a merge would hold some documents twice and others not at all."""
     files = []
     for p in paths:
         try:
@@ -115,7 +119,7 @@ def fingerprint(cfg: PrepareConfig, paths: list[Path], settings: Settings, shard
             files.append([str(p), None, None])  # planning will report it
     blob = {"format": FORMAT_VERSION, "work": settings.digest(), "files": files, "val_fraction": cfg.val_fraction,
             "seed": cfg.seed, "shard_tokens": cfg.shard_tokens, "skip_bad_files": cfg.skip_bad_files,
-            "shard": [*shard, cfg.chunk_bytes] if shard else None}
+            "shard": [parts, cfg.chunk_bytes] if parts else None}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -250,7 +254,9 @@ def prepare(cfg: PrepareConfig) -> Path:
     tok = ensure_tokenizer(cfg, root, paths, shard is not None)
     started = time.perf_counter()  # the speed reported is the store's, not the tokenizer training's
     settings = Settings(str(tok), sha256_file(tok), clean_config(cfg), cfg.text_field, cfg.csv_column)
-    fp = fingerprint(cfg, paths, settings, shard)
+    plan = fingerprint(cfg, paths, settings, shard[1] if shard else None)
+    # A part's own fingerprint also says which part it is, so a part folder copied under another name is rebuilt.
+    fp = hashlib.sha256(f"{plan} part {shard[0]}".encode()).hexdigest() if shard else plan
     current = _up_to_date(store, fp)
     # The encoder takes a second to load: an up-to-date store already says what the vocabulary is.
     encoder = None if current else Encoder(str(tok))
@@ -284,8 +290,11 @@ def prepare(cfg: PrepareConfig) -> Path:
         if shard:
             # Merge needs the parts' document hashes to count duplicates across parts (8 bytes/doc).
             atomic_write_bytes(store / "doc_hashes.bin", asm.seen.sorted().astype("<u8").tobytes())
+            # plan_bad_files: how many of stats.bad_files (the first ones) failed at planning, before
+            # the plan was cut into parts. Every part lists them; the merge keeps one copy.
             manifest["part"] = {"index": shard[0], "count": shard[1], "chunk_bytes": cfg.chunk_bytes,
-                                "doc_hashes": "doc_hashes.bin"}
+                                "doc_hashes": "doc_hashes.bin", "plan_fingerprint": plan,
+                                "plan_bad_files": len(bad_files)}
         write_manifest(store, manifest)
         _prune_work(work, {p.name for p in results}, cfg.keep_work)
     print(summary(store, manifest, asm, counts, time.perf_counter() - started))
@@ -318,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (PrepareError, BadFileError, StoreError, DownloadError) as err:
+    except (PrepareError, BadFileError, StoreError, DownloadError, TokenizerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -337,7 +346,7 @@ def tokenizer_main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (PrepareError, BadFileError, DownloadError) as err:
+    except (PrepareError, BadFileError, DownloadError, TokenizerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{path}: vocabulary {Encoder(str(path)).vocab_size:,}, sha256 {sha256_file(path)}")

@@ -173,8 +173,12 @@ class TokenStore:
                 self._check_file(shard["file"], shard["size"], shard["sha256"] if verify else None)
                 self._check_file(shard["index"], shard["documents"] * INDEX_DTYPE.itemsize,
                                  shard.get("index_sha256") if verify else None)
-        if verify and self.tokenizer_path.is_file() and sha256_file(self.tokenizer_path) != self.tokenizer_sha256:
-            raise StoreError(f"{self.tokenizer_path}: sha256 differs from the manifest's")
+        # Always, not only with verify (it is ~1 MB): a tokenizer retrained in place would otherwise
+        # leave a store that opens fine while its ids mean other tokens than the file beside it says.
+        tok = self.tokenizer_path
+        if self.tokenizer_sha256 and tok.is_file() and sha256_file(tok) != self.tokenizer_sha256:
+            raise StoreError(f"{tok}: not the tokenizer this store was encoded with (sha256 differs from the "
+                             "manifest's); rerun `make prepare` to re-encode the store with it, or restore the old one")
 
     def _check_file(self, name: str, size: int, sha256: str | None) -> None:
         path = self.shard_path(name)

@@ -26,6 +26,12 @@ from pipeline.store import atomic_write_bytes
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]"]
 PAD_ID = SPECIALS.index("[PAD]")
 BOS_ID = SPECIALS.index("[BOS]")
+MIN_VOCAB_SIZE = len(SPECIALS) + 256
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be trained or used here: no text to train on, a vocabulary the corpus
+    cannot reach, or a tokenizer.json without this pipeline's specials at ids 0-5."""
 
 # 16384 = 2^14 ids: they fit uint16 in the token store (half the bytes of int32). For the ~45M-param
 # model (d_model 512) a tied 16k embedding is 16384 * 512 = 8.4M params, ~18% of the model;
@@ -53,8 +59,8 @@ def train_tokenizer(
 
     Ids in merge order is what lets tiktoken (which ranks merges by token id) reproduce it exactly.
     """
-    if vocab_size < len(SPECIALS) + 256:
-        raise ValueError(f"vocab_size {vocab_size} is below the {len(SPECIALS) + 256} specials and bytes")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size {vocab_size} is below the {MIN_VOCAB_SIZE} specials and bytes")
     tok = Tokenizer(models.BPE())
     # No prefix space: a document's first word encodes as it would anywhere after a newline, and
     # decode(encode(x)) == x exactly. use_regex: GPT-2's split (words, numbers, punctuation, spaces).
@@ -175,5 +181,13 @@ def train_from_paths(
     """Train on `sample_corpus` of the documents under `paths` and save to out_path."""
     sample = sample_corpus(paths, sample_bytes, clean_cfg, seed, stats, text_field, csv_column)
     if not sample:
-        raise ValueError("no documents survived cleaning; nothing to train a tokenizer on")
-    return save_tokenizer(train_tokenizer(sample, vocab_size), out_path)
+        raise TokenizerError("no documents survived cleaning, so there is nothing to train a tokenizer on: "
+                           "check --text-field / --csv-column, or clean less (--clean-preset minimal)")
+    tok = train_tokenizer(sample, vocab_size)
+    if tok.get_vocab_size() < vocab_size:
+        # BPE stops when no pair occurs twice: a store built with this tokenizer would have a smaller
+        # vocabulary than asked for, and `prepare --vocab-size` would then refuse it on every run.
+        raise TokenizerError(f"the corpus sample supports only {tok.get_vocab_size():,} tokens, not --vocab-size "
+                           f"{vocab_size:,}: give more text (or a larger --tokenizer-sample-bytes), or ask for at "
+                           f"most {tok.get_vocab_size():,}")
+    return save_tokenizer(tok, out_path)

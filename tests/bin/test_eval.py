@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -130,7 +131,10 @@ def test_store_with_another_tokenizer_is_refused(run_dir, store_dir, tmp_path, c
     other = tmp_path / "store"
     shutil.copytree(store_dir, other)
     manifest = json.loads((other / "manifest.json").read_text())
-    manifest["tokenizer"]["sha256"] = "0" * 64
+    # A store consistent with its own tokenizer (the store checks that), just not the model's.
+    tokenizer = other / "tokenizer.json"
+    tokenizer.write_bytes((store_dir / manifest["tokenizer"]["path"]).read_bytes() + b"\n")
+    manifest["tokenizer"] = {"path": "tokenizer.json", "sha256": hashlib.sha256(tokenizer.read_bytes()).hexdigest()}
     (other / "manifest.json").write_text(json.dumps(manifest))
     assert ev.main(["--checkpoint", str(run_dir), "--data", str(other)]) == 1
     assert "ids mean other things" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
 
-from pipeline.assemble import HashSet, is_val
+from pipeline.assemble import HashSet, PrepareError, is_val
 from pipeline.clean import CleanConfig, clean_text, doc_hash, full_clean
 from pipeline.config import PrepareConfig, resolve_name
 from pipeline.fast_encode import Encoder
@@ -156,6 +157,67 @@ def test_shards_then_merge_reference_parts_in_place(tmp_path, tokenizer):
     mtime = (merged_root / "manifest.json").stat().st_mtime_ns
     build(tmp_path / "sh", tokenizer, merge=True, **opts)
     assert (merged_root / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def _all_docs(store: TokenStore) -> Counter:
+    return Counter(_docs(store, "train") + _docs(store, "val"))
+
+
+def test_merge_refuses_parts_cut_from_different_plans(tmp_path, tokenizer):
+    folder = tmp_path / "corpus"
+    for k in range(4):
+        write_jsonl(folder / f"f{k}.jsonl", sentences(k + 10, 30))
+    opts = dict(data=[str(folder)], name="m", workers=1, **MINIMAL)
+    for i in range(2):
+        build(tmp_path / "sh", tokenizer, shard=f"{i}/2", **opts)
+    build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    # A file sorting first shifts every chunk's position: only part 0 is rebuilt, part 1 is from the old plan.
+    write_jsonl(folder / "e.jsonl", sentences(99, 30))
+    build(tmp_path / "sh", tokenizer, shard="0/2", **opts)
+    with pytest.raises(PrepareError, match=r"different plans.*Stale.*part-1-of-2; rerun --shard 1/2") as err:
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    assert "part-0-of-2;" not in str(err.value)
+    build(tmp_path / "sh", tokenizer, shard="1/2", **opts)
+    merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
+    full = TokenStore(build(tmp_path / "full", tokenizer, **opts))
+    assert _all_docs(merged) == _all_docs(full) and merged.manifest["stats"]["cross_part_duplicates"] == 0
+
+
+def test_merge_refuses_parts_built_without_a_plan_fingerprint(tmp_path, tokenizer):
+    folder = tmp_path / "corpus"
+    for k in range(3):
+        write_jsonl(folder / f"f{k}.jsonl", sentences(k + 20, 20))
+    opts = dict(data=[str(folder)], name="m", workers=1, **MINIMAL)
+    for i in range(2):
+        build(tmp_path / "sh", tokenizer, shard=f"{i}/2", **opts)
+    # What an older version wrote: no plan in the part section, a fingerprint computed another way.
+    old = tmp_path / "sh" / "m" / "part-1-of-2" / "manifest.json"
+    manifest = json.loads(old.read_text())
+    del manifest["part"]["plan_fingerprint"], manifest["part"]["plan_bad_files"]
+    manifest["inputs_fingerprint"] = "0" * 64
+    old.write_text(json.dumps(manifest))
+    with pytest.raises(PrepareError, match=r"part-1-of-2: built by an older version.*rebuild with --shard 1/2"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    build(tmp_path / "sh", tokenizer, shard="1/2", **opts)  # not "up to date": the old fingerprint never matches
+    merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
+    full = TokenStore(build(tmp_path / "full", tokenizer, **opts))
+    assert _all_docs(merged) == _all_docs(full)
+
+
+def test_merge_lists_each_bad_file_once(tmp_path, tokenizer):
+    folder = tmp_path / "corpus"
+    for k in range(3):
+        write_jsonl(folder / f"f{k}.jsonl", sentences(k + 30, 20))
+    (folder / "a_pretty.json").write_text('{\n  "text": "fails while planning"\n}\n')
+    broken = folder / "g_truncated.jsonl.gz"
+    broken.write_bytes(gzip.compress((folder / "f0.jsonl").read_bytes() * 4)[:-300])  # fails while reading
+    opts = dict(data=[str(folder)], name="m", workers=1, skip_bad_files=True, **MINIMAL)
+    full = TokenStore(build(tmp_path / "full", tokenizer, **opts)).manifest["stats"]["bad_files"]
+    assert [b["path"] for b in full] == [str(folder / "a_pretty.json"), str(broken)]
+    for i in range(3):
+        build(tmp_path / "sh", tokenizer, shard=f"{i}/3", **opts)
+    merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts)).manifest["stats"]["bad_files"]
+    assert merged == full
 
 
 def test_uint32_store_when_the_vocabulary_exceeds_uint16(tmp_path, tokenizer):

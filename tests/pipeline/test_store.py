@@ -74,3 +74,14 @@ def test_wrong_format_version(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(StoreError, match="format_version"):
         TokenStore(tmp_path)
+
+
+def test_a_tokenizer_changed_after_the_build_is_caught_on_every_open(tmp_path):
+    """Not only with verify: a tokenizer retrained in place makes the store's ids mean other tokens."""
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text('{"version": "one"}')
+    write_store(tmp_path, {"train": [np.array([7, 8])], "val": []}, vocab_size=10, tokenizer_path=tokenizer)
+    TokenStore(tmp_path)
+    tokenizer.write_text('{"version": "two"}')
+    with pytest.raises(StoreError, match="not the tokenizer this store was encoded with"):
+        TokenStore(tmp_path)

@@ -17,6 +17,7 @@ from pipeline.fast_encode import GPT2_PATTERN, PROBE, Encoder, bytes_to_unicode
 from pipeline.tokenizer import (
     BOS_ID,
     SPECIALS,
+    TokenizerError,
     load_tokenizer,
     sample_corpus,
     sample_texts,
@@ -288,3 +289,44 @@ def test_big_corpus_is_sampled_before_cleaning(tmp_path):
     first = train_from_paths([path], 400, budget, cfg, 3, tmp_path / "a.json")
     second = train_from_paths([path], 400, budget, cfg, 3, tmp_path / "b.json")
     assert first.read_text() == second.read_text()
+
+
+def test_a_tokenizer_without_our_specials_at_0_to_5_is_refused(tok_path, tmp_path):
+    """GPT-2's tokenizer.json, say, has '&' at id 5: every '&' would read as a document start."""
+    data = json.loads(tok_path.read_text())
+    vocab = data["model"]["vocab"]
+    vocab["[BOS]"], vocab["&"] = vocab["&"], vocab["[BOS]"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(TokenizerError, match=r"specials .* must have ids 0-5 \(\[BOS\] at \d+\)"):
+        Encoder(other)
+
+
+def test_a_vocabulary_the_corpus_cannot_reach_is_an_error_naming_the_reachable_size(tmp_path):
+    from pipeline.clean import CleanConfig
+
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps({"text": f"a small corpus, line {i}."}) + "\n" for i in range(40)))
+    minimal = CleanConfig.for_source("minimal")
+    with pytest.raises(TokenizerError, match=r"supports only [\d,]+ tokens, not --vocab-size 4,000"):
+        train_from_paths([str(path)], 4000, 1 << 20, minimal, 0, tmp_path / "t.json")
+    assert not (tmp_path / "t.json").exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"body": "no text field"}) + "\n")
+    with pytest.raises(TokenizerError, match="no documents survived cleaning"):
+        train_from_paths([str(empty)], 300, 1 << 20, minimal, 0, tmp_path / "t.json")
+
+
+def test_tokenizer_cli_gives_one_line_errors(tmp_path, capsys):
+    """A vocabulary below specials + bytes is a bad option (2); a corpus too small for the vocabulary is
+    a bad input (1); neither is a traceback."""
+    from pipeline.prepare import tokenizer_main
+
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps({"text": f"a small corpus, line {i}."}) + "\n" for i in range(40)))
+    common = ["--data", str(path), "--out", str(tmp_path / "out"), "--clean-preset", "minimal"]
+    assert tokenizer_main([*common, "--vocab-size", "100"]) == 2
+    assert "--vocab-size must be at least 262" in capsys.readouterr().err
+    assert tokenizer_main([*common, "--vocab-size", "4000"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "supports only" in err and "Traceback" not in err
