@@ -108,19 +108,33 @@ def eval_store(loaded: LoadedModel, root: str, split: str, max_tokens: int | Non
     return {"source": f"{root} {split}", **report(nats, count, covered)}
 
 
-def clean_config(preset: str, loaded: LoadedModel) -> CleanConfig:
-    """`store`: the cleaning the training store applied (from its manifest), else minimal."""
+def store_manifest(root: str | None) -> dict | None:
+    """The manifest of the store at `root`, or None where there is no readable store."""
+    try:
+        return TokenStore(root).manifest if root else None
+    except StoreError:
+        return None
+
+
+def clean_config(preset: str, manifest: dict | None, looked: str) -> CleanConfig:
+    """`store`: the cleaning the store applied (from its manifest; minimal if it records none). A store
+    that is not found is an error, not a quiet fallback to another preset: the same command would then
+    score differently depending on the directory it runs in."""
     if preset != "store":
         return CleanConfig.for_source(preset)
+    if manifest is None:
+        raise ValueError(f"--clean-preset store: the training store's cleaning is unknown: no store found at "
+                         f"{looked}; pass --data STORE (the store the model was trained on) or --clean-preset "
+                         f"({', '.join(PRESETS)})")
     try:
-        return from_dict(CleanConfig, TokenStore(loaded.data).manifest["clean"], where="store manifest")
-    except (StoreError, KeyError, TypeError, ConfigError):
-        print("note: the training store's cleaning is unknown here; using the minimal preset", file=sys.stderr)
+        return from_dict(CleanConfig, manifest["clean"], where="store manifest")
+    except (KeyError, TypeError, ConfigError):
+        print("note: the training store records no cleaning; using the minimal preset", file=sys.stderr)
         return CleanConfig.for_source("minimal")
 
 
 def eval_texts(loaded: LoadedModel, paths: list[str], clean: CleanConfig, max_tokens: int | None,
-               batch_size: int) -> dict:
+               batch_size: int, text_field: str = "text", csv_column: str = "text") -> dict:
     stats = CleanStats()
     docs: list[str] = []
     for path in paths:
@@ -128,7 +142,10 @@ def eval_texts(loaded: LoadedModel, paths: list[str], clean: CleanConfig, max_to
             cleaned, _ = clean_text(Path(path).read_text(encoding="utf-8", errors="replace"), clean, stats)
             docs += [cleaned] if cleaned is not None else []
         else:
-            docs += full_clean([path], clean, stats)
+            docs += full_clean([path], clean, stats, text_field=text_field, csv_column=csv_column)
+    if stats.documents_in == 0:  # nothing read, so cleaning is not the culprit
+        raise ValueError(f"no documents read from {' '.join(paths)} (is the text under another field than "
+                         f"{text_field!r} / CSV column {csv_column!r}? see --text-field, --csv-column)")
     if not docs:
         raise ValueError(f"cleaning dropped every document ({dict(stats.dropped)}); try --clean-preset minimal")
     encoder = Encoder(loaded.tokenizer_path)
@@ -153,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", nargs="+", help="evaluate on these files instead of a store")
     p.add_argument("--clean-preset", default="store", choices=("store", *PRESETS),
                    help="cleaning for --text: store (what the training store used; default) or a preset")
+    p.add_argument("--text-field", help="JSON field of the text for --text (default: the store's, else text)")
+    p.add_argument("--csv-column", help="CSV column of the text for --text (default: the store's, else text)")
     p.add_argument("--max-tokens", type=int, help="stop after this many predicted tokens (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ... (default auto)")
@@ -168,11 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         loaded = load(args.checkpoint, device, args.tokenizer)
+        data = args.data or loaded.data
         if args.text:
-            result = eval_texts(loaded, args.text, clean_config(args.clean_preset, loaded), args.max_tokens,
-                                args.batch_size)
+            # The store says how its documents were read and cleaned; --text files are read the same way.
+            manifest = store_manifest(data)
+            looked = args.data or ", ".join(loaded.data_looked) or "(the checkpoint names no store)"
+            clean = clean_config(args.clean_preset, manifest, looked)
+            result = eval_texts(loaded, args.text, clean, args.max_tokens, args.batch_size,
+                                text_field=args.text_field or (manifest or {}).get("text_field") or "text",
+                                csv_column=args.csv_column or (manifest or {}).get("csv_column") or "text")
         else:
-            data = args.data or loaded.data
             if not data:
                 raise ValueError(f"{args.checkpoint} does not say which store it was trained on; pass --data")
             result = eval_store(loaded, data, args.split, args.max_tokens, args.batch_size)

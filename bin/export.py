@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     except (TokenizerMismatch, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out = export(loaded, args.out)
+    try:
+        out = export(loaded, args.out)
+    except (OSError, ValueError) as err:  # --out an existing file, unwritable, disk full, ...
+        print(f"error: cannot export: {err}", file=sys.stderr)
+        return 1
     print(f"exported {loaded.source} (step {loaded.step}, {loaded.model.num_params() / 1e6:.1f}M params) to {out}")
     return 0
 

@@ -80,12 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read(name: str) -> str:
+    """The whole text of a prompt file ('-': stdin); not UTF-8 is a ValueError naming it."""
+    try:
+        if name != "-":
+            return Path(name).read_text(encoding="utf-8")
+        # Decoded here, not by the locale: under LANG=C a text stdin would let stray bytes through as surrogates.
+        buffer = getattr(sys.stdin, "buffer", None)
+        return buffer.read().decode("utf-8") if buffer is not None else sys.stdin.read()
+    except UnicodeDecodeError as err:
+        where = "standard input" if name == "-" else name
+        raise ValueError(f"{where}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     for name in args.prompt_file or []:
-        prompts.append(sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8"))
+        prompts.append(_read(name))
     if not prompts and not sys.stdin.isatty():
-        prompts.append(sys.stdin.read())
+        prompts.append(_read("-"))
     return prompts or [""]
 
 
@@ -93,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         prompts = read_prompts(args)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         print(f"error: cannot read prompt: {err}", file=sys.stderr)
         return 2
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import pickle
 import shutil
 from collections.abc import Callable
@@ -25,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from model.config import GPTConfig
 from model.gpt import GPT
 from pipeline.store import StoreError, TokenStore, sha256_file
+from train.checkpoint import STATE as STATE_FILE
 from train.checkpoint import load_checkpoint, resolve_checkpoint
 
 WEIGHTS = "model.safetensors"
@@ -52,13 +54,19 @@ class LoadedModel:
     source: Path
     """The checkpoint directory or export folder the weights came from."""
     data: str | None = None
-    """The token store the model was trained on (checkpoints only; for bin/eval.py's default)."""
+    """The token store the model was trained on (checkpoints only; for bin/eval.py's default): the first of
+    data_looked that holds a store, else the path as the checkpoint saved it."""
+    data_looked: tuple[str, ...] = ()
+    """Where the training store was looked for (for error messages)."""
 
 
 def _verify_tokenizer(path: Path, expected: str, source: Path) -> None:
     if not expected:
         raise TokenizerMismatch(f"{source} records no tokenizer sha256, so no tokenizer can be verified for it")
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as err:  # a directory, unreadable, ...: the scripts report ValueErrors as one line
+        raise ValueError(f"tokenizer {path}: cannot read it ({err.strerror or err})") from None
     if actual != expected:
         raise TokenizerMismatch(
             f"tokenizer {path} has sha256 {actual[:12]}..., but {source} was trained with {expected[:12]}...: "
@@ -66,12 +74,41 @@ def _verify_tokenizer(path: Path, expected: str, source: Path) -> None:
             "on (--tokenizer PATH)")
 
 
-def _checkpoint_tokenizer(ckpt: Path, state: dict) -> Path:
+def _store_candidates(ckpt: Path, config: dict) -> list[Path]:
+    """Where the training store `config["data"]` may be now. A relative path was relative to the
+    directory training ran in, which need not be today's cwd: that directory is the run directory
+    minus its configured out_dir (runs/tiny in /repo/runs/tiny -> /repo), else the run directory's parent."""
+    data = Path(config["data"])
+    if data.is_absolute():
+        return [data]
+    run_dir = ckpt.resolve().parent
+    candidates = [data]
+    out_parts = Path(str(config.get("out_dir", ""))).parts
+    if out_parts and ".." not in out_parts and run_dir.parts[-len(out_parts):] == out_parts:
+        candidates.append(Path(*run_dir.parts[: -len(out_parts)]) / data)
+    candidates.append(run_dir.parent / data)
+    unique: dict[str, Path] = {}
+    for path in candidates:
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values())
+
+
+def _training_store(ckpt: Path, state: dict) -> tuple[str | None, tuple[str, ...]]:
+    """(the training store's path: the first candidate holding a store, else as saved; where it was looked for)."""
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("data"), str) or not config["data"]:
+        return None, ()
+    candidates = _store_candidates(ckpt, config)
+    found = next((p for p in candidates if (p / "manifest.json").is_file()), None)
+    return (str(found) if found is not None else config["data"]), tuple(map(str, candidates))
+
+
+def _checkpoint_tokenizer(ckpt: Path, data: str | None) -> Path:
     """The run directory's copy of the tokenizer, else the training store's own."""
     candidates = [ckpt.parent / TOKENIZER]
     # The store may have been moved or deleted since; the run directory's copy is the usual one anyway.
-    with contextlib.suppress(StoreError, KeyError, TypeError):
-        candidates.append(TokenStore(state["config"]["data"]).tokenizer_path)
+    with contextlib.suppress(StoreError, TypeError):
+        candidates.append(TokenStore(data).tokenizer_path)
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise FileNotFoundError(f"no tokenizer for {ckpt}: looked for {', '.join(map(str, candidates))}; "
@@ -85,6 +122,8 @@ def _fill(model: GPT, loader: Callable[[], object], source: Path) -> None:
         loader()
     except RuntimeError as err:
         raise ValueError(f"{source}: the weights do not fit its model config: {str(err).splitlines()[0]}") from None
+    except SafetensorError as err:  # truncated or garbled file: not a config mismatch
+        raise ValueError(f"{source / WEIGHTS}: not a readable safetensors file ({err})") from None
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None) -> LoadedModel:
@@ -101,10 +140,20 @@ def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | 
         except pickle.UnpicklingError as err:
             raise ValueError(f"{ckpt}: refused: it holds objects other than tensors and plain containers, and "
                              f"loading those would run code from the file ({str(err).splitlines()[0]})") from None
-        model = GPT(GPTConfig(**state["model_config"]))
+        except (RuntimeError, EOFError, OSError) as err:  # truncated or corrupt despite its COMPLETE marker
+            raise ValueError(f"{ckpt}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise ValueError(f"{ckpt}: not a checkpoint: {STATE_FILE} holds no model state dict")
+        try:
+            model = GPT(GPTConfig(**state["model_config"]))
+            step = int(state["step"])
+        except (TypeError, KeyError, ValueError) as err:  # missing fields, or fields this code does not know
+            raise ValueError(f"{ckpt}: not a checkpoint of this code's model ({type(err).__name__}: {err})") from None
         _fill(model, lambda: model.load_state_dict(state["model"]), ckpt)
-        loaded = LoadedModel(model, _checkpoint_tokenizer(ckpt, state), state.get("tokenizer_sha256", ""),
-                             int(state["step"]), ckpt, state.get("config", {}).get("data"))
+        data, looked = _training_store(ckpt, state)
+        # Look next to the checkpoint only without an override: a lone checkpoint has no tokenizer there.
+        tok = Path(tokenizer) if tokenizer is not None else _checkpoint_tokenizer(ckpt, data)
+        loaded = LoadedModel(model, tok, state.get("tokenizer_sha256", ""), step, ckpt, data, looked)
     if tokenizer is not None:
         loaded.tokenizer_path = Path(tokenizer)
     _verify_tokenizer(loaded.tokenizer_path, loaded.tokenizer_sha256, loaded.source)
@@ -129,6 +178,8 @@ def _load_export(folder: Path) -> LoadedModel:
 def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
     """Write `loaded` as an export folder (see the module docstring); returns the folder."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"tokenizer_sha256": loaded.tokenizer_sha256, "source": str(loaded.source)}
     if loaded.step is not None:
@@ -136,5 +187,7 @@ def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
     # save_model, not save_file: it stores tied tensors (wte / lm_head) once instead of refusing them.
     save_model(loaded.model, str(out / WEIGHTS), metadata=meta)
     (out / CONFIG).write_text(json.dumps(dataclasses.asdict(loaded.model.cfg), indent=2) + "\n")
-    shutil.copyfile(loaded.tokenizer_path, out / TOKENIZER)
+    # Re-exporting an export into its own folder: the tokenizer is already in place (copyfile would refuse).
+    if not ((out / TOKENIZER).exists() and os.path.samefile(loaded.tokenizer_path, out / TOKENIZER)):
+        shutil.copyfile(loaded.tokenizer_path, out / TOKENIZER)
     return out

@@ -104,16 +104,11 @@ def test_text_files_go_through_cleaning_and_the_tokenizer(run_dir, tmp_path, cap
 
 
 def test_cleaning_defaults_to_the_stores_and_can_drop_everything(run_dir, store_dir, tmp_path, capsys):
-    loaded = load(run_dir)
-    assert ev.clean_config("store", loaded) == CleanConfig.for_source("minimal")  # the fixture store records none
-    other = tmp_path / "store"
-    shutil.copytree(store_dir, other)
-    manifest = json.loads((other / "manifest.json").read_text())
+    manifest = ev.store_manifest(str(store_dir))
+    assert ev.clean_config("store", manifest, "") == CleanConfig.for_source("minimal")  # the fixture records none
     manifest["clean"] = asdict(CleanConfig.for_source("shakespeare"))
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    loaded.data = str(other)
-    assert ev.clean_config("store", loaded) == CleanConfig.for_source("shakespeare")
-    assert ev.clean_config("web", loaded) == CleanConfig()
+    assert ev.clean_config("store", manifest, "") == CleanConfig.for_source("shakespeare")
+    assert ev.clean_config("web", manifest, "") == CleanConfig()
     (tmp_path / "short.txt").write_text("Too short.")
     code = ev.main(["--checkpoint", str(run_dir), "--text", str(tmp_path / "short.txt"), "--clean-preset", "web"])
     assert code == 1 and "try --clean-preset minimal" in capsys.readouterr().err
@@ -138,3 +133,56 @@ def test_store_with_another_tokenizer_is_refused(run_dir, store_dir, tmp_path, c
     (other / "manifest.json").write_text(json.dumps(manifest))
     assert ev.main(["--checkpoint", str(run_dir), "--data", str(other)]) == 1
     assert "ids mean other things" in capsys.readouterr().err
+
+
+def _store_with(store_dir, root, **fields):
+    shutil.copytree(store_dir, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest.update(fields)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def _run_trained_on(run, data: str, out_dir: str):
+    """Rewrite the run's checkpoint as if `make train` ran with these (relative) data and out_dir."""
+    path = next(run.glob("ckpt-*")) / "state.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"] = {"data": data, "out_dir": out_dir}
+    torch.save(state, path)
+    return run
+
+
+def test_text_is_read_from_the_stores_field(run_dir, store_dir, tmp_path, capsys):
+    store = _store_with(store_dir, tmp_path / "store", text_field="body")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"body": TEXTS[2]}) + "\n")
+    base = ["--checkpoint", str(run_dir), "--text", str(tmp_path / "b.jsonl"), "--json"]
+    assert ev.main([*base, "--data", str(store)]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == 1
+    assert ev.main([*base, "--text-field", "body"]) == 0
+    capsys.readouterr()
+    # Without the field: nothing was read, which is not cleaning's doing.
+    assert ev.main(base) == 1
+    err = capsys.readouterr().err
+    assert f"no documents read from {tmp_path / 'b.jsonl'}" in err and "clean-preset" not in err
+
+
+def test_relative_store_path_is_found_from_another_directory(tmp_path, tokenizer_path, store_dir, monkeypatch,
+                                                            capsys):
+    project = tmp_path / "project"
+    _store_with(store_dir, project / "data" / "tiny", clean=asdict(CleanConfig.for_source("shakespeare")))
+    run = _run_trained_on(make_run(project / "runs" / "x", tokenizer_path, store_dir), "data/tiny", "runs/x")
+    (tmp_path / "doc.txt").write_text(TEXTS[0])
+    monkeypatch.chdir(tmp_path)  # not the directory training ran in
+    assert load(run).data == str(project / "data" / "tiny")
+    assert ev.main(["--checkpoint", str(run), "--max-tokens", "5"]) == 0
+    assert ev.main(["--checkpoint", str(run), "--text", "doc.txt"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_unfound_store_cleaning_is_an_error_not_a_fallback(run_dir, tmp_path, monkeypatch, capsys):
+    run = _run_trained_on(shutil.copytree(run_dir, tmp_path / "run"), "gone/tiny", "run")
+    (tmp_path / "doc.txt").write_text(TEXTS[0])
+    assert ev.main(["--checkpoint", str(run), "--text", str(tmp_path / "doc.txt")]) == 1
+    err = capsys.readouterr().err
+    assert "no store found at gone/tiny" in err and "--data" in err and "--clean-preset" in err
+    assert ev.main(["--checkpoint", str(run), "--text", str(tmp_path / "doc.txt"), "--clean-preset", "minimal"]) == 0

@@ -100,3 +100,52 @@ def test_weights_that_do_not_fit_the_config_are_an_error(tmp_path, tokenizer_pat
     shutil.copyfile(tokenizer_path, folder / "tokenizer.json")
     with pytest.raises(ValueError, match="do not fit"):
         load(folder)
+
+
+def _broken_checkpoint(run_dir, tmp_path, how: str):
+    run = tmp_path / "broken"
+    shutil.copytree(run_dir, run)
+    path = next(run.glob("ckpt-*")) / "state.pt"
+    if how == "truncated":  # the COMPLETE marker stays: the file was damaged after saving
+        path.write_bytes(path.read_bytes()[:1000])
+    elif how == "tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        state = torch.load(path, weights_only=True)
+        state["model_config"]["field_from_the_future"] = 1
+        torch.save(state, path)
+    return run
+
+
+@pytest.mark.parametrize("how, message", [("truncated", "not a readable checkpoint"),
+                                          ("tensor", "holds no model state dict"),
+                                          ("unknown_field", "field_from_the_future")])
+def test_damaged_checkpoint_is_a_one_line_error(run_dir, tmp_path, capsys, how, message):
+    run = _broken_checkpoint(run_dir, tmp_path, how)
+    assert export_cli.main(["--checkpoint", str(run), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {next(run.glob('ckpt-*'))}: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_corrupt_safetensors_is_a_one_line_error(run_dir, tmp_path, capsys):
+    out = export(load(run_dir), tmp_path / "out")
+    (out / "model.safetensors").write_bytes(b"\xff" * 64)
+    assert export_cli.main(["--checkpoint", str(out), "--out", str(tmp_path / "again")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {out / 'model.safetensors'}: not a readable safetensors")
+
+
+def test_reexport_into_its_own_folder(run_dir, tmp_path, capsys):
+    out = export(load(run_dir), tmp_path / "out")
+    before = load(out).model.state_dict()
+    assert export_cli.main(["--checkpoint", str(out), "--out", str(out)]) == 0
+    after = load(out).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_out_and_tokenizer_paths_are_one_line_errors(run_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(tmp_path / "file")]) == 1
+    assert f"{tmp_path / 'file'}: exists and is not a folder" in capsys.readouterr().err
+    assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(tmp_path / "o"), "--tokenizer",
+                            str(tmp_path)]) == 1
+    assert f"error: tokenizer {tmp_path}: cannot read it" in capsys.readouterr().err

@@ -214,3 +214,27 @@ def test_compile_flag_compiles_the_model(run, monkeypatch):
 def test_cuda_device_without_cuda_is_a_clear_error(run):
     code, out, err = run("--prompt", "x", "--device", "cuda")
     assert code == 2 and out == "" and "sees no CUDA device" in err
+
+
+def test_tokenizer_option_serves_a_lone_checkpoint(run, run_dir, tmp_path):
+    """A checkpoint directory copied alone (no run tokenizer.json, its store gone) loads with --tokenizer."""
+    lone = tmp_path / "lone" / next(run_dir.glob("ckpt-*")).name
+    shutil.copytree(next(run_dir.glob("ckpt-*")), lone)
+    state = torch.load(lone / "state.pt", weights_only=True)
+    state["config"] = {"data": str(tmp_path / "gone")}
+    torch.save(state, lone / "state.pt")
+    code, _, err = run("--prompt", "x", checkpoint=lone)
+    assert code == 1 and "pass --tokenizer" in err
+    code, _, err = run("--prompt", "x", "--max-new-tokens", "1", "--tokenizer", str(run_dir / "tokenizer.json"),
+                       checkpoint=lone)
+    assert code == 0, err
+
+
+def test_prompt_that_is_not_utf8_is_a_clear_error(run, tmp_path, monkeypatch):
+    (tmp_path / "latin1.txt").write_bytes("Roméo".encode("latin-1"))
+    code, _, err = run("--prompt-file", str(tmp_path / "latin1.txt"))
+    assert code == 2 and f"{tmp_path / 'latin1.txt'}: not UTF-8" in err
+    # stdin as a real (byte-backed) text stream, decoded strictly whatever the locale.
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Roméo".encode("latin-1")), encoding="utf-8"))
+    code, _, err = run()
+    assert code == 2 and "standard input: not UTF-8" in err
