@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.store import sha256_file
+from pipeline.store import fsync_path, sha256_file
 
 log = logging.getLogger("pipeline")
 
@@ -101,18 +101,10 @@ def _discard(part: Path) -> None:
     _validator_file(part).unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(path: Path) -> None:
     # Makes the rename durable; some filesystems cannot fsync a directory, and the file itself is already safe
     with contextlib.suppress(OSError):
-        _fsync(path)
+        fsync_path(path)
 
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -150,7 +142,7 @@ def _settle_new(new: Path, part: Path, validator: str | None, keep: bool) -> Non
     if not keep:
         new.unlink(missing_ok=True)
         return
-    _fsync(new)
+    fsync_path(new)
     # Validator off first: a crash between the steps must not pair the old validator with the new bytes
     _validator_file(part).unlink(missing_ok=True)
     os.replace(new, part)
@@ -290,7 +282,7 @@ def download(
     digest = _verify(part, size, sha256, url)
     Path(f"{dest}.sha256").write_text(f"{digest}  {dest.name}\n")
     # On disk before it has the final name: after a power cut `dest` must never be empty or partial
-    _fsync(part)
+    fsync_path(part)
     os.replace(part, dest)
     _fsync_dir(dest.parent)
     _validator_file(part).unlink(missing_ok=True)

@@ -46,13 +46,18 @@ def sha256_file(path: str | Path, bufsize: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (a crash after rename must not resurrect the old name)."""
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory given by its path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a crash after rename must not resurrect the old name)."""
+    fsync_path(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
