@@ -194,6 +194,10 @@ class CleanStats:
 
 # C0 and C1 controls except \t (09) and \n (0a); \r (0d) is turned into \n before this runs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Controls that separate text (str.split and str.splitlines treat them as whitespace or line ends)
+# become a newline or a space before the rest are deleted: deleting them would glue words together.
+_SEPARATORS = str.maketrans({"\x0b": "\n", "\x0c": "\n", "\x1c": "\n", "\x1d": "\n", "\x1e": "\n", "\x85": "\n",
+                             "\x1f": " "})
 # Lone surrogates (JSON "\ud800" escapes decode to them) cannot be encoded to UTF-8 at all.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # The same characters as UTF-8 bytes: C0 controls but tab and newline (CR included, as it is
@@ -231,12 +235,15 @@ def normalize(text: str, cfg: CleanConfig) -> str:
     if _needs_char_fixes(text, cfg.strip_control):
         text = _SURROGATE.sub("\ufffd", text)
         if cfg.strip_control:
-            text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+            text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_SEPARATORS)
+            text = _CONTROL.sub("", text)
     if cfg.nfc and not unicodedata.is_normalized("NFC", text):  # immediate for ASCII text
         text = unicodedata.normalize("NFC", text)
     if cfg.normalize_whitespace:
-        # Per-line rstrip beats a regex here: no pattern to run at every character position.
-        text = "\n".join([line.rstrip(" \t") for line in text.split("\n")])
+        # Per-line rstrip beats a regex here: no pattern to run at every character position. All
+        # Unicode whitespace, so a line of only a no-break space (HTML's &nbsp; paragraphs) is blank,
+        # not a line that the repetition rules would count as repeated.
+        text = "\n".join([line.rstrip() for line in text.split("\n")])
         if "  " in text or "\t" in text:
             text = _INTERIOR.sub(" ", text)
         text = BLANK_RUNS.sub("\n\n", text).strip()

@@ -50,6 +50,7 @@ POLICY_SUBSTRINGS = (
 # Wikipedia-style citation markers: "[1]", "[]", "[edit]", "[citation needed]". No nested
 # quantifiers, so matching is linear in the line length.
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
+_SPACE_RUNS = re.compile(r" {2,}")
 # One sentence end: terminal marks, optional closing quotes/brackets, then whitespace or end of line.
 SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
 # A letter: a word character that is not a digit or underscore.
@@ -310,7 +311,9 @@ def c4_lines(text: str, lines: list[str], cfg: CleanConfig, removed: Counter[str
             continue
         cited = False
         if cfg.c4_remove_citations and "[" in line:
-            uncited = CITATION.sub("", line)
+            # Re-strip and re-collapse: "ended that year. [1]" must still end in its full stop, and
+            # "war [1] ended" must not keep a double space.
+            uncited = _SPACE_RUNS.sub(" ", CITATION.sub("", line)).strip()
             cited, line = uncited != line, uncited
         if cfg.c4_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSES)):
             removed["c4_no_terminal_punct"] += 1

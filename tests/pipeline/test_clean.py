@@ -53,7 +53,23 @@ def test_clean_prose_is_kept_verbatim():
 def test_nfc_controls_and_surrogates():
     raw = "Cafe\u0301 ok\x00\x1b[0m\x7f\x85 \ufffd\r\nnext\rline \ud800!"
     out = normalize(raw, WEB)
-    assert out == "Café ok[0m \ufffd\nnext\nline \ufffd!"  # U+FFFD marks replaced bytes: kept
+    # U+FFFD marks replaced bytes: kept. NEL (\x85) ends a line, as Unicode defines it.
+    assert out == "Café ok[0m\n \ufffd\nnext\nline \ufffd!"
+
+
+def test_separator_controls_keep_words_apart():
+    """Form feed, vertical tab, NEL and the file/group/record/unit separators split words (str.split
+    treats them as whitespace): deleting them would glue words together."""
+    assert normalize("foo\x0cbar baz\x0bqux\x85end\x1fz \x1cw", WEB) == "foo\nbar baz\nqux\nend z\nw"
+
+
+def test_a_line_of_unicode_whitespace_is_blank_not_a_repeated_line():
+    """HTML-to-text turns &nbsp; paragraphs into lines holding only U+00A0."""
+    words = [chr(ord("a") + i) * 4 for i in range(16)]
+    sentences = [" ".join(words[i:] + words[:i]) + "." for i in range(10)]
+    for sep in ("\n\n", "\n\u00a0\n", "\n\u3000\n", "\n \u00a0 \n"):
+        text = sep.join(sentences)
+        assert normalize(text, WEB) == "\n\n".join(sentences), repr(sep)
 
 
 def test_whitespace_rules():
@@ -104,6 +120,11 @@ def test_c4_line_rules_remove_lines(line, rule):
 def test_c4_citations_removed():
     out, _ = clean_text(PROSE + "\nThe tower was built in 1871 by the harbour board.[3][citation needed]", WEB)
     assert out.endswith("by the harbour board.")
+    # A marker after the full stop, or mid-sentence: the sentence stays, with single spaces.
+    out, _ = clean_text(PROSE + "\nThe tower was built in 1871 by the harbour board. [3]", WEB)
+    assert out.endswith("\nThe tower was built in 1871 by the harbour board.")
+    out, _ = clean_text(PROSE + "\nThe tower [3] was built in 1871 by the harbour board.", WEB)
+    assert out.endswith("\nThe tower was built in 1871 by the harbour board.")
 
 
 @pytest.mark.parametrize(
