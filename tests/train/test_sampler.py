@@ -74,9 +74,15 @@ def test_random_mode_is_a_function_of_seed_rank_step(store):
 
     a, b = batches(0, 0), batches(0, 0)
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b, strict=True))
-    assert not torch.equal(a[0][0], batches(0, 1)[0][0])
-    assert not torch.equal(a[0][0], batches(1, 0)[0][0])
     assert not torch.equal(a[0][0], a[1][0])
+    # Every (seed, rank) its own stream: no two of a 3 x 3 grid share a window (rank 1 of seed 0
+    # must not be rank 0 of seed 1, as a key of seed + rank would make it).
+    streams = {(seed, rank): {tuple(row.tolist()) for x, _ in batches(seed, rank) for row in x}
+               for seed in range(3) for rank in range(2)}
+    keys = list(streams)
+    for i, k in enumerate(keys):
+        for j in keys[i + 1 :]:
+            assert len(streams[k] & streams[j]) <= 1, (k, j)
 
 
 @pytest.mark.parametrize("mode", ["random", "epoch"])
