@@ -79,11 +79,15 @@ def test_temperature_zero_is_argmax_without_nan():
 def test_sampling_follows_temperature_top_k_and_top_p():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(40000, 4)
     g = torch.Generator().manual_seed(0)
-    for temperature, top_k, top_p in [(1.0, None, None), (0.5, None, None), (2.0, 3, None), (1.0, None, 0.8)]:
+    # (2.0, None, 0.8): temperature before top-p. At T=2 the probabilities are ~.455/.276/.167/.102,
+    # so top-p 0.8 keeps 3 tokens; applied to the raw logits it would keep 2.
+    cases = [(1.0, None, None, 4), (0.5, None, None, 4), (2.0, 3, None, 3), (1.0, None, 0.8, 2), (2.0, None, 0.8, 3)]
+    for temperature, top_k, top_p, kept in cases:
         draws = next_tokens(logits, temperature, top_k, top_p, g)
         freq = torch.bincount(draws, minlength=4).float() / len(draws)
         expected = filter_logits(logits[:1] / temperature, top_k, top_p).softmax(-1)[0]
         assert torch.allclose(freq, expected, atol=0.01), (temperature, top_k, top_p, freq, expected)
+        assert int((freq > 0).sum()) == kept, (temperature, top_k, top_p, freq)
     assert torch.isfinite(filter_logits(logits[:1], top_p=0.8)).sum() == 2  # 0.64 + 0.24 reaches 0.8
 
 

@@ -172,13 +172,22 @@ def test_the_model_with_kernels_matches_the_model_without(monkeypatch, variant):
     def loss_and_grads(use_kernels: bool):
         monkeypatch.setattr(kernels, "usable", lambda t: use_kernels)
         model.zero_grad()
-        # Off: the plain loss too (asking for logits), not the chunked one that CPU would pick.
-        logits, loss = model(idx[:, :-1], idx[:, 1:], return_logits=not use_kernels)
-        loss.backward()
-        return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        with torch.profiler.profile() as prof:
+            # Off: the plain loss too (asking for logits), not the chunked one that CPU would pick.
+            logits, loss = model(idx[:, :-1], idx[:, 1:], return_logits=not use_kernels)
+            loss.backward()
+        ran = {e.key.removeprefix("smallgpt::") for e in prof.key_averages() if e.key.startswith("smallgpt::")}
+        return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, ran
 
-    fused_logits, fused_loss, fused_grads = loss_and_grads(True)
-    plain_logits, plain_loss, plain_grads = loss_and_grads(False)
+    fused_logits, fused_loss, fused_grads, fused_ran = loss_and_grads(True)
+    plain_logits, plain_loss, plain_grads, plain_ran = loss_and_grads(False)
+    # Which kernels really ran: on vs off would agree trivially if a kernel were silently skipped.
+    expected = {"linear_cross_entropy"}
+    if cfg.pos_encoding == "rope" and not cfg.qk_norm:
+        expected |= {"rope_qkv", "rope_qkv_backward"}
+    if cfg.mlp == "swiglu":
+        expected |= {"swiglu", "swiglu_backward"}
+    assert fused_ran == expected and plain_ran == set(), (fused_ran, plain_ran)
     assert fused_logits is None and plain_logits is not None
     torch.testing.assert_close(fused_loss, plain_loss)
     for name, grad in plain_grads.items():
