@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,18 +117,22 @@ def run_training(argv: list[str], log_path: Path, timeout: float, extra_env: dic
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        in_config = False
-        for line in proc.stdout:
-            log.write(line)
-            # The config dump runs from "config:" to "parameters: ..."; it stays in the log file only.
-            in_config = line.startswith("config:") or (in_config and not line.startswith("parameters:"))
-            if not in_config:
-                print("   " + line, end="", flush=True)
-            if time.perf_counter() - t0 > timeout:
-                proc.kill()
-                print(f"   ... killed after {timeout:.0f}s", flush=True)
-                break
-        code = proc.wait()
+        # A timer, not a check per output line: a compile or autotuning stall prints nothing for minutes.
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            in_config = False
+            for line in proc.stdout:
+                log.write(line)
+                # The config dump runs from "config:" to "parameters: ..."; it stays in the log file only.
+                in_config = line.startswith("config:") or (in_config and not line.startswith("parameters:"))
+                if not in_config:
+                    print("   " + line, end="", flush=True)
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+        if time.perf_counter() - t0 >= timeout:
+            print(f"   ... killed after {timeout:.0f}s", flush=True)
     return code, time.perf_counter() - t0
 
 

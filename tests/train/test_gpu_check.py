@@ -3,6 +3,7 @@ summary) on CPU, so the one run on a lent GPU cannot fail on a typo."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -60,3 +61,16 @@ def test_gpu_profile_smoke(tmp_path):
     assert "== profile on cpu" in report and "overrides: attention=math" in report
     assert "matmul" in report and "aten::mm" in report
     assert (tmp_path / "out/trace.json.gz").stat().st_size > 0
+
+
+def test_a_silent_stalled_run_is_killed_at_its_timeout(tmp_path, monkeypatch):
+    """A compile or autotuning stall prints nothing: the timeout must not wait for an output line."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/train.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
+    code, seconds = gpu_check.run_training([], tmp_path / "log.txt", timeout=1.0, extra_env={})
+    assert code != 0 and seconds < 20
+    assert (tmp_path / "log.txt").read_text() == "started\n"
