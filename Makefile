@@ -63,7 +63,7 @@ demo: setup
 	$(PY) bin/demo.py $(ARGS)
 
 gpu-check:
-	bash bench/gpu_check.sh
+	bash bench/gpu_check.sh $(ARGS)
 
 # On a GPU machine (its own python3 and torch; no venv needed): every test that does something
 # different with CUDA, the model's Triton kernels compiled rather than interpreted among them.
