@@ -24,7 +24,6 @@ class StepStats:
     def __init__(self, device: torch.device):
         self.acc = torch.zeros(6, device=device)
         self.skipped = 0  # skipped steps of the whole run, as of the last read
-        self._last: dict = self._window([0.0] * 6)
 
     def add(self, step: torch.Tensor) -> None:
         """Fold in one step's [mean loss, grad norm, skipped (0 or 1)], as Trainer.train_step returns."""
@@ -53,21 +52,20 @@ class StepStats:
         self.acc[LONGEST] = self.acc[CONSECUTIVE]
         if end_window:
             self.acc[LOSS_SUM], self.acc[APPLIED] = 0.0, 0.0
-        self._last = window | ({"loss_sum": 0.0, "applied": 0} if end_window else {})
         return window
 
     def state_dict(self) -> dict:
-        """What a resumed run needs to log what this one will (as of the last read, which the trainer
-        makes at every checkpoint): the skip total, the current run of skips and the open log window."""
-        return {"skipped": self.skipped, "consecutive": self._last["consecutive"],
-                "loss_sum": self._last["loss_sum"], "applied": self._last["applied"]}
+        """What a resumed run needs to log what this one will: the skip total, the current run of
+        skips and the open log window. One host sync, at checkpoints only."""
+        values = self.acc.tolist()
+        return {"skipped": self.skipped + int(values[SKIPPED]), "consecutive": int(values[CONSECUTIVE]),
+                "loss_sum": values[LOSS_SUM], "applied": int(values[APPLIED])}
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped = int(state["skipped"])
         self.acc.zero_()
         self.acc[LOSS_SUM], self.acc[APPLIED] = float(state["loss_sum"]), float(state["applied"])
         self.acc[CONSECUTIVE] = self.acc[LONGEST] = float(state["consecutive"])
-        self._last = self._window(self.acc.tolist())
 
 
 class TrainingAborted(RuntimeError):

@@ -167,7 +167,8 @@ class Trainer:
         cfg = self.cfg
         if not cfg.epochs:
             return cfg.max_steps
-        steps = self.step - (-self.prefetcher.sampler.batches_until(cfg.epochs) // cfg.grad_accum)
+        micro_batches_left = self.prefetcher.sampler.batches_until(cfg.epochs)
+        steps = self.step + -(-micro_batches_left // cfg.grad_accum)  # ceil: a partial step still runs
         return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
     def _resume(self) -> int:
