@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.store import fsync_path, sha256_file
+from pipeline.store import fsync_dir, fsync_path, sha256_file
 
 log = logging.getLogger("pipeline")
 
@@ -101,10 +101,9 @@ def _discard(part: Path) -> None:
     _validator_file(part).unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable; some filesystems cannot fsync a directory, and the file itself is already safe
-    with contextlib.suppress(OSError):
-        fsync_path(path)
+def _refetch_file(part: Path) -> Path:
+    """Where a whole-file refetch lands until it replaces `part`."""
+    return part.with_name(part.name + ".new")
 
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -218,7 +217,7 @@ def _refetch_whole(
     changed = saved is not None and current is not None and current != saved
     log.info("%s %s; fetching the whole file again", url,
              "changed on the server" if changed else "ignores Range" if not saved else "ignores Range or changed")
-    new = part.with_name(part.name + ".new")
+    new = _refetch_file(part)
     total = _total_from(resp, 0)
     try:
         done = _copy(resp, new, "wb", 0, total or size, progress)
@@ -284,9 +283,11 @@ def download(
     # On disk before it has the final name: after a power cut `dest` must never be empty or partial
     fsync_path(part)
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    # The rename made durable; some filesystems cannot fsync a directory, and the file itself is safe.
+    with contextlib.suppress(OSError):
+        fsync_dir(dest.parent)
     _validator_file(part).unlink(missing_ok=True)
-    part.with_name(part.name + ".new").unlink(missing_ok=True)  # a crash's leftover from a whole-file refetch
+    _refetch_file(part).unlink(missing_ok=True)  # a crash's leftover from a whole-file refetch
     return dest
 
 

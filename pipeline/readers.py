@@ -198,12 +198,19 @@ class _ZstdStream(io.RawIOBase):
         return n
 
 
-def decompressed(raw: BinaryIO, path: str) -> BinaryIO:
-    """The file's bytes, through gzip or zstd by suffix (in any case, as formats are recognised)."""
+def compression(path: str) -> str | None:
+    """"gz", "zst" or None, by suffix in any case (as formats are recognised): the one rule that
+    both the reader and the planner (compressed files are never split) follow."""
     name = path.lower()
-    if name.endswith(".gz"):
+    return next((kind for kind in ("gz", "zst") if name.endswith("." + kind)), None)
+
+
+def decompressed(raw: BinaryIO, path: str) -> BinaryIO:
+    """The file's bytes, through gzip or zstd by suffix."""
+    kind = compression(path)
+    if kind == "gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")
-    if name.endswith(".zst"):
+    if kind == "zst":
         return io.BufferedReader(_ZstdStream(raw), BLOCK)
     return raw
 

@@ -33,6 +33,7 @@ from pipeline.readers import (
     BadFileError,
     ReadStats,
     Record,
+    compression,
     read_csv,
     read_json_array,
     read_json_lines,
@@ -306,7 +307,7 @@ def plan_chunks(paths: Iterable[str | Path], chunk_bytes: int = DEFAULT_CHUNK_BY
                 fmt = _json_layout(path)
             if not st.st_size:  # an empty file of any format holds no records and is no error
                 ranges = [(0, 0, 1)]
-            elif fmt == "jsonl" and not _compressed(path):
+            elif fmt == "jsonl" and compression(path) is None:
                 ranges = _line_ranges(path, st.st_size, chunk_bytes)
             elif fmt == "parquet":
                 ranges = _row_group_ranges(path, chunk_bytes)
@@ -319,10 +320,6 @@ def plan_chunks(paths: Iterable[str | Path], chunk_bytes: int = DEFAULT_CHUNK_BY
             for i, (start, end, first) in enumerate(ranges)
         ]
     return chunks
-
-
-def _compressed(path: str) -> bool:
-    return path.lower().endswith((".gz", ".zst"))
 
 
 def _open_error(path: str, err: OSError) -> BadFileError:
@@ -373,7 +370,7 @@ def read_chunk(
         except BadFileError:
             raise
         except _FILE_FAULTS as err:
-            what = chunk.fmt + (" (compressed)" if _compressed(chunk.path) else "")
+            what = chunk.fmt + (" (compressed)" if compression(chunk.path) else "")
             offset = None if raw.closed else raw.tell()  # a text wrapper, when collected, closes raw
             raise BadFileError(chunk.path, offset, f"cannot read as {what}: {err}") from None
 
