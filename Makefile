@@ -76,6 +76,7 @@ gpu-test:
 bench: setup
 	$(PY) bench/prepare.py
 	$(PY) bench/train.py
+	$(PY) bench/loss.py
 	$(PY) bench/sample.py
 
 clean:

@@ -56,8 +56,8 @@ class GPTConfig:
     """Compute the loss with the output projection and cross-entropy fused, its gradient made in the
     forward pass, without [N, vocab] float32 logits: on CUDA with Triton one kernel
     (model/kernels/cross_entropy.py), elsewhere chunks of rows through one reused buffer
-    (model/kernels/chunked_loss.py; on CPU ~30% less time than the plain loss). The same loss either
-    way. Only when the caller does not ask for logits; otherwise the plain path."""
+    (model/kernels/chunked_loss.py; on CPU ~40% less time than the plain loss, bench/loss.py). The
+    same loss either way. Only when the caller does not ask for logits; otherwise the plain path."""
     fused_swiglu: bool = True
     """On CUDA with Triton, run SwiGLU through its one-pass kernel (model/kernels/swiglu_kernel.py) instead of
     the compiled formula. The same arithmetic as the compiled formula (float32 inside, one rounding to

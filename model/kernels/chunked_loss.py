@@ -7,8 +7,9 @@ page by page. Here each chunk of rows goes through one float32 buffer, allocated
 (bf16/fp16 inputs add per-chunk casts around it): logits, their softmax and then the gradient
 (softmax - one-hot) in place, and the chunk's share of both input gradients, so the whole gradient
 is made in the forward pass, as in the Triton op. The
-loss + projection then costs about what its three matmuls cost, and a `tiny` training step on 2 CPU
-cores runs 1.3-1.6x the plain GPT-2 reference's speed instead of 0.96x (bench/RESULTS.md).
+loss + projection then costs about what its three matmuls cost (bench/loss.py), and a `tiny`
+training step on 2 CPU cores runs 1.3-1.6x the plain GPT-2 reference's speed instead of 0.96x
+(bench/train.py; bench/RESULTS.md).
 
 Invariant, as in model/kernels/cross_entropy.py: the op returns the *sum* of the counted rows'
 losses and the gradients of that sum; the backward only scales them by the upstream gradient.
@@ -18,8 +19,8 @@ losses and the gradients of that sum; the backward only scales them by the upstr
 import torch
 
 CHUNK_BYTES = 64 << 20
-"""Float32 logits per chunk: 1024 rows at vocab 16384, large enough for full-speed matmuls (512 to
-2048 rows timed alike on 2 CPU cores; bench/RESULTS.md), small beside the activations."""
+"""Float32 logits per chunk: 1024 rows at vocab 16384, large enough for full-speed matmuls (256-row
+chunks ran 17% slower on 2 CPU cores, 2048-row ones alike: bench/loss.py), small beside the activations."""
 
 
 def _logits_into(buf: torch.Tensor, xc: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,11 @@ model's choice between them."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -229,3 +234,14 @@ def test_the_model_takes_the_chunked_loss_where_the_kernel_cannot_run(tie, monke
     torch.testing.assert_close(fused_loss, plain_loss)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_loss_benchmark_smoke():
+    """bench/loss.py runs every case at a toy size (not a timing: the numbers are for RESULTS)."""
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(repo / "bench/loss.py"), "--rows", "64", "--dim", "8", "--vocab",
+                           "100", "--reps", "1", "--chunk-mib", "1"], cwd=repo, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for case in ("| plain loss |", "| chunked loss, 2621 rows a chunk (1 MiB) |", "| its 3 matmuls alone |"):
+        assert case in proc.stdout, proc.stdout
