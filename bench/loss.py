@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.train import interleaved  # noqa: E402
 from model.kernels import chunked_loss  # noqa: E402
 
 
@@ -39,6 +39,14 @@ def main() -> None:
     weight = (torch.randn(args.vocab, args.dim) * 0.02).requires_grad_()
     targets = torch.randint(6, args.vocab, (args.rows,))
 
+    def fresh(fn):
+        """fn with the gradients of the previous call cleared, as a training step would."""
+        def run() -> None:
+            x.grad = weight.grad = None
+            fn()
+        return run
+
+    @fresh
     def plain() -> None:
         F.cross_entropy(x @ weight.t(), targets, reduction="sum").backward()
 
@@ -46,7 +54,7 @@ def main() -> None:
         def run() -> None:
             chunked_loss.CHUNK_BYTES = mib << 20
             chunked_loss.linear_cross_entropy(x, weight, targets, 0).backward()
-        return run
+        return fresh(run)
 
     def matmuls() -> None:
         with torch.no_grad():
@@ -57,14 +65,7 @@ def main() -> None:
     cases = {"plain loss": plain,
              **{f"chunked loss, {rows(mib)} rows a chunk ({mib} MiB)": chunked(mib) for mib in args.chunk_mib},
              "its 3 matmuls alone": matmuls}
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for rep in range(args.reps + 1):  # rep 0 warms up allocator and kernels
-        for name, fn in cases.items():
-            x.grad = weight.grad = None
-            t0 = time.perf_counter()
-            fn()
-            if rep:
-                times[name].append(time.perf_counter() - t0)
+    times = interleaved({name: (fn, 1) for name, fn in cases.items()}, args.reps, warmup=1)
     med = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n{args.rows} rows x {args.dim} -> vocab {args.vocab}, forward + backward, torch {torch.__version__}, "
           f"2 threads\n")
