@@ -15,8 +15,8 @@ from trainer_util import REPO
 def test_gpu_check_smoke(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
     variant = "bf16res: model.bf16_residual=true compile=false max_steps=4 SMALLGPT_CHECK_ENV=1"
-    proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--runs", "plain,eager", "--work-dir",
-                           str(tmp_path / "work"), "--variant", variant],
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--runs", "hd128,plain,eager",
+                           "--work-dir", str(tmp_path / "work"), "--variant", variant],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "== gpu check on cpu" in proc.stdout
@@ -25,21 +25,28 @@ def test_gpu_check_smoke(tmp_path):
     assert eager["exit_code"] == 0 and eager["steps"] == 6 and eager["tokens_per_s"] > 0
     assert eager["init_s"] is not None and eager["first_step_s"] is not None and eager["val_loss"] is not None
     assert (tmp_path / "out/train_eager.log").read_text().count("step 6/6") == 1
-    # Order: plain, then the variant, then eager, each its own bin/train.py process.
+    # Order: built-in runs in their fixed order (whatever --runs says), then the variant, each its own
+    # bin/train.py process.
     commands = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]
-    assert len(commands) == 3
-    assert "model.fused_swiglu=false" in commands[0] and "model.bf16_residual=true" in commands[1]
-    assert "fused" not in commands[2] and "bf16_residual" not in commands[2]
+    assert len(commands) == 4
+    assert "compile=false" in commands[0] and "fused" not in commands[0] and "n_head=4" not in commands[0]
+    assert "model.fused_swiglu=false" in commands[1] and "compile=true" in commands[1]
+    assert commands[2].endswith("model.n_head=4 eval_batches=0") and "compile=true" in commands[2]
+    assert "model.bf16_residual=true" in commands[3]
     # The variant ran with its overrides (and no evaluation) and its environment variable.
     extra = summary["bf16res"]
     assert extra["exit_code"] == 0 and extra["steps"] == 4 and extra["val_loss"] is None
     assert extra["overrides"][-1] == "eval_batches=0" and extra["env"] == {"SMALLGPT_CHECK_ENV": "1"}
     assert "bf16_residual: true" in (tmp_path / "out/train_bf16res.log").read_text()
-    # plain: the model's own kernels off, no evaluation, before the variants.
+    # plain: the model's own kernels off, no evaluation; hd128: the same model with 4 heads.
     plain = summary["plain"]
     assert plain["exit_code"] == 0 and plain["steps"] == 6 and plain["val_loss"] is None
     assert "model.fused_loss=false" in plain["overrides"] and "model.fused_rope=false" in plain["overrides"]
     assert "fused_swiglu: false" in (tmp_path / "out/train_plain.log").read_text()
+    hd128 = summary["hd128"]
+    assert hd128["exit_code"] == 0 and hd128["val_loss"] is None and hd128["params"] == eager["params"]
+    assert "n_head: 4" in (tmp_path / "out/train_hd128.log").read_text()
+    assert "hd128: model.n_head=4" in proc.stdout and "shape candidate" not in proc.stdout  # no MFU on CPU
 
 
 def test_gpu_check_rejects_a_malformed_variant_or_run(tmp_path):
@@ -48,7 +55,7 @@ def test_gpu_check_rejects_a_malformed_variant_or_run(tmp_path):
     assert proc.returncode == 2 and "new plain NAME" in proc.stderr
     proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--runs", "compiled,fast"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--runs takes compiled, plain, eager" in proc.stderr
+    assert proc.returncode == 2 and "--runs takes compiled, eager, plain, hd128, wide128" in proc.stderr
 
 
 def test_gpu_profile_smoke(tmp_path):
