@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,8 @@ from pipeline.clean import CleanConfig, CleanStats, clean_text, doc_hash
 from pipeline.fast_encode import Encoder
 from pipeline.readers import BadFileError, ReadStats
 from pipeline.sources import Chunk, read_chunk
-from pipeline.store import dtype_for_vocab
+from pipeline.store import dtype_for_vocab, sha256_file
+from pipeline.tokenizer import TokenizerError
 
 WORK_FORMAT = 1
 MAGIC = b"SGCHUNK1"
@@ -113,7 +116,7 @@ def build_chunk(position: int, chunk: Chunk, path: Path, settings: Settings, enc
     try:
         meta = _stream_chunk(chunk, tmp, settings, encoder)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed chunk leaves nothing behind, not even a temp file
+        tmp.unlink(missing_ok=True)  # a failed chunk leaves no temp file (a killed one's goes at the next run)
         raise
     os.replace(tmp, path)
     return ChunkDone(position, meta["documents"], meta["tokens"])
@@ -199,11 +202,27 @@ _WORKER: dict[str, Any] = {}
 
 
 def init_worker(settings: Settings) -> None:
-    _WORKER["settings"], _WORKER["encoder"] = settings, Encoder(settings.tokenizer_path)
+    """Load the encoder, checking it is the tokenizer the parent hashed (the results are keyed by that
+    hash). A failure is kept and raised by each chunk, so the parent gets the error itself rather than
+    a pool whose workers die at start-up."""
+    _WORKER.clear()
+    _WORKER["settings"] = settings
+    if mp.parent_process() is not None:
+        # Ctrl-C reaches the whole process group: the parent alone stops the run (after the chunks in
+        # flight, whose results a rerun reuses), instead of each worker dying with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if sha256_file(settings.tokenizer_path) != settings.tokenizer_sha256:
+            raise TokenizerError(f"{settings.tokenizer_path}: changed while prepare was running; rerun it")
+        _WORKER["encoder"] = Encoder(settings.tokenizer_path)
+    except (OSError, ValueError) as err:
+        _WORKER["startup_error"] = TokenizerError(f"a worker could not load the tokenizer: {err}")
 
 
 def run_chunk(job: tuple[int, Chunk, str]) -> ChunkDone:
     """Pool entry point. A file-level fault comes back as data, so the parent decides what it means."""
+    if "startup_error" in _WORKER:
+        raise _WORKER["startup_error"]
     position, chunk, path = job
     try:
         return build_chunk(position, chunk, Path(path), _WORKER["settings"], _WORKER["encoder"])

@@ -27,6 +27,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -85,22 +87,28 @@ def train_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None) -> Path
     return path
 
 
-def ensure_tokenizer(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool) -> Path:
-    """The store's own tokenizer.json: copied from --tokenizer, found in place, or trained now."""
-    dest = root / "tokenizer.json"
+def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool) -> Path:
+    """The tokenizer this run encodes with: --tokenizer, else the store's own, trained now if missing.
+    Nothing in an existing store changes here: a --tokenizer is copied in only once the run holds the
+    store's lock and has unmarked the old store (`install_tokenizer`)."""
     if cfg.tokenizer:
         src = Path(cfg.tokenizer)
         if not src.is_file():
             raise PrepareError(f"--tokenizer {src}: no such file")
-        if not dest.is_file() or sha256_file(src) != sha256_file(dest):
-            root.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(dest, src.read_bytes())  # the store must not depend on a file elsewhere
-    elif not dest.is_file():
+        return src
+    dest = root / "tokenizer.json"
+    if not dest.is_file():
         if sharded:
             # n jobs of an array would each train one, racing on the file: train it once up front.
             raise PrepareError(f"{dest} is missing: run `make tokenizer` (same DATA/NAME) before the --shard jobs")
         train_tokenizer(cfg, paths)
     return dest
+
+
+def install_tokenizer(src: Path, dest: Path, sha256: str) -> None:
+    """Copy the run's tokenizer into the store (which must not depend on a file elsewhere)."""
+    if src != dest and (not dest.is_file() or sha256_file(dest) != sha256):
+        atomic_write_bytes(dest, src.read_bytes())
 
 
 def fingerprint(cfg: PrepareConfig, paths: list[Path], settings: Settings, parts: int | None = None) -> str:
@@ -162,9 +170,20 @@ def _results(todo: list[tuple[int, Chunk, str]], settings: Settings, workers: in
         yield from map(run_chunk, todo)
         return
     # forkserver/spawn: workers never inherit the parent's threads or open files, unlike fork.
+    # An executor, not multiprocessing.Pool: a Pool silently replaces a worker that dies (OOM kill,
+    # segfault) and then waits forever for the chunk it held.
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(min(workers, len(todo)), init_worker, (settings,)) as pool:
-        yield from pool.imap_unordered(run_chunk, todo)
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=init_worker, initargs=(settings,))
+    try:
+        futures = [pool.submit(run_chunk, job) for job in todo]
+        for n_done, future in enumerate(as_completed(futures)):
+            try:
+                yield future.result()
+            except BrokenProcessPool as err:
+                raise PrepareError(f"a worker process died (killed, or out of memory?) with {len(todo) - n_done} "
+                                   "chunks unfinished; finished chunks are kept: rerun to resume") from err
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _human(n: float) -> str:
@@ -195,21 +214,29 @@ def _build(store: Path, chunks: list[Chunk], paths: list[Path], settings: Settin
     asm = Assembler(store, vocab_size, cfg.val_fraction, cfg.seed, cfg.shard_tokens)
     for bad in bad_files:
         asm.add_bad_file(bad)
-    reset_store(store)
     done: dict[int, ChunkDone | None] = {pos: None for pos, m in enumerate(metas) if m is not None}
+    # A file's chunks are consecutive in the plan. When bad files are skipped, a file is skipped whole
+    # (and listed once), so phase 2 takes a file's chunks only once all of them are in: keeping the
+    # chunks before a fault would make the store depend on --chunk-bytes.
+    group_end = list(range(len(chunks)))
+    if cfg.skip_bad_files:
+        for pos in range(len(chunks) - 2, -1, -1):
+            if chunks[pos].path == chunks[pos + 1].path:
+                group_end[pos] = group_end[pos + 1]
     cursor = 0
 
     def drain() -> None:
         """Hand every result that is next in plan order to phase 2."""
         nonlocal cursor
-        while cursor < len(chunks) and cursor in done:
-            res = done.pop(cursor)
-            if res is not None and res.error:
-                asm.add_bad_file(res.error)
+        while cursor < len(chunks) and all(pos in done for pos in range(cursor, group_end[cursor] + 1)):
+            group = range(cursor, group_end[cursor] + 1)
+            errors = [res.error for res in map(done.pop, group) if res is not None and res.error]
+            if errors:
+                asm.add_bad_file(errors[0])
             else:
-                meta = metas[cursor] or result_meta(paths[cursor])
-                asm.add(load_result(paths[cursor], meta))
-            cursor += 1
+                for pos in group:
+                    asm.add(load_result(paths[pos], metas[pos] or result_meta(paths[pos])))
+            cursor = group.stop
 
     cached = [m for m in metas if m is not None]
     bar = tqdm(total=counts["bytes"], initial=counts["bytes"] - counts["bytes_tokenized"], unit="B", unit_scale=True,
@@ -251,18 +278,18 @@ def prepare(cfg: PrepareConfig) -> Path:
     shard = parse_shard(cfg.shard)
     store = root / f"part-{shard[0]}-of-{shard[1]}" if shard else root
     paths = input_paths(cfg)
-    tok = ensure_tokenizer(cfg, root, paths, shard is not None)
+    src, tok = tokenizer_source(cfg, root, paths, shard is not None), root / "tokenizer.json"
     started = time.perf_counter()  # the speed reported is the store's, not the tokenizer training's
-    settings = Settings(str(tok), sha256_file(tok), clean_config(cfg), cfg.text_field, cfg.csv_column)
+    settings = Settings(str(tok), sha256_file(src), clean_config(cfg), cfg.text_field, cfg.csv_column)
     plan = fingerprint(cfg, paths, settings, shard[1] if shard else None)
     # A part's own fingerprint also says which part it is, so a part folder copied under another name is rebuilt.
     fp = hashlib.sha256(f"{plan} part {shard[0]}".encode()).hexdigest() if shard else plan
     current = _up_to_date(store, fp)
     # The encoder takes a second to load: an up-to-date store already says what the vocabulary is.
-    encoder = None if current else Encoder(str(tok))
+    encoder = None if current else Encoder(str(src))
     vocab = current["vocab_size"] if current else encoder.vocab_size
     if cfg.vocab_size and cfg.vocab_size != vocab:
-        raise PrepareError(f"{tok} has a vocabulary of {vocab}, not --vocab-size {cfg.vocab_size}: "
+        raise PrepareError(f"{src} has a vocabulary of {vocab}, not --vocab-size {cfg.vocab_size}: "
                            "retrain it with `make tokenizer` (same NAME, VOCAB=...) or drop --vocab-size")
     if current:
         log.info("%s is up to date (same inputs and options); nothing to do", store)
@@ -270,6 +297,8 @@ def prepare(cfg: PrepareConfig) -> Path:
     store.mkdir(parents=True, exist_ok=True)
     with _locked(store):
         chunks, bad_files = _plan(paths, cfg)
+        reset_store(store)
+        install_tokenizer(src, tok, settings.tokenizer_sha256)
         if shard:
             chunks = [c for pos, c in enumerate(chunks) if pos % shard[1] == shard[0]]
         work = store / ".work"
@@ -330,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     except (PrepareError, BadFileError, StoreError, DownloadError, TokenizerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # disk full, permissions, ...: the file when the OS names one, else the store
+        where = "" if err.filename else f" (building {Path(cfg.out) / resolve_name(cfg)})"
+        print(f"error: {err}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are kept, so the same command resumes", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -412,18 +412,36 @@ def read_parquet(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Ite
     if not any(is_text(value_kind) for is_text in _PARQUET_TEXT_TYPES):
         raise BadFileError(chunk.path, None, f"column {key!r} holds {kind}, not text")
     row = chunk.first_line
-    for batch in pf.iter_batches(row_groups=list(range(chunk.start, chunk.end)), columns=[key], batch_size=1024):
-        # Via bytes, because arrow strings may hold invalid UTF-8 that to_pylist() refuses (the cast
-        # also decodes a dictionary-encoded column).
-        for value in batch.column(0).cast(pa.large_binary()).to_pylist():
-            where = f"{chunk.path}:{row}"
-            row += 1
-            if value is None:
-                stats.note("null_text", where)
-                continue
+    for group in range(chunk.start, chunk.end):
+        # Group by group, so a fault is reported at its row group: the same place however the file
+        # was cut into chunks (a byte position would depend on how far pyarrow had read ahead).
+        batches, group_row = pf.iter_batches(row_groups=[group], columns=[key], batch_size=1024), row
+        while True:
             try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                text = value.decode("utf-8", "replace")
-                stats.note("invalid_utf8", where)
-            yield text, where
+                batch = next(batches, None)
+                # Via bytes: arrow strings may hold invalid UTF-8 that to_pylist() refuses (the cast
+                # also decodes a dictionary-encoded column).
+                values = [] if batch is None else batch.column(0).cast(pa.large_binary()).to_pylist()
+            except (pa.ArrowException, OSError) as err:
+                raise BadFileError(chunk.path, None, f"cannot read row group {group} (rows from {group_row}) as "
+                                                     f"parquet: {err}") from None
+            if batch is None:
+                break
+            yield from _parquet_records(values, chunk.path, row, stats)
+            row += len(values)
+
+
+def _parquet_records(values: list[bytes | None], path: str, row: int, stats: ReadStats) -> Iterator[Record]:
+    """One batch's values, numbered from `row`: null and invalid UTF-8 values are counted."""
+    for value in values:
+        where = f"{path}:{row}"
+        row += 1
+        if value is None:
+            stats.note("null_text", where)
+            continue
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("utf-8", "replace")
+            stats.note("invalid_utf8", where)
+        yield text, where

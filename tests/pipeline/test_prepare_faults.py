@@ -11,11 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
 
+from common.lock import exclusive_lock
+from pipeline.clean import CleanConfig
 from pipeline.prepare import main
-from pipeline.store import TokenStore
+from pipeline.sources import shakespeare_plays
+from pipeline.store import TokenStore, sha256_file
+from pipeline.tokenizer import train_from_paths
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +99,58 @@ def test_missing_path_and_bad_records(tmp_path, tokenizer, capsys):
     assert m["stats"]["bad_records"] == {"invalid_json": 1, "missing_text": 1, "null_text": 1, "non_string_text": 1}
     assert m["stats"]["documents_in"] == m["stats"]["documents_kept"] == 20
     assert m["stats"]["bad_record_examples"][0].startswith(f"{data}:5")
+
+
+def _parquet_with_bad_row_groups(path: Path, bad_groups: tuple[int, ...]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": sentences(5, 3000)}), path, row_group_size=300, compression="snappy",
+                   use_dictionary=False)  # so a column chunk starts at its data page
+    meta = pq.ParquetFile(path).metadata
+    with open(path, "r+b") as f:
+        for g in bad_groups:  # garbage in the middle of the group's compressed data
+            col = meta.row_group(g).column(0)
+            f.seek(col.data_page_offset + col.total_compressed_size // 2)
+            f.write(b"\xff" * 64)
+    return path
+
+
+def test_a_skipped_bad_file_is_skipped_whole_whatever_the_chunk_size(tmp_path, tokenizer):
+    """Chunks of a file before its fault were kept (so the store depended on --chunk-bytes) and a file
+    failing in two chunks was listed twice."""
+    corpus = tmp_path / "corpus"
+    write_jsonl(corpus / "a.jsonl", sentences(1, 200))
+    bad = _parquet_with_bad_row_groups(corpus / "b.parquet", (4, 7))
+    write_jsonl(corpus / "c.jsonl", sentences(2, 200))
+    stores = [build(tmp_path / f"chunk{size}", tokenizer, data=[str(corpus)], name="s", clean_preset="minimal",
+                    workers=2, chunk_bytes=size, skip_bad_files=True) for size in (1 << 16, 16 << 20)]
+    assert len(list((stores[0] / ".work").glob("*.chunk"))) > 4  # the parquet file was cut into several chunks
+    assert store_files(stores[0]) == store_files(stores[1])
+    m = TokenStore(stores[0], verify=True).manifest
+    assert [b["path"] for b in m["stats"]["bad_files"]] == [str(bad)]
+    assert "row group 4 (rows from 1201)" in m["stats"]["bad_files"][0]["error"]  # the first fault
+    assert [s["path"] for s in m["sources"]] == [str(corpus / "a.jsonl"), str(corpus / "c.jsonl")]
+    assert m["stats"]["documents_kept"] == 400
+
+
+def test_the_store_keeps_its_tokenizer_until_a_rebuild_really_starts(tmp_path, tokenizer, capsys):
+    """A --tokenizer was copied over the store's before the vocabulary check and the lock: a refused
+    run left a finished store that no longer opened, or swapped the tokenizer of a build in progress."""
+    other = Path(train_from_paths(shakespeare_plays()[:4], 700, 1 << 20, CleanConfig.for_source("shakespeare"), 0,
+                                  tmp_path / "other" / "tokenizer.json"))
+    data = write_jsonl(tmp_path / "d.jsonl", sentences(3, 100))
+    store = build(tmp_path, tokenizer, data=[str(data)], name="t", clean_preset="minimal")
+    before = sha256_file(store / "tokenizer.json")
+    argv = ["--data", str(data), "--out", str(tmp_path), "--name", "t", "--tokenizer", str(other), "--quiet",
+            "--clean-preset", "minimal"]
+
+    assert main([*argv, "--vocab-size", "600"]) == 1
+    assert f"{other} has a vocabulary of 700" in capsys.readouterr().err
+    with exclusive_lock(store / ".lock"):
+        assert main(argv) == 1
+    assert "another prepare is writing this store" in capsys.readouterr().err
+    assert sha256_file(store / "tokenizer.json") == before
+    TokenStore(store, verify=True)
+
+    assert main(argv) == 0  # a run that goes ahead does install it
+    assert sha256_file(store / "tokenizer.json") == sha256_file(other)
+    assert TokenStore(store, verify=True).vocab_size == 700

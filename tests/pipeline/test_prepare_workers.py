@@ -1,0 +1,133 @@
+"""`prepare`'s worker processes under faults: a worker killed mid-run, Ctrl-C, a tokenizer that changes
+under the workers, a full disk. Each must end the run promptly with a one-line error, never hang, and
+leave what a rerun resumes from."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
+
+from pipeline.chunks import Settings
+from pipeline.clean import CleanConfig
+from pipeline.prepare import _results
+from pipeline.sources import plan_chunks
+from pipeline.store import TokenStore, sha256_file
+from pipeline.tokenizer import TokenizerError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """~8 MB of JSON lines (~120 chunks of 64 KiB: seconds of work for 2 workers), its tokenizer, and
+    the store an uninterrupted one-process run builds from them."""
+    base = tmp_path_factory.mktemp("workers")
+    tokenizer = tiny_tokenizer(base / "tokenizer")
+    for k in range(4):
+        write_jsonl(base / "corpus" / f"s{k}.jsonl", sentences(k, 4000))
+    reference = build(base / "reference", tokenizer, data=[str(base / "corpus")], name="k", clean_preset="minimal",
+                      workers=1)
+    return base / "corpus", tokenizer, reference
+
+
+def _command(corpus: Path, tokenizer: Path, out: Path) -> list[str]:
+    return [sys.executable, "bin/prepare.py", "--data", str(corpus), "--name", "k", "--tokenizer", str(tokenizer),
+            "--clean-preset", "minimal", "--chunk-bytes", "65536", "--quiet", "--out", str(out), "--workers", "2"]
+
+
+def _pool_workers(leader: int) -> list[int]:
+    """The live pool workers of a run started in its own session: the group's members that are neither
+    the run itself nor its direct children (the forkserver and resource tracker), zombies left out."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, state, ppid, pgid = int(entry.name), fields[0], int(fields[1]), int(fields[2])
+        if pgid == leader and pid != leader and ppid != leader and state != "Z":
+            workers.append(pid)
+    return workers
+
+
+def _start_and_wait_for_work(cmd: list[str], work: Path) -> tuple[subprocess.Popen, list[int]]:
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(work.glob("*.chunk"))) < 4 or not _pool_workers(proc.pid):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc, _pool_workers(proc.pid)
+
+
+@pytest.mark.parametrize("fault", ["worker killed", "ctrl-c"])
+def test_run_stops_promptly_with_one_line_then_a_rerun_resumes(tmp_path, corpus, fault):
+    data, tokenizer, reference = corpus
+    cmd = _command(data, tokenizer, tmp_path)
+    work = tmp_path / "k" / ".work"
+    proc, workers = _start_and_wait_for_work(cmd, work)
+    if fault == "worker killed":  # as the OOM killer would: the pool must notice, not wait forever
+        os.kill(workers[0], signal.SIGKILL)
+    else:  # a terminal's Ctrl-C reaches every process of the foreground group
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"prepare still running 60 s after the {fault}")
+    if fault == "worker killed":
+        assert proc.returncode == 1 and "a worker process died" in err and "rerun to resume" in err
+    else:
+        assert proc.returncode == 130 and "interrupted" in err
+    assert "Traceback" not in err, err
+    assert not (work.parent / "manifest.json").exists()
+    deadline = time.monotonic() + 10
+    while _pool_workers(proc.pid):  # no orphaned worker goes on
+        assert time.monotonic() < deadline, _pool_workers(proc.pid)
+        time.sleep(0.1)
+    kept = {p.name: p.stat().st_mtime_ns for p in work.glob("*.chunk")}
+    assert kept
+
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all((work / name).stat().st_mtime_ns == t for name, t in kept.items())  # reused, not redone
+    assert store_files(work.parent) == store_files(reference)
+
+
+def test_a_tokenizer_that_changed_under_the_workers_is_an_error_not_a_hang(tmp_path, corpus):
+    data, tokenizer, _ = corpus
+    chunks = plan_chunks([data / "s0.jsonl"], 65536)[:3]
+    todo = [(pos, c, str(tmp_path / f"{pos}.chunk")) for pos, c in enumerate(chunks)]
+    settings = Settings(str(tokenizer), sha256_file(tokenizer), CleanConfig.for_source("minimal"), "text", "text")
+    assert [r.position for r in sorted(_results(todo, settings, workers=2), key=lambda r: r.position)] == [0, 1, 2]
+    with pytest.raises(TokenizerError, match="changed while prepare was running"):
+        list(_results(todo, replace(settings, tokenizer_sha256="0" * 64), workers=2))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(TokenizerError, match="could not load the tokenizer"):
+        list(_results(todo, replace(settings, tokenizer_path=str(broken), tokenizer_sha256=sha256_file(broken)),
+                      workers=2))
+
+
+def test_a_full_disk_is_one_line_naming_the_store(tmp_path, corpus):
+    data, tokenizer, _ = corpus
+
+    def limit_file_size() -> None:  # writes past 256 KiB fail with EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+
+    proc = subprocess.run(_command(data, tokenizer, tmp_path), cwd=ROOT, capture_output=True, text=True,
+                          preexec_fn=limit_file_size, timeout=120)
+    assert proc.returncode == 1
+    assert "File too large" in proc.stderr and str(tmp_path / "k") in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    with pytest.raises(Exception, match="manifest"):
+        TokenStore(tmp_path / "k")
