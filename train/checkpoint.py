@@ -173,6 +173,22 @@ def choose_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
     return source
 
 
+def grad_accum_for_world(state: dict[str, Any], world_size: int, micro_batch: int, grad_accum: int) -> tuple[int, str]:
+    """The grad_accum that keeps the checkpoint's global batch (sequences per optimizer step), so the
+    optimizer and LR schedule see the same batch at another world size; and what to log about it.
+    Where `world_size` x `micro_batch` does not divide that batch, `grad_accum` stays, with a warning."""
+    saved = state["world_size"] * state["config"]["micro_batch"] * state["config"]["grad_accum"]
+    accum, rest = divmod(saved, world_size * micro_batch)
+    if not accum or rest:
+        return grad_accum, (f"warning: the checkpoint's global batch of {saved} sequences is not a multiple of "
+                            f"{world_size} rank(s) x micro_batch {micro_batch}: continuing with "
+                            f"{world_size * micro_batch * grad_accum} sequences per step")
+    if accum == grad_accum:
+        return accum, ""
+    return accum, (f"{world_size} rank(s) instead of {state['world_size']}: grad_accum {accum} keeps the global "
+                   f"batch of {saved} sequences")
+
+
 def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: int) -> None:
     """Refuse, with the reason and the way out, to continue a checkpoint under different data or
     world size. `store` is a TokenStore and `cfg` a TrainConfig (typed loosely to stay import-light)."""

@@ -57,7 +57,8 @@ class TrainConfig:
     eval_interval: int = 250
     """Evaluate on the fixed validation windows every N steps (and always at the end); 0 = end only."""
     eval_batches: int = 20
-    """Validation micro-batches per evaluation, in total, shared out across the ranks; 0 = no evaluation."""
+    """Validation micro-batches per evaluation, in total, shared out across the ranks; 0 = no evaluation.
+    Counted in micro-batches as configured: the windows stay the same when init_batch fits a smaller one."""
     ckpt_interval: int = 500
     """Save a checkpoint every N steps (and at each epoch end and at the end); 0 = only those."""
     keep_last: int = 3
@@ -87,7 +88,8 @@ class TrainConfig:
     """Abort after this many consecutive steps skipped for a non-finite loss or gradient norm."""
     allow_world_size_change: bool = False
     """Allow resuming with another number of processes (the data order then differs from the
-    uninterrupted run's)."""
+    uninterrupted run's). grad_accum is then set to keep the checkpoint's global batch where
+    micro_batch * world_size divides it; where not, the global batch changes and a warning says so."""
     device: str = "auto"
     """auto (cuda when available, else cpu) | cpu | cuda. Under torchrun each rank takes cuda:LOCAL_RANK."""
 
@@ -111,6 +113,8 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.log_interval < 1:
             raise ConfigError(f"TrainConfig.log_interval must be >= 1, got {self.log_interval}")
+        if not 0 <= self.seed < 2**62:  # numpy seeds are non-negative; room for the per-rank/step offsets
+            raise ConfigError(f"TrainConfig.seed must be in [0, 2**62), got {self.seed}")
 
     def validate(self) -> None:
         """Checks across fields. Not in __post_init__: a YAML file may set epochs and the command line

@@ -24,9 +24,11 @@ def train_sampler(store: TokenStore, cfg: TrainConfig, rank: int, world_size: in
         raise ConfigError(f"{err}; lower {smaller}, or train on a store with more data") from None
 
 
-def eval_batches(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int,
-                 device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share of the eval_batches fixed validation batches, on `device`; none if eval is off."""
+def eval_batches(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int, device: torch.device,
+                 windows_per_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of the fixed validation set, in batches of micro_batch, on `device`; none if
+    eval is off. The set is eval_batches x `windows_per_batch` windows: the micro-batch as configured,
+    before init_batch fits it to a GPU, so the set is the same wherever the run goes on."""
     if not cfg.eval_batches:
         return []
     try:
@@ -34,4 +36,5 @@ def eval_batches(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int
     except ValueError as err:
         raise ConfigError(f"{err}; set eval_batches=0 to train without evaluation, or lower model.block_size") \
             from None
-    return [(x.to(device), y.to(device)) for x, y in val.fixed_batches(cfg.eval_batches, cfg.seed)]
+    windows = cfg.eval_batches * windows_per_batch
+    return [(x.to(device), y.to(device)) for x, y in val.fixed_batches(windows, cfg.seed)]

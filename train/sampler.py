@@ -176,13 +176,13 @@ class WindowSampler:
                 raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler {getattr(self, key)!r}")
         self.step, self.epoch, self.pos = int(state["step"]), int(state["epoch"]), int(state["pos"])
 
-    def fixed_batches(self, n_batches: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The same `n_batches` random-start batches on every call; rank r gets batches r, r + world, ...
+    def fixed_batches(self, n_windows: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The same `n_windows` random-start windows on every call, in batches of this sampler's
+        batch_size (the last one may be short); rank r gets batches r, r + world, ...
 
-        Each batch depends only on (seed, its number), so the ranks together hold the whole set once.
+        The windows depend only on (seed, n_windows), not on the batch size (init_batch may pick
+        another one on another machine) or the world size; the ranks together hold the set once.
         """
-        out = []
-        for i in range(self.rank, n_batches, self.world_size):
-            rng = np.random.default_rng([seed, _EVAL_TAG, i])
-            out.append(self._random.gather(rng.integers(0, self._random.total, self.batch_size)))
-        return out
+        starts = np.random.default_rng([seed, _EVAL_TAG]).integers(0, self._random.total, n_windows)
+        cuts = range(self.rank * self.batch_size, n_windows, self.world_size * self.batch_size)
+        return [self._random.gather(starts[at:at + self.batch_size]) for at in cuts]

@@ -37,6 +37,7 @@ from train.checkpoint import (
     check_compatible,
     checkpoint_tag,
     choose_checkpoint,
+    grad_accum_for_world,
     latest_checkpoint,
     load_checkpoint,
     lock_run_dir,
@@ -82,16 +83,18 @@ class Trainer:
         # dynamic=False: init_batch probes several batch sizes, and a dynamic-shape graph would be slower.
         self.model = torch.compile(self.raw, dynamic=False) if cfg.compile else self.raw
         self.optimizer = build_optimizer(self.raw, cfg)
+        configured_micro_batch = cfg.micro_batch
         if cfg.init_batch:
             self._init_batch()
-        self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
 
         seed_all(cfg.seed + 1 + dist.rank)  # dropout etc. differ per rank; a resume overwrites these
         self.prefetcher = Prefetcher(train_sampler(self.store, cfg, dist.rank, dist.world_size), self.device)
-        self.eval_batches = eval_batches(self.store, cfg, dist.rank, dist.world_size, self.device)
+        self.eval_batches = eval_batches(self.store, cfg, dist.rank, dist.world_size, self.device,
+                                         configured_micro_batch)
 
         self.step, self.tokens_seen, self.stats = 0, 0, StepStats(self.device)
         resumed = self._resume()
+        self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
         self.total_steps = self._total_steps()  # after the resume: counted from the data position
         self._start_step = self.step
         self.init_s = time.perf_counter() - started  # includes init_batch's probe, i.e. the first compile
@@ -205,6 +208,9 @@ class Trainer:
             set_rng_state(state["rng"][self.dist.rank], self.device)
         else:
             seed_all(cfg.seed + 1 + self.dist.rank + 1_000_003 * self.step)
+            cfg.grad_accum, note = grad_accum_for_world(state, self.dist.world_size, cfg.micro_batch, cfg.grad_accum)
+            if note:
+                self.log(note)
         self.log(f"resumed from {source} at step {self.step}")
         return self.step
 
@@ -274,7 +280,8 @@ class Trainer:
         for x, y in self.eval_batches:
             with self.autocast():
                 _, loss = self.model(x, y, return_logits=False)
-            total += torch.stack([loss.float(), torch.ones((), device=self.device)])
+            windows = torch.full((), float(len(x)), device=self.device)
+            total += torch.stack([loss.float() * windows, windows])
         self.model.train()
         loss_sum, count = D.all_reduce(total).tolist()
         return loss_sum / max(count, 1.0)
@@ -382,7 +389,6 @@ class Trainer:
         self.prefetcher.close()
         if self.metrics:
             self.metrics.close()
-        D.barrier()  # rank 0 may still be writing the last checkpoint
 
 
 @contextlib.contextmanager
@@ -402,6 +408,10 @@ def open_trainer(cfg: TrainConfig, log: Callable[[str], None] = print) -> Iterat
                 yield trainer
             finally:
                 trainer.close()
+            # Only after a clean run (rank 0 may still be writing the last checkpoint): after an error on
+            # one rank, a barrier would never meet the other ranks' next gradient all-reduce, and the job
+            # would hang until the process group's timeout instead of torchrun stopping it.
+            D.barrier()
     finally:
         D.teardown()
 

@@ -4,6 +4,7 @@ every optimizer step, evaluation shared out and all-reduced, a NaN on one rank s
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -89,3 +90,38 @@ def test_checkpoint_holds_every_rank_and_refuses_other_world_size(ddp_run):
     cfg = tiny_config(root / "store", root / "run", max_steps=8, micro_batch=4)
     with pytest.raises(ResumeRefused, match="written by 2 process"):
         Trainer(cfg, D.init_distributed("cpu"))
+
+
+def test_an_error_on_one_rank_stops_the_job_instead_of_hanging(tmp_path):
+    """Rank 0 failed to save a checkpoint and then waited in a barrier that rank 1, already in its next
+    gradient all-reduce, never reached: the job hung for the process group's 30-minute timeout."""
+    make_store(tmp_path / "store")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests/train/ddp_fail_worker.py"), str(tmp_path / "store"), str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'tests/train'}"}
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job still ran 120 s after rank 0 failed")
+    assert proc.returncode != 0
+    assert "No space left on device" in proc.stdout + proc.stderr
+
+
+def test_a_world_size_change_keeps_the_global_batch_where_it_can(ddp_run, tmp_path):
+    """Resumed on another world size, the run kept micro_batch x grad_accum per rank, so the optimizer
+    saw another batch and the LR schedule (counted in steps) stretched."""
+    root, _, _ = ddp_run  # 2 ranks x micro_batch 4 x grad_accum 2: 16 sequences per step
+    shutil.copytree(root / "run", tmp_path / "run")
+    lines: list[str] = []
+    cfg = tiny_config(root / "store", tmp_path / "run", max_steps=8, micro_batch=4, allow_world_size_change=True)
+    trainer = Trainer(cfg, D.init_distributed("cpu"), lines.append)
+    assert trainer.step == 6 and cfg.grad_accum == 4 and trainer.tokens_per_step == 16 * 32
+    assert any("grad_accum 4 keeps the global batch of 16 sequences" in line for line in lines)
+    trainer.close()
+
+    lines.clear()
+    cfg = tiny_config(root / "store", tmp_path / "run", max_steps=8, micro_batch=3, allow_world_size_change=True)
+    trainer = Trainer(cfg, D.init_distributed("cpu"), lines.append)
+    assert cfg.grad_accum == 1 and trainer.tokens_per_step == 3 * 32
+    assert any(line.startswith("warning: the checkpoint's global batch of 16 sequences") for line in lines)
+    trainer.close()

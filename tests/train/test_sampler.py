@@ -187,15 +187,30 @@ def test_too_small_split_is_a_clear_error(tmp_path):
 
 
 def test_fixed_batches_are_stable_and_split_across_ranks(store):
-    whole = WindowSampler(store, "val", 16, 4, seed=0).fixed_batches(5, seed=9)
-    assert len(whole) == 5
-    again = WindowSampler(store, "val", 16, 4, seed=1).fixed_batches(5, seed=9)
+    whole = WindowSampler(store, "val", 16, 4, seed=0).fixed_batches(20, seed=9)
+    assert [len(x) for x, _ in whole] == [4] * 5
+    again = WindowSampler(store, "val", 16, 4, seed=1).fixed_batches(20, seed=9)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole, again, strict=True))
+    windows = torch.cat([x for x, _ in whole])
+    assert len(torch.unique(windows, dim=0)) > 15  # random starts, not one window repeated
     for rank in range(2):
         sampler = WindowSampler(store, "val", 16, 4, seed=0, rank=rank, world_size=2)
-        mine = sampler.fixed_batches(5, seed=9)
+        mine = sampler.fixed_batches(20, seed=9)
         assert [m[0].tolist() for m in mine] == [w[0].tolist() for w in whole[rank::2]]
         assert sampler.step == 0  # eval leaves the training stream alone
+
+
+def test_fixed_windows_do_not_depend_on_the_batch_size(store):
+    """init_batch may fit another micro-batch on another machine: the eval set must stay the same."""
+    def windows(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[int, ...]]:
+        return sorted(map(tuple, torch.cat([x for x, _ in batches]).tolist()))  # a batch's rows come sorted
+
+    by_4 = windows(WindowSampler(store, "val", 16, 4, seed=0).fixed_batches(20, seed=9))
+    batches = WindowSampler(store, "val", 16, 8, seed=0).fixed_batches(20, seed=9)
+    assert [len(x) for x, _ in batches] == [8, 8, 4] and windows(batches) == by_4
+    shares = [WindowSampler(store, "val", 16, 3, seed=0, rank=r, world_size=2).fixed_batches(20, seed=9)
+              for r in range(2)]
+    assert windows(shares[0] + shares[1]) == by_4
 
 
 @pytest.mark.parametrize("mode", ["random", "epoch"])

@@ -172,6 +172,27 @@ def test_init_batch_halves_on_oom_and_keeps_global_batch(tmp_path, monkeypatch):
     plain.close()
 
 
+def test_eval_set_and_loss_do_not_depend_on_the_micro_batch_init_batch_fits(tmp_path, monkeypatch):
+    """The eval windows were drawn in batches of the fitted micro-batch, so a resume that fitted another
+    one (another GPU) evaluated on another set."""
+    make_store(tmp_path / "store")
+    plain = make_trainer(tiny_config(tmp_path / "store", tmp_path / "plain", micro_batch=8, eval_batches=3,
+                                     init_batch=False))
+    real_probe = Trainer._probe
+
+    def probe(self, micro_batch):
+        if micro_batch > 2:
+            raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory")
+        real_probe(self, micro_batch)
+
+    monkeypatch.setattr(Trainer, "_probe", probe)
+    fitted = make_trainer(tiny_config(tmp_path / "store", tmp_path / "fitted", micro_batch=8, eval_batches=3))
+    assert fitted.cfg.micro_batch == 2 and [len(x) for x, _ in fitted.eval_batches] == [2] * 12
+    assert fitted.evaluate() == pytest.approx(plain.evaluate(), rel=1e-5)
+    fitted.close()
+    plain.close()
+
+
 def test_nonfinite_steps_skipped_on_every_rank_then_abort(tmp_path):
     make_store(tmp_path / "store")
     cfg = tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, max_steps=6, max_skips=3)
@@ -354,3 +375,9 @@ def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_runs(tmp_pa
         assert train(tiny_config(tmp_path / "store", tmp_path / "other", max_steps=1), log=lambda _: None)
     # Released at the end of the run (and by the OS if the process dies): the next run may go on.
     assert train(tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2), log=lambda _: None)["step"] == 2
+
+
+def test_seed_must_be_a_non_negative_numpy_seed():
+    for seed in (-1, 2**62):
+        with pytest.raises(ConfigError, match="seed must be in"):
+            TrainConfig(seed=seed)
