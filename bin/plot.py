@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is None:
         print("error: no run directory given and none under runs/ (train first: make train)", file=sys.stderr)
         return 2
+    if not (run_dir / "metrics.jsonl").is_file():
+        print(f"error: {run_dir}: no such run directory (no metrics.jsonl in it)", file=sys.stderr)
+        return 1
     try:
         out = plot(run_dir, args.out or run_dir / "loss.png")
     except (OSError, ValueError) as err:

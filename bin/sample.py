@@ -32,11 +32,13 @@ SEP_ID = SPECIALS.index("[SEP]")
 SEPARATOR = "-" * 40
 
 
-def _positive(kind: type, low: float, inclusive: bool = True):
+def _positive(kind: type, low: float, inclusive: bool = True, high: float | None = None):
     def parse(text: str):
         value = kind(text)
         if value < low or (value == low and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
 
     return parse
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_positive(float, 0.0), default=0.8,
                    help="softmax temperature; 0 picks the most likely token every time (greedy) (default 0.8)")
     p.add_argument("--top-k", type=_positive(int, 1), help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=_positive(float, 0.0, inclusive=False),
+    p.add_argument("--top-p", type=_positive(float, 0.0, inclusive=False, high=1.0),
                    help="sample only among the most likely tokens whose probabilities sum to p (nucleus)")
     p.add_argument("--seed", type=int, help="seed of the sampler: the same seed and options repeat the output "
                                             "exactly (default: a fresh seed, printed to stderr)")

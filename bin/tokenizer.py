@@ -3,7 +3,7 @@
 
 import sys
 
-from pipeline.prepare import tokenizer_main
+from pipeline.tokenizer_step import tokenizer_main
 
 if __name__ == "__main__":
     sys.exit(tokenizer_main())

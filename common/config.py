@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import inspect
 import itertools
+import shlex
 import sys
 import textwrap
 import types
@@ -61,6 +62,19 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _words(key: str, value: Any) -> list[Any]:
+    """A list value as a list. One given as a string (`DATA="a.jsonl b/"`) is split like a shell would,
+    so an item with spaces can be quoted (`"'my data/a.jsonl' b/"`); any other single value is one item."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if not isinstance(value, str):
+        return [value]
+    try:
+        return shlex.split(value)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err} in {value!r}") from None
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert `value` (from YAML or the command line) to the field type `tp`, or raise ConfigError.
 
@@ -78,10 +92,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 errors.append(str(err))
         raise ConfigError("; ".join(errors))
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = value.split()
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        value = _words(key, value)
         item = args[0] if args else Any
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is Any:
@@ -130,7 +141,7 @@ def _build(cls: type[T], values: Any, prefix: str = "") -> T:
         names = ", ".join(f"{prefix}{k}" for k in unknown)
         hint = difflib.get_close_matches(str(unknown[0]), fields, n=1) if len(unknown) == 1 else []
         raise ConfigError(f"{names}: unknown key{'s' if len(unknown) > 1 else ''} for {cls.__name__}"
-                          + (f" (did you mean {prefix}{hint[0]}?)" if hint else ""))
+                          + (f" (did you mean {prefix}{hint[0]}?)" if hint else f"; known: {', '.join(fields)}"))
     out = {}
     for k, v in values.items():
         if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict):
@@ -277,6 +288,9 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
             if not isinstance(section.get(part), dict):
                 section[part] = {}
             section = section[part]
+        if parts[-1] in section and typing.get_origin(tp) in (list, tuple):
+            # A list option given twice (`--data a --data b`, or make's DATA plus ARGS) takes both.
+            value = [*_words(key, section[parts[-1]]), *_words(key, value)]
         section[parts[-1]] = value
     return config_path, out
 

@@ -3,7 +3,8 @@
 An export folder holds no pickle at all:
 
     model.safetensors   the weights (a tied output projection is stored once), with metadata:
-                        tokenizer_sha256, step, source (the checkpoint it came from)
+                        tokenizer_sha256, step, source (the checkpoint it came from), data (the
+                        absolute path of the token store it was trained on, when known)
     config.json         the GPTConfig fields: GPTConfig(**json.load(f))
     tokenizer.json      the tokenizer the ids come from
 
@@ -54,8 +55,9 @@ class LoadedModel:
     source: Path
     """The checkpoint directory or export folder the weights came from."""
     data: str | None = None
-    """The token store the model was trained on (checkpoints only; for bin/eval.py's default): the first of
-    data_looked that holds a store, else the path as the checkpoint saved it."""
+    """The token store the model was trained on (for bin/eval.py's default): for a checkpoint the first of
+    data_looked that holds a store, else the path as the checkpoint saved it; for an export the one it
+    recorded."""
     data_looked: tuple[str, ...] = ()
     """Where the training store was looked for (for error messages)."""
 
@@ -172,7 +174,9 @@ def _load_export(folder: Path) -> LoadedModel:
     with safe_open(folder / WEIGHTS, framework="pt") as f:
         meta = f.metadata() or {}
     step = int(meta["step"]) if meta.get("step", "").isdigit() else None
-    return LoadedModel(model, folder / TOKENIZER, meta.get("tokenizer_sha256", ""), step, folder)
+    data = meta.get("data")
+    return LoadedModel(model, folder / TOKENIZER, meta.get("tokenizer_sha256", ""), step, folder, data,
+                       (data,) if data else ())
 
 
 def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
@@ -184,8 +188,13 @@ def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
     meta = {"tokenizer_sha256": loaded.tokenizer_sha256, "source": str(loaded.source)}
     if loaded.step is not None:
         meta["step"] = str(loaded.step)
+    if loaded.data is not None:
+        meta["data"] = os.path.abspath(loaded.data)  # so bin/eval.py finds it from anywhere
     # save_model, not save_file: it stores tied tensors (wte / lm_head) once instead of refusing them.
     save_model(loaded.model, str(out / WEIGHTS), metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / WEIGHTS, 0o666 & ~umask)  # safetensors writes 0600; the folder is meant to be shared
     (out / CONFIG).write_text(json.dumps(dataclasses.asdict(loaded.model.cfg), indent=2) + "\n")
     # Re-exporting an export into its own folder: the tokenizer is already in place (copyfile would refuse).
     if not ((out / TOKENIZER).exists() and os.path.samefile(loaded.tokenizer_path, out / TOKENIZER)):

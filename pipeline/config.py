@@ -46,7 +46,8 @@ class PrepareConfig:
     """Cleaning rule set: web, shakespeare, minimal (normalisation only), or auto (shakespeare for that
     source, web otherwise)."""
     clean: list[str] = field(default_factory=list)
-    """Overrides of the preset's cleaning options, as key=value items (e.g. "min_words=5 c4_lines=false")."""
+    """Overrides of the preset's cleaning options (pipeline/clean.py CleanConfig), as key=value items,
+    e.g. "gopher_min_words=20 c4_terminal_punct=false"; given twice, both apply."""
     val_fraction: float = 0.05
     """Share of documents (chosen by a hash of their text) held out for validation. 0.05 gives the
     Shakespeare store ~35 of its 781 scenes (~250 KB, spread over the plays): enough for a stable loss;
@@ -74,6 +75,11 @@ class PrepareConfig:
     input files later redoes only those (costs about the store's size again on disk)."""
     quiet: bool = False
     """No progress bars (they are also off when stderr is not a terminal)."""
+    overwrite: bool = False
+    """Replace a store built from entirely other inputs (refused by default: the default name comes
+    from the input's folder name, so two corpora in folders of the same name would collide), training
+    a new tokenizer for it unless `tokenizer` is given; and let `make tokenizer` retrain the tokenizer
+    of an existing store (which then needs `make prepare` again)."""
 
 
 def resolve_name(cfg: PrepareConfig) -> str:

@@ -52,7 +52,7 @@ from pipeline.config import PrepareConfig, check, clean_config, parse_shard, res
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
 from pipeline.merge import merge_parts
-from pipeline.sources import BadFileError, Chunk, expand_paths, plan_chunks, resolve_source
+from pipeline.sources import BadFileError, Chunk, plan_chunks
 from pipeline.store import (
     FORMAT_VERSION,
     StoreError,
@@ -61,54 +61,10 @@ from pipeline.store import (
     sha256_file,
     write_manifest,
 )
-from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
+from pipeline.tokenizer import TokenizerError
+from pipeline.tokenizer_step import input_paths, install_tokenizer, refuse_foreign_store, tokenizer_source
 
 log = logging.getLogger("pipeline")
-
-
-def input_paths(cfg: PrepareConfig) -> list[Path]:
-    if cfg.data:
-        return expand_paths(cfg.data)
-    return resolve_source(cfg.source or "shakespeare", cfg.out)
-
-
-def train_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None) -> Path:
-    """Train a tokenizer on a uniform sample of the cleaned corpus into <out>/<name>/tokenizer.json."""
-    root = Path(cfg.out) / resolve_name(cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    paths = input_paths(cfg) if paths is None else paths
-    vocab = cfg.vocab_size or DEFAULT_VOCAB_SIZE
-    log.info("training a %d-token tokenizer on a sample of up to %.0f MB of %s", vocab,
-             cfg.tokenizer_sample_bytes / 1e6, root.name)
-    started = time.perf_counter()
-    path = Path(train_from_paths(paths, vocab, cfg.tokenizer_sample_bytes, clean_config(cfg), cfg.seed,
-                                 root / "tokenizer.json", text_field=cfg.text_field, csv_column=cfg.csv_column))
-    log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
-    return path
-
-
-def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool) -> Path:
-    """The tokenizer this run encodes with: --tokenizer, else the store's own, trained now if missing.
-    Nothing in an existing store changes here: a --tokenizer is copied in only once the run holds the
-    store's lock and has unmarked the old store (`install_tokenizer`)."""
-    if cfg.tokenizer:
-        src = Path(cfg.tokenizer)
-        if not src.is_file():
-            raise PrepareError(f"--tokenizer {src}: no such file")
-        return src
-    dest = root / "tokenizer.json"
-    if not dest.is_file():
-        if sharded:
-            # n jobs of an array would each train one, racing on the file: train it once up front.
-            raise PrepareError(f"{dest} is missing: run `make tokenizer` (same DATA/NAME) before the --shard jobs")
-        train_tokenizer(cfg, paths)
-    return dest
-
-
-def install_tokenizer(src: Path, dest: Path, sha256: str) -> None:
-    """Copy the run's tokenizer into the store (which must not depend on a file elsewhere)."""
-    if src != dest and (not dest.is_file() or sha256_file(dest) != sha256):
-        atomic_write_bytes(dest, src.read_bytes())
 
 
 def fingerprint(cfg: PrepareConfig, paths: list[Path], settings: Settings, parts: int | None = None) -> str:
@@ -278,6 +234,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     shard = parse_shard(cfg.shard)
     store = root / f"part-{shard[0]}-of-{shard[1]}" if shard else root
     paths = input_paths(cfg)
+    refuse_foreign_store(cfg, store, paths)
     src, tok = tokenizer_source(cfg, root, paths, shard is not None), root / "tokenizer.json"
     started = time.perf_counter()  # the speed reported is the store's, not the tokenizer training's
     settings = Settings(str(tok), sha256_file(src), clean_config(cfg), cfg.text_field, cfg.csv_column)
@@ -341,6 +298,9 @@ def summary(store: Path, manifest: dict[str, Any], asm: Assembler, counts: dict[
         lines.append(f"bad records skipped: {kinds or 'none'}; records with invalid UTF-8 repaired: "
                      f"{asm.read.invalid_utf8:,}")
     lines += [f"bad file skipped: {b['path']}: {b['error']}" for b in asm.bad_files]
+    if not any(info["documents"] for info in manifest["splits"].values()):
+        lines.append("warning: the store is empty: no document was kept (the table above says which rules "
+                     "dropped them; --clean-preset minimal keeps all but empty ones)")
     mb, reused = counts["bytes"] / 1e6, counts["chunks"] - counts["tokenized"]
     lines.append(f"{mb:,.1f} MB of input in {seconds:.1f} s ({mb / max(seconds, 1e-9):.1f} MB/s), "
                  f"{counts['chunks']} chunks" + (f" ({reused} finished by an earlier run)" if reused else ""))
@@ -366,24 +326,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept, so the same command resumes", file=sys.stderr)
         return 130
-    return 0
-
-
-def tokenizer_main(argv: list[str] | None = None) -> int:
-    """bin/tokenizer.py: (re)train <out>/<name>/tokenizer.json from the same inputs `prepare` reads."""
-    cfg = parse_cli(PrepareConfig, argv, prog="bin/tokenizer.py",
-                    description="Train the byte-level BPE tokenizer of a store on a uniform sample of its "
-                                "cleaned corpus. Takes the options of bin/prepare.py; uses the input, cleaning, "
-                                "vocab-size, tokenizer-sample-bytes and seed ones.")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        check(cfg)
-        path = train_tokenizer(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (PrepareError, BadFileError, DownloadError, TokenizerError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{path}: vocabulary {Encoder(str(path)).vocab_size:,}, sha256 {sha256_file(path)}")
     return 0

@@ -149,3 +149,21 @@ def test_bad_out_and_tokenizer_paths_are_one_line_errors(run_dir, tmp_path, caps
     assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(tmp_path / "o"), "--tokenizer",
                             str(tmp_path)]) == 1
     assert f"error: tokenizer {tmp_path}: cannot read it" in capsys.readouterr().err
+
+
+def test_an_export_remembers_its_store_and_is_readable_by_others(run_dir, tmp_path, monkeypatch, capsys):
+    """bin/eval.py on an export needed --data, although the README says it defaults to the training
+    store; and the weights file was written 0600 while its neighbours were 0644."""
+    old_umask = os.umask(0o022)
+    try:
+        out = export(load(run_dir), tmp_path / "out")
+    finally:
+        os.umask(old_umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    monkeypatch.chdir(tmp_path)  # the recorded path is absolute
+    ev = load_script("eval")
+    results = []
+    for src in (run_dir, out):
+        assert ev.main(["--checkpoint", str(src), "--max-tokens", "40", "--device", "cpu", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]["loss"] == results[1]["loss"]

@@ -161,7 +161,8 @@ def test_long_prompt_keeps_its_last_block_size_tokens(run, run_dir):
     assert cont == enc.decode(new) + "\n"
 
 
-@pytest.mark.parametrize("bad", [["--temperature", "-1"], ["--top-k", "0"], ["--top-p", "0"], ["--num-samples", "0"],
+@pytest.mark.parametrize("bad", [["--temperature", "-1"], ["--top-k", "0"], ["--top-p", "0"], ["--top-p", "1.5"],
+                                 ["--num-samples", "0"],
                                  ["--max-new-tokens", "-1"], ["--seed", "x"], ["--bogus"]])
 def test_bad_arguments_exit_2(run, bad):
     with pytest.raises(SystemExit) as exc:

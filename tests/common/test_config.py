@@ -176,3 +176,21 @@ def test_bool_flag_forms(capsys):
     cfg = parse_cli(Flags, ["--no-init-batch", "--align-bos", "true"])
     assert cfg.init_batch is False and cfg.align_bos is True
     assert "takes no value" in _error(capsys, Flags, ["--no-init-batch=1"])
+
+
+def test_a_list_option_given_twice_takes_both_and_items_can_be_quoted():
+    """`--data a --data b` kept only b (and make's DATA plus ARGS="--data ..." lost DATA), silently; a
+    path with a space could not be given at all."""
+    cfg = parse_cli(Outer, ["--paths", "a b", "--paths", "c", "paths=d"])
+    assert cfg.paths == ["a", "b", "c", "d"]
+    assert parse_cli(Outer, ["--paths", "'my data/x.jsonl' y"]).paths == ["my data/x.jsonl", "y"]
+    assert parse_cli(Outer, ["--paths", r"my\ data/x.jsonl"]).paths == ["my data/x.jsonl"]
+    with pytest.raises(SystemExit):
+        parse_cli(Outer, ["--paths", "'unclosed"])
+    # A scalar given twice: the last one wins, as with argparse.
+    assert parse_cli(Outer, ["lr=1", "lr=2"]).lr == 2.0
+
+
+def test_an_unknown_key_without_a_close_match_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"zzz: unknown key for Inner; known: n_layer, act, flag"):
+        from_dict(Outer, {"model": {"zzz": 1}})

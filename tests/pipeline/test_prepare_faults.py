@@ -154,3 +154,9 @@ def test_the_store_keeps_its_tokenizer_until_a_rebuild_really_starts(tmp_path, t
     assert main(argv) == 0  # a run that goes ahead does install it
     assert sha256_file(store / "tokenizer.json") == sha256_file(other)
     assert TokenStore(store, verify=True).vocab_size == 700
+
+
+def test_a_store_where_cleaning_kept_nothing_says_so(tmp_path, tokenizer, capsys):
+    data = write_jsonl(tmp_path / "short.jsonl", ["too short", "also short"])  # the web rules drop both
+    assert main(["--data", str(data), "--out", str(tmp_path), "--tokenizer", str(tokenizer), "--quiet"]) == 0
+    assert "warning: the store is empty" in capsys.readouterr().out

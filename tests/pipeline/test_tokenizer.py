@@ -320,7 +320,7 @@ def test_a_vocabulary_the_corpus_cannot_reach_is_an_error_naming_the_reachable_s
 def test_tokenizer_cli_gives_one_line_errors(tmp_path, capsys):
     """A vocabulary below specials + bytes is a bad option (2); a corpus too small for the vocabulary is
     a bad input (1); neither is a traceback."""
-    from pipeline.prepare import tokenizer_main
+    from pipeline.tokenizer_step import tokenizer_main
 
     path = tmp_path / "small.jsonl"
     path.write_text("".join(json.dumps({"text": f"a small corpus, line {i}."}) + "\n" for i in range(40)))

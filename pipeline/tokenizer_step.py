@@ -1,0 +1,118 @@
+"""The tokenizer a store is encoded with (`make tokenizer`, and the first step of `make prepare`):
+which file it is, training it, installing it into the store, and refusing to replace a store of
+other inputs or a tokenizer that a finished store depends on without --overwrite."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError, parse_cli
+from pipeline.assemble import PrepareError
+from pipeline.config import PrepareConfig, check, clean_config, resolve_name
+from pipeline.download import DownloadError
+from pipeline.fast_encode import Encoder
+from pipeline.sources import BadFileError, expand_paths, resolve_source
+from pipeline.store import atomic_write_bytes, sha256_file
+from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
+
+log = logging.getLogger("pipeline")
+
+
+def input_paths(cfg: PrepareConfig) -> list[Path]:
+    if cfg.data:
+        return expand_paths(cfg.data)
+    return resolve_source(cfg.source or "shakespeare", cfg.out)
+
+
+def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None) -> Path:
+    """Train a tokenizer on a uniform sample of the cleaned corpus into <out>/<name>/tokenizer.json."""
+    root = Path(cfg.out) / resolve_name(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = input_paths(cfg) if paths is None else paths
+    vocab = cfg.vocab_size or DEFAULT_VOCAB_SIZE
+    log.info("training a %d-token tokenizer on a sample of up to %.0f MB of %s", vocab,
+             cfg.tokenizer_sample_bytes / 1e6, root.name)
+    started = time.perf_counter()
+    path = Path(train_from_paths(paths, vocab, cfg.tokenizer_sample_bytes, clean_config(cfg), cfg.seed,
+                                 root / "tokenizer.json", text_field=cfg.text_field, csv_column=cfg.csv_column))
+    log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
+    return path
+
+
+def read_manifest(store: Path) -> dict[str, Any] | None:
+    """The store's manifest as written (None if absent or unreadable), without TokenStore's checks."""
+    try:
+        return json.loads((store / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def refuse_foreign_store(cfg: PrepareConfig, store: Path, paths: list[Path]) -> None:
+    """A finished store built from none of these inputs is another corpus's (the default --name is the
+    input folder's name, so `data/` of one project meets `data/` of another): replace it only on
+    --overwrite, and then not with the tokenizer trained for the other corpus."""
+    old = {s["path"] for s in (read_manifest(store) or {}).get("sources", [])}
+    if not old or old & {str(p) for p in paths}:
+        return
+    if not cfg.overwrite:
+        raise PrepareError(f"{store} holds a store of other inputs (none of its {len(old)} source files is "
+                           "among this run's): give this corpus another --name (make: NAME=...), or pass "
+                           "--overwrite to replace that store")
+    if not cfg.tokenizer and not cfg.shard:
+        (store / "tokenizer.json").unlink(missing_ok=True)
+
+
+def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool) -> Path:
+    """The tokenizer this run encodes with: --tokenizer, else the store's own, trained now if missing.
+    Nothing in an existing store changes here: a --tokenizer is copied in only once the run holds the
+    store's lock and has unmarked the old store (`install_tokenizer`)."""
+    if cfg.tokenizer:
+        src = Path(cfg.tokenizer)
+        if not src.is_file():
+            raise PrepareError(f"--tokenizer {src}: no such file")
+        return src
+    dest = root / "tokenizer.json"
+    if not dest.is_file():
+        if sharded:
+            # n jobs of an array would each train one, racing on the file: train it once up front.
+            raise PrepareError(f"{dest} is missing: run `make tokenizer` (same DATA/NAME) before the --shard jobs")
+        train_store_tokenizer(cfg, paths)
+    return dest
+
+
+def install_tokenizer(src: Path, dest: Path, sha256: str) -> None:
+    """Copy the run's tokenizer into the store (which must not depend on a file elsewhere)."""
+    if src != dest and (not dest.is_file() or sha256_file(dest) != sha256):
+        atomic_write_bytes(dest, src.read_bytes())
+
+
+def tokenizer_main(argv: list[str] | None = None) -> int:
+    """bin/tokenizer.py: (re)train <out>/<name>/tokenizer.json from the same inputs `prepare` reads."""
+    cfg = parse_cli(PrepareConfig, argv, prog="bin/tokenizer.py",
+                    description="Train the byte-level BPE tokenizer of a store on a uniform sample of its "
+                                "cleaned corpus. Takes the options of bin/prepare.py; uses the input, cleaning, "
+                                "vocab-size, tokenizer-sample-bytes and seed ones.")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        check(cfg)
+        root = Path(cfg.out) / resolve_name(cfg)
+        in_use = (read_manifest(root) or {}).get("tokenizer", {}).get("sha256")
+        if in_use and not cfg.overwrite and (root / "tokenizer.json").is_file() \
+                and in_use == sha256_file(root / "tokenizer.json"):
+            raise PrepareError(f"{root / 'tokenizer.json'} is the tokenizer of the store in {root}: a new one "
+                               "would leave that store unusable until `make prepare` rebuilds it. Pass "
+                               "--overwrite to retrain it anyway, or give another --name (make: NAME=...)")
+        path = train_store_tokenizer(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (PrepareError, BadFileError, DownloadError, TokenizerError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{path}: vocabulary {Encoder(str(path)).vocab_size:,}, sha256 {sha256_file(path)}")
+    return 0

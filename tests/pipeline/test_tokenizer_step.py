@@ -1,0 +1,57 @@
+"""pipeline/tokenizer_step.py: a store's tokenizer and name are not replaced by accident. Two corpora in
+folders of the same name (the default --name) silently rebuilt one store from the other's data with
+the first one's tokenizer, and `make tokenizer` silently broke the finished store using its tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+from prepare_helpers import sentences, write_jsonl
+
+from pipeline.prepare import main
+from pipeline.store import TokenStore, sha256_file
+from pipeline.tokenizer_step import tokenizer_main
+
+
+def _sources(store) -> list[str]:
+    return [s["path"] for s in json.loads((store / "manifest.json").read_text())["sources"]]
+
+
+def test_a_store_of_other_inputs_is_replaced_only_on_overwrite(tmp_path, capsys):
+    first = write_jsonl(tmp_path / "one" / "corpus" / "a.jsonl", sentences(1, 300))
+    other = write_jsonl(tmp_path / "two" / "corpus" / "b.jsonl", sentences(2, 300))
+    common = ["--out", str(tmp_path / "cache"), "--clean-preset", "minimal", "--quiet", "--vocab-size", "300"]
+    assert main(["--data", str(first.parent), *common]) == 0  # store "corpus", tokenizer trained on it
+    store = tmp_path / "cache" / "corpus"
+    tokenizer = sha256_file(store / "tokenizer.json")
+
+    assert main(["--data", str(other.parent), *common]) == 1
+    err = capsys.readouterr().err
+    assert f"{store} holds a store of other inputs" in err and "--overwrite" in err and "NAME=" in err
+    assert _sources(store) == [str(first)] and sha256_file(store / "tokenizer.json") == tokenizer
+    TokenStore(store, verify=True)
+
+    more = write_jsonl(tmp_path / "one" / "extra.jsonl", sentences(3, 50))  # the same corpus grown: no refusal
+    assert main(["--data", str(first.parent), "--data", str(more), *common]) == 0
+    assert _sources(store) == [str(first), str(more)]
+
+    assert main(["--data", str(other.parent), "--overwrite", *common]) == 0
+    assert _sources(store) == [str(other)]
+    assert sha256_file(store / "tokenizer.json") != tokenizer  # trained anew, on this corpus
+
+
+def test_make_tokenizer_keeps_the_tokenizer_a_store_uses_unless_overwrite(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(4, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet"]
+    assert tokenizer_main([*common, "--vocab-size", "300"]) == 0  # no store yet: trained freely
+    assert main([*common, "--vocab-size", "300"]) == 0
+    store = tmp_path / "s"
+    before = sha256_file(store / "tokenizer.json")
+
+    assert tokenizer_main([*common, "--vocab-size", "320"]) == 1
+    assert "is the tokenizer of the store in" in capsys.readouterr().err
+    assert sha256_file(store / "tokenizer.json") == before
+    TokenStore(store, verify=True)
+
+    assert tokenizer_main([*common, "--vocab-size", "320", "--overwrite"]) == 0
+    assert sha256_file(store / "tokenizer.json") != before
