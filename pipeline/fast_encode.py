@@ -1,11 +1,14 @@
-"""Exact fast encoding: our HF byte-level BPE vocabulary run on tiktoken's engine, when provably equal.
+"""Exact fast encoding: our HF byte-level BPE vocabulary run on tiktoken's engine, where checked equal.
 
 tiktoken and HF apply BPE differently. HF merges the adjacent pair with the lowest *merge rank*;
 tiktoken merges the pair whose *concatenation* has the lowest *token id*, and returns a whole
-pre-token directly when it is itself in the vocabulary. The two agree when ids follow merge order
-and every token is made by exactly one merge, which holds for vocabularies trained by HF's
-BpeTrainer. `Encoder` checks that structure, then compares both engines on a probe text, and
-uses HF (without special-token matching) if either check fails. `engine` says which one runs.
+pre-token directly when it is itself in the vocabulary. The two agree when ids follow merge order,
+every token is made by exactly one merge, and no two tokens join into a third by any pair but its
+merge; vocabularies trained by HF's BpeTrainer have that shape. `Encoder` checks the first two
+exactly, the third through its consequence that every token's own text encodes (in HF) to that
+token alone, then compares both engines on a probe text; it uses HF (without special-token
+matching) if any check fails. These checks are strong evidence, not a proof (a review's fuzzing
+found no vocabulary that passed them and still differed). `engine` says which one runs.
 """
 
 from __future__ import annotations
@@ -94,6 +97,16 @@ def tiktoken_ranks(data: dict) -> tuple[dict[bytes, int] | None, str]:
     return {bytes(to_byte[c] for c in tok): i for tok, i in vocab.items() if tok not in SPECIALS}, ""
 
 
+def _token_not_encoding_to_itself(hf: Tokenizer, vocab: dict[str, int]) -> str | None:
+    """The first non-special token whose own (byte-level) text HF's BPE does not turn into that token,
+    else None. BpeTrainer's vocabularies pass; a merge table where two tokens join into a third by a
+    pair other than its merge does not, and that is where tiktoken's rule would part from HF's."""
+    for tok, i in vocab.items():
+        if tok not in SPECIALS and [t.id for t in hf.model.tokenize(tok)] != [i]:
+            return tok
+    return None
+
+
 class Encoder:
     """Encode documents to ids with a trained tokenizer.json; identical ids from either engine.
 
@@ -135,7 +148,10 @@ class Encoder:
                 self._tt = tiktoken.Encoding(
                     f"bpe-{len(ranks)}", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={}
                 )
-                if self._tt.encode_ordinary(PROBE) != self._hf_encode([PROBE])[0]:
+                stray = _token_not_encoding_to_itself(self._hf, vocab)
+                if stray is not None:
+                    self._tt, self.why_not_tiktoken = None, f"token {stray!r} does not encode to itself in HF"
+                elif self._tt.encode_ordinary(PROBE) != self._hf_encode([PROBE])[0]:
                     self._tt, self.why_not_tiktoken = None, "tiktoken and HF disagree on the probe text"
             if engine == "tiktoken" and self._tt is None:
                 raise ValueError(f"{path}: cannot use tiktoken: {self.why_not_tiktoken}")
@@ -152,9 +168,24 @@ class Encoder:
         """Ids per text, no BOS/EOS added. tiktoken threads over texts (it releases the GIL)."""
         if self._tt is None:
             return self._hf_encode(list(texts))
-        if self.num_threads <= 1:
-            return [self._tt.encode_ordinary(t) for t in texts]
-        return self._tt.encode_ordinary_batch(list(texts), num_threads=self.num_threads)
+        if self.num_threads > 1:
+            try:
+                return self._tt.encode_ordinary_batch(list(texts), num_threads=self.num_threads)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # see _tt_encode; redo text by text
+                pass
+        return [self._tt_encode(t) for t in texts]
+
+    def _tt_encode(self, text: str) -> list[int]:
+        try:
+            return self._tt.encode_ordinary(text)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            # tiktoken's regex VM panics (pyo3's PanicException, a BaseException) when a whitespace run
+            # of ~1M characters meets its backtracking limit; HF, the reference, encodes it.
+            return self._hf_encode([text])[0]
 
     def encode_to_array(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """All texts' ids concatenated (uint16 when the vocabulary fits, else uint32) and their lengths."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from pipeline import fast_encode
 from pipeline.fast_encode import GPT2_PATTERN, PROBE, Encoder, bytes_to_unicode
 from pipeline.tokenizer import (
     BOS_ID,
@@ -198,20 +199,46 @@ def test_fallback_when_merges_reordered(tok_path, tmp_path, corpus):
         Encoder(path, engine="tiktoken")
 
 
-def test_fallback_when_probe_disagrees(tmp_path):
-    """Structurally valid but unequal: HF merges (He, l), tiktoken would merge H + el into "Hel"."""
+def _odd_tokenizer(path, merges):
+    """Structurally valid (ids in merge order, one merge per token) but not BpeTrainer's shape."""
     alphabet = sorted(bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(SPECIALS + alphabet)}
-    merges = [("e", "l"), ("H", "e"), ("He", "l")]
     for a, b in merges:
         vocab[a + b] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    path = save_tokenizer(tok, tmp_path / "odd.json")
+    return save_tokenizer(tok, path), vocab
+
+
+def test_fallback_when_a_token_does_not_encode_to_itself(tmp_path, monkeypatch):
+    """HF merges (He, l) never (its merge is H + el), tiktoken would merge H + el into "Hel"."""
+    path, vocab = _odd_tokenizer(tmp_path / "odd.json", [("e", "l"), ("H", "e"), ("He", "l")])
     enc = Encoder(path)
-    assert enc.engine == "hf" and "probe" in enc.why_not_tiktoken
+    assert enc.engine == "hf" and "'Hel' does not encode to itself" in enc.why_not_tiktoken
     assert enc.encode("Hello") == [vocab["H"], vocab["el"], vocab["l"], vocab["o"]]
+    # The probe text, the last check, catches this one too.
+    monkeypatch.setattr(fast_encode, "_token_not_encoding_to_itself", lambda hf, vocab: None)
+    assert "probe" in Encoder(path).why_not_tiktoken
+
+
+def test_a_difference_the_probe_text_cannot_see_is_caught(tmp_path):
+    """Neither "xy" nor "yz" occurs in the probe: the probe alone let tiktoken run, and it encoded
+    "xyz" as one token where HF gives y+z then x (a review's finding)."""
+    path, vocab = _odd_tokenizer(tmp_path / "xyz.json", [("y", "z"), ("x", "y"), ("xy", "z")])
+    enc = Encoder(path)
+    assert enc.engine == "hf"
+    assert enc.encode("xyzzy") == Encoder(path, engine="hf").encode("xyzzy") == [vocab["x"], vocab["yz"],
+                                                                                 vocab["z"], vocab["y"]]
+
+
+def test_a_huge_whitespace_run_falls_back_instead_of_crashing(tok_path):
+    """tiktoken's regex VM panics (a BaseException) at ~1M characters of whitespace before a word."""
+    text = "a" + "\u00a0" * 1_000_000 + "word"
+    want = Encoder(tok_path, engine="hf").encode(text)
+    assert Encoder(tok_path).engine == "tiktoken"
+    assert Encoder(tok_path).encode(text) == want
+    assert Encoder(tok_path, num_threads=2).encode_batch(["x y", text])[1] == want
 
 
 def test_padding_and_truncation(tok_path):
