@@ -75,7 +75,7 @@ class Trainer:
         self.ptdtype = getattr(torch, cfg.dtype)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs outside autocast
-        self.scaler = torch.amp.GradScaler("cuda") if self.ptdtype is torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.ptdtype is torch.float16 else None
 
         started = time.perf_counter()
         seed_all(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -221,6 +221,9 @@ class Trainer:
         self.log(f"parameters: {total:,}" + (f" ({core:,} without lookup-only embeddings)" if core != total else ""))
         self.log(f"device {self.device} x {self.dist.world_size} | dtype {cfg.dtype} | compile {cfg.compile} | "
                  f"{self.tokens_per_step:,} tokens/step | {self.total_steps} steps")
+        if cfg.warmup_steps >= self.total_steps:
+            self.log(f"warning: warmup_steps {cfg.warmup_steps} >= the run's {self.total_steps} steps: the LR "
+                     f"never reaches lr {cfg.lr:g} nor decays to min_lr")
         if not self.dist.is_main:
             return
         (self.run_dir / "config.yml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

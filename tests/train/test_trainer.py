@@ -198,6 +198,35 @@ def test_eval_set_and_loss_do_not_depend_on_the_micro_batch_init_batch_fits(tmp_
     plain.close()
 
 
+def test_fp16_on_cpu_has_a_working_grad_scaler(tmp_path):
+    """GradScaler("cuda") disables itself without CUDA: fp16 on a CPU then ran unscaled, and a step with
+    a finite loss but an overflowing gradient was applied, turning every weight into NaN."""
+    make_store(tmp_path / "store")
+    lines: list[str] = []
+    trainer = make_trainer(tiny_config(tmp_path / "store", tmp_path / "run", dtype="float16", init_batch=False,
+                                       max_steps=3, warmup_steps=1, eval_batches=0), lines)
+    assert trainer.scaler is not None and trainer.scaler.is_enabled()
+    trainer.train_step()
+    before, scale = [p.detach().clone() for p in trainer.raw.parameters()], trainer.scaler.get_scale()
+    hook = trainer.raw.blocks[0].mlp.down.weight.register_hook(lambda g: g * float("inf"))
+    trainer.train_step()
+    hook.remove()
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.raw.parameters(), strict=True))
+    assert trainer.scaler.get_scale() < scale  # the overflow was seen: the scale backs off
+    trainer.train_step()
+    assert all(torch.isfinite(p).all() for p in trainer.raw.parameters())
+    assert not any(line.startswith("warning: warmup_steps") for line in lines)
+    trainer.close()
+
+
+def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
+    make_store(tmp_path / "store")
+    lines: list[str] = []
+    make_trainer(tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, max_steps=4, warmup_steps=10),
+                 lines).close()
+    assert any(line.startswith("warning: warmup_steps 10 >= the run's 4 steps") for line in lines)
+
+
 def test_nonfinite_steps_skipped_on_every_rank_then_abort(tmp_path):
     make_store(tmp_path / "store")
     cfg = tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, max_steps=6, max_skips=3)
