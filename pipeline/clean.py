@@ -196,14 +196,16 @@ class CleanStats:
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Controls that separate text (str.split and str.splitlines treat them as whitespace or line ends)
 # become a newline or a space before the rest are deleted: deleting them would glue words together.
+# Unicode's line and paragraph separators (U+2028/9, not controls) are line ends too: without this the
+# line rules would judge the lines they separate as one.
 _SEPARATORS = str.maketrans({"\x0b": "\n", "\x0c": "\n", "\x1c": "\n", "\x1d": "\n", "\x1e": "\n", "\x85": "\n",
-                             "\x1f": " "})
+                             "\x1f": " ", "\u2028": "\n", "\u2029": "\n\n"})
 # Lone surrogates (JSON "\ud800" escapes decode to them) cannot be encoded to UTF-8 at all.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # The same characters as UTF-8 bytes: C0 controls but tab and newline (CR included, as it is
-# rewritten) and DEL, one byte each; C1 controls, two bytes each.
+# rewritten) and DEL, one byte each; C1 controls, two bytes each, and U+2028/U+2029, three.
 _C0_BYTES = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])
-_C1_UTF8 = re.compile(rb"\xc2[\x80-\x9f]")
+_C1_UTF8 = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
 # Runs of spaces/tabs after a non-space that are worth replacing by one space (a tab, or 2+
 # characters): interior runs once line ends are stripped (a run after a newline is indentation,
 # kept because it carries structure in Markdown, verse and code). Each branch starts with literals

@@ -1,14 +1,26 @@
 """Quality rules: C4's line filters (Raffel et al. 2020) and Gopher's document filters (Rae et al. 2021).
 
 The rules follow the published heuristics as datatrove implements them (`C4QualityFilter`,
-`GopherQualityFilter`, `GopherRepetitionFilter`), with three deliberate simplifications that keep
-them dependency-free and linear-time:
+`GopherQualityFilter`, `GopherRepetitionFilter`), with three simplifications that keep them
+dependency-free and linear-time:
 
 * words are whitespace-separated tokens (datatrove runs an NLTK/spaCy word tokenizer); where a
   rule needs the "word itself" (length, stop words) surrounding punctuation is stripped first;
 * sentences are counted with a single punctuation regex rather than Punkt;
 * n-grams are compared as sequences of whole words, not as joined strings, so "ab c" and "a bc"
   are never confused.
+
+and these deliberate differences in detail (each makes a rule match its intent on web text, or is
+one reading of the papers where datatrove and RedPajama-v2 differ):
+
+* C4: a line may also end in a typographic closing quote (” ’); citation markers are removed case-
+  insensitively and the line is stripped again, so "winter. [3]" still ends in a full stop;
+* Gopher stop words match case-insensitively ("The" counts); bullets are • - ● ‣ ◦ ▪; the bullet and
+  ellipsis line ratios are over non-blank lines (datatrove counts blank lines too, which halves
+  them for double-spaced text);
+* Gopher repetition: the top n-gram counts only when it repeats (as RedPajama-v2; datatrove takes
+  the first n-gram even if unique), and duplicate lines, paragraphs and n-grams leave out their first
+  occurrence (as datatrove; RedPajama-v2 and dolma count every occurrence).
 
 Each rule function returns the name of the rule that fired (a key of `CleanStats.dropped`) or None,
 checking its rules in a fixed order and reporting the first that fires. Every threshold is read from

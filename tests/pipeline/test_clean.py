@@ -63,6 +63,16 @@ def test_separator_controls_keep_words_apart():
     assert normalize("foo\x0cbar baz\x0bqux\x85end\x1fz \x1cw", WEB) == "foo\nbar baz\nqux\nend z\nw"
 
 
+def test_unicode_line_and_paragraph_separators_end_lines():
+    """U+2028/U+2029 were kept inside a line, so C4's line rules judged two lines as one (a review found
+    documents dropped or kept unlike the reference, which splits lines with str.splitlines)."""
+    assert normalize("one line.\u2028Read more\u2029Next paragraph.", WEB) == "one line.\nRead more\n\nNext paragraph."
+    sentences = [f"This is sentence number {n} of a plain paragraph with words." for n in range(6)]
+    c4_only = replace(WEB, gopher_quality=False, gopher_repetition=False)
+    kept = clean_text("\u2028Read more\u2028".join(sentences), c4_only)
+    assert kept[0] == "\n".join(sentences)  # the menu lines go, the six sentences stay
+
+
 def test_a_line_of_unicode_whitespace_is_blank_not_a_repeated_line():
     """HTML-to-text turns &nbsp; paragraphs into lines holding only U+00A0."""
     words = [chr(ord("a") + i) * 4 for i in range(16)]
