@@ -27,7 +27,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
@@ -130,6 +130,7 @@ def _results(todo: list[tuple[int, Chunk, str]], settings: Settings, workers: in
     # segfault) and then waits forever for the chunk it held.
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=init_worker, initargs=(settings,))
+    futures: list[Future] = []
     try:
         futures = [pool.submit(run_chunk, job) for job in todo]
         for n_done, future in enumerate(as_completed(futures)):
@@ -138,6 +139,18 @@ def _results(todo: list[tuple[int, Chunk, str]], settings: Settings, workers: in
             except BrokenProcessPool as err:
                 raise PrepareError(f"a worker process died (killed, or out of memory?) with {len(todo) - n_done} "
                                    "chunks unfinished; finished chunks are kept: rerun to resume") from err
+    except BaseException:  # an error, Ctrl-C, or the consumer stopped early
+        for future in futures:
+            future.cancel()
+        try:
+            wait(futures)  # the chunks in flight finish and are kept for the rerun
+        except KeyboardInterrupt:
+            # A second Ctrl-C: stop now. (Interrupting the executor's own shutdown wait instead would
+            # leave its manager thread and the workers waiting on each other forever.)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):  # private, stable since 3.2
+                process.kill()
+            raise
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -174,25 +187,28 @@ def _build(store: Path, chunks: list[Chunk], paths: list[Path], settings: Settin
     # A file's chunks are consecutive in the plan. When bad files are skipped, a file is skipped whole
     # (and listed once), so phase 2 takes a file's chunks only once all of them are in: keeping the
     # chunks before a fault would make the store depend on --chunk-bytes.
-    group_end = list(range(len(chunks)))
+    group = list(range(len(chunks)))  # the plan position where each chunk's group starts
     if cfg.skip_bad_files:
-        for pos in range(len(chunks) - 2, -1, -1):
-            if chunks[pos].path == chunks[pos + 1].path:
-                group_end[pos] = group_end[pos + 1]
+        for pos in range(1, len(chunks)):
+            if chunks[pos].path == chunks[pos - 1].path:
+                group[pos] = group[pos - 1]
+    missing = Counter(group[pos] for pos in range(len(chunks)) if pos not in done)  # chunks yet to come, by group
     cursor = 0
 
     def drain() -> None:
-        """Hand every result that is next in plan order to phase 2."""
+        """Hand every whole group of results that is next in plan order to phase 2."""
         nonlocal cursor
-        while cursor < len(chunks) and all(pos in done for pos in range(cursor, group_end[cursor] + 1)):
-            group = range(cursor, group_end[cursor] + 1)
-            errors = [res.error for res in map(done.pop, group) if res is not None and res.error]
+        while cursor < len(chunks) and not missing[cursor]:
+            end = cursor + 1
+            while end < len(chunks) and group[end] == cursor:
+                end += 1
+            errors = [res.error for res in map(done.pop, range(cursor, end)) if res is not None and res.error]
             if errors:
                 asm.add_bad_file(errors[0])
             else:
-                for pos in group:
+                for pos in range(cursor, end):
                     asm.add(load_result(paths[pos], metas[pos] or result_meta(paths[pos])))
-            cursor = group.stop
+            cursor = end
 
     cached = [m for m in metas if m is not None]
     bar = tqdm(total=counts["bytes"], initial=counts["bytes"] - counts["bytes_tokenized"], unit="B", unit_scale=True,
@@ -212,6 +228,7 @@ def _build(store: Path, chunks: list[Chunk], paths: list[Path], settings: Settin
             bar.update(nbytes[res.position])
             bar.set_postfix_str(f"{_human(docs)} docs, {_human(tokens)} tokens", refresh=False)
             done[res.position] = res
+            missing[group[res.position]] -= 1
             drain()
     return asm, counts
 

@@ -71,12 +71,18 @@ def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded:
     """The tokenizer this run encodes with: --tokenizer, else the store's own, trained now if missing.
     Nothing in an existing store changes here: a --tokenizer is copied in only once the run holds the
     store's lock and has unmarked the old store (`install_tokenizer`)."""
+    dest = root / "tokenizer.json"
     if cfg.tokenizer:
         src = Path(cfg.tokenizer)
         if not src.is_file():
             raise PrepareError(f"--tokenizer {src}: no such file")
+        if sharded and dest.is_file() and sha256_file(dest) != sha256_file(src):
+            # Each job locks only its own part: replacing the shared file would break the finished
+            # store and the other parts, which were encoded with the one in place.
+            raise PrepareError(f"{dest} is shared by all --shard parts (and the store they merge into) and is not "
+                               f"--tokenizer {src}: put the new tokenizer there once before the --shard jobs "
+                               "(copy it, or `make tokenizer --overwrite`)")
         return src
-    dest = root / "tokenizer.json"
     if not dest.is_file():
         if sharded:
             # n jobs of an array would each train one, racing on the file: train it once up front.

@@ -4,6 +4,7 @@ leave what a rerun resumes from."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import resource
 import signal
@@ -101,6 +102,36 @@ def test_run_stops_promptly_with_one_line_then_a_rerun_resumes(tmp_path, corpus,
     assert done.returncode == 0, done.stderr
     assert all((work / name).stat().st_mtime_ns == t for name, t in kept.items())  # reused, not redone
     assert store_files(work.parent) == store_files(reference)
+
+
+def test_a_second_ctrl_c_while_chunks_finish_stops_at_once(tmp_path, corpus):
+    """The first Ctrl-C waits for the chunks in flight; a second one interrupted the executor's own
+    shutdown wait, after which its manager thread and the workers waited on each other forever."""
+    data, tokenizer, _ = corpus
+    whole = b"".join((data / f"s{k}.jsonl").read_bytes() for k in range(4))
+    for k in range(2):  # compressed files are one chunk each: seconds of work in each worker
+        (tmp_path / "gz").mkdir(exist_ok=True)
+        (tmp_path / "gz" / f"g{k}.jsonl.gz").write_bytes(gzip.compress(whole * 2, compresslevel=1))
+    cmd = _command(tmp_path / "gz", tokenizer, tmp_path)
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    work, deadline = tmp_path / "k" / ".work", time.monotonic() + 60
+    while len(list(work.glob("*.tmp*"))) < 2:  # both workers are writing their chunk
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for _ in range(2):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("prepare still running 30 s after a second Ctrl-C")
+    assert proc.returncode == 130 and "interrupted" in err
+    deadline = time.monotonic() + 10
+    while _pool_workers(proc.pid):
+        assert time.monotonic() < deadline, _pool_workers(proc.pid)
+        time.sleep(0.1)
 
 
 def test_a_tokenizer_that_changed_under_the_workers_is_an_error_not_a_hang(tmp_path, corpus):

@@ -55,3 +55,20 @@ def test_make_tokenizer_keeps_the_tokenizer_a_store_uses_unless_overwrite(tmp_pa
 
     assert tokenizer_main([*common, "--vocab-size", "320", "--overwrite"]) == 0
     assert sha256_file(store / "tokenizer.json") != before
+
+
+def test_a_shard_job_does_not_replace_the_tokenizer_its_siblings_share(tmp_path, capsys):
+    """Each --shard job locks only its own part: installing its --tokenizer over the shared one broke
+    the finished store (and any finished part) encoded with the old one."""
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(5, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet"]
+    assert main([*common, "--vocab-size", "300"]) == 0
+    other = tmp_path / "other" / "tokenizer.json"
+    assert tokenizer_main([*common, "--name", "o", "--vocab-size", "320"]) == 0
+    other.parent.mkdir()
+    (tmp_path / "o" / "tokenizer.json").rename(other)
+
+    assert main([*common, "--shard", "0/2", "--tokenizer", str(other)]) == 1
+    assert "is shared by all --shard parts" in capsys.readouterr().err
+    TokenStore(tmp_path / "s", verify=True)
+    assert main([*common, "--shard", "0/2", "--tokenizer", str(tmp_path / "s" / "tokenizer.json")]) == 0
