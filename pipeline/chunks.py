@@ -208,8 +208,8 @@ def init_worker(settings: Settings) -> None:
     _WORKER.clear()
     _WORKER["settings"] = settings
     if mp.parent_process() is not None:
-        # Ctrl-C reaches the whole process group: the parent alone stops the run (after the chunks in
-        # flight, whose results a rerun reuses), instead of each worker dying with a traceback.
+        # Ctrl-C reaches the whole process group: the parent alone stops the run (pipeline/pool.py),
+        # instead of each worker dying with a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if sha256_file(settings.tokenizer_path) != settings.tokenizer_sha256:

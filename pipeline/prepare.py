@@ -20,15 +20,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,15 +40,14 @@ from pipeline.chunks import (
     ChunkDone,
     Settings,
     chunk_key,
-    init_worker,
     load_result,
     result_meta,
-    run_chunk,
 )
 from pipeline.config import PrepareConfig, check, clean_config, parse_shard, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
 from pipeline.merge import merge_parts
+from pipeline.pool import chunk_results
 from pipeline.sources import BadFileError, Chunk, plan_chunks
 from pipeline.store import (
     FORMAT_VERSION,
@@ -119,42 +115,6 @@ def _plan(paths: list[Path], cfg: PrepareConfig) -> tuple[list[Chunk], list[dict
     return chunks, bad
 
 
-def _results(todo: list[tuple[int, Chunk, str]], settings: Settings, workers: int) -> Iterator[ChunkDone]:
-    """Run phase 1 on `todo`, yielding each chunk's summary as it finishes (any order)."""
-    if workers <= 1 or len(todo) <= 1:
-        init_worker(settings)
-        yield from map(run_chunk, todo)
-        return
-    # forkserver/spawn: workers never inherit the parent's threads or open files, unlike fork.
-    # An executor, not multiprocessing.Pool: a Pool silently replaces a worker that dies (OOM kill,
-    # segfault) and then waits forever for the chunk it held.
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=init_worker, initargs=(settings,))
-    futures: list[Future] = []
-    try:
-        futures = [pool.submit(run_chunk, job) for job in todo]
-        for n_done, future in enumerate(as_completed(futures)):
-            try:
-                yield future.result()
-            except BrokenProcessPool as err:
-                raise PrepareError(f"a worker process died (killed, or out of memory?) with {len(todo) - n_done} "
-                                   "chunks unfinished; finished chunks are kept: rerun to resume") from err
-    except BaseException:  # an error, Ctrl-C, or the consumer stopped early
-        for future in futures:
-            future.cancel()
-        try:
-            wait(futures)  # the chunks in flight finish and are kept for the rerun
-        except KeyboardInterrupt:
-            # A second Ctrl-C: stop now. (Interrupting the executor's own shutdown wait instead would
-            # leave its manager thread and the workers waiting on each other forever.)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):  # private, stable since 3.2
-                process.kill()
-            raise
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _human(n: float) -> str:
     for unit in ("", "K", "M", "G"):
         if abs(n) < 1000:
@@ -216,7 +176,7 @@ def _build(store: Path, chunks: list[Chunk], paths: list[Path], settings: Settin
                disable=cfg.quiet or not sys.stderr.isatty())
     docs, tokens = sum(m["documents"] for m in cached), sum(m["tokens"] for m in cached)
     workers = cfg.workers or len(os.sched_getaffinity(0))
-    with bar, contextlib.closing(_results(todo, settings, workers)) as results:
+    with bar, contextlib.closing(chunk_results(todo, settings, workers)) as results:
         drain()
         for res in results:
             if res.error and not cfg.skip_bad_files:

@@ -19,7 +19,7 @@ from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer,
 
 from pipeline.chunks import Settings
 from pipeline.clean import CleanConfig
-from pipeline.prepare import _results
+from pipeline.pool import chunk_results
 from pipeline.sources import plan_chunks
 from pipeline.store import TokenStore, sha256_file
 from pipeline.tokenizer import TokenizerError
@@ -104,8 +104,8 @@ def test_run_stops_promptly_with_one_line_then_a_rerun_resumes(tmp_path, corpus,
     assert store_files(work.parent) == store_files(reference)
 
 
-def test_a_second_ctrl_c_while_chunks_finish_stops_at_once(tmp_path, corpus):
-    """The first Ctrl-C waits for the chunks in flight; a second one interrupted the executor's own
+def test_ctrl_c_twice_while_workers_hold_long_chunks_stops_at_once(tmp_path, corpus):
+    """Waiting for the chunks in flight after a Ctrl-C, a second one interrupted the executor's own
     shutdown wait, after which its manager thread and the workers waited on each other forever."""
     data, tokenizer, _ = corpus
     whole = b"".join((data / f"s{k}.jsonl").read_bytes() for k in range(4))
@@ -139,13 +139,13 @@ def test_a_tokenizer_that_changed_under_the_workers_is_an_error_not_a_hang(tmp_p
     chunks = plan_chunks([data / "s0.jsonl"], 65536)[:3]
     todo = [(pos, c, str(tmp_path / f"{pos}.chunk")) for pos, c in enumerate(chunks)]
     settings = Settings(str(tokenizer), sha256_file(tokenizer), CleanConfig.for_source("minimal"), "text", "text")
-    assert [r.position for r in sorted(_results(todo, settings, workers=2), key=lambda r: r.position)] == [0, 1, 2]
+    assert [r.position for r in sorted(chunk_results(todo, settings, workers=2), key=lambda r: r.position)] == [0, 1, 2]
     with pytest.raises(TokenizerError, match="changed while prepare was running"):
-        list(_results(todo, replace(settings, tokenizer_sha256="0" * 64), workers=2))
+        list(chunk_results(todo, replace(settings, tokenizer_sha256="0" * 64), workers=2))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     with pytest.raises(TokenizerError, match="could not load the tokenizer"):
-        list(_results(todo, replace(settings, tokenizer_path=str(broken), tokenizer_sha256=sha256_file(broken)),
+        list(chunk_results(todo, replace(settings, tokenizer_path=str(broken), tokenizer_sha256=sha256_file(broken)),
                       workers=2))
 
 

@@ -1,0 +1,78 @@
+"""Phase 1's worker processes: run pipeline/chunks.py's `run_chunk` over the plan on all cores and
+hand back each chunk's summary as it finishes.
+
+What this file exists to get right is stopping. A run must end promptly, with the error that
+stopped it and without leftover processes, whether a worker dies (an OOM kill), the consumer stops
+(a bad file), or the user presses Ctrl-C, once or several times:
+
+* concurrent.futures, not multiprocessing.Pool: a Pool silently replaces a worker that dies and then
+  waits forever for the chunk it held; an executor reports a broken pool.
+* On any stop the workers are killed at once (their unfinished chunks are redone by the rerun; the
+  finished ones are on disk). Waiting for them instead, or cancelling futures while the executor's
+  manager thread is marking them broken, can leave that thread dead or the workers waiting for it
+  forever (CPython 3.11's executor), and a Ctrl-C during its shutdown join has the same effect.
+* Workers ignore SIGINT from birth (the forkserver is started with SIGINT ignored, and the pool's
+  initializer ignores it again), so a terminal's Ctrl-C reaches the parent alone instead of
+  printing a traceback per worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+
+from pipeline.assemble import PrepareError
+from pipeline.chunks import ChunkDone, Settings, init_worker, run_chunk
+from pipeline.sources import Chunk
+
+
+def chunk_results(todo: list[tuple[int, Chunk, str]], settings: Settings, workers: int) -> Iterator[ChunkDone]:
+    """Run phase 1 on `todo`, yielding each chunk's summary as it finishes (any order)."""
+    if workers <= 1 or len(todo) <= 1:
+        init_worker(settings)
+        yield from map(run_chunk, todo)
+        return
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=_context(), initializer=init_worker,
+                               initargs=(settings,))
+    try:
+        futures = [pool.submit(run_chunk, job) for job in todo]
+        for n_done, future in enumerate(as_completed(futures)):
+            try:
+                yield future.result()
+            except BrokenProcessPool as err:
+                raise PrepareError(f"a worker process died (killed, or out of memory?) with {len(todo) - n_done} "
+                                   "chunks unfinished; finished chunks are kept: rerun to resume") from err
+    except BaseException:  # an error, Ctrl-C, or the consumer stopped early
+        _kill_workers(pool)
+        raise
+    finally:
+        try:
+            pool.shutdown(wait=True)
+        except BaseException:
+            _kill_workers(pool)
+            raise
+
+
+def _context() -> mp.context.BaseContext:
+    """forkserver where there is one (workers never inherit the parent's threads or open files, unlike
+    fork), started with SIGINT ignored so that every worker forked from it ignores SIGINT too."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return mp.get_context("forkserver")
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # private, there since 3.2
+        process.kill()
