@@ -69,10 +69,14 @@ def _words(key: str, value: Any) -> list[Any]:
         return list(value)
     if not isinstance(value, str):
         return [value]
+    # POSIX quoting but no backslash escapes (a path may hold backslashes); an unbalanced quote (a
+    # name like O'Brien.jsonl) means the text was not quoted at all.
+    lexer = shlex.shlex(value, posix=True)
+    lexer.whitespace_split, lexer.escape = True, ""
     try:
-        return shlex.split(value)
-    except ValueError as err:
-        raise ConfigError(f"{key}: {err} in {value!r}") from None
+        return list(lexer)
+    except ValueError:
+        return value.split()
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -213,6 +217,8 @@ def _parse_value(raw: str, tp: Any) -> Any:
         return None
     if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
         return raw
+    if typing.get_origin(tp) in (list, tuple) and not raw.lstrip().startswith("["):
+        return raw  # split by _words; YAML would strip the quotes that group an item with spaces
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:

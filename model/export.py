@@ -188,14 +188,13 @@ def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
     meta = {"tokenizer_sha256": loaded.tokenizer_sha256, "source": str(loaded.source)}
     if loaded.step is not None:
         meta["step"] = str(loaded.step)
-    if loaded.data is not None:
-        meta["data"] = os.path.abspath(loaded.data)  # so bin/eval.py finds it from anywhere
+    if loaded.data is not None and (Path(loaded.data) / "manifest.json").is_file():
+        meta["data"] = os.path.abspath(loaded.data)  # a store that exists, so bin/eval.py finds it from anywhere
     # save_model, not save_file: it stores tied tensors (wte / lm_head) once instead of refusing them.
     save_model(loaded.model, str(out / WEIGHTS), metadata=meta)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(out / WEIGHTS, 0o666 & ~umask)  # safetensors writes 0600; the folder is meant to be shared
     (out / CONFIG).write_text(json.dumps(dataclasses.asdict(loaded.model.cfg), indent=2) + "\n")
+    # safetensors writes 0600; the folder is meant to be shared, so the weights get config.json's mode.
+    os.chmod(out / WEIGHTS, (out / CONFIG).stat().st_mode & 0o777)
     # Re-exporting an export into its own folder: the tokenizer is already in place (copyfile would refuse).
     if not ((out / TOKENIZER).exists() and os.path.samefile(loaded.tokenizer_path, out / TOKENIZER)):
         shutil.copyfile(loaded.tokenizer_path, out / TOKENIZER)

@@ -13,11 +13,14 @@ stopped it and without leftover processes, whether a worker dies (an OOM kill), 
   forever (CPython 3.11's executor), and a Ctrl-C during its shutdown join has the same effect.
 * Workers ignore SIGINT from birth (the forkserver is started with SIGINT ignored, and the pool's
   initializer ignores it again), so a terminal's Ctrl-C reaches the parent alone instead of
-  printing a traceback per worker.
+  printing a traceback per worker. The forkserver is one per process: children that the same
+  process later starts through it ignore SIGINT too, and a Ctrl-C in the ~10 ms of its start is
+  lost. While the executor starts or joins its workers, a Ctrl-C is held until it is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import signal
 import threading
@@ -36,10 +39,12 @@ def chunk_results(todo: list[tuple[int, Chunk, str]], settings: Settings, worker
         init_worker(settings)
         yield from map(run_chunk, todo)
         return
-    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=_context(), initializer=init_worker,
-                               initargs=(settings,))
+    pool, n_workers = None, min(workers, len(todo))
     try:
-        futures = [pool.submit(run_chunk, job) for job in todo]
+        with _sigint_deferred():  # the first submits start the workers and the executor's thread
+            pool = ProcessPoolExecutor(n_workers, mp_context=_context(), initializer=init_worker, initargs=(settings,))
+            futures = [pool.submit(run_chunk, job) for job in todo[:n_workers]]
+        futures += [pool.submit(run_chunk, job) for job in todo[n_workers:]]
         for n_done, future in enumerate(as_completed(futures)):
             try:
                 yield future.result()
@@ -47,14 +52,31 @@ def chunk_results(todo: list[tuple[int, Chunk, str]], settings: Settings, worker
                 raise PrepareError(f"a worker process died (killed, or out of memory?) with {len(todo) - n_done} "
                                    "chunks unfinished; finished chunks are kept: rerun to resume") from err
     except BaseException:  # an error, Ctrl-C, or the consumer stopped early
-        _kill_workers(pool)
+        if pool is not None:
+            _kill_workers(pool)
         raise
     finally:
-        try:
-            pool.shutdown(wait=True)
-        except BaseException:
-            _kill_workers(pool)
-            raise
+        if pool is not None:
+            with _sigint_deferred():
+                pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it. A Ctrl-C inside the executor while it
+    starts a worker or its thread, or joins them, leaves a worker it never recorded (which outlives
+    us, holding the forkserver and our stderr) or a half-started thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _context() -> mp.context.BaseContext:
@@ -69,7 +91,7 @@ def _context() -> mp.context.BaseContext:
 
             forkserver.ensure_running()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
     return mp.get_context("forkserver")
 
 

@@ -211,7 +211,8 @@ def prepare(cfg: PrepareConfig) -> Path:
     shard = parse_shard(cfg.shard)
     store = root / f"part-{shard[0]}-of-{shard[1]}" if shard else root
     paths = input_paths(cfg)
-    refuse_foreign_store(cfg, store, paths)
+    for built in {root, store}:  # a --shard job would also replace the store its parts merge into
+        refuse_foreign_store(cfg, built, paths)
     src, tok = tokenizer_source(cfg, root, paths, shard is not None), root / "tokenizer.json"
     started = time.perf_counter()  # the speed reported is the store's, not the tokenizer training's
     settings = Settings(str(tok), sha256_file(src), clean_config(cfg), cfg.text_field, cfg.csv_column)

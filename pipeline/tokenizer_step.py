@@ -56,8 +56,11 @@ def refuse_foreign_store(cfg: PrepareConfig, store: Path, paths: list[Path]) -> 
     """A finished store built from none of these inputs is another corpus's (the default --name is the
     input folder's name, so `data/` of one project meets `data/` of another): replace it only on
     --overwrite, and then not with the tokenizer trained for the other corpus."""
-    old = {s["path"] for s in (read_manifest(store) or {}).get("sources", [])}
-    if not old or old & {str(p) for p in paths}:
+    if not cfg.data:
+        return  # a named source (shakespeare, redpajama) is the same corpus wherever it is installed
+    # By file name and size, not path: a corpus moved or reached by another path is the same corpus.
+    old = {(Path(s["path"]).name, s["size"]) for s in (read_manifest(store) or {}).get("sources", [])}
+    if not old or old & {(p.name, _size(p)) for p in paths}:
         return
     if not cfg.overwrite:
         raise PrepareError(f"{store} holds a store of other inputs (none of its {len(old)} source files is "
@@ -65,6 +68,13 @@ def refuse_foreign_store(cfg: PrepareConfig, store: Path, paths: list[Path]) -> 
                            "--overwrite to replace that store")
     if not cfg.tokenizer and not cfg.shard:
         (store / "tokenizer.json").unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None  # planning reports it
 
 
 def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool) -> Path:

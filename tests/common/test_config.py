@@ -184,9 +184,11 @@ def test_a_list_option_given_twice_takes_both_and_items_can_be_quoted():
     cfg = parse_cli(Outer, ["--paths", "a b", "--paths", "c", "paths=d"])
     assert cfg.paths == ["a", "b", "c", "d"]
     assert parse_cli(Outer, ["--paths", "'my data/x.jsonl' y"]).paths == ["my data/x.jsonl", "y"]
-    assert parse_cli(Outer, ["--paths", r"my\ data/x.jsonl"]).paths == ["my data/x.jsonl"]
-    with pytest.raises(SystemExit):
-        parse_cli(Outer, ["--paths", "'unclosed"])
+    assert parse_cli(Outer, ["--paths", "'my data/x.jsonl'"]).paths == ["my data/x.jsonl"]  # one quoted item
+    assert parse_cli(Outer, ["paths=\"my data/x.jsonl\" z"]).paths == ["my data/x.jsonl", "z"]
+    assert parse_cli(Outer, ["--paths", "O'Brien.jsonl b"]).paths == ["O'Brien.jsonl", "b"]  # not a quote
+    assert parse_cli(Outer, ["--paths", r"C:\corpus\a.jsonl"]).paths == [r"C:\corpus\a.jsonl"]
+    assert parse_cli(Outer, ["--paths", "[a, b]"]).paths == ["a", "b"]  # a YAML list still works
     # A scalar given twice: the last one wins, as with argparse.
     assert parse_cli(Outer, ["lr=1", "lr=2"]).lr == 2.0
 

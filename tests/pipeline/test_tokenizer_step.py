@@ -72,3 +72,20 @@ def test_a_shard_job_does_not_replace_the_tokenizer_its_siblings_share(tmp_path,
     assert "is shared by all --shard parts" in capsys.readouterr().err
     TokenStore(tmp_path / "s", verify=True)
     assert main([*common, "--shard", "0/2", "--tokenizer", str(tmp_path / "s" / "tokenizer.json")]) == 0
+
+
+def test_the_foreign_store_check_spares_moved_corpora_and_covers_shard_jobs(tmp_path, capsys):
+    """Paths compared as strings refused a corpus that had merely moved (or the Shakespeare source after
+    the venv moved); a --shard job checked only its part folder, so it could replace another corpus's store."""
+    first = write_jsonl(tmp_path / "one" / "corpus" / "a.jsonl", sentences(1, 300))
+    common = ["--out", str(tmp_path / "cache"), "--clean-preset", "minimal", "--quiet", "--vocab-size", "300"]
+    assert main(["--data", str(first.parent), *common]) == 0
+    moved = tmp_path / "moved" / "corpus"
+    moved.parent.mkdir()
+    first.parent.rename(moved)
+    assert main(["--data", str(moved), *common]) == 0  # the same files: a rebuild, not another corpus
+
+    other = write_jsonl(tmp_path / "two" / "corpus" / "b.jsonl", sentences(2, 300))
+    assert main(["--data", str(other.parent), *common, "--shard", "0/2"]) == 1
+    assert "holds a store of other inputs" in capsys.readouterr().err
+    TokenStore(tmp_path / "cache" / "corpus", verify=True)
