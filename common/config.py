@@ -62,7 +62,7 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _words(key: str, value: Any) -> list[Any]:
+def _words(value: Any) -> list[Any]:
     """A list value as a list. One given as a string (`DATA="a.jsonl b/"`) is split like a shell would,
     so an item with spaces can be quoted (`"'my data/a.jsonl' b/"`); any other single value is one item."""
     if isinstance(value, (list, tuple)):
@@ -96,7 +96,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 errors.append(str(err))
         raise ConfigError("; ".join(errors))
     if origin in (list, tuple):
-        value = _words(key, value)
+        value = _words(value)
         item = args[0] if args else Any
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is Any:
@@ -296,7 +296,7 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
             section = section[part]
         if parts[-1] in section and typing.get_origin(tp) in (list, tuple):
             # A list option given twice (`--data a --data b`, or make's DATA plus ARGS) takes both.
-            value = [*_words(key, section[parts[-1]]), *_words(key, value)]
+            value = [*_words(section[parts[-1]]), *_words(value)]
         section[parts[-1]] = value
     return config_path, out
 

@@ -24,7 +24,7 @@ import contextlib
 import multiprocessing as mp
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -62,19 +62,26 @@ def chunk_results(todo: list[tuple[int, Chunk, str]], settings: Settings, worker
 
 
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block is done, then raise it. A Ctrl-C inside the executor while it
-    starts a worker or its thread, or joins them, leaves a worker it never recorded (which outlives
-    us, holding the forkserver and our stderr) or a half-started thread."""
+def _sigint_handler(handler: Callable | int) -> Iterator[None]:
+    """SIGINT handled by `handler` inside the block (main thread only: signal handlers belong to it)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    previous = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it. A Ctrl-C inside the executor while it
+    starts a worker or its thread, or joins them, leaves a worker it never recorded (which outlives
+    us, holding the forkserver and our stderr) or a half-started thread."""
+    caught: list[int] = []
+    with _sigint_handler(lambda signum, _frame: caught.append(signum)):
+        yield
     if caught:
         raise KeyboardInterrupt
 
@@ -84,14 +91,10 @@ def _context() -> mp.context.BaseContext:
     fork), started with SIGINT ignored so that every worker forked from it ignores SIGINT too."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
-    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            from multiprocessing import forkserver
+    from multiprocessing import forkserver
 
-            forkserver.ensure_running()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    with _sigint_handler(signal.SIG_IGN):
+        forkserver.ensure_running()
     return mp.get_context("forkserver")
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from common.config import ConfigError, parse_cli
+from common.config import parse_cli
 from common.lock import exclusive_lock
 from pipeline.assemble import SPLIT_HASH, SPLIT_RULE, Assembler, PrepareError, reset_store
 from pipeline.chunks import (
@@ -44,7 +44,6 @@ from pipeline.chunks import (
     result_meta,
 )
 from pipeline.config import PrepareConfig, check, clean_config, parse_shard, resolve_name
-from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
 from pipeline.merge import merge_parts
 from pipeline.pool import chunk_results
@@ -57,8 +56,7 @@ from pipeline.store import (
     sha256_file,
     write_manifest,
 )
-from pipeline.tokenizer import TokenizerError
-from pipeline.tokenizer_step import input_paths, install_tokenizer, refuse_foreign_store, tokenizer_source
+from pipeline.tokenizer_step import input_paths, install_tokenizer, refuse_foreign_store, run_cli, tokenizer_source
 
 log = logging.getLogger("pipeline")
 
@@ -288,20 +286,4 @@ def summary(store: Path, manifest: dict[str, Any], asm: Assembler, counts: dict[
 def main(argv: list[str] | None = None) -> int:
     """bin/prepare.py: exit 0 when the store is built, 1 on a bad input file or store, 2 on bad options."""
     cfg = parse_cli(PrepareConfig, argv, prog="bin/prepare.py", description=__doc__.split("\n\n")[0])
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        prepare(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (PrepareError, BadFileError, StoreError, DownloadError, TokenizerError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # disk full, permissions, ...: the file when the OS names one, else the store
-        where = "" if err.filename else f" (building {Path(cfg.out) / resolve_name(cfg)})"
-        print(f"error: {err}{where}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished chunks are kept, so the same command resumes", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(cfg, lambda: prepare(cfg), "finished chunks are kept, so the same command resumes")

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pipeline.config import PrepareConfig, check, clean_config, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
 from pipeline.sources import BadFileError, expand_paths, resolve_source
-from pipeline.store import atomic_write_bytes, sha256_file
+from pipeline.store import StoreError, atomic_write_bytes, sha256_file
 from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
 
 log = logging.getLogger("pipeline")
@@ -107,28 +108,46 @@ def install_tokenizer(src: Path, dest: Path, sha256: str) -> None:
         atomic_write_bytes(dest, src.read_bytes())
 
 
+def run_cli(cfg: PrepareConfig, action: Callable[[], Any], interrupted: str) -> int:
+    """Run a pipeline command's `action` as bin/prepare.py and bin/tokenizer.py do: exit 0 when it is
+    done, 1 with one line naming the file or store on bad input, a bad store or an OS error, 2 on bad
+    options, 130 with `interrupted` on Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        action()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (PrepareError, BadFileError, StoreError, DownloadError, TokenizerError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # disk full, permissions, ...: the file when the OS names one, else the store
+        where = "" if err.filename else f" (building {Path(cfg.out) / resolve_name(cfg)})"
+        print(f"error: {err}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def tokenizer_main(argv: list[str] | None = None) -> int:
     """bin/tokenizer.py: (re)train <out>/<name>/tokenizer.json from the same inputs `prepare` reads."""
     cfg = parse_cli(PrepareConfig, argv, prog="bin/tokenizer.py",
                     description="Train the byte-level BPE tokenizer of a store on a uniform sample of its "
                                 "cleaned corpus. Takes the options of bin/prepare.py; uses the input, cleaning, "
                                 "vocab-size, tokenizer-sample-bytes and seed ones.")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        check(cfg)
-        root = Path(cfg.out) / resolve_name(cfg)
-        in_use = (read_manifest(root) or {}).get("tokenizer", {}).get("sha256")
-        if in_use and not cfg.overwrite and (root / "tokenizer.json").is_file() \
-                and in_use == sha256_file(root / "tokenizer.json"):
-            raise PrepareError(f"{root / 'tokenizer.json'} is the tokenizer of the store in {root}: a new one "
-                               "would leave that store unusable until `make prepare` rebuilds it. Pass "
-                               "--overwrite to retrain it anyway, or give another --name (make: NAME=...)")
-        path = train_store_tokenizer(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (PrepareError, BadFileError, DownloadError, TokenizerError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_cli(cfg, lambda: _retrain(cfg), "the tokenizer was not changed")
+
+
+def _retrain(cfg: PrepareConfig) -> None:
+    check(cfg)
+    root = Path(cfg.out) / resolve_name(cfg)
+    in_use = (read_manifest(root) or {}).get("tokenizer", {}).get("sha256")
+    if in_use and not cfg.overwrite and (root / "tokenizer.json").is_file() \
+            and in_use == sha256_file(root / "tokenizer.json"):
+        raise PrepareError(f"{root / 'tokenizer.json'} is the tokenizer of the store in {root}: a new one "
+                           "would leave that store unusable until `make prepare` rebuilds it. Pass "
+                           "--overwrite to retrain it anyway, or give another --name (make: NAME=...)")
+    path = train_store_tokenizer(cfg)
     print(f"{path}: vocabulary {Encoder(str(path)).vocab_size:,}, sha256 {sha256_file(path)}")
-    return 0
