@@ -30,13 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
 from common.config import ConfigError, from_dict  # noqa: E402
-from model.export import LoadedModel, TokenizerMismatch, load  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from pipeline.chunks import with_bos  # noqa: E402
 from pipeline.clean import PRESETS, CleanConfig, CleanStats, clean_text, full_clean  # noqa: E402
 from pipeline.fast_encode import Encoder  # noqa: E402
 from pipeline.readers import BadFileError  # noqa: E402
 from pipeline.store import StoreError, TokenStore  # noqa: E402
+from train.export import LoadedModel, TokenizerMismatch, load  # noqa: E402
 
 READ_TOKENS = 1 << 20  # a store split is read in pieces of this many tokens, so memory stays bounded
 

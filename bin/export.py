@@ -5,7 +5,7 @@
 
 The folder holds model.safetensors (weights; metadata: tokenizer sha256, step, source checkpoint),
 config.json (the GPTConfig fields) and tokenizer.json. Load it back with
-`model.export.load("exports/tiny")`, or sample from it with `bin/sample.py --checkpoint exports/tiny`.
+`train.export.load("exports/tiny")`, or sample from it with `bin/sample.py --checkpoint exports/tiny`.
 The checkpoint itself is read with torch.load(weights_only=True) only: it is untrusted input.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
-from model.export import TokenizerMismatch, export, load  # noqa: E402
+from train.export import TokenizerMismatch, export, load  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

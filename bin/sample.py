@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
-from model.export import TokenizerMismatch, load  # noqa: E402
 from model.generate import CompletionStats, complete  # noqa: E402
 from pipeline.fast_encode import Encoder  # noqa: E402
 from pipeline.tokenizer import BOS_ID, SPECIALS  # noqa: E402
+from train.export import TokenizerMismatch, load  # noqa: E402
 
 DEFAULT_CHECKPOINT = "runs/tiny"  # where `make train` (configs/tiny.yml) writes
 SEP_ID = SPECIALS.index("[SEP]")

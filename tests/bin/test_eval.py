@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from conftest import TEXTS, load_script, make_run
 
-from model.export import load
 from pipeline.clean import CleanConfig, clean_text
 from pipeline.fast_encode import Encoder
 from pipeline.store import TokenStore
 from pipeline.tokenizer import BOS_ID
+from train.export import load
 
 ev = load_script("eval")
 

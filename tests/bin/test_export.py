@@ -1,4 +1,4 @@
-"""bin/export.py and model/export.py: safetensors round trip with identical logits; untrusted input."""
+"""bin/export.py and train/export.py: safetensors round trip with identical logits; untrusted input."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from safetensors import safe_open
 from safetensors.torch import save_model
 
 from model import GPT, GPTConfig
-from model.export import TokenizerMismatch, export, load
 from pipeline.store import sha256_file
 from train.checkpoint import save_checkpoint
+from train.export import TokenizerMismatch, export, load
 
 export_cli = load_script("export")
 

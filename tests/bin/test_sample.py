@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import load_script
 
-from model.export import load
 from model.generate import generate
 from pipeline.fast_encode import Encoder
 from pipeline.tokenizer import BOS_ID, SPECIALS
+from train.export import load
 
 sample = load_script("sample")
 SEP = "\n" + sample.SEPARATOR + "\n"
