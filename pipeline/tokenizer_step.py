@@ -8,7 +8,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_pa
 
 log = logging.getLogger("pipeline")
 
+TOKENIZER = "tokenizer.json"
+NEXT_TOKENIZER = "tokenizer.next.json"
+"""Where a run that replaces a store's tokenizer trains the new one: the old file stays in place for a
+build that may hold the store's lock, until this run holds it (`install_tokenizer` renames it over)."""
+
 
 def input_paths(cfg: PrepareConfig) -> list[Path]:
     if cfg.data:
@@ -30,8 +36,8 @@ def input_paths(cfg: PrepareConfig) -> list[Path]:
     return resolve_source(cfg.source or "shakespeare", cfg.out)
 
 
-def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None) -> Path:
-    """Train a tokenizer on a uniform sample of the cleaned corpus into <out>/<name>/tokenizer.json."""
+def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None, file: str = TOKENIZER) -> Path:
+    """Train a tokenizer on a uniform sample of the cleaned corpus into <out>/<name>/<file>."""
     root = Path(cfg.out) / resolve_name(cfg)
     root.mkdir(parents=True, exist_ok=True)
     paths = input_paths(cfg) if paths is None else paths
@@ -40,7 +46,7 @@ def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None) -
              cfg.tokenizer_sample_bytes / 1e6, root.name)
     started = time.perf_counter()
     path = Path(train_from_paths(paths, vocab, cfg.tokenizer_sample_bytes, clean_config(cfg), cfg.seed,
-                                 root / "tokenizer.json", text_field=cfg.text_field, csv_column=cfg.csv_column))
+                                 root / file, text_field=cfg.text_field, csv_column=cfg.csv_column))
     log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
     return path
 
@@ -53,22 +59,25 @@ def read_manifest(store: Path) -> dict[str, Any] | None:
         return None
 
 
-def refuse_foreign_store(cfg: PrepareConfig, store: Path, paths: list[Path]) -> None:
+def refuse_foreign_store(cfg: PrepareConfig, store: Path, paths: list[Path]) -> bool:
     """A finished store built from none of these inputs is another corpus's (the default --name is the
     input folder's name, so `data/` of one project meets `data/` of another): replace it only on
-    --overwrite, and then not with the tokenizer trained for the other corpus."""
+    --overwrite. True when it is replaced and the tokenizer.json beside it is the one that other corpus
+    was encoded with, which this corpus must not inherit."""
     if not cfg.data:
-        return  # a named source (shakespeare, redpajama) is the same corpus wherever it is installed
+        return False  # a named source (shakespeare, redpajama) is the same corpus wherever it is installed
+    manifest = read_manifest(store) or {}
     # By file name and size, not path: a corpus moved or reached by another path is the same corpus.
-    old = {(Path(s["path"]).name, s["size"]) for s in (read_manifest(store) or {}).get("sources", [])}
+    old = {(Path(s["path"]).name, s["size"]) for s in manifest.get("sources", [])}
     if not old or old & {(p.name, _size(p)) for p in paths}:
-        return
+        return False
     if not cfg.overwrite:
         raise PrepareError(f"{store} holds a store of other inputs (none of its {len(old)} source files is "
                            "among this run's): give this corpus another --name (make: NAME=...), or pass "
                            "--overwrite to replace that store")
-    if not cfg.tokenizer and not cfg.shard:
-        (store / "tokenizer.json").unlink(missing_ok=True)
+    tokenizer = store / TOKENIZER
+    used = manifest.get("tokenizer", {}).get("sha256")
+    return bool(used) and tokenizer.is_file() and sha256_file(tokenizer) == used
 
 
 def _size(path: Path) -> int | None:
@@ -78,11 +87,12 @@ def _size(path: Path) -> int | None:
         return None  # planning reports it
 
 
-def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool) -> Path:
-    """The tokenizer this run encodes with: --tokenizer, else the store's own, trained now if missing.
-    Nothing in an existing store changes here: a --tokenizer is copied in only once the run holds the
-    store's lock and has unmarked the old store (`install_tokenizer`)."""
-    dest = root / "tokenizer.json"
+def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool, foreign: bool) -> Path:
+    """The tokenizer this run encodes with: --tokenizer, else the store's own, trained now if missing or
+    `foreign` (the replaced corpus's; see refuse_foreign_store). Nothing in an existing store changes
+    here: what is new is copied or renamed in only once the run holds the store's lock and has
+    unmarked the old store (`install_tokenizer`)."""
+    dest = root / TOKENIZER
     if cfg.tokenizer:
         src = Path(cfg.tokenizer)
         if not src.is_file():
@@ -94,18 +104,36 @@ def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded:
                                f"--tokenizer {src}: put the new tokenizer there once before the --shard jobs "
                                "(copy it, or `make tokenizer --overwrite`)")
         return src
+    if sharded and (foreign or not dest.is_file()):
+        # n jobs of an array would each train one, racing on the file: train it once up front.
+        why = "the tokenizer of the corpus being replaced" if foreign else "missing"
+        raise PrepareError(f"{dest} is {why}: run `make tokenizer` (same DATA/NAME, ARGS=--overwrite) "
+                           "before the --shard jobs")
+    if foreign:
+        return train_store_tokenizer(cfg, paths, NEXT_TOKENIZER)
     if not dest.is_file():
-        if sharded:
-            # n jobs of an array would each train one, racing on the file: train it once up front.
-            raise PrepareError(f"{dest} is missing: run `make tokenizer` (same DATA/NAME) before the --shard jobs")
         train_store_tokenizer(cfg, paths)
     return dest
 
 
 def install_tokenizer(src: Path, dest: Path, sha256: str) -> None:
-    """Copy the run's tokenizer into the store (which must not depend on a file elsewhere)."""
-    if src != dest and (not dest.is_file() or sha256_file(dest) != sha256):
+    """Put the run's tokenizer into the store (which must not depend on a file elsewhere): one trained
+    for it is renamed over the old, a --tokenizer copied."""
+    if src.name == NEXT_TOKENIZER and src.parent == dest.parent:
+        src.replace(dest)
+    elif src != dest and (not dest.is_file() or sha256_file(dest) != sha256):
         atomic_write_bytes(dest, src.read_bytes())
+
+
+@contextmanager
+def unused_tokenizer_removed(src: Path) -> Iterator[None]:
+    """A tokenizer trained to replace a store's (NEXT_TOKENIZER) that the run did not install is deleted
+    as the run ends: it belongs to no store."""
+    try:
+        yield
+    finally:
+        if src.name == NEXT_TOKENIZER:
+            src.unlink(missing_ok=True)
 
 
 def run_cli(cfg: PrepareConfig, action: Callable[[], Any], interrupted: str) -> int:
@@ -144,9 +172,9 @@ def _retrain(cfg: PrepareConfig) -> None:
     check(cfg)
     root = Path(cfg.out) / resolve_name(cfg)
     in_use = (read_manifest(root) or {}).get("tokenizer", {}).get("sha256")
-    if in_use and not cfg.overwrite and (root / "tokenizer.json").is_file() \
-            and in_use == sha256_file(root / "tokenizer.json"):
-        raise PrepareError(f"{root / 'tokenizer.json'} is the tokenizer of the store in {root}: a new one "
+    if in_use and not cfg.overwrite and (root / TOKENIZER).is_file() \
+            and in_use == sha256_file(root / TOKENIZER):
+        raise PrepareError(f"{root / TOKENIZER} is the tokenizer of the store in {root}: a new one "
                            "would leave that store unusable until `make prepare` rebuilds it. Pass "
                            "--overwrite to retrain it anyway, or give another --name (make: NAME=...)")
     path = train_store_tokenizer(cfg)

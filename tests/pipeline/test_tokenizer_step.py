@@ -8,6 +8,7 @@ import json
 
 from prepare_helpers import sentences, write_jsonl
 
+from common.lock import exclusive_lock
 from pipeline.prepare import main
 from pipeline.store import TokenStore, sha256_file
 from pipeline.tokenizer_step import tokenizer_main
@@ -89,3 +90,32 @@ def test_the_foreign_store_check_spares_moved_corpora_and_covers_shard_jobs(tmp_
     assert main(["--data", str(other.parent), *common, "--shard", "0/2"]) == 1
     assert "holds a store of other inputs" in capsys.readouterr().err
     TokenStore(tmp_path / "cache" / "corpus", verify=True)
+
+
+def test_overwrite_keeps_the_old_tokenizer_until_it_holds_the_store(tmp_path, capsys):
+    """--overwrite deleted the replaced corpus's tokenizer before taking the store's lock, so a build
+    holding it lost the file under its workers; a --shard --overwrite job encoded with that corpus's
+    tokenizer. Now the new one is trained beside it and renamed over once the run holds the lock."""
+    first = write_jsonl(tmp_path / "one" / "corpus" / "a.jsonl", sentences(1, 300))
+    other = write_jsonl(tmp_path / "two" / "corpus" / "b.jsonl", sentences(2, 300))
+    common = ["--out", str(tmp_path / "cache"), "--clean-preset", "minimal", "--quiet", "--vocab-size", "300"]
+    assert main(["--data", str(first.parent), *common]) == 0
+    store = tmp_path / "cache" / "corpus"
+    before = sha256_file(store / "tokenizer.json")
+
+    busy = exclusive_lock(store / ".lock")  # another build of this store is running
+    with busy:
+        assert main(["--data", str(other.parent), "--overwrite", *common]) == 1
+    assert "another prepare is writing this store" in capsys.readouterr().err
+    assert sha256_file(store / "tokenizer.json") == before and _sources(store) == [str(first)]
+    assert not (store / "tokenizer.next.json").exists()
+    TokenStore(store, verify=True)
+
+    assert main(["--data", str(other.parent), "--overwrite", "--shard", "0/2", *common]) == 1
+    assert "is the tokenizer of the corpus being replaced" in capsys.readouterr().err
+    assert sha256_file(store / "tokenizer.json") == before
+
+    assert main(["--data", str(other.parent), "--overwrite", *common]) == 0
+    assert _sources(store) == [str(other)] and sha256_file(store / "tokenizer.json") != before
+    assert not (store / "tokenizer.next.json").exists()
+    TokenStore(store, verify=True)
