@@ -14,7 +14,9 @@ and these deliberate differences in detail (each makes a rule match its intent o
 one reading of the papers where datatrove and RedPajama-v2 differ):
 
 * C4: a line may also end in a typographic closing quote (” ’); citation markers are removed case-
-  insensitively and the line is stripped again, so "winter. [3]" still ends in a full stop;
+  insensitively with the space before them and the line is stripped again, so "winter. [3]" still
+  ends in a full stop and "the chart [3]." keeps none before it; a bracketed number of four digits
+  or more ("[2004]") is text, not a citation; words per line are counted after the markers go;
 * Gopher stop words match case-insensitively ("The" counts); bullets are • - ● ‣ ◦ ▪; the bullet and
   ellipsis line ratios are over non-blank lines (datatrove counts blank lines too, which halves
   them for double-spaced text);
@@ -59,9 +61,10 @@ POLICY_SUBSTRINGS = (
     "use of cookies",
     "use cookies",
 )
-# Wikipedia-style citation markers: "[1]", "[]", "[edit]", "[citation needed]". No nested
-# quantifiers, so matching is linear in the line length.
-CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
+# Wikipedia-style citation markers: "[1]" to "[999]", "[]", "[edit]", "[citation needed]", with one
+# space before them, so "the chart [3]." keeps no space before its full stop. Four digits are text,
+# not a reference number ("the [2004] elections"). No nested quantifiers: linear in the line length.
+CITATION = re.compile(r" ?(?:\[\d{0,3}\]|\[edit\]|\[citation needed\])", re.IGNORECASE)
 _SPACE_RUNS = re.compile(r" {2,}")
 # One sentence end: terminal marks, optional closing quotes/brackets, then whitespace or end of line.
 SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
@@ -330,7 +333,7 @@ def c4_lines(text: str, lines: list[str], cfg: CleanConfig, removed: Counter[str
         if cfg.c4_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSES)):
             removed["c4_no_terminal_punct"] += 1
             continue
-        if min_words is not None and min_words > 0 and len(raw.split(None, min_words - 1)) < min_words:
+        if min_words is not None and min_words > 0 and len(line.split(None, min_words - 1)) < min_words:
             removed["c4_too_few_words"] += 1
             continue
         lower = line.lower() if phrases or cited else ""

@@ -135,6 +135,14 @@ def test_c4_citations_removed():
     assert out.endswith("\nThe tower was built in 1871 by the harbour board.")
     out, _ = clean_text(PROSE + "\nThe tower [3] was built in 1871 by the harbour board.", WEB)
     assert out.endswith("\nThe tower was built in 1871 by the harbour board.")
+    # No space left before the punctuation a marker stood before; a year in brackets is not a marker.
+    out, _ = clean_text(PROSE + "\nThe tower was built by the harbour board [3].", WEB)
+    assert out.endswith("\nThe tower was built by the harbour board.")
+    out, _ = clean_text(PROSE + "\nThe tower was built in [1871] by the harbour board [12][edit].", WEB)
+    assert out.endswith("\nThe tower was built in [1871] by the harbour board.")
+    # Words are counted once the markers are gone: "[1] [2] Yes." is a one-word line.
+    out, _ = clean_text(PROSE + "\n[1] [2] [3] Yes.", WEB)
+    assert out == PROSE
 
 
 @pytest.mark.parametrize(
