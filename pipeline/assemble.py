@@ -102,7 +102,8 @@ class Assembler:
         self.clean.bytes_kept -= int(data.text_bytes[dup].sum())
         if dup.any():
             self.clean.dropped["duplicate"] += int(dup.sum())
-            self.clean.dropped_bytes["duplicate"] += int(data.text_bytes[dup].sum())
+            # As every other rule counts them: the bytes read, not what cleaning left of them.
+            self.clean.dropped_bytes["duplicate"] += int(data.raw_bytes[dup].sum())
         val = is_val(hashes, self.val_fraction, self.seed)
         for split, mask in (("train", keep & ~val), ("val", keep & val)):
             if not mask.any():

@@ -13,6 +13,7 @@ Layout of a result file (little-endian), written front to back while streaming:
     lengths     int64[documents]  tokens of each document, [BOS] included
     hashes      uint64[documents] `doc_hash` of each cleaned text (dedup and split, in phase 2)
     text_bytes  int64[documents]  UTF-8 bytes of each cleaned text (bits/byte needs them)
+    raw_bytes   int64[documents]  UTF-8 bytes of each text as read (what a duplicate drops, in the stats)
     meta        JSON              source file, counts, dtype, cleaning and reading stats
     footer      uint64 meta size, then MAGIC
 """
@@ -30,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.clean import CleanConfig, CleanStats, clean_text, doc_hash
+from pipeline.clean import CleanConfig, CleanStats, clean_text, doc_hash, utf8_len
 from pipeline.fast_encode import Encoder
 from pipeline.readers import BadFileError, ReadStats
 from pipeline.sources import Chunk, read_chunk
 from pipeline.store import dtype_for_vocab, sha256_file
 from pipeline.tokenizer import TokenizerError
 
-WORK_FORMAT = 1
+WORK_FORMAT = 2
 MAGIC = b"SGCHUNK1"
 # Documents are encoded in batches of about this much text: big enough to amortise the encoder's
 # per-call cost, small enough that a worker never holds more than a few MB of text.
@@ -87,6 +88,7 @@ class ChunkData:
     lengths: np.ndarray
     hashes: np.ndarray
     text_bytes: np.ndarray
+    raw_bytes: np.ndarray
     meta: dict[str, Any]
 
     @property
@@ -128,6 +130,7 @@ def _stream_chunk(chunk: Chunk, tmp: Path, settings: Settings, encoder: Encoder)
     lengths: list[np.ndarray] = []
     hashes: list[int] = []
     text_bytes: list[int] = []
+    raw_bytes: list[int] = []
     with open(tmp, "wb") as f:
 
         def flush(batch: list[str]) -> None:
@@ -147,6 +150,7 @@ def _stream_chunk(chunk: Chunk, tmp: Path, settings: Settings, encoder: Encoder)
             if cleaned is None:
                 continue
             batch.append(cleaned)
+            raw_bytes.append(utf8_len(text))
             chars += len(cleaned)
             if chars >= BATCH_CHARS:
                 flush(batch)
@@ -160,6 +164,7 @@ def _stream_chunk(chunk: Chunk, tmp: Path, settings: Settings, encoder: Encoder)
         f.write(lens.astype("<i8").tobytes())
         f.write(np.array(hashes, dtype="<u8").tobytes())
         f.write(np.array(text_bytes, dtype="<i8").tobytes())
+        f.write(np.array(raw_bytes, dtype="<i8").tobytes())
         blob = json.dumps(meta).encode()
         f.write(blob + len(blob).to_bytes(8, "little") + MAGIC)
         f.flush()
@@ -185,7 +190,7 @@ def result_meta(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(meta, dict) or meta.get("format") != WORK_FORMAT:
         return None
-    if meta["tokens"] * np.dtype(meta["dtype"]).itemsize + 24 * meta["documents"] + meta_len + _FOOTER != size:
+    if meta["tokens"] * np.dtype(meta["dtype"]).itemsize + 32 * meta["documents"] + meta_len + _FOOTER != size:
         return None
     return meta
 
@@ -193,8 +198,8 @@ def result_meta(path: Path) -> dict[str, Any] | None:
 def load_result(path: Path, meta: dict[str, Any]) -> ChunkData:
     dtype, n_tok, n_doc = np.dtype(meta["dtype"]), meta["tokens"], meta["documents"]
     ids = np.fromfile(path, dtype=dtype, count=n_tok)
-    rest = np.fromfile(path, dtype="<i8", count=3 * n_doc, offset=n_tok * dtype.itemsize).reshape(3, n_doc)
-    return ChunkData(ids, rest[0], rest[1].view("<u8"), rest[2], meta)
+    rest = np.fromfile(path, dtype="<i8", count=4 * n_doc, offset=n_tok * dtype.itemsize).reshape(4, n_doc)
+    return ChunkData(ids, rest[0], rest[1].view("<u8"), rest[2], rest[3], meta)
 
 
 # One encoder per worker process, loaded once by the pool's initializer.

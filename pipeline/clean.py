@@ -254,7 +254,7 @@ def normalize(text: str, cfg: CleanConfig) -> str:
     return text
 
 
-def _utf8_len(text: str) -> int:
+def utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
@@ -281,7 +281,7 @@ def clean_text(text: str, cfg: CleanConfig, stats: CleanStats | None = None) -> 
     if reason:
         out = None
     if stats is not None:
-        size = _utf8_len(text)
+        size = utf8_len(text)
         stats.documents_in += 1
         stats.bytes_in += size
         stats.lines_removed.update(removed)
@@ -290,7 +290,7 @@ def clean_text(text: str, cfg: CleanConfig, stats: CleanStats | None = None) -> 
             stats.dropped_bytes[reason] += size
         else:
             stats.documents_kept += 1
-            stats.bytes_kept += _utf8_len(out)
+            stats.bytes_kept += utf8_len(out)
     return out, reason
 
 

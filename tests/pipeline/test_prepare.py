@@ -106,6 +106,19 @@ def test_rerun_is_a_noop_and_a_touched_file_redoes_only_its_chunks(tmp_path, tok
     assert json.loads(manifest.read_bytes())["splits"] == json.loads(before[1])["splits"]
 
 
+def test_a_duplicate_drops_the_bytes_it_was_read_with(tmp_path, tokenizer):
+    """Every rule counts a dropped document's bytes as read; duplicates counted what cleaning left, so the
+    summary's "bytes trimmed from kept docs" also held what cleaning cut from the duplicates."""
+    text = "The quality of mercy is not strained; it droppeth as the gentle rain from heaven."
+    padded = "  " + text.replace(" ", "   ") + "\t\n\n\n"  # cleans to `text`
+    write_jsonl(tmp_path / "c" / "a.jsonl", [text, padded, padded])
+    stats = TokenStore(build(tmp_path / "out", tokenizer, data=[str(tmp_path / "c")], name="d",
+                             **MINIMAL)).manifest["stats"]
+    assert stats["dropped"] == {"duplicate": 2}
+    assert stats["dropped_bytes"] == {"duplicate": 2 * len(padded)}
+    assert stats["bytes_in"] - stats["bytes_kept"] - sum(stats["dropped_bytes"].values()) == 0
+
+
 def test_exact_dedup_across_chunks_files_and_processes(tmp_path, tokenizer):
     folder = _corpus(tmp_path / "corpus", dup_every=5)
     store = TokenStore(build(tmp_path / "out", tokenizer, data=[str(folder)], name="d", workers=2,
