@@ -129,7 +129,7 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
 
 def clean_config(cfg: PrepareConfig):
     """The preset for the source, with the `clean` key=value overrides applied (typed and checked)."""
-    from pipeline.clean import CleanConfig
+    from pipeline.clean import PRESETS, CleanConfig
 
     preset = cfg.clean_preset
     if preset == "auto":
@@ -137,7 +137,8 @@ def clean_config(cfg: PrepareConfig):
     try:
         base = CleanConfig.for_source(preset)
     except (KeyError, ValueError):
-        raise ConfigError(f"--clean-preset: unknown preset {cfg.clean_preset!r}") from None
+        raise ConfigError(f"--clean-preset: unknown preset {cfg.clean_preset!r}; choose auto, "
+                          f"{', '.join(PRESETS)}") from None
     overrides = {}
     for item in cfg.clean:
         key, eq, raw = item.partition("=")

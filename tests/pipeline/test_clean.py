@@ -13,9 +13,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from common.config import parse_cli
+from common.config import ConfigError, parse_cli
 from pipeline import rules
 from pipeline.clean import CleanConfig, CleanStats, clean_text, doc_hash, full_clean, normalize
+from pipeline.config import PrepareConfig, clean_config
 
 # Clean English prose that every web rule keeps: sentences end in punctuation, no repeats.
 PROSE = """The harbour town wakes slowly in the winter, when the fishing boats stay tied to the quay.
@@ -314,6 +315,8 @@ def test_presets_and_cli():
     assert not CleanConfig.for_source("shakespeare").c4
     with pytest.raises(ValueError, match="shakespeare"):
         CleanConfig.for_source("nope")
+    with pytest.raises(ConfigError, match="unknown preset 'webb'; choose auto, web, shakespeare, minimal"):
+        clean_config(PrepareConfig(clean_preset="webb"))
     cfg = parse_cli(CleanConfig, ["--no-c4", "gopher_min_words=null", "--gopher-top-ngram-max-frac", "0.3 0.2 0.1"])
     assert not cfg.c4 and cfg.gopher_min_words is None and cfg.gopher_top_ngram_max_frac == [0.3, 0.2, 0.1]
 
