@@ -9,7 +9,8 @@ file again; that body goes to `dest.part.new` and replaces `.part` only once it 
 an error page or a dropped connection cannot cost a good partial download. HTML responses are
 refused outright: they are error, login or rate-limit pages, never a data file. The sha256 of
 every finished file is written to `dest.sha256` (sha256sum format) so an unpinned file can be
-pinned or re-checked later.
+pinned or re-checked later. One process at a time downloads to a `dest`: the others wait on the
+flock of `dest.part.lock` (left in place: deleting a lock file races with its waiters).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.store import fsync_dir, fsync_path, sha256_file
+from common.lock import exclusive_lock
+from pipeline.store import atomic_write_bytes, fsync_dir, fsync_path, sha256_file
 
 log = logging.getLogger("pipeline")
 
@@ -265,10 +267,39 @@ def download(
     retried `retries` times (resuming each time); HTTP errors and failed verification are not.
     """
     dest = Path(dest)
-    if dest.exists() and (size is None or dest.stat().st_size == size):
+    if _complete(dest, size):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part(dest)
+    with _sole_downloader(dest, part):
+        if _complete(dest, size):  # finished by the process this one waited for
+            return dest
+        _fetch_verified(url, dest, part, size, sha256, progress, retries)
+    return dest
+
+
+def _complete(dest: Path, size: int | None) -> bool:
+    return dest.exists() and (size is None or dest.stat().st_size == size)
+
+
+@contextlib.contextmanager
+def _sole_downloader(dest: Path, part: Path) -> Iterator[None]:
+    """Hold `part`'s lock: two processes writing one `.part` (one from the start, one appending)
+    splice a file that an unpinned download verifies and renames into place. The second waits
+    rather than fails: a download is long, and once the first is done it finds `dest` complete
+    (or, if the first failed or was killed, resumes from its `.part`)."""
+    path = part.with_name(part.name + ".lock")
+    lock = exclusive_lock(path)
+    if lock is None:
+        log.info("%s: another process is downloading it; waiting for that to finish", dest)
+        lock = exclusive_lock(path, wait=True)
+    with lock:
+        yield
+
+
+def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: str | None,
+                    progress: Progress | None, retries: int) -> None:
+    """Bring `part` up to the whole file, verify it, and rename it to `dest` (the caller holds its lock)."""
     for attempt in range(retries + 1):
         try:
             _fetch(url, part, size, progress)
@@ -279,7 +310,7 @@ def download(
             log.warning("%s: %s; retrying", url, err)
             time.sleep(min(2**attempt, 30))
     digest = _verify(part, size, sha256, url)
-    Path(f"{dest}.sha256").write_text(f"{digest}  {dest.name}\n")
+    atomic_write_bytes(f"{dest}.sha256", f"{digest}  {dest.name}\n".encode())  # never a cut-short digest
     # On disk before it has the final name: after a power cut `dest` must never be empty or partial
     fsync_path(part)
     os.replace(part, dest)
@@ -288,7 +319,6 @@ def download(
         fsync_dir(dest.parent)
     _validator_file(part).unlink(missing_ok=True)
     _refetch_file(part).unlink(missing_ok=True)  # a crash's leftover from a whole-file refetch
-    return dest
 
 
 def _tqdm_progress(name: str) -> tuple[tqdm, Progress]:
@@ -312,7 +342,7 @@ def fetch_redpajama(dest_dir: str | Path, files: tuple[RemoteFile, ...] = REDPAJ
         dest = Path(dest_dir, remote.name)
         if dest.exists() and _looks_like_html(dest):
             log.warning("%s is an HTML page left by an earlier download, not data; downloading it again", dest)
-            dest.unlink()
+            dest.unlink(missing_ok=True)  # another process may be replacing it too
         if not dest.exists():
             bar, update = _tqdm_progress(remote.name)
             with bar:

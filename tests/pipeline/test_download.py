@@ -1,10 +1,14 @@
 import hashlib
 import os
 import re
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from prepare_helpers import ROOT
 
 from pipeline import download as dl
 from pipeline.download import REDPAJAMA, DownloadError, download, fetch_redpajama
@@ -17,7 +21,8 @@ class _Handler(BaseHTTPRequestHandler):
     """Serves server.files with optional Range support, and can cut a response short.
 
     server.etag / server.last_modified are sent when set and honoured in If-Range unless
-    server.ignore_if_range; server.html replaces every body with an HTML page (a rate-limit page).
+    server.ignore_if_range; server.html replaces every body with an HTML page (a rate-limit page);
+    server.gate (an Event) holds the first response halfway until it is set.
     """
 
     def do_GET(self):
@@ -61,6 +66,11 @@ class _Handler(BaseHTTPRequestHandler):
         if srv.cut_after is not None:  # promise the whole body, send part of it, hang up
             body, srv.cut_after = body[: srv.cut_after], None
             self.close_connection = True
+        if srv.gate is not None and len(srv.requests) == 1:  # the first response stalls halfway until opened
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            srv.gate.wait(60)
+            body = body[len(body) // 2 :]
         self.wfile.write(body)
 
     def log_message(self, *args):
@@ -72,6 +82,7 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.ignore_range, srv.cut_after = {"f.bin": PAYLOAD}, [], False, None
     srv.if_ranges, srv.etag, srv.last_modified, srv.ignore_if_range, srv.html = [], None, None, False, None
+    srv.gate = None
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -82,6 +93,11 @@ def server():
 
 def sha(data):
     return hashlib.sha256(data).hexdigest()
+
+
+def left(folder):
+    """The files a download left, but its lock file (kept: deleting a lock file races with its waiters)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".part.lock"))
 
 
 def test_full_download_verifies_and_records_sha(server, tmp_path):
@@ -140,7 +156,7 @@ def test_dropped_connection_without_retries_keeps_the_part(server, tmp_path):
 def test_mismatch_deletes_the_part_and_says_so(server, tmp_path, kw, match):
     with pytest.raises(DownloadError, match=f"does not verify \\({match}.*deleted it"):
         download(server.url + "f.bin", tmp_path / "f.bin", **kw)
-    assert list(tmp_path.iterdir()) == []
+    assert left(tmp_path) == []
 
 
 def test_http_error_is_not_retried(server, tmp_path):
@@ -200,7 +216,7 @@ def test_short_whole_body_does_not_replace_a_longer_part(server, tmp_path):
     with pytest.raises(DownloadError, match="fewer than the 300001 already in"):
         download(server.url + "f.bin", tmp_path / "f.bin")
     assert part.read_bytes() == PAYLOAD[:300_001] and not (tmp_path / "f.bin").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin.part"]
+    assert left(tmp_path) == ["f.bin.part"]
 
 
 def test_cut_short_whole_body_keeps_the_part(server, tmp_path):
@@ -210,7 +226,7 @@ def test_cut_short_whole_body_keeps_the_part(server, tmp_path):
     with pytest.raises(DownloadError, match="run again to resume"):
         download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
     assert part.read_bytes() == PAYLOAD[:300_001]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin.part"]
+    assert left(tmp_path) == ["f.bin.part"]
 
 
 NEW_PAYLOAD = bytes(reversed(PAYLOAD))
@@ -291,3 +307,30 @@ def test_finished_file_is_fsynced_before_the_rename(server, tmp_path, monkeypatc
     rename = events.index(("replace", str(tmp_path / "f.bin.part"), str(dest)))
     assert ("fsync", str(tmp_path / "f.bin.part")) in events[:rename]
     assert ("fsync", str(tmp_path)) in events[rename:]  # and the rename itself is made durable
+
+
+def test_a_second_process_waits_for_the_first_download_instead_of_splicing_into_it(server, tmp_path):
+    """Two `make prepare SOURCE=redpajama` at once download the same files: the second must not write
+    the `.part` the first is writing (it appended to it, and the spliced file verified and was kept)."""
+    server.gate = threading.Event()
+    dest = tmp_path / "f.bin"
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO); from pipeline.download import download; "
+            "download(sys.argv[1], sys.argv[2])")
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = subprocess.Popen([sys.executable, "-c", code, server.url + "f.bin", str(dest)], cwd=ROOT,
+                             stderr=logs[0].open("w"))
+    deadline = time.monotonic() + 60
+    while not server.requests:  # the first is halfway through its download
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    second = subprocess.Popen([sys.executable, "-c", code, server.url + "f.bin", str(dest)], cwd=ROOT,
+                              stderr=logs[1].open("w"))
+    # Until the second either waits for the first or sends a request of its own
+    while "waiting" not in logs[1].read_text() and len(server.requests) < 2:
+        assert second.poll() is None and time.monotonic() < deadline, logs[1].read_text()
+        time.sleep(0.02)
+    server.gate.set()
+    assert [first.wait(60), second.wait(60)] == [0, 0], [log.read_text() for log in logs]
+    assert len(server.requests) == 1  # the second found the file complete once the first let go
+    assert dest.read_bytes() == PAYLOAD
+    assert (tmp_path / "f.bin.sha256").read_text() == f"{sha(PAYLOAD)}  f.bin\n"
