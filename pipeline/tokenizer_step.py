@@ -168,14 +168,24 @@ def tokenizer_main(argv: list[str] | None = None) -> int:
     return run_cli(cfg, lambda: _retrain(cfg), "the tokenizer was not changed")
 
 
+def _stores_using(root: Path, tokenizer: Path) -> list[Path]:
+    """The finished stores encoded with `tokenizer`: the one in `root`, and its --shard parts, which
+    use it from the moment they finish (before any --merge writes the store in `root`)."""
+    sha = sha256_file(tokenizer)
+    stores = [root, *sorted(root.glob("part-*-of-*"))]
+    return [s for s in stores if (read_manifest(s) or {}).get("tokenizer", {}).get("sha256") == sha]
+
+
 def _retrain(cfg: PrepareConfig) -> None:
     check(cfg)
     root = Path(cfg.out) / resolve_name(cfg)
-    in_use = (read_manifest(root) or {}).get("tokenizer", {}).get("sha256")
-    if in_use and not cfg.overwrite and (root / TOKENIZER).is_file() \
-            and in_use == sha256_file(root / TOKENIZER):
-        raise PrepareError(f"{root / TOKENIZER} is the tokenizer of the store in {root}: a new one "
-                           "would leave that store unusable until `make prepare` rebuilds it. Pass "
+    tok = root / TOKENIZER
+    users = _stores_using(root, tok) if tok.is_file() and not cfg.overwrite else []
+    if users:
+        many = len(users) > 1
+        them = "them" if many else "it"
+        raise PrepareError(f"{tok} is the tokenizer of the store{'s' * many} in {', '.join(map(str, users))}: "
+                           f"a new one would leave {them} unusable until `make prepare` rebuilds {them}. Pass "
                            "--overwrite to retrain it anyway, or give another --name (make: NAME=...)")
     path = train_store_tokenizer(cfg)
     print(f"{path}: vocabulary {Encoder(str(path)).vocab_size:,}, sha256 {sha256_file(path)}")

@@ -58,6 +58,28 @@ def test_make_tokenizer_keeps_the_tokenizer_a_store_uses_unless_overwrite(tmp_pa
     assert sha256_file(store / "tokenizer.json") != before
 
 
+def test_make_tokenizer_keeps_the_tokenizer_finished_shard_parts_use(tmp_path, capsys):
+    """Before --merge there is no store in the root folder, only finished parts whose manifests point at
+    ../tokenizer.json: retraining it left every part (and the merge) unusable."""
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(6, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet"]
+    assert tokenizer_main([*common, "--vocab-size", "300"]) == 0
+    assert main([*common, "--shard", "1/2"]) == 0
+    root = tmp_path / "s"
+    before = sha256_file(root / "tokenizer.json")
+
+    assert tokenizer_main([*common, "--vocab-size", "320"]) == 1
+    assert f"is the tokenizer of the store in {root / 'part-1-of-2'}" in capsys.readouterr().err
+    assert sha256_file(root / "tokenizer.json") == before
+    assert main([*common, "--shard", "0/2"]) == 0 and main([*common, "--merge"]) == 0
+    TokenStore(root, verify=True)
+
+    assert tokenizer_main([*common, "--vocab-size", "320"]) == 1
+    assert f"of the stores in {root}, {root / 'part-0-of-2'}, {root / 'part-1-of-2'}" in capsys.readouterr().err
+    assert tokenizer_main([*common, "--vocab-size", "320", "--overwrite"]) == 0
+    assert sha256_file(root / "tokenizer.json") != before
+
+
 def test_a_shard_job_does_not_replace_the_tokenizer_its_siblings_share(tmp_path, capsys):
     """Each --shard job locks only its own part: installing its --tokenizer over the shared one broke
     the finished store (and any finished part) encoded with the old one."""
