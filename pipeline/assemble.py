@@ -8,12 +8,15 @@ process produced a chunk or when, the store is byte-identical for any number of 
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.lock import exclusive_lock
 from pipeline.chunks import ChunkData
 from pipeline.clean import CleanStats
 from pipeline.readers import ReadStats
@@ -136,6 +139,17 @@ class Assembler:
 
 class PrepareError(Exception):
     """A problem with the inputs or the store that the user must fix (printed without a traceback)."""
+
+
+@contextlib.contextmanager
+def store_locked(store: Path, busy: str = "another prepare is writing this store") -> Iterator[None]:
+    """One writer per store: two runs interleaving phase 2 would corrupt each other's shards. A store
+    that is busy is refused, with `busy` saying why, rather than waited for (a build can take hours)."""
+    lock = exclusive_lock(store / ".lock")
+    if lock is None:
+        raise PrepareError(f"{store}: {busy}")
+    with lock:
+        yield
 
 
 # Files phase 2 (re)writes, including the temp names of ShardWriter and atomic_write_bytes.

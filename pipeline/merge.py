@@ -18,6 +18,7 @@ and mtimes, chunk size, part count, every option) and the merge refuses parts wh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.assemble import HashSet, PrepareError, reset_store
+from pipeline.assemble import HashSet, PrepareError, reset_store, store_locked
 from pipeline.store import SPLITS, StoreError, TokenStore, sha256_file, write_manifest
 
 log = logging.getLogger("pipeline")
@@ -98,8 +99,19 @@ def _sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def merge_parts(root: Path) -> Path:
-    """Write <root>/manifest.json over all parts; a no-op when the parts have not changed."""
+    """Write <root>/manifest.json over all parts; a no-op when the parts have not changed.
+
+    Holds the lock of the store in `root` (a full build there must not have its store reset under
+    it) and of every part, so that no part is rebuilt while the manifest is made to point at it."""
     parts = _parts(root)
+    with contextlib.ExitStack() as held:
+        held.enter_context(store_locked(root))
+        for d in parts:
+            held.enter_context(store_locked(d, "a --shard job is writing this part; merge once it has finished"))
+        return _merge(root, parts)
+
+
+def _merge(root: Path, parts: list[Path]) -> Path:
     stores = []
     for d in parts:
         try:

@@ -25,7 +25,6 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from common.config import parse_cli
-from common.lock import exclusive_lock
-from pipeline.assemble import SPLIT_HASH, SPLIT_RULE, Assembler, PrepareError, reset_store
+from pipeline.assemble import SPLIT_HASH, SPLIT_RULE, Assembler, PrepareError, reset_store, store_locked
 from pipeline.chunks import (
     WORK_FORMAT,
     ChunkDone,
@@ -96,16 +94,6 @@ def _up_to_date(store: Path, fp: str) -> dict[str, Any] | None:
     except StoreError:
         return None
     return manifest if manifest.get("inputs_fingerprint") == fp else None
-
-
-@contextlib.contextmanager
-def _locked(store: Path) -> Iterator[None]:
-    """One writer per store: two runs interleaving phase 2 would corrupt each other's shards."""
-    lock = exclusive_lock(store / ".lock")
-    if lock is None:
-        raise PrepareError(f"{store}: another prepare is writing this store")
-    with lock:
-        yield
 
 
 def _plan(paths: list[Path], cfg: PrepareConfig) -> tuple[list[Chunk], list[dict[str, Any]]]:
@@ -237,7 +225,7 @@ def prepare(cfg: PrepareConfig) -> Path:
             log.info("%s is up to date (same inputs and options); nothing to do", store)
             return store
         store.mkdir(parents=True, exist_ok=True)
-        with _locked(store):
+        with store_locked(store):
             chunks, bad_files = _plan(paths, cfg)
             reset_store(store)
             install_tokenizer(src, tok, settings.tokenizer_sha256)

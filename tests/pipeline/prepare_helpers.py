@@ -45,6 +45,17 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
     return path
 
 
+def two_parts(tmp_path: Path, tokenizer: Path, files: int, docs: int, first: int) -> tuple[Path, dict]:
+    """A corpus folder and its two --shard parts built under tmp_path/sh; returns (folder, options)."""
+    folder = tmp_path / "corpus"
+    for k in range(files):
+        write_jsonl(folder / f"f{k}.jsonl", sentences(k + first, docs))
+    opts = dict(data=[str(folder)], name="m", workers=1, clean_preset="minimal")
+    for i in range(2):
+        build(tmp_path / "sh", tokenizer, shard=f"{i}/2", **opts)
+    return folder, opts
+
+
 def store_files(store: Path) -> dict[str, bytes]:
     """Every file of a finished store (not the hidden .work/.lock), by name: for byte-for-byte comparison."""
     return {p.name: p.read_bytes() for p in sorted(store.iterdir()) if p.is_file() and not p.name.startswith(".")}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
+from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, two_parts, write_jsonl
 
 from pipeline.assemble import HashSet, PrepareError, is_val
 from pipeline.clean import CleanConfig, clean_text, doc_hash, full_clean
@@ -176,19 +176,8 @@ def _all_docs(store: TokenStore) -> Counter:
     return Counter(_docs(store, "train") + _docs(store, "val"))
 
 
-def _two_parts(tmp_path, tokenizer, files: int, docs: int, first: int) -> tuple[Path, dict]:
-    """A corpus folder and its two --shard parts built under tmp_path/sh; returns (folder, options)."""
-    folder = tmp_path / "corpus"
-    for k in range(files):
-        write_jsonl(folder / f"f{k}.jsonl", sentences(k + first, docs))
-    opts = dict(data=[str(folder)], name="m", workers=1, **MINIMAL)
-    for i in range(2):
-        build(tmp_path / "sh", tokenizer, shard=f"{i}/2", **opts)
-    return folder, opts
-
-
 def test_merge_refuses_parts_cut_from_different_plans(tmp_path, tokenizer):
-    folder, opts = _two_parts(tmp_path, tokenizer, files=4, docs=30, first=10)
+    folder, opts = two_parts(tmp_path, tokenizer, files=4, docs=30, first=10)
     build(tmp_path / "sh", tokenizer, merge=True, **opts)
     # A file sorting first shifts every chunk's position: only part 0 is rebuilt, part 1 is from the old plan.
     write_jsonl(folder / "e.jsonl", sentences(99, 30))
@@ -203,7 +192,7 @@ def test_merge_refuses_parts_cut_from_different_plans(tmp_path, tokenizer):
 
 
 def test_merge_refuses_parts_built_without_a_plan_fingerprint(tmp_path, tokenizer):
-    _, opts = _two_parts(tmp_path, tokenizer, files=3, docs=20, first=20)
+    _, opts = two_parts(tmp_path, tokenizer, files=3, docs=20, first=20)
     # What an older version wrote: no plan in the part section, a fingerprint computed another way.
     old = tmp_path / "sh" / "m" / "part-1-of-2" / "manifest.json"
     manifest = json.loads(old.read_text())

@@ -1,0 +1,45 @@
+"""`--shard i/n` parts and `--merge` while other jobs run on the same store: one writer per store
+and per part, and a merged manifest never points at shards that have changed under it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prepare_helpers import ROOT, tiny_tokenizer, two_parts
+
+from common.lock import exclusive_lock
+from pipeline.store import TokenStore
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> Path:
+    return tiny_tokenizer(tmp_path_factory.getbasetemp() / "tiny-tokenizer")
+
+
+def _merge(out: Path, folder: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "bin/prepare.py", "--out", str(out), "--name", "m", "--data", str(folder), "--merge",
+           "--quiet"]
+    # PYTHONPATH: this checkout's code, not that of wherever the package is installed from
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_merge_refuses_a_store_or_part_that_another_job_is_writing(tmp_path, tokenizer):
+    """The merge took no lock: during a full build of the same store it reset the store and wrote a
+    manifest listing shards the build then deleted; a part being rebuilt was pointed at as it changed."""
+    folder, _ = two_parts(tmp_path, tokenizer, files=4, docs=30, first=40)
+    root = tmp_path / "sh" / "m"
+    with exclusive_lock(root / ".lock"):  # a full build of the same store is running
+        run = _merge(tmp_path / "sh", folder)
+    assert run.returncode == 1 and f"{root}: another prepare is writing this store" in run.stderr
+    assert not (root / "manifest.json").exists()
+    with exclusive_lock(root / "part-1-of-2" / ".lock"):  # --shard 1/2 is being rebuilt
+        run = _merge(tmp_path / "sh", folder)
+    assert run.returncode == 1 and f"{root / 'part-1-of-2'}: a --shard job is writing this part" in run.stderr
+    assert not (root / "manifest.json").exists()
+    assert _merge(tmp_path / "sh", folder).returncode == 0
+    TokenStore(root, verify=True)
