@@ -30,7 +30,16 @@ from typing import Any
 import numpy as np
 
 from pipeline.assemble import HashSet, PrepareError, reset_store, store_locked
-from pipeline.store import SPLITS, StoreError, TokenStore, sha256_file, write_manifest
+from pipeline.store import (
+    MANIFEST,
+    SPLITS,
+    StoreError,
+    TokenStore,
+    fsync_dir,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -188,3 +197,14 @@ def _merge(root: Path, parts: list[Path]) -> Path:
     log.info("%s: merged %d parts (%d documents seen in more than one part are kept: see cross_part_duplicates)",
              root, len(parts), cross)
     return root
+
+
+def unmerge(root: Path, part: Path) -> None:
+    """Remove the merged manifest in `root` if it lists `part`, which is about to be rebuilt: it would go
+    on vouching for the part's old shards (and new ones of the same sizes open without verify). The
+    store in `root` is then unfinished until the next --merge."""
+    if part.name in (read_manifest(root) or {}).get("parts", []):
+        (root / MANIFEST).unlink(missing_ok=True)
+        fsync_dir(root)
+        log.info("%s: unmarked the merged store while %s is rebuilt; --merge again once the parts are done",
+                 root, part.name)

@@ -43,7 +43,7 @@ from pipeline.chunks import (
 )
 from pipeline.config import PrepareConfig, check, clean_config, parse_shard, resolve_name
 from pipeline.fast_encode import Encoder
-from pipeline.merge import merge_parts
+from pipeline.merge import merge_parts, unmerge
 from pipeline.pool import chunk_results
 from pipeline.sources import BadFileError, Chunk, plan_chunks
 from pipeline.store import (
@@ -227,6 +227,8 @@ def prepare(cfg: PrepareConfig) -> Path:
         store.mkdir(parents=True, exist_ok=True)
         with store_locked(store):
             chunks, bad_files = _plan(paths, cfg)
+            if shard:
+                unmerge(root, store)
             reset_store(store)
             install_tokenizer(src, tok, settings.tokenizer_sha256)
             if shard:

@@ -78,6 +78,14 @@ def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def read_manifest(store: Path) -> dict[str, Any] | None:
+    """The store's manifest as written (None if absent or unreadable), without TokenStore's checks."""
+    try:
+        return json.loads((store / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class ShardWriter:
     """Appends documents of one split into shards of at most `shard_tokens` tokens.
 

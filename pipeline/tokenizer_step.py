@@ -4,7 +4,6 @@ other inputs or a tokenizer that a finished store depends on without --overwrite
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -19,7 +18,7 @@ from pipeline.config import PrepareConfig, check, clean_config, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
 from pipeline.sources import BadFileError, expand_paths, resolve_source
-from pipeline.store import StoreError, atomic_write_bytes, sha256_file
+from pipeline.store import StoreError, atomic_write_bytes, read_manifest, sha256_file
 from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
 
 log = logging.getLogger("pipeline")
@@ -49,14 +48,6 @@ def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None, f
                                  root / file, text_field=cfg.text_field, csv_column=cfg.csv_column))
     log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
     return path
-
-
-def read_manifest(store: Path) -> dict[str, Any] | None:
-    """The store's manifest as written (None if absent or unreadable), without TokenStore's checks."""
-    try:
-        return json.loads((store / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def refuse_foreign_store(cfg: PrepareConfig, store: Path, paths: list[Path]) -> bool:

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from prepare_helpers import ROOT, tiny_tokenizer, two_parts
+from prepare_helpers import ROOT, build, tiny_tokenizer, two_parts
 
 from common.lock import exclusive_lock
-from pipeline.store import TokenStore
+from pipeline.fast_encode import Encoder
+from pipeline.store import StoreError, TokenStore
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,20 @@ def test_merge_refuses_a_store_or_part_that_another_job_is_writing(tmp_path, tok
     assert not (root / "manifest.json").exists()
     assert _merge(tmp_path / "sh", folder).returncode == 0
     TokenStore(root, verify=True)
+
+
+def test_rebuilding_a_part_unmarks_the_merged_store_until_the_next_merge(tmp_path, tokenizer):
+    """The merged manifest stayed while a part was rebuilt: with a file edited at the same size, the
+    store opened (the trainer does not verify) with the old checksums and counts over new shards."""
+    folder, opts = two_parts(tmp_path, tokenizer, files=4, docs=30, first=50)
+    root = build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    f0 = folder / "f0.jsonl"  # in part 0 (one chunk per file, dealt out in turn)
+    f0.write_text(f0.read_text().replace("(50.5)", "(50.7)"))
+    build(tmp_path / "sh", tokenizer, shard="0/2", **opts)
+    with pytest.raises(StoreError, match="no manifest.json"):
+        TokenStore(root)
+    build(tmp_path / "sh", tokenizer, shard="1/2", **opts)  # a changed input changes the plan: every part
+    merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
+    encoder = Encoder(str(tokenizer))
+    texts = [encoder.decode(d[1:].tolist()) for split in ("train", "val") for d in merged.documents(split)]
+    assert any("(50.7)" in t for t in texts) and not any("(50.5)" in t for t in texts)
