@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -39,10 +39,14 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
 
 
 def sha256_file(path: str | Path, bufsize: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(bufsize):
-            digest.update(block)
+        return _sha256_of(f, bufsize)
+
+
+def _sha256_of(f: BinaryIO, bufsize: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    while block := f.read(bufsize):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -153,7 +157,13 @@ class ShardWriter:
 
 
 class TokenStore:
-    """Read-only view of a finished store: validated manifest, shard memmaps and document index."""
+    """Read-only view of a finished store: validated manifest, shard memmaps and document index.
+
+    Every shard and index file is memory-mapped as it is validated, and the maps are kept: a rebuild
+    of the store replaces or deletes its files, and the open maps go on reading the ones that were
+    checked, never new files under the old manifest. Pickled (for a DataLoader worker), a store
+    carries its path and reopens, refusing a store rebuilt in between: a pickled memmap would carry
+    the whole file."""
 
     def __init__(self, root: str | Path, verify: bool = False):
         self.root = Path(root)
@@ -166,8 +176,18 @@ class TokenStore:
         except json.JSONDecodeError as err:
             raise StoreError(f"{path}: invalid JSON: {err}") from None
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
-        self._validate(verify)
         self._memmaps: dict[str, list[np.memmap]] = {}
+        self._index: dict[str, list[np.memmap]] = {}
+        self._validate(verify)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "manifest_sha256": self.manifest_sha256}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"])
+        if self.manifest_sha256 != state["manifest_sha256"]:
+            raise StoreError(f"{self.root}: rebuilt since this store was opened in the parent process; "
+                             "restart to read the new one")
 
     def _validate(self, verify: bool) -> None:
         m = self.manifest
@@ -182,10 +202,14 @@ class TokenStore:
         for split in SPLITS:
             if split not in m["splits"]:
                 raise StoreError(f"{self.root / MANIFEST}: no {split!r} split")
+            self._memmaps[split], self._index[split] = [], []
             for shard in m["splits"][split]["shards"]:
-                self._check_file(shard["file"], shard["size"], shard["sha256"] if verify else None)
-                self._check_file(shard["index"], shard["documents"] * INDEX_DTYPE.itemsize,
-                                 shard.get("index_sha256") if verify else None)
+                tokens = self._map(shard["file"], shard["size"], shard["sha256"] if verify else None, self.dtype)
+                starts = self._map(shard["index"], shard["documents"] * INDEX_DTYPE.itemsize,
+                                   shard.get("index_sha256") if verify else None, INDEX_DTYPE)
+                if shard["tokens"]:
+                    self._memmaps[split].append(tokens)
+                    self._index[split].append(starts)
         # Always, not only with verify (it is ~1 MB): a tokenizer retrained in place would otherwise
         # leave a store that opens fine while its ids mean other tokens than the file beside it says.
         tok = self.tokenizer_path
@@ -193,14 +217,21 @@ class TokenStore:
             raise StoreError(f"{tok}: not the tokenizer this store was encoded with (sha256 differs from the "
                              "manifest's); rerun `make prepare` to re-encode the store with it, or restore the old one")
 
-    def _check_file(self, name: str, size: int, sha256: str | None) -> None:
+    def _map(self, name: str, size: int, sha256: str | None, dtype: np.dtype) -> np.memmap | None:
+        """The file mapped read-only (None if empty) once it has the manifest's size, and sha256 when
+        given: checked and mapped through one open file, so the map is of the file that was checked."""
         path = self.shard_path(name)
-        if not path.is_file():
-            raise StoreError(f"{path}: listed in the manifest but missing")
-        if path.stat().st_size != size:
-            raise StoreError(f"{path}: {path.stat().st_size} bytes, manifest says {size}")
-        if sha256 and sha256_file(path) != sha256:
-            raise StoreError(f"{path}: sha256 differs from the manifest's (corrupt shard)")
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise StoreError(f"{path}: listed in the manifest but missing") from None
+        with f:
+            have = os.fstat(f.fileno()).st_size
+            if have != size:
+                raise StoreError(f"{path}: {have} bytes, manifest says {size}")
+            if sha256 and _sha256_of(f) != sha256:
+                raise StoreError(f"{path}: sha256 differs from the manifest's (corrupt shard)")
+            return np.memmap(f, dtype=dtype, mode="r", shape=(size // dtype.itemsize,)) if size else None
 
     def shard_path(self, name: str) -> Path:
         """Shard names are relative to the store (a merged store may point into part folders)."""
@@ -231,18 +262,12 @@ class TokenStore:
         return info.get("text_bytes", 0) / max(info["tokens"], 1)
 
     def shards(self, split: str) -> list[np.memmap]:
-        """One read-only memmap per shard; opened once and reused (the sampler indexes them directly)."""
-        if split not in self._memmaps:
-            self._memmaps[split] = [
-                np.memmap(self.shard_path(s["file"]), dtype=self.dtype, mode="r", shape=(s["tokens"],))
-                for s in self.manifest["splits"][split]["shards"] if s["tokens"]
-            ]
+        """One read-only memmap per non-empty shard (the sampler indexes them directly)."""
         return self._memmaps[split]
 
-    def doc_index(self, split: str) -> list[np.ndarray]:
-        """Per shard, the int64 start offset of each document's [BOS]."""
-        return [np.fromfile(self.shard_path(s["index"]), dtype=INDEX_DTYPE)
-                for s in self.manifest["splits"][split]["shards"] if s["tokens"]]
+    def doc_index(self, split: str) -> list[np.memmap]:
+        """Per non-empty shard, the int64 start offset of each document's [BOS] (read-only)."""
+        return self._index[split]
 
     def documents(self, split: str) -> Iterator[np.ndarray]:
         """Each document's ids ([BOS] first), in store order."""

@@ -28,22 +28,17 @@ class TextDataset(Dataset):
     def __init__(self, store: TokenStore, split: str, max_len: int, pad_id: int = 0):
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
-        self.root, self.split, self.max_len, self.pad_id = store.root, split, max_len, pad_id
-        self._tokens: list[np.memmap] | None = store.shards(split)
+        # The store, not its memmaps: it pickles as its path, so DataLoader workers reopen the files
+        # (refusing a store rebuilt meanwhile) rather than receive copies of them.
+        self.store, self.split, self.max_len, self.pad_id = store, split, max_len, pad_id
         starts = store.doc_index(split)
-        ends = [np.append(s[1:], len(t)) for s, t in zip(starts, self._tokens, strict=True)]
+        ends = [np.append(s[1:], len(t)) for s, t in zip(starts, store.shards(split), strict=True)]
         self.shard_of = _cat([np.full(len(s), i) for i, s in enumerate(starts)])
         self.starts, self.ends = _cat(starts), _cat(ends)
 
     @property
     def tokens(self) -> list[np.memmap]:
-        if self._tokens is None:  # reopened in each DataLoader worker, see __getstate__
-            self._tokens = TokenStore(self.root).shards(self.split)
-        return self._tokens
-
-    def __getstate__(self) -> dict:
-        # A pickled memmap carries its whole contents; workers reopen the files instead.
-        return {**self.__dict__, "_tokens": None}
+        return self.store.shards(self.split)
 
     def __len__(self) -> int:
         return len(self.starts)

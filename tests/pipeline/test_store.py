@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -85,3 +86,19 @@ def test_a_tokenizer_changed_after_the_build_is_caught_on_every_open(tmp_path):
     tokenizer.write_text('{"version": "two"}')
     with pytest.raises(StoreError, match="not the tokenizer this store was encoded with"):
         TokenStore(tmp_path)
+
+
+def test_an_open_store_reads_what_it_validated_after_a_rebuild(tmp_path):
+    """Files were opened lazily (and the index reread on every call): a rebuild between validation and
+    use paired the new files with the old manifest, silently."""
+    old = [np.full(5, 7)] * 4
+    write_store(tmp_path, {"train": old, "val": [np.full(3, 9)]}, vocab_size=100)
+    store = TokenStore(tmp_path, verify=True)
+    blob = pickle.dumps(store)
+    write_store(tmp_path, {"train": [np.full(2, 8)] * 20, "val": [np.full(3, 9)]}, vocab_size=100)
+    assert [d[1:].tolist() for d in store.documents("train")] == [d.tolist() for d in old]
+    assert [len(i) for i in store.doc_index("train")] == [4]
+    assert len(blob) < 2000  # a path, not the token data
+    with pytest.raises(StoreError, match="rebuilt since this store was opened"):
+        pickle.loads(blob)
+    assert pickle.loads(pickle.dumps(TokenStore(tmp_path))).num_tokens("train") == 60
