@@ -179,6 +179,14 @@ class TokenStore:
         self._memmaps: dict[str, list[np.memmap]] = {}
         self._index: dict[str, list[np.memmap]] = {}
         self._validate(verify)
+        # A rebuild begins by deleting the manifest and ends by writing its own: the same bytes now
+        # mean the maps are of the files this manifest describes.
+        try:
+            unchanged = path.read_bytes() == raw
+        except FileNotFoundError:
+            unchanged = False
+        if not unchanged:
+            raise StoreError(f"{self.root}: rebuilt while being opened; open it again once the rebuild is done")
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": self.root, "manifest_sha256": self.manifest_sha256}

@@ -102,3 +102,18 @@ def test_an_open_store_reads_what_it_validated_after_a_rebuild(tmp_path):
     with pytest.raises(StoreError, match="rebuilt since this store was opened"):
         pickle.loads(blob)
     assert pickle.loads(pickle.dumps(TokenStore(tmp_path))).num_tokens("train") == 60
+
+
+def test_a_rebuild_while_the_store_is_being_opened_is_refused(tmp_path, monkeypatch):
+    """Files replaced by ones of the same sizes between reading the manifest and mapping them opened fine."""
+    write_store(tmp_path, {"train": [np.full(5, 7)] * 4, "val": [np.full(3, 9)]}, vocab_size=100)
+    real, rebuilds = TokenStore._map, [{"train": [np.full(5, 8)] * 4, "val": [np.full(3, 9)]}]
+
+    def rebuilt_meanwhile(self, *args):
+        if rebuilds:  # once, before the first file is mapped
+            write_store(tmp_path, rebuilds.pop(), vocab_size=100)
+        return real(self, *args)
+
+    monkeypatch.setattr(TokenStore, "_map", rebuilt_meanwhile)
+    with pytest.raises(StoreError, match="rebuilt while being opened"):
+        TokenStore(tmp_path)
