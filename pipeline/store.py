@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import reprlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -156,6 +157,67 @@ class ShardWriter:
         return self.shards
 
 
+_REQUIRED = object()
+_KINDS = {int: "a non-negative integer", str: "a string", dict: "an object", list: "a list"}
+
+
+def _field(path: Path, obj: dict[str, Any], key: str, kind: type, where: str = "", default: Any = _REQUIRED) -> Any:
+    """obj[key] if it is of `kind` (an int also >= 0); else a StoreError naming the manifest and the key."""
+    if key not in obj:
+        if default is _REQUIRED:
+            raise StoreError(f"{path}: missing key {where + key!r}")
+        return default
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        raise StoreError(f"{path}: {where + key} is {reprlib.repr(value)}, expected {_KINDS[kind]}")
+    return value
+
+
+def _check_manifest(path: Path, m: Any) -> np.dtype:
+    """Every field a reader uses, of the right type, with counts that add up; the token dtype. A
+    malformed manifest is a StoreError naming the field, not a KeyError or a bad map deep in training."""
+    if not isinstance(m, dict):
+        raise StoreError(f"{path}: not a JSON object")
+    if _field(path, m, "format_version", int) != FORMAT_VERSION:
+        raise StoreError(f"{path.parent}: format_version {m['format_version']}, this code reads {FORMAT_VERSION}")
+    vocab, name = _field(path, m, "vocab_size", int), _field(path, m, "dtype", str)
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        raise StoreError(f"{path}: dtype {name!r} is not a numpy dtype") from None
+    if dtype != dtype_for_vocab(vocab):
+        raise StoreError(f"{path.parent}: dtype {name} does not fit vocab_size {vocab}")
+    if _field(path, m, "bos_id", int, default=5) >= vocab:
+        raise StoreError(f"{path}: bos_id {m.get('bos_id', 5)} is not an id of the {vocab}-token vocabulary")
+    tokenizer = _field(path, m, "tokenizer", dict)
+    for key in ("path", "sha256"):
+        _field(path, tokenizer, key, str, "tokenizer.")
+    splits = _field(path, m, "splits", dict)
+    for split in SPLITS:
+        where = f"splits.{split}."
+        info = _field(path, splits, split, dict, "splits.")
+        shards = _field(path, info, "shards", list, where)
+        _field(path, info, "text_bytes", int, where, default=0)
+        for i, shard in enumerate(shards):
+            at = f"{where}shards[{i}]."
+            if not isinstance(shard, dict):
+                raise StoreError(f"{path}: {at[:-1]} is {reprlib.repr(shard)}, expected an object")
+            for key in ("file", "index", "sha256"):
+                _field(path, shard, key, str, at)
+            _field(path, shard, "index_sha256", str, at, default=None)
+            tokens, size, docs = (_field(path, shard, key, int, at) for key in ("tokens", "size", "documents"))
+            if tokens * dtype.itemsize != size:
+                raise StoreError(f"{path}: {at}tokens is {tokens} ({tokens * dtype.itemsize} bytes of {dtype.name}), "
+                                 f"but {at}size is {size}")
+            if docs > tokens or (docs == 0) != (tokens == 0):
+                raise StoreError(f"{path}: {at}documents is {docs} in {tokens} tokens (each starts with [BOS])")
+        for key in ("tokens", "documents"):
+            total = sum(shard[key] for shard in shards)
+            if _field(path, info, key, int, where) != total:
+                raise StoreError(f"{path}: {where}{key} is {info[key]}, but its shards hold {total}")
+    return dtype
+
+
 class TokenStore:
     """Read-only view of a finished store: validated manifest, shard memmaps and document index.
 
@@ -199,17 +261,8 @@ class TokenStore:
 
     def _validate(self, verify: bool) -> None:
         m = self.manifest
-        for key in ("format_version", "dtype", "vocab_size", "tokenizer", "splits"):
-            if key not in m:
-                raise StoreError(f"{self.root / MANIFEST}: missing key {key!r}")
-        if m["format_version"] != FORMAT_VERSION:
-            raise StoreError(f"{self.root}: format_version {m['format_version']}, this code reads {FORMAT_VERSION}")
-        self.dtype = np.dtype(m["dtype"])
-        if self.dtype != dtype_for_vocab(m["vocab_size"]):
-            raise StoreError(f"{self.root}: dtype {m['dtype']} does not fit vocab_size {m['vocab_size']}")
+        self.dtype = _check_manifest(self.root / MANIFEST, m)
         for split in SPLITS:
-            if split not in m["splits"]:
-                raise StoreError(f"{self.root / MANIFEST}: no {split!r} split")
             self._memmaps[split], self._index[split] = [], []
             for shard in m["splits"][split]["shards"]:
                 tokens = self._map(shard["file"], shard["size"], shard["sha256"] if verify else None, self.dtype)

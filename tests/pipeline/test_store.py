@@ -117,3 +117,37 @@ def test_a_rebuild_while_the_store_is_being_opened_is_refused(tmp_path, monkeypa
     monkeypatch.setattr(TokenStore, "_map", rebuilt_meanwhile)
     with pytest.raises(StoreError, match="rebuilt while being opened"):
         TokenStore(tmp_path)
+
+
+def _shard(m):
+    return m["splits"]["train"]["shards"][0]
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["splits"]["train"].pop("shards"), "missing key 'splits.train.shards'"),
+    (lambda m: _shard(m).pop("size"), r"missing key 'splits.train.shards\[0\].size'"),
+    (lambda m: m["tokenizer"].pop("path"), "missing key 'tokenizer.path'"),
+    (lambda m: m.update(vocab_size="100"), "vocab_size is '100', expected a non-negative integer"),
+    (lambda m: m.update(dtype="nonsense"), "dtype 'nonsense' is not a numpy dtype"),
+    (lambda m: m["splits"]["val"]["shards"].append("v"), r"splits.val.shards\[1\] is 'v', expected an object"),
+    (lambda m: _shard(m).update(tokens=48), r"splits.train.shards\[0\].tokens is 48 \(96 bytes of uint16\), but "
+                                            r"splits.train.shards\[0\].size is 48"),
+    (lambda m: _shard(m).update(tokens=23), r"splits.train.shards\[0\].tokens is 23 \(46 bytes of uint16\)"),
+    (lambda m: m["splits"]["train"].update(tokens=1), "splits.train.tokens is 1, but its shards hold"),
+    (lambda m: m["splits"]["val"].update(documents=9), "splits.val.documents is 9, but its shards hold 1"),
+])
+def test_a_malformed_manifest_is_a_store_error_naming_the_field(tmp_path, edit, match):
+    """Missing or mistyped fields were bare KeyError/TypeError/ValueError; shard token counts that did
+    not match the file's size, or split totals that did not add up, opened fine even with verify."""
+    write_store(tmp_path, {"train": [np.full(5, 7)] * 4, "val": [np.full(3, 9)]}, vocab_size=100)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    edit(m)
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match=f"manifest.json: {match}"):
+        TokenStore(tmp_path, verify=True)
+
+
+def test_a_manifest_that_is_not_an_object(tmp_path):
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(StoreError, match="manifest.json: not a JSON object"):
+        TokenStore(tmp_path)
