@@ -14,6 +14,9 @@ belong together only if they were cut from the same plan: a file added, removed 
 the jobs shifts every later position, and a merge of parts from two plans silently holds some
 documents twice and others not at all. Each part records its plan's fingerprint (input paths, sizes
 and mtimes, chunk size, part count, every option) and the merge refuses parts whose fingerprints differ.
+Jobs on several machines must therefore read the corpus at the same paths with the same mtimes (a
+shared filesystem, or copies that keep them); content hashes would lift that, at a full read of
+every input per job.
 """
 
 from __future__ import annotations
@@ -87,9 +90,11 @@ def _check_same_plan(root: Path, parts: list[Path], stores: list[TokenStore]) ->
     stale = [d for d, plan in zip(parts, plans, strict=True) if plan != latest]
     current = [d.name for d, plan in zip(parts, plans, strict=True) if plan == latest]
     raise PrepareError(f"{root}: the parts were cut from different plans of the inputs (input files added, removed "
-                       f"or changed, or options changed, between the --shard jobs), so merging them would lose some "
-                       f"documents and repeat others. Stale, built before {', '.join(current)}: "
-                       f"{', '.join(d.name for d in stale)}; rerun {_rerun(stale)}")
+                       f"or changed, or options changed, between the --shard jobs; or jobs on other machines read "
+                       f"copies of the corpus at other paths or with other modification times: every job must see "
+                       f"the same paths with the same mtimes), so merging them would lose some documents and repeat "
+                       f"others. Stale, built before {', '.join(current)}: {', '.join(d.name for d in stale)}; "
+                       f"rerun {_rerun(stale)}")
 
 
 def _sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ and per part, and a merged manifest never points at shards that have changed und
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from prepare_helpers import ROOT, build, tiny_tokenizer, two_parts
 
 from common.lock import exclusive_lock
+from pipeline.assemble import PrepareError
 from pipeline.fast_encode import Encoder
 from pipeline.store import StoreError, TokenStore
 
@@ -61,3 +63,13 @@ def test_rebuilding_a_part_unmarks_the_merged_store_until_the_next_merge(tmp_pat
     encoder = Encoder(str(tokenizer))
     texts = [encoder.decode(d[1:].tolist()) for split in ("train", "val") for d in merged.documents(split)]
     assert any("(50.7)" in t for t in texts) and not any("(50.5)" in t for t in texts)
+
+
+def test_parts_built_from_copies_at_other_paths_are_refused_saying_why(tmp_path, tokenizer):
+    """The plan fingerprint holds input paths and mtimes: a job on another machine reading its own copy
+    of the corpus cut its part from another plan, and the refusal blamed only added or changed files."""
+    folder, opts = two_parts(tmp_path, tokenizer, files=4, docs=20, first=60)
+    copy = shutil.copytree(folder, tmp_path / "elsewhere" / "corpus")  # same names, sizes and mtimes
+    build(tmp_path / "sh", tokenizer, shard="1/2", **{**opts, "data": [str(copy)]})
+    with pytest.raises(PrepareError, match="every job must see the same paths with the same mtimes"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
