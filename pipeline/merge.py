@@ -188,13 +188,18 @@ def _merge(root: Path, parts: list[Path]) -> Path:
     stats["bad_files"] = first["stats"]["bad_files"][:planned[0]] + [
         bad for s, k in zip(stores, planned, strict=True) for bad in s.manifest["stats"]["bad_files"][k:]]
     stats["cross_part_duplicates"] = cross
-    sources = {}
+    # In plan order, as one job lists them (parts built before parts recorded it: in part order).
+    places: dict[str, tuple[int, int]] = {}
     for store in stores:
-        sources.update({src["path"]: src["size"] for src in store.manifest["sources"]})
+        listed = store.manifest["sources"]
+        order = store.manifest["part"].get("source_order") or [-1] * len(listed)
+        for place, src in zip(order, listed, strict=True):
+            places.setdefault(src["path"], (place, src["size"]))
+    sources = sorted(places.items(), key=lambda item: item[1][0])
     manifest = {k: first[k] for k in (*_SAME, "work_format")}
     manifest.update({
         "tokenizer": {"path": "tokenizer.json", "sha256": first["tokenizer"]["sha256"]},
-        "splits": splits, "sources": [{"path": p, "size": s} for p, s in sources.items()], "stats": stats,
+        "splits": splits, "sources": [{"path": p, "size": s} for p, (_, s) in sources], "stats": stats,
         "parts": [d.name for d in parts], "inputs_fingerprint": fp,
     })
     reset_store(root)

@@ -231,6 +231,7 @@ def prepare(cfg: PrepareConfig) -> Path:
                 unmerge(root, store)
             reset_store(store)
             install_tokenizer(src, tok, settings.tokenizer_sha256)
+            plan_files = {path: i for i, path in enumerate(dict.fromkeys(c.path for c in chunks))}
             if shard:
                 chunks = [c for pos, c in enumerate(chunks) if pos % shard[1] == shard[0]]
             work = store / ".work"
@@ -253,9 +254,12 @@ def prepare(cfg: PrepareConfig) -> Path:
                 atomic_write_bytes(store / "doc_hashes.bin", asm.seen.sorted().astype("<u8").tobytes())
                 # plan_bad_files: how many of stats.bad_files (the first ones) failed at planning, before
                 # the plan was cut into parts. Every part lists them; the merge keeps one copy.
+                # source_order: each source's place among the plan's files, for the merge to list them
+                # in the order one job would.
                 manifest["part"] = {"index": shard[0], "count": shard[1], "chunk_bytes": cfg.chunk_bytes,
                                     "doc_hashes": "doc_hashes.bin", "plan_fingerprint": plan,
-                                    "plan_bad_files": len(bad_files)}
+                                    "plan_bad_files": len(bad_files),
+                                    "source_order": [plan_files[path] for path in asm.sources]}
             write_manifest(store, manifest)
             _prune_work(work, {p.name for p in results}, cfg.keep_work)
         print(summary(store, manifest, asm, counts, time.perf_counter() - started))

@@ -73,3 +73,10 @@ def test_parts_built_from_copies_at_other_paths_are_refused_saying_why(tmp_path,
     build(tmp_path / "sh", tokenizer, shard="1/2", **{**opts, "data": [str(copy)]})
     with pytest.raises(PrepareError, match="every job must see the same paths with the same mtimes"):
         build(tmp_path / "sh", tokenizer, merge=True, **opts)
+
+
+def test_merged_sources_are_listed_in_plan_order_like_a_single_job(tmp_path, tokenizer):
+    folder, opts = two_parts(tmp_path, tokenizer, files=4, docs=20, first=70)  # f0, f2 in part 0; f1, f3 in 1
+    merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts)).manifest["sources"]
+    full = TokenStore(build(tmp_path / "full", tokenizer, **opts)).manifest["sources"]
+    assert merged == full and [Path(s["path"]).name for s in full] == [f"f{k}.jsonl" for k in range(4)]
