@@ -64,7 +64,8 @@ class DownloadError(Exception):
 
 
 class _Incomplete(Exception):
-    """The connection dropped early; `.part` is kept and the next attempt resumes from it."""
+    """An attempt worth repeating (a dropped connection, a rate limit, a server error); `.part` is kept
+    and the next attempt resumes from it."""
 
 
 def _part(dest: Path) -> Path:
@@ -174,7 +175,9 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
             if total and int(total.group(1)) == offset:
                 return
             _discard(part)
-            raise _Incomplete(f"{url}: stale partial download discarded") from None
+            raise _Incomplete("stale partial download discarded") from None
+        if err.code == 429 or err.code >= 500:  # rate limited or server trouble: passes, unlike a 404 or 403
+            raise _Incomplete(f"HTTP {err.code} {err.reason}") from None
         raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
     with resp:
         kept = f"; {part} kept, run again to resume" if offset else ""
@@ -189,10 +192,10 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
         if resp.status == 206:
             if not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
                 _discard(part)
-                raise _Incomplete(f"{url}: server resumed at the wrong offset; partial download discarded")
+                raise _Incomplete("server resumed at the wrong offset; partial download discarded")
             if saved and current and current != saved:  # a server that ignores If-Range, caught by its validator
                 _discard(part)
-                raise _Incomplete(f"{url}: changed on the server since the partial download; starting over")
+                raise _Incomplete("changed on the server since the partial download; starting over")
             total = _total_from(resp, offset)
             done = _copy(resp, part, "ab", offset, total or size, progress)
         elif offset:
@@ -203,7 +206,7 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
             total = _total_from(resp, 0)
             done = _copy(resp, part, "wb", 0, total or size, progress)
     if total is not None and done < total:
-        raise _Incomplete(f"{url}: connection closed at byte {done} of {total}")
+        raise _Incomplete(f"connection closed at byte {done} of {total}")
 
 
 def _refetch_whole(
@@ -228,7 +231,7 @@ def _refetch_whole(
         raise
     if total is not None and done < total:
         _settle_new(new, part, current, keep=changed)
-        raise _Incomplete(f"{url}: connection closed at byte {done} of {total}")
+        raise _Incomplete(f"connection closed at byte {done} of {total}")
     if done < offset and not changed:  # a whole file shorter than our prefix of it: more likely an error body
         new.unlink()
         raise DownloadError(
@@ -263,8 +266,9 @@ def download(
 ) -> Path:
     """Fetch `url` to `dest` unless it is already there; resume, verify, then rename into place.
 
-    `progress(bytes_done, total_or_None)` is called as blocks arrive. A dropped connection is
-    retried `retries` times (resuming each time); HTTP errors and failed verification are not.
+    `progress(bytes_done, total_or_None)` is called as blocks arrive. A dropped connection, HTTP 429
+    (rate limit) or 5xx (server error) is retried `retries` times with a growing pause, resuming
+    each time; other HTTP errors and failed verification are not.
     """
     dest = Path(dest)
     if _complete(dest, size):
@@ -306,7 +310,8 @@ def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: 
             break
         except (_Incomplete, HTTPException, OSError) as err:  # OSError covers URLError and timeouts
             if attempt == retries:
-                raise DownloadError(f"{url}: {err} (partial file kept at {part}; run again to resume)") from None
+                kept = f"partial file kept at {part}; " if part.exists() else ""
+                raise DownloadError(f"{url}: {err} ({kept}run again to resume)") from None
             log.warning("%s: %s; retrying", url, err)
             time.sleep(min(2**attempt, 30))
     digest = _verify(part, size, sha256, url)

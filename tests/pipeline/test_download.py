@@ -22,7 +22,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     server.etag / server.last_modified are sent when set and honoured in If-Range unless
     server.ignore_if_range; server.html replaces every body with an HTML page (a rate-limit page);
-    server.gate (an Event) holds the first response halfway until it is set.
+    server.gate (an Event) holds the first response halfway until it is set; server.fail_first lists
+    error statuses to answer the first requests with.
     """
 
     def do_GET(self):
@@ -32,6 +33,9 @@ class _Handler(BaseHTTPRequestHandler):
         data = srv.files.get(self.path.lstrip("/"))
         if data is None:
             self.send_error(404)
+            return
+        if srv.fail_first:
+            self.send_error(srv.fail_first.pop(0))
             return
         if srv.html is not None:
             self.send_response(200)
@@ -82,7 +86,7 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.ignore_range, srv.cut_after = {"f.bin": PAYLOAD}, [], False, None
     srv.if_ranges, srv.etag, srv.last_modified, srv.ignore_if_range, srv.html = [], None, None, False, None
-    srv.gate = None
+    srv.gate, srv.fail_first = None, []
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -163,6 +167,19 @@ def test_http_error_is_not_retried(server, tmp_path):
     with pytest.raises(DownloadError, match="HTTP 404"):
         download(server.url + "missing.bin", tmp_path / "m.bin")
     assert len(server.requests) == 1
+
+
+def test_rate_limit_and_server_errors_are_retried_with_backoff(server, tmp_path, monkeypatch):
+    """A 429 or a 503 (Hugging Face under load) failed the whole `make prepare` at once."""
+    pauses = []
+    monkeypatch.setattr(dl.time, "sleep", pauses.append)
+    server.fail_first = [429, 503]
+    download(server.url + "f.bin", tmp_path / "f.bin", sha256=sha(PAYLOAD))
+    assert (tmp_path / "f.bin").read_bytes() == PAYLOAD and len(server.requests) == 3 and pauses == [1, 2]
+    server.fail_first = [502] * 3
+    with pytest.raises(DownloadError, match="HTTP 502") as err:
+        download(server.url + "f.bin", tmp_path / "g.bin", retries=2)
+    assert str(err.value).count(server.url) == 1 and "partial file kept" not in str(err.value)  # there is none
 
 
 def test_fetch_redpajama_from_a_mirror(server, tmp_path, monkeypatch):
