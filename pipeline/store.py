@@ -286,6 +286,8 @@ class TokenStore:
             f = open(path, "rb")
         except FileNotFoundError:
             raise StoreError(f"{path}: listed in the manifest but missing") from None
+        except OSError as err:  # a directory, no permission
+            raise StoreError(f"{path}: listed in the manifest but unreadable ({err.strerror})") from None
         with f:
             have = os.fstat(f.fileno()).st_size
             if have != size:

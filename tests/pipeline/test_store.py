@@ -63,6 +63,10 @@ def test_validation_catches_missing_truncated_and_corrupt(tmp_path):
     shard.unlink()
     with pytest.raises(StoreError, match="missing"):
         TokenStore(tmp_path)
+    shard.mkdir()
+    with pytest.raises(StoreError, match="train-00000.bin: listed in the manifest but unreadable"):
+        TokenStore(tmp_path)
+    shard.rmdir()
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(StoreError, match="not a finished token store"):
         TokenStore(tmp_path)
