@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,17 @@ def store_locked(store: Path, busy: str = "another prepare is writing this store
     if lock is None:
         raise PrepareError(f"{store}: {busy}")
     with lock:
+        yield
+
+
+@contextlib.contextmanager
+def store_and_parts_locked(root: Path, parts: Iterable[Path]) -> Iterator[None]:
+    """`store_locked` for the store in `root` and each of its --shard parts at once: for what changes how
+    they fit together (a merge, a new tokenizer), which no job writing any of them may see half done."""
+    with contextlib.ExitStack() as held:
+        held.enter_context(store_locked(root))
+        for part in parts:
+            held.enter_context(store_locked(part, "a --shard job is writing this part; wait until it has finished"))
         yield
 
 

@@ -21,7 +21,6 @@ every input per job.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.assemble import HashSet, PrepareError, reset_store, store_locked
+from pipeline.assemble import HashSet, PrepareError, reset_store, store_and_parts_locked
 from pipeline.store import (
     MANIFEST,
     SPLITS,
@@ -118,10 +117,7 @@ def merge_parts(root: Path) -> Path:
     Holds the lock of the store in `root` (a full build there must not have its store reset under
     it) and of every part, so that no part is rebuilt while the manifest is made to point at it."""
     parts = _parts(root)
-    with contextlib.ExitStack() as held:
-        held.enter_context(store_locked(root))
-        for d in parts:
-            held.enter_context(store_locked(d, "a --shard job is writing this part; merge once it has finished"))
+    with store_and_parts_locked(root, parts):
         return _merge(root, parts)
 
 

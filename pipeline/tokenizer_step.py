@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, parse_cli
-from pipeline.assemble import PrepareError
+from pipeline.assemble import PrepareError, store_and_parts_locked
 from pipeline.config import PrepareConfig, check, clean_config, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
@@ -170,6 +170,13 @@ def _stores_using(root: Path, tokenizer: Path) -> list[Path]:
 def _retrain(cfg: PrepareConfig) -> None:
     check(cfg)
     root = Path(cfg.out) / resolve_name(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    # Not under a build of the store or of a part: it encodes with the file this would replace.
+    with store_and_parts_locked(root, [d for d in sorted(root.glob("part-*-of-*")) if d.is_dir()]):
+        _retrain_unlocked(cfg, root)
+
+
+def _retrain_unlocked(cfg: PrepareConfig, root: Path) -> None:
     tok = root / TOKENIZER
     users = _stores_using(root, tok) if tok.is_file() and not cfg.overwrite else []
     if users:

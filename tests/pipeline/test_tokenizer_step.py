@@ -141,3 +141,21 @@ def test_overwrite_keeps_the_old_tokenizer_until_it_holds_the_store(tmp_path, ca
     assert _sources(store) == [str(other)] and sha256_file(store / "tokenizer.json") != before
     assert not (store / "tokenizer.next.json").exists()
     TokenStore(store, verify=True)
+
+
+def test_make_tokenizer_refuses_a_store_or_part_being_built(tmp_path, capsys):
+    """make tokenizer took no lock: it replaced the file a running build (or --shard job, whose part
+    has no manifest yet to protect it) was encoding with."""
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(6, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet",
+              "--vocab-size", "300"]
+    assert tokenizer_main(common) == 0
+    before = sha256_file(tmp_path / "s" / "tokenizer.json")
+    (tmp_path / "s" / "part-0-of-2").mkdir()
+    for busy, says in ((tmp_path / "s", "another prepare is writing this store"),
+                       (tmp_path / "s" / "part-0-of-2", "a --shard job is writing this part")):
+        with exclusive_lock(busy / ".lock"):
+            assert tokenizer_main([*common, "--overwrite", "--seed", "1"]) == 1
+        assert f"{busy}: {says}" in capsys.readouterr().err
+        assert sha256_file(tmp_path / "s" / "tokenizer.json") == before
+    assert tokenizer_main([*common, "--overwrite", "--seed", "1"]) == 0
