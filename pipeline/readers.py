@@ -1,8 +1,8 @@
 """Format readers: an open file (one chunk of it) in, `(text, location)` records out, memory bounded.
 
-Every reader streams: JSON lines line by line, JSON arrays through an incremental scanner, CSV
-through the csv module on a text stream, parquet one record batch at a time. (The Markdown play
-reader lives with the Shakespeare source in sources.py.)
+Every reader streams: JSON lines line by line, CSV through the csv module on a text stream, parquet
+one record batch at a time. (JSON arrays have their own scanner in json_array.py, and the Markdown
+play reader lives with the Shakespeare source in sources.py.)
 Faults come in two kinds. A bad record (invalid JSON, no usable text field) is skipped and counted
 in `ReadStats`, because one broken line in a 10 GB crawl must not stop a run. A bad file (corrupt
 compression, not the format at all, missing column) raises `BadFileError`, because every record
@@ -42,7 +42,6 @@ MAX_EXAMPLES = 5
 BLOCK = 1 << 20
 BOM = b"\xef\xbb\xbf"
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_NON_SPACE = re.compile(r"\S")
 # sys.maxsize overflows the C long that field_size_limit takes on some platforms.
 _CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
@@ -108,7 +107,7 @@ def repair(text: str) -> tuple[str, int]:
     return _SURROGATE.subn("\ufffd", text)
 
 
-def _parse_json(raw: bytes | str) -> tuple[Any, bool | None]:
+def parse_json(raw: bytes | str) -> tuple[Any, bool | None]:
     """One JSON value, and None if orjson took it as is, else whether invalid UTF-8 was replaced.
 
     orjson is the fast path but refuses invalid UTF-8 and lone surrogates; the slow path replaces
@@ -132,7 +131,7 @@ def _parse_json(raw: bytes | str) -> tuple[Any, bool | None]:
         raise ValueError("nested too deeply") from None
 
 
-def _text_of(value: Any, key: str, repaired: bool | None, where: str, stats: ReadStats) -> str | None:
+def text_of(value: Any, key: str, repaired: bool | None, where: str, stats: ReadStats) -> str | None:
     """The record's text, or None after counting why it has none."""
     if not isinstance(value, dict):
         kind = "not_an_object"
@@ -153,13 +152,13 @@ def _text_of(value: Any, key: str, repaired: bool | None, where: str, stats: Rea
     return None
 
 
-def _json_record(raw: bytes | str, key: str, where: str, stats: ReadStats) -> str | None:
+def json_record(raw: bytes | str, key: str, where: str, stats: ReadStats) -> str | None:
     try:
-        value, repaired = _parse_json(raw)
+        value, repaired = parse_json(raw)
     except ValueError:
         stats.note("invalid_json", where)
         return None
-    return _text_of(value, key, repaired, where, stats)
+    return text_of(value, key, repaired, where, stats)
 
 
 # Small compressed reads bound the output of one decompress call: text can compress 1000x.
@@ -236,132 +235,12 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
             line = line[len(BOM) :]
         if not line.isspace():
             where = f"{chunk.path}:{line_no}"
-            text = _json_record(line, key, where, stats)
+            text = json_record(line, key, where, stats)
             if text is not None:
                 yield text, where
         line_no += 1
         if end is not None and pos >= end:
             break  # before reading the next chunk's first line, which may be huge
-
-
-class _Malformed(Exception):
-    """The array's structure is broken, so no later element can be trusted."""
-
-
-class _ArrayScanner:
-    """Splits a streamed top-level JSON array into element texts without holding the whole file.
-
-    Only structure is tracked (brackets and string boundaries); each element is parsed separately,
-    so an invalid element is one bad record. The buffer keeps just the element being scanned.
-    """
-
-    def __init__(self, stream: io.TextIOWrapper):
-        self.stream, self.buf, self.pos, self.line, self.eof = stream, "", 0, 1, False
-
-    def _more(self) -> int:
-        """Drop the consumed prefix and read on; how far indices moved back, or -1 at end of file."""
-        if self.eof:
-            return -1
-        shift, self.buf, self.pos = self.pos, self.buf[self.pos :], 0
-        # Read at least what is held, so a huge element is rescanned O(log size) times, not O(size).
-        data = self.stream.read(max(BLOCK, len(self.buf)))
-        if not data:
-            self.eof = True
-            return -1
-        self.buf += data
-        return shift
-
-    def advance(self, to: int) -> None:
-        self.line += self.buf.count("\n", self.pos, to)
-        self.pos = to
-
-    def peek(self) -> str | None:
-        """Skip whitespace; the next character (not consumed), or None at end of file."""
-        while True:
-            m = _NON_SPACE.search(self.buf, self.pos)
-            if m:
-                self.advance(m.start())
-                return m.group()
-            self.advance(len(self.buf))
-            if self._more() < 0:
-                return None
-
-    def element(self) -> str:
-        """Consume one element: everything up to the `,` or `]` that closes it at depth 0."""
-        i, depth = self.pos, 0
-        while True:
-            m = _STRUCTURE.search(self.buf, i)
-            end = _string_end(self.buf, m.end()) if m and m.group() == '"' else 0
-            if m is None or end < 0:
-                i = len(self.buf) if m is None else m.start()  # rescan an unfinished string from its quote
-                shift = self._more()
-                if shift < 0:
-                    raise _Malformed(f"line {self.line}: the element starting here is not closed before the file ends")
-                i -= shift
-                continue
-            c, i = m.group(), m.end()
-            if c == '"':
-                i = end
-            elif c in "[{":
-                depth += 1
-            elif depth == 0 and c in ",]":
-                text = self.buf[self.pos : m.start()]
-                self.advance(m.start())
-                return text
-            elif c in "]}":
-                depth -= 1
-                if depth < 0:
-                    line = self.line + self.buf.count("\n", self.pos, m.start())
-                    raise _Malformed(f"line {line}: unbalanced {c!r} in the JSON array")
-
-
-_STRUCTURE = re.compile(r'["\[\]{},]')
-
-
-def _string_end(buf: str, i: int) -> int:
-    """Index just past the quote closing a string whose body starts at i; -1 if not buffered yet."""
-    while (j := buf.find('"', i)) >= 0:
-        k = j
-        while buf[k - 1] == "\\":
-            k -= 1
-        if (j - k) % 2 == 0:  # an even run of backslashes escapes only itself, not the quote
-            return j + 1
-        i = j + 1
-    return -1
-
-
-def read_json_array(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
-    """A .json file holding one array of objects, streamed element by element."""
-    scan = _ArrayScanner(text_stream(raw, chunk.path))
-    try:
-        yield from _array_records(scan, chunk.path, key, stats)
-    except _Malformed as err:
-        # A line, not raw.tell(): that is where the read buffer ends, not where the fault is.
-        raise BadFileError(chunk.path, None, str(err)) from None
-
-
-def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -> Iterator[Record]:
-    first = scan.peek()
-    if first is None:
-        return
-    if first != "[":
-        raise _Malformed(f"line {scan.line}: not JSON lines or a JSON array (starts with {first!r})")
-    scan.advance(scan.pos + 1)
-    if scan.peek() == "]":
-        scan.advance(scan.pos + 1)
-    else:
-        while True:
-            scan.peek()  # skip whitespace, so the location is the element's own line
-            where = f"{path}:{scan.line}"
-            text = _json_record(scan.element(), key, where, stats)
-            if text is not None:
-                yield text, where
-            closing = scan.peek()  # element() stopped on "," or "]"
-            scan.advance(scan.pos + 1)
-            if closing == "]":
-                break
-    if scan.peek() is not None:
-        raise _Malformed(f"line {scan.line}: unexpected data after the JSON array")
 
 
 def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iterator[Record]:

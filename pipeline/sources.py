@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
+from pipeline.json_array import read_json_array
 from pipeline.readers import (
     BLOCK,
     BOM,
@@ -35,7 +36,6 @@ from pipeline.readers import (
     Record,
     compression,
     read_csv,
-    read_json_array,
     read_json_lines,
     read_parquet,
     repair,

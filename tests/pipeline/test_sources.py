@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline import readers
+from pipeline import json_array, readers
 from pipeline.sources import (
     BadFileError,
     Chunk,
@@ -83,7 +83,7 @@ def test_json_lines_in_a_json_file_and_concatenated_zstd_frames(tmp_path):
 
 
 def test_json_array_scanner_across_tiny_reads(tmp_path, monkeypatch):
-    monkeypatch.setattr(readers, "BLOCK", 3)  # every element and string straddles reads
+    monkeypatch.setattr(json_array, "BLOCK", 3)  # every element and string straddles reads
     tricky = ['a "quoted" ] } , [ {', "back\\slash\\", "\\\"", "x" * 50, "日本語"]
     values = [{"text": t, "nested": {"list": [1, [2, {"k": "]"}]]}} for t in tricky]
     path = tmp_path / "t.json"

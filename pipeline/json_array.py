@@ -1,0 +1,140 @@
+"""The streamed reader of a `.json` file holding one top-level array of objects.
+
+The file is never held whole: an incremental scanner tracks only the array's structure (brackets
+and string boundaries) and hands each element's text to the JSON parser, so memory is bounded by
+the largest element.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
+
+from pipeline.readers import BLOCK, BadFileError, ReadStats, Record, json_record, text_stream
+
+if TYPE_CHECKING:
+    from pipeline.sources import Chunk
+
+_NON_SPACE = re.compile(r"\S")
+
+
+class _Malformed(Exception):
+    """The array's structure is broken, so no later element can be trusted."""
+
+
+class _ArrayScanner:
+    """Splits a streamed top-level JSON array into element texts without holding the whole file.
+
+    Only structure is tracked (brackets and string boundaries); each element is parsed separately,
+    so an invalid element is one bad record. The buffer keeps just the element being scanned.
+    """
+
+    def __init__(self, stream: io.TextIOWrapper):
+        self.stream, self.buf, self.pos, self.line, self.eof = stream, "", 0, 1, False
+
+    def _more(self) -> int:
+        """Drop the consumed prefix and read on; how far indices moved back, or -1 at end of file."""
+        if self.eof:
+            return -1
+        shift, self.buf, self.pos = self.pos, self.buf[self.pos :], 0
+        # Read at least what is held, so a huge element is rescanned O(log size) times, not O(size).
+        data = self.stream.read(max(BLOCK, len(self.buf)))
+        if not data:
+            self.eof = True
+            return -1
+        self.buf += data
+        return shift
+
+    def advance(self, to: int) -> None:
+        self.line += self.buf.count("\n", self.pos, to)
+        self.pos = to
+
+    def peek(self) -> str | None:
+        """Skip whitespace; the next character (not consumed), or None at end of file."""
+        while True:
+            m = _NON_SPACE.search(self.buf, self.pos)
+            if m:
+                self.advance(m.start())
+                return m.group()
+            self.advance(len(self.buf))
+            if self._more() < 0:
+                return None
+
+    def element(self) -> str:
+        """Consume one element: everything up to the `,` or `]` that closes it at depth 0."""
+        i, depth = self.pos, 0
+        while True:
+            m = _STRUCTURE.search(self.buf, i)
+            end = _string_end(self.buf, m.end()) if m and m.group() == '"' else 0
+            if m is None or end < 0:
+                i = len(self.buf) if m is None else m.start()  # rescan an unfinished string from its quote
+                shift = self._more()
+                if shift < 0:
+                    raise _Malformed(f"line {self.line}: the element starting here is not closed before the file ends")
+                i -= shift
+                continue
+            c, i = m.group(), m.end()
+            if c == '"':
+                i = end
+            elif c in "[{":
+                depth += 1
+            elif depth == 0 and c in ",]":
+                text = self.buf[self.pos : m.start()]
+                self.advance(m.start())
+                return text
+            elif c in "]}":
+                depth -= 1
+                if depth < 0:
+                    line = self.line + self.buf.count("\n", self.pos, m.start())
+                    raise _Malformed(f"line {line}: unbalanced {c!r} in the JSON array")
+
+
+_STRUCTURE = re.compile(r'["\[\]{},]')
+
+
+def _string_end(buf: str, i: int) -> int:
+    """Index just past the quote closing a string whose body starts at i; -1 if not buffered yet."""
+    while (j := buf.find('"', i)) >= 0:
+        k = j
+        while buf[k - 1] == "\\":
+            k -= 1
+        if (j - k) % 2 == 0:  # an even run of backslashes escapes only itself, not the quote
+            return j + 1
+        i = j + 1
+    return -1
+
+
+def read_json_array(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
+    """A .json file holding one array of objects, streamed element by element."""
+    scan = _ArrayScanner(text_stream(raw, chunk.path))
+    try:
+        yield from _array_records(scan, chunk.path, key, stats)
+    except _Malformed as err:
+        # A line, not raw.tell(): that is where the read buffer ends, not where the fault is.
+        raise BadFileError(chunk.path, None, str(err)) from None
+
+
+def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -> Iterator[Record]:
+    first = scan.peek()
+    if first is None:
+        return
+    if first != "[":
+        raise _Malformed(f"line {scan.line}: not JSON lines or a JSON array (starts with {first!r})")
+    scan.advance(scan.pos + 1)
+    if scan.peek() == "]":
+        scan.advance(scan.pos + 1)
+    else:
+        while True:
+            scan.peek()  # skip whitespace, so the location is the element's own line
+            where = f"{path}:{scan.line}"
+            text = json_record(scan.element(), key, where, stats)
+            if text is not None:
+                yield text, where
+            closing = scan.peek()  # element() stopped on "," or "]"
+            scan.advance(scan.pos + 1)
+            if closing == "]":
+                break
+    if scan.peek() is not None:
+        raise _Malformed(f"line {scan.line}: unexpected data after the JSON array")
