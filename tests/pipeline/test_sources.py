@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from read_helpers import bad_file, read_all, texts_of
 
-from pipeline import json_array, readers
+from pipeline import readers
 from pipeline.sources import (
     BadFileError,
     Chunk,
@@ -23,22 +24,6 @@ from pipeline.sources import (
 
 FORMATS = ["a.jsonl", "a.jsonl.gz", "a.jsonl.zst", "a.json", "a.csv", "a.parquet"]
 CC_EN_HEAD = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora" / "cc_en_head"
-
-
-def read_all(path, chunk_bytes=64 << 20, **kw):
-    stats = kw.pop("stats", None) or ReadStats()
-    out = [rec for chunk in plan_chunks([path], chunk_bytes) for rec in read_chunk(chunk, stats=stats, **kw)]
-    return out, stats
-
-
-def texts_of(path, **kw):
-    return [text for text, _ in read_all(path, **kw)[0]]
-
-
-def bad_file(path, match, **kw):
-    with pytest.raises(BadFileError, match=match) as info:
-        read_all(path, **kw)
-    return info.value
 
 
 # --- formats ----------------------------------------------------------------------------------------
@@ -80,46 +65,6 @@ def test_json_lines_in_a_json_file_and_concatenated_zstd_frames(tmp_path):
     frame = zstandard.ZstdCompressor().compress
     zst.write_bytes(frame(b'{"text": "a"}\n') + frame(b'{"text": "b"}\n'))
     assert texts_of(zst) == ["a", "b"]
-
-
-def test_json_array_scanner_across_tiny_reads(tmp_path, monkeypatch):
-    monkeypatch.setattr(json_array, "BLOCK", 3)  # every element and string straddles reads
-    tricky = ['a "quoted" ] } , [ {', "back\\slash\\", "\\\"", "x" * 50, "日本語"]
-    values = [{"text": t, "nested": {"list": [1, [2, {"k": "]"}]]}} for t in tricky]
-    path = tmp_path / "t.json"
-    path.write_text(json.dumps(values, ensure_ascii=False))
-    assert texts_of(path) == tricky
-    path.write_text("[]")
-    assert texts_of(path) == []
-    path.write_text('[{"text": "ok"}, {"text": broken}, 7, {"text": "end"}]')
-    texts, stats = read_all(path)
-    assert [t for t, _ in texts] == ["ok", "end"]
-    assert stats.bad_records == {"invalid_json": 1, "not_an_object": 1}
-
-
-@pytest.mark.parametrize(
-    "content, match",
-    [
-        ('[{"text": "a"},\n {"text": "b"', "line 2: the element starting here is not closed"),
-        ('[{"text": "a"}]\n\n trailing', "line 3: unexpected data after the JSON array"),
-        ('"just a string"', "line 1: not JSON lines or a JSON array"),
-        ('[{"text": "a"},\n{"text": "b"}\n}]', "line 3: unbalanced '}'"),
-    ],
-)
-def test_broken_json_array_is_a_bad_file_named_with_the_line(tmp_path, content, match):
-    """The line of the fault, not a byte offset: the reader's position is where its buffer ends."""
-    path = tmp_path / "x.json"
-    path.write_text(content)
-    err = bad_file(path, match)
-    assert str(err).startswith(f"{path}: line ")
-
-
-def test_the_line_of_a_fault_deep_in_a_large_array(tmp_path):
-    path = tmp_path / "big.json"
-    elements = [f'{{"text": "document {i} {"x" * 20000}"}}' for i in range(200)]
-    elements[150] += "}"
-    path.write_text("[\n" + ",\n".join(elements) + "\n]")
-    bad_file(path, "line 152: unbalanced '}'")
 
 
 # --- paths and named sources ----------------------------------------------------------------------
@@ -362,16 +307,6 @@ def test_compressed_suffixes_in_any_case_are_decompressed(write_texts, tmp_path,
     path = lower.rename(tmp_path / name)
     assert texts_of(path) == texts
     assert len(plan_chunks([path], 16)) == 1  # compressed: never split by bytes
-
-
-def test_a_pretty_printed_json_object_is_a_bad_file(tmp_path):
-    path = tmp_path / "pretty.json"
-    path.write_text("".join(json.dumps({"text": f"doc {i}"}, indent=2) + "\n" for i in range(3)))
-    bad_file(path, "a pretty-printed JSON object")
-    lines = tmp_path / "lines.json"  # one object per line is still JSON lines, a bad first line or not
-    lines.write_text('{"text": \n{"text": "b"}\n')
-    records, stats = read_all(lines)
-    assert [t for t, _ in records] == ["b"] and stats.bad_records == {"invalid_json": 1}
 
 
 def test_dictionary_encoded_parquet_text_is_text(tmp_path):
