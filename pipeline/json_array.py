@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
-from pipeline.readers import BLOCK, BadFileError, ReadStats, Record, json_record, text_stream
+from pipeline.readers import BLOCK, BadFileError, ReadStats, Record, parse_json, text_of, text_stream
 
 if TYPE_CHECKING:
     from pipeline.sources import Chunk
@@ -27,8 +27,8 @@ class _Malformed(Exception):
 class _ArrayScanner:
     """Splits a streamed top-level JSON array into element texts without holding the whole file.
 
-    Only structure is tracked (brackets and string boundaries); each element is parsed separately,
-    so an invalid element is one bad record. The buffer keeps just the element being scanned.
+    Only structure is tracked (brackets and string boundaries) and each element is parsed
+    separately. The buffer keeps just the element being scanned.
     """
 
     def __init__(self, stream: io.TextIOWrapper):
@@ -128,13 +128,32 @@ def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -
     else:
         while True:
             scan.peek()  # skip whitespace, so the location is the element's own line
-            where = f"{path}:{scan.line}"
-            text = json_record(scan.element(), key, where, stats)
+            line = scan.line
+            text = _element_text(scan.element(), key, f"{path}:{line}", line, stats)
             if text is not None:
-                yield text, where
+                yield text, f"{path}:{line}"
             closing = scan.peek()  # element() stopped on "," or "]"
             scan.advance(scan.pos + 1)
             if closing == "]":
                 break
     if scan.peek() is not None:
         raise _Malformed(f"line {scan.line}: unexpected data after the JSON array")
+
+
+def _element_text(element: str, key: str, where: str, line: int, stats: ReadStats) -> str | None:
+    """The record's text, or None after counting why it has none.
+
+    An element that is not JSON is a broken structure, not one bad record: a stray or missing quote
+    makes the scanner take string contents for structure (or the reverse), so the element it cut
+    out may have swallowed the records after it, and no later boundary can be trusted either. An
+    empty element (a trailing or doubled comma) hides nothing and is counted.
+    """
+    try:
+        value, repaired = parse_json(element)
+    except ValueError:
+        if element.strip():
+            raise _Malformed(f"line {line}: the array element starting here is not valid JSON, so where "
+                             "the elements after it start cannot be told (a stray or missing quote?)") from None
+        stats.note("invalid_json", where)
+        return None
+    return text_of(value, key, repaired, where, stats)

@@ -152,7 +152,7 @@ def text_of(value: Any, key: str, repaired: bool | None, where: str, stats: Read
     return None
 
 
-def json_record(raw: bytes | str, key: str, where: str, stats: ReadStats) -> str | None:
+def _json_record(raw: bytes | str, key: str, where: str, stats: ReadStats) -> str | None:
     try:
         value, repaired = parse_json(raw)
     except ValueError:
@@ -235,7 +235,7 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
             line = line[len(BOM) :]
         if not line.isspace():
             where = f"{chunk.path}:{line_no}"
-            text = json_record(line, key, where, stats)
+            text = _json_record(line, key, where, stats)
             if text is not None:
                 yield text, where
         line_no += 1

@@ -17,10 +17,32 @@ def test_json_array_scanner_across_tiny_reads(tmp_path, monkeypatch):
     assert texts_of(path) == tricky
     path.write_text("[]")
     assert texts_of(path) == []
-    path.write_text('[{"text": "ok"}, {"text": broken}, 7, {"text": "end"}]')
+    path.write_text('[{"text": "ok"}, 7, {"id": 1}, {"text": "end"}]')
     texts, stats = read_all(path)
     assert [t for t, _ in texts] == ["ok", "end"]
-    assert stats.bad_records == {"invalid_json": 1, "not_an_object": 1}
+    assert stats.bad_records == {"not_an_object": 1, "missing_text": 1}
+
+
+def test_an_element_that_is_not_json_makes_the_array_a_bad_file(tmp_path):
+    """A stray or missing quote flips the scanner's idea of what is inside a string, so the element
+    it cuts out runs on over the records after it: none of the structure can be trusted from there."""
+    docs = [{"id": i, "text": f"doc{i} " + t} for i, t in enumerate(["[a]", "c,d", "c,d", "{b}", 'q"q', "", "", ""])]
+    path = tmp_path / "quote.json"
+    path.write_text(json.dumps(docs, indent=1).replace('"text": "doc0', '"text: "doc0', 1))
+    err = bad_file(path, "line 2: the array element starting here is not valid JSON")
+    assert str(err).startswith(f"{path}: line 2:")
+    path.write_text('[{"text": "ok"},\n {"text": broken},\n {"text": "end"}]')
+    bad_file(path, "line 2: the array element")
+
+
+def test_an_empty_element_is_one_bad_record(tmp_path):
+    """A trailing or doubled comma hides no record, so it is counted where it is, not a bad file."""
+    path = tmp_path / "commas.json"
+    path.write_text('[{"text": "a"},\n,\n{"text": "b"},\n]')
+    texts, stats = read_all(path)
+    assert [t for t, _ in texts] == ["a", "b"]
+    assert stats.bad_records == {"invalid_json": 2}
+    assert stats.examples == [f"{path}:2: invalid_json", f"{path}:4: invalid_json"]
 
 
 @pytest.mark.parametrize(
