@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]"]
 PAD_ID = SPECIALS.index("[PAD]")
 BOS_ID = SPECIALS.index("[BOS]")
 MIN_VOCAB_SIZE = len(SPECIALS) + 256
+
+log = logging.getLogger("pipeline")
 
 
 class TokenizerError(ValueError):
@@ -139,6 +142,7 @@ def sample_corpus(
     stats: CleanStats | None = None,
     text_field: str = "text",
     csv_column: str = "text",
+    skip_bad_files: bool = False,
 ) -> list[str]:
     """`sample_texts` of the cleaned documents under `paths`, cleaning only a random fraction of them.
 
@@ -148,23 +152,44 @@ def sample_corpus(
     size being estimated from its file sizes (all of them in a corpus smaller than that). Whether a
     document is kept depends on nothing but its text, so the sample stays uniform over documents and
     deterministic given the seed. With `stats`, only the kept documents are counted.
+
+    Each file is sampled on its own first, and the sample is drawn from those: every document of the
+    sample is also in its file's (fewer documents rank before it there), so the result is the same,
+    and a bad file skipped under `skip_bad_files` is left out whole, not after its first records
+    were taken. This holds up to one file's sample beside the whole one.
     """
     # Imported here so this module works without the readers and their dependencies.
-    from pipeline.sources import expand_paths, iter_texts
+    from pipeline.sources import BadFileError, expand_paths, iter_texts
 
     files = expand_paths(paths)
     estimate = sum(f.stat().st_size for f in files)
     keep_below = 2**64 if estimate <= OVERSAMPLE * sample_bytes else int(2**64 * OVERSAMPLE * sample_bytes / estimate)
     cfg = clean_cfg or CleanConfig()
 
-    def cleaned_kept() -> Iterator[str]:
-        for text, _where in iter_texts(files, text_field=text_field, csv_column=csv_column):
-            if _key(text.encode("utf-8", "surrogatepass"), seed, b"pre-sample") < keep_below:
-                cleaned, _rule = clean_text(text, cfg, stats)
-                if cleaned is not None:
-                    yield cleaned
+    def file_sample(path: Path, file_stats: CleanStats | None) -> list[str]:
+        def cleaned_kept() -> Iterator[str]:
+            for text, _where in iter_texts([path], text_field=text_field, csv_column=csv_column):
+                if _key(text.encode("utf-8", "surrogatepass"), seed, b"pre-sample") < keep_below:
+                    cleaned, _rule = clean_text(text, cfg, file_stats)
+                    if cleaned is not None:
+                        yield cleaned
 
-    return sample_texts(cleaned_kept(), sample_bytes, seed)
+        return sample_texts(cleaned_kept(), sample_bytes, seed)
+
+    def good_files_samples() -> Iterator[str]:
+        for path in files:
+            file_stats = None if stats is None else CleanStats()
+            try:
+                yield from file_sample(path, file_stats)
+            except BadFileError as err:
+                if not skip_bad_files:
+                    raise
+                log.warning("%s (left out of the tokenizer sample: --skip-bad-files)", err)
+                continue
+            if stats is not None:
+                stats.merge(file_stats)
+
+    return sample_texts(good_files_samples(), sample_bytes, seed)
 
 
 def train_from_paths(
@@ -177,9 +202,10 @@ def train_from_paths(
     stats: CleanStats | None = None,
     text_field: str = "text",
     csv_column: str = "text",
+    skip_bad_files: bool = False,
 ) -> Path:
     """Train on `sample_corpus` of the documents under `paths` and save to out_path."""
-    sample = sample_corpus(paths, sample_bytes, clean_cfg, seed, stats, text_field, csv_column)
+    sample = sample_corpus(paths, sample_bytes, clean_cfg, seed, stats, text_field, csv_column, skip_bad_files)
     if not sample:
         raise TokenizerError("no documents survived cleaning, so there is nothing to train a tokenizer on: "
                            "check --text-field / --csv-column, or clean less (--clean-preset minimal)")

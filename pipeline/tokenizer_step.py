@@ -45,7 +45,8 @@ def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None, f
              cfg.tokenizer_sample_bytes / 1e6, root.name)
     started = time.perf_counter()
     path = Path(train_from_paths(paths, vocab, cfg.tokenizer_sample_bytes, clean_config(cfg), cfg.seed,
-                                 root / file, text_field=cfg.text_field, csv_column=cfg.csv_column))
+                                 root / file, text_field=cfg.text_field, csv_column=cfg.csv_column,
+                                 skip_bad_files=cfg.skip_bad_files))
     log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
     return path
 

@@ -357,3 +357,23 @@ def test_tokenizer_cli_gives_one_line_errors(tmp_path, capsys):
     assert tokenizer_main([*common, "--vocab-size", "4000"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "supports only" in err and "Traceback" not in err
+
+
+def test_a_skipped_bad_file_is_left_out_of_the_sample_whole(tmp_path):
+    """Its records read before the fault were sampled (and without skipping it stopped the run)."""
+    import gzip
+
+    from pipeline.clean import CleanConfig
+    from pipeline.sources import BadFileError
+
+    cfg = CleanConfig.for_source("minimal")
+    good = tmp_path / "d" / "good.jsonl"
+    good.parent.mkdir()
+    good.write_text("".join(json.dumps({"text": f"good document {i}."}) + "\n" for i in range(50)))
+    bad = tmp_path / "d" / "bad.jsonl.gz"
+    doomed = "".join(json.dumps({"text": f"doomed {i}."}) + "\n" for i in range(50)).encode()
+    bad.write_bytes(gzip.compress(doomed)[:-10])  # truncated: its first records read fine
+    with pytest.raises(BadFileError, match="bad.jsonl.gz"):
+        sample_corpus([tmp_path / "d"], 1 << 20, cfg, 0)
+    sample = sample_corpus([tmp_path / "d"], 1 << 20, cfg, 0, skip_bad_files=True)
+    assert sample == [f"good document {i}." for i in range(50)]

@@ -4,6 +4,7 @@ the first one's tokenizer, and `make tokenizer` silently broke the finished stor
 
 from __future__ import annotations
 
+import gzip
 import json
 
 from prepare_helpers import sentences, write_jsonl
@@ -159,3 +160,21 @@ def test_make_tokenizer_refuses_a_store_or_part_being_built(tmp_path, capsys):
         assert f"{busy}: {says}" in capsys.readouterr().err
         assert sha256_file(tmp_path / "s" / "tokenizer.json") == before
     assert tokenizer_main([*common, "--overwrite", "--seed", "1"]) == 0
+
+
+def test_skip_bad_files_holds_when_prepare_trains_the_tokenizer(tmp_path, capsys, caplog):
+    """The tokenizer's sample read every file without --skip-bad-files: on a fresh store any bad file
+    stopped the run that the same data passed once a tokenizer existed."""
+    data = write_jsonl(tmp_path / "d" / "good.jsonl", sentences(6, 300))
+    bad = tmp_path / "d" / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(data.read_bytes())[:-10])  # truncated: readable up to near its end
+    common = ["--data", str(data.parent), "--out", str(tmp_path), "--clean-preset", "minimal", "--quiet",
+              "--vocab-size", "300"]
+    assert tokenizer_main(common) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}:") and "cannot read as jsonl" in err
+    assert main([*common, "--skip-bad-files"]) == 0
+    assert [r.getMessage() for r in caplog.records if "tokenizer sample" in r.getMessage()] == [
+        f"{err.removeprefix('error: ').strip()} (left out of the tokenizer sample: --skip-bad-files)"]
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert [b["path"] for b in manifest["stats"]["bad_files"]] == [str(bad)]
