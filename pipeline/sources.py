@@ -1,4 +1,5 @@
-"""Where the raw text comes from: path expansion, named sources, and a chunk plan for parallel reads.
+"""Where the raw text comes from: named sources, and a chunk plan for parallel reads of the files
+that a path expansion (paths.py) found.
 
     paths = expand_paths(["data/", "more/*.jsonl.zst"])     # or resolve_source("shakespeare")
     for chunk in plan_chunks(paths):                        # hand these to worker processes
@@ -12,9 +13,7 @@ The plan depends only on the files and `chunk_bytes`, never on the number of wor
 from __future__ import annotations
 
 import csv
-import glob
 import importlib.util
-import logging
 import os
 import re
 import stat
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from pipeline.json_array import read_json_array
+from pipeline.paths import SUFFIXES, expand_paths, format_of
 from pipeline.readers import (
     BLOCK,
     BOM,
@@ -49,100 +49,8 @@ __all__ = [
     "plan_chunks", "play_scenes", "read_chunk", "resolve_source", "shakespeare_plays",
 ]
 
-log = logging.getLogger("pipeline")
-
-# Longest first, so "x.jsonl.gz" is not taken for some other ".gz" format. A compressed .json is sniffed
-# like a plain one: Dolma and RedPajama-V2 name their gzipped JSON-lines shards .json.gz.
-SUFFIXES = {
-    ".jsonl.gz": "jsonl",
-    ".jsonl.zst": "jsonl",
-    ".jsonl": "jsonl",
-    ".json.gz": "json",
-    ".json.zst": "json",
-    ".json": "json",
-    ".csv.gz": "csv",
-    ".csv.zst": "csv",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".md": "md",
-}
-_DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 SOURCES = ("shakespeare", "redpajama")
 DEFAULT_CHUNK_BYTES = 64 << 20
-
-
-def _format_of(path: str | Path) -> str | None:
-    name = str(path).lower()
-    return next((fmt for suffix, fmt in SUFFIXES.items() if name.endswith(suffix)), None)
-
-
-def _unsupported_data(path: Path) -> bool:
-    """A data file's name with a suffix we cannot read after it (x.jsonl.bz2, y.csv.xz)."""
-    return _format_of(path) is None and any(s.lower() in _DATA_SUFFIXES for s in path.suffixes)
-
-
-def _files_under(folder: Path, unsupported: list[Path]) -> list[Path]:
-    """The data files under `folder`, following links to folders (each real folder walked once, so a
-    link back up the tree ends); names that look like data in a format we cannot read go to `unsupported`.
-
-    Hidden entries (.git, .ipynb_checkpoints) are never corpus data; nor is a Markdown file found by
-    searching a folder (a README.md beside the shards): plays are read only when named or globbed.
-    """
-    found, walked = [], set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in walked:
-            dirs[:] = []
-            continue
-        walked.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # sorted: the same walk on any file system
-        for name in sorted(names):
-            path = Path(root, name)
-            if name.startswith(".") or _format_of(name) == "md":
-                continue
-            if _unsupported_data(path):
-                unsupported.append(path)
-            elif _format_of(name) and path.is_file():  # not a broken link or a FIFO
-                found.append(path)
-    return found
-
-
-def expand_paths(specs: Iterable[str | Path]) -> list[Path]:
-    """Files, directories (searched recursively) and globs -> sorted, deduplicated absolute paths.
-
-    A file reached by several paths (through a link) is listed once, under the first of them in sorted
-    order. A spec that matches nothing, or names a file of an unsupported type, raises BadFileError;
-    files found that look like data in an unsupported format are logged, not silently left out.
-    """
-    found: dict[str, Path] = {}  # by real path
-    unsupported: list[Path] = []
-    for spec in map(str, specs):
-        path = Path(spec)
-        if path.is_file():
-            if _format_of(path) is None:
-                raise BadFileError(spec, None, f"unsupported file type; supported: {', '.join(SUFFIXES)}")
-            matches = [path]
-        elif path.is_dir():
-            matches = _files_under(path, unsupported)
-        else:
-            matches = []
-            for hit in map(Path, glob.glob(spec, recursive=True)):
-                if hit.is_dir():
-                    matches += _files_under(hit, unsupported)
-                elif _format_of(hit):
-                    matches.append(hit)
-                elif _unsupported_data(hit):
-                    unsupported.append(hit)
-        if not matches:
-            raise BadFileError(spec, None, f"matches no readable data file ({', '.join(SUFFIXES)})")
-        for match in map(os.path.abspath, matches):
-            real = os.path.realpath(match)
-            found[real] = min(found.get(real, Path(match)), Path(match))
-    if unsupported:
-        names = sorted({os.path.abspath(p) for p in unsupported})
-        log.warning("%d file(s) left out: they look like data but are not in a format read here (%s): %s%s",
-                    len(names), ", ".join(SUFFIXES), ", ".join(names[:5]), ", ..." if len(names) > 5 else "")
-    return sorted(found.values())
 
 
 def shakespeare_plays() -> list[Path]:
@@ -344,7 +252,7 @@ def plan_chunks(paths: Iterable[str | Path], chunk_bytes: int = DEFAULT_CHUNK_BY
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     chunks: list[Chunk] = []
     for path in map(str, paths):
-        fmt = _format_of(path)
+        fmt = format_of(path)
         if fmt is None:
             raise BadFileError(path, None, f"unsupported file type; supported: {', '.join(SUFFIXES)}")
         try:
