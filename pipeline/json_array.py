@@ -1,4 +1,4 @@
-"""The streamed reader of a `.json` file holding one top-level array of objects.
+"""A `.json` file: which layout it has (JSON lines or one array), and the streamed array reader.
 
 The file is never held whole: an incremental scanner tracks only the array's structure (brackets
 and string boundaries) and hands each element's text to the JSON parser, so memory is bounded by
@@ -12,12 +12,47 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
-from pipeline.readers import BLOCK, BadFileError, ReadStats, Record, parse_json, text_of, text_stream
+from pipeline.readers import BLOCK, BOM, BadFileError, ReadStats, Record, parse_json, text_of, text_stream
 
 if TYPE_CHECKING:
     from pipeline.sources import Chunk
 
 _NON_SPACE = re.compile(r"\S")
+
+
+def json_layout(stream: BinaryIO, path: str) -> str:
+    """`jsonl` when a .json file's (decompressed) bytes start with a line holding one JSON value, else
+    `json` (an array, streamed; anything else is reported by the array reader).
+
+    A first line that is not a whole value is a multi-line (pretty-printed) object: read as JSON lines,
+    each of its lines would be a bad record or, worse, an inner object kept as a record, so it is a
+    bad file. Raises BadFileError.
+    """
+    line_no, first = _first_line(stream)
+    if first[:1] not in (b"{", b""):
+        return "json"
+    try:
+        parse_json(first)
+    except ValueError:
+        raise BadFileError(path, None, f"line {line_no} is not one whole JSON value, so the file is neither JSON "
+                                       "lines nor an array (a pretty-printed JSON object?): write one object "
+                                       "per line, or an array of objects") from None
+    return "jsonl"
+
+
+def _first_line(stream: BinaryIO) -> tuple[int, bytes]:
+    """The first line that is not blank, and its number; read whole only if it starts an object."""
+    line_no, piece = 1, stream.readline(BLOCK).removeprefix(BOM)
+    while piece:
+        start = piece.lstrip()
+        if start:
+            if start[:1] == b"{" and not piece.endswith(b"\n"):
+                start += stream.readline()
+            return line_no, start
+        if piece.endswith(b"\n"):  # else a long blank line goes on in the next piece
+            line_no += 1
+        piece = stream.readline(BLOCK)
+    return line_no, b""
 
 
 class _Malformed(Exception):

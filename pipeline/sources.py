@@ -27,11 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from pipeline.json_array import read_json_array
+from pipeline.json_array import json_layout, read_json_array
 from pipeline.paths import SUFFIXES, expand_paths, format_of
 from pipeline.readers import (
     BLOCK,
-    BOM,
     BadFileError,
     ReadStats,
     Record,
@@ -177,20 +176,12 @@ class Chunk:
 
 
 def _json_layout(path: str) -> str:
-    """`jsonl` when a .json file starts with an object (one per line), else `json` (an array).
-
-    A first line that is only `{` is a pretty-printed object: read as JSON lines, every line of it
-    would be a bad record and the file would yield nothing without a word, so it is a bad file.
-    """
+    """`json_layout` of the file's decompressed bytes; a fault reading them makes it a bad file."""
     with open(path, "rb") as f:
         try:
-            head = decompressed(f, path).read(BLOCK).removeprefix(BOM).lstrip()
-        except _FILE_FAULTS as err:  # a corrupt compressed file
-            raise BadFileError(path, None, f"cannot read as json (compressed): {err}") from None
-    if head[:1] == b"{" and head.split(b"\n", 1)[0].strip() == b"{":
-        raise BadFileError(path, 0, "a pretty-printed JSON object: write one object per line (JSON lines), "
-                                    "or an array of objects")
-    return "jsonl" if head[:1] in (b"{", b"") else "json"
+            return json_layout(decompressed(f, path), path)
+        except _FILE_FAULTS as err:
+            raise _read_fault(path, "json", err, f) from None
 
 
 def _line_ranges(path: str, size: int, chunk_bytes: int) -> list[tuple[int, int, int]]:
@@ -326,9 +317,13 @@ def read_chunk(
         except BadFileError:
             raise
         except _FILE_FAULTS as err:
-            what = chunk.fmt + (" (compressed)" if compression(chunk.path) else "")
-            offset = None if raw.closed else raw.tell()  # a text wrapper, when collected, closes raw
-            raise BadFileError(chunk.path, offset, f"cannot read as {what}: {err}") from None
+            raise _read_fault(chunk.path, chunk.fmt, err, raw) from None
+
+
+def _read_fault(path: str, fmt: str, err: Exception, raw: BinaryIO) -> BadFileError:
+    what = fmt + (" (compressed)" if compression(path) else "")
+    offset = None if raw.closed else raw.tell()  # a text wrapper, when collected, closes raw
+    return BadFileError(path, offset, f"cannot read as {what}: {err}")
 
 
 def iter_texts(

@@ -73,8 +73,31 @@ def test_the_line_of_a_fault_deep_in_a_large_array(tmp_path):
 def test_a_pretty_printed_json_object_is_a_bad_file(tmp_path):
     path = tmp_path / "pretty.json"
     path.write_text("".join(json.dumps({"text": f"doc {i}"}, indent=2) + "\n" for i in range(3)))
-    bad_file(path, "a pretty-printed JSON object")
-    lines = tmp_path / "lines.json"  # one object per line is still JSON lines, a bad first line or not
-    lines.write_text('{"text": \n{"text": "b"}\n')
-    records, stats = read_all(lines)
-    assert [t for t, _ in records] == ["b"] and stats.bad_records == {"invalid_json": 1}
+    bad_file(path, "line 1 is not one whole JSON value, .*a pretty-printed JSON object")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"text": "a",\n "id": 1}\n',  # every line a bad record: nothing kept
+        '\n\n{"data": [\n {"text": "a"},\n {"text": "b"}\n]}\n',  # an inner line kept, one dropped
+        '{"text": \n{"text": "b"}\n',  # a broken first line
+    ],
+)
+def test_a_json_file_whose_first_line_is_not_a_whole_value_is_a_bad_file(tmp_path, content):
+    """Only a first line of exactly `{` was caught: other multi-line objects were read as JSON lines,
+    each line a bad record or, worse, an inner object kept as a record."""
+    path = tmp_path / "multi.json"
+    path.write_text(content)
+    line = 3 if content.startswith("\n") else 1
+    err = bad_file(path, f"line {line} is not one whole JSON value")
+    assert str(err).startswith(f"{path}: line {line}")
+
+
+def test_an_array_after_a_megabyte_of_blank_lines_is_still_an_array(tmp_path):
+    """Only the first MiB was looked at: past it the array was read as JSON lines, all of it lost."""
+    path = tmp_path / "late.json"
+    path.write_text(" \n" * (1 << 20) + '[{"text": "a"}, {"text": "b"}]')
+    assert texts_of(path) == ["a", "b"]
+    path.write_text(" \n" * (1 << 20) + '{"text": "a"}\n{"text": "b"}\n')
+    assert texts_of(path) == ["a", "b"]
