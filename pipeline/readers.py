@@ -283,9 +283,12 @@ def read_parquet(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Ite
     """Row groups [start, end) of a parquet file, one batch at a time; locations are row numbers."""
     pf = pq.ParquetFile(raw)
     schema = pf.schema_arrow
-    if key not in schema.names:
+    matches = schema.get_all_field_indices(key)
+    if not matches:
         raise BadFileError(chunk.path, None, f"no column {key!r}; columns found: {', '.join(schema.names)}")
-    kind = schema.field(key).type
+    if len(matches) > 1:
+        raise BadFileError(chunk.path, None, f"{len(matches)} columns named {key!r}: which one is the text is unclear")
+    kind = schema.field(matches[0]).type
     # pandas writes a "category" column as dictionary-encoded strings: text all the same.
     value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
     if not any(is_text(value_kind) for is_text in _PARQUET_TEXT_TYPES):

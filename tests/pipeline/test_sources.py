@@ -302,6 +302,13 @@ def test_csv_without_the_text_column_names_the_columns(tmp_path):
     bad_file(parquet, "column 'n' holds int64, not text", text_field="n")
 
 
+def test_parquet_with_two_columns_of_the_text_name_is_a_bad_file(tmp_path):
+    """pyarrow's schema.field raised a KeyError that escaped as a traceback, even with --skip-bad-files."""
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.table([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), path)
+    bad_file(path, "2 columns named 'text'")
+
+
 def test_missing_and_unreadable_paths(tmp_path):
     with pytest.raises(BadFileError, match="nope.jsonl: no such file"):
         plan_chunks([tmp_path / "nope.jsonl"])
