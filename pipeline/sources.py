@@ -201,6 +201,8 @@ def _line_ranges(path: str, size: int, chunk_bytes: int) -> list[tuple[int, int,
             f.seek(pos)
             while pos < target:
                 block = f.read(min(BLOCK, target - pos))
+                if not block:  # shorter than `size`: reading on would loop forever
+                    raise BadFileError(path, pos, "file shrank while planning")
                 lines += block.count(b"\n")
                 pos += len(block)
             while (block := f.read(BLOCK)) and (nl := block.find(b"\n")) < 0:

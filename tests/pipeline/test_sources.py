@@ -9,7 +9,7 @@ import pytest
 import zstandard
 from read_helpers import bad_file, read_all, texts_of
 
-from pipeline import readers
+from pipeline import readers, sources
 from pipeline.sources import (
     BadFileError,
     Chunk,
@@ -156,6 +156,15 @@ def test_only_plain_json_lines_and_parquet_split(tmp_path, write_texts, sample_t
     assert [(c.start, c.end, c.first_line) for c in chunks] == [(i, i + 1, 10 * i + 1) for i in range(10)]
     assert read_all(path, 1)[0] == read_all(path)[0]
     assert [t for t, _ in read_all(path, 1)[0]] == texts
+
+
+@pytest.mark.timeout(20)
+def test_a_file_that_shrinks_while_planning_is_a_bad_file(tmp_path):
+    """Planning read on towards the size stat gave it and, at the end of the shorter file, looped forever."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "a"}\n' * 2)
+    with pytest.raises(BadFileError, match="a.jsonl: byte offset 28: file shrank while planning"):
+        sources._line_ranges(str(path), 10_000, 100)
 
 
 def test_chunk_of_a_changed_file_is_refused(tmp_path):
