@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
@@ -272,6 +273,19 @@ def test_truncated_compressed_file(write_texts, name):
     err = bad_file(path, "cannot read as jsonl")
     assert err.offset is not None and 0 < err.offset <= len(data) // 2
     assert "byte offset" in str(err)
+
+
+def test_zstd_is_decompressed_a_bounded_amount_at_a_time(tmp_path):
+    """64 KiB of compressed input went to one decompress call: 11 KB of repetitive zstd gave 128 MiB at once."""
+    path = tmp_path / "blank.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress((" " * 65535 + "\n").encode() * 1536 + b'{"text": "a"}\n'))
+    tracemalloc.start()
+    try:
+        assert texts_of(path) == ["a"]  # after 96 MiB of blank lines
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 << 20
 
 
 def test_a_csv_quote_that_never_closes_is_a_bad_file_not_a_swallowed_rest(tmp_path):
