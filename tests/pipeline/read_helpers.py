@@ -6,6 +6,8 @@ import pytest
 
 from pipeline.sources import BadFileError, ReadStats, plan_chunks, read_chunk
 
+FORMATS = ["a.jsonl", "a.jsonl.gz", "a.jsonl.zst", "a.json", "a.csv", "a.parquet"]
+
 
 def read_all(path, chunk_bytes=64 << 20, **kw):
     stats = kw.pop("stats", None) or ReadStats()

@@ -1,19 +1,16 @@
 import json
 import logging
-import os
-import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from read_helpers import bad_file, read_all, texts_of
+from read_helpers import FORMATS, read_all, texts_of
 
 from pipeline import readers, sources
 from pipeline.sources import (
     BadFileError,
-    Chunk,
     ReadStats,
     expand_paths,
     iter_texts,
@@ -23,7 +20,6 @@ from pipeline.sources import (
     resolve_source,
 )
 
-FORMATS = ["a.jsonl", "a.jsonl.gz", "a.jsonl.zst", "a.json", "a.csv", "a.parquet"]
 CC_EN_HEAD = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora" / "cc_en_head"
 
 
@@ -236,133 +232,6 @@ def test_bom_and_crlf(tmp_path, name):
 def test_a_30mb_document(write_texts, name):
     doc = ("All the world's a stage. " * 1_300_000)[:30_000_000]
     assert texts_of(write_texts(name, ["small", doc, "after"])) == ["small", doc, "after"]
-
-
-# --- bad files ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", FORMATS + ["a.md"])
-def test_empty_file_yields_nothing(tmp_path, name):
-    (tmp_path / name).write_bytes(b"")
-    assert read_all(tmp_path / name)[0] == []
-
-
-@pytest.mark.parametrize(
-    "name, match",
-    [
-        ("r.parquet", "not a readable parquet file"),
-        ("r.json", "not JSON lines or a JSON array"),
-        ("r.jsonl.gz", "cannot read as jsonl \\(compressed\\)"),
-        ("r.jsonl.zst", "cannot read as jsonl \\(compressed\\)"),
-        ("r.json.gz", "cannot read as json \\(compressed\\)"),
-        ("r.csv.zst", "cannot read as csv \\(compressed\\)"),
-        ("r.csv", "no column 'text'"),
-    ],
-)
-def test_random_bytes_are_a_bad_file(tmp_path, name, match):
-    path = tmp_path / name
-    path.write_bytes(bytes(range(1, 256)) * 40)  # starts "\x01\x02...", not JSON, gzip, zstd or parquet
-    bad_file(path, match)
-
-
-@pytest.mark.parametrize("name", ["t.jsonl.gz", "t.jsonl.zst"])
-def test_truncated_compressed_file(write_texts, name):
-    path = write_texts(name, [f"document {i} " * 50 for i in range(200)])
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    err = bad_file(path, "cannot read as jsonl")
-    assert err.offset is not None and 0 < err.offset <= len(data) // 2
-    assert "byte offset" in str(err)
-
-
-def test_zstd_is_decompressed_a_bounded_amount_at_a_time(tmp_path):
-    """64 KiB of compressed input went to one decompress call: 11 KB of repetitive zstd gave 128 MiB at once."""
-    path = tmp_path / "blank.jsonl.zst"
-    path.write_bytes(zstandard.ZstdCompressor().compress((" " * 65535 + "\n").encode() * 1536 + b'{"text": "a"}\n'))
-    tracemalloc.start()
-    try:
-        assert texts_of(path) == ["a"]  # after 96 MiB of blank lines
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 48 << 20
-
-
-def test_a_csv_quote_that_never_closes_is_a_bad_file_not_a_swallowed_rest(tmp_path):
-    path = tmp_path / "q.csv"
-    path.write_text("id,text\n1,first row\n2,\"stray quote\n" + "".join(f"{i},row {i}\n" for i in range(3, 500)))
-    err = bad_file(path, "the record starting at line 3: unexpected end of data")
-    assert str(err).startswith(f"{path}: the record")
-    fine = tmp_path / "fine.csv"
-    fine.write_text('id,text\n1,"a ""quoted"" word"\n2,x"y\n3,"two\nlines"\n')
-    assert texts_of(fine) == ['a "quoted" word', 'x"y', "two\nlines"]
-
-
-@pytest.mark.parametrize("name", ["A.JSONL.GZ", "b.Jsonl.Zst"])
-def test_compressed_suffixes_in_any_case_are_decompressed(write_texts, tmp_path, name):
-    texts = [f"document {i}" for i in range(50)]
-    lower = write_texts(name.lower(), texts)
-    path = lower.rename(tmp_path / name)
-    assert texts_of(path) == texts
-    assert len(plan_chunks([path], 16)) == 1  # compressed: never split by bytes
-
-
-def test_dictionary_encoded_parquet_text_is_text(tmp_path):
-    """pandas writes a "category" column so."""
-    path = tmp_path / "d.parquet"
-    pq.write_table(pa.table({"text": pa.array(["x", "y", None, "x"]).dictionary_encode()}), path)
-    records, stats = read_all(path)
-    assert [t for t, _ in records] == ["x", "y", "x"] and stats.bad_records == {"null_text": 1}
-
-
-def test_csv_without_the_text_column_names_the_columns(tmp_path):
-    path = tmp_path / "c.csv"
-    path.write_text("id,body,url\n1,hello,x\n")
-    bad_file(path, "no column 'text'; columns found: id, body, url")
-    parquet = tmp_path / "p.parquet"
-    pq.write_table(pa.table({"body": ["a"], "n": [1]}), parquet)
-    bad_file(parquet, "no column 'text'; columns found: body, n")
-    bad_file(parquet, "column 'n' holds int64, not text", text_field="n")
-
-
-def test_parquet_with_two_columns_of_the_text_name_is_a_bad_file(tmp_path):
-    """pyarrow's schema.field raised a KeyError that escaped as a traceback, even with --skip-bad-files."""
-    path = tmp_path / "dup.parquet"
-    pq.write_table(pa.table([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), path)
-    bad_file(path, "2 columns named 'text'")
-
-
-def test_missing_and_unreadable_paths(tmp_path):
-    with pytest.raises(BadFileError, match="nope.jsonl: no such file"):
-        plan_chunks([tmp_path / "nope.jsonl"])
-    gone = Chunk(str(tmp_path / "gone.jsonl"), 0, 10, 0, 10, 0, "jsonl")
-    with pytest.raises(BadFileError, match="gone.jsonl: no such file"):
-        list(read_chunk(gone))
-    (tmp_path / "dir.jsonl").mkdir()  # a directory where a file is expected fails even for root
-    with pytest.raises(BadFileError, match="dir.jsonl: is a directory"):
-        plan_chunks([tmp_path / "dir.jsonl"])
-    with pytest.raises(BadFileError, match="dir.jsonl: is a directory"):
-        list(read_chunk(Chunk(str(tmp_path / "dir.jsonl"), 0, 1, 0, 1, 0, "jsonl")))
-
-
-def test_permission_denied(tmp_path, monkeypatch):
-    path = tmp_path / "locked.jsonl"
-    path.write_text('{"text": "a"}\n')
-    path.chmod(0)
-    try:
-        if os.access(path, os.R_OK):
-            # Root reads through chmod 000 (as in CI): make the kernel's answer for this file EACCES.
-            real_open = open
-
-            def open_as_user(file, *args, **kwargs):
-                if str(file) == str(path):
-                    raise PermissionError(13, "Permission denied", str(file))
-                return real_open(file, *args, **kwargs)
-
-            monkeypatch.setattr("pipeline.sources.open", open_as_user, raising=False)
-        bad_file(path, "locked.jsonl: permission denied")
-    finally:
-        path.chmod(0o644)
 
 
 # --- stats and the whole-corpus path ---------------------------------------------------------------
