@@ -12,7 +12,17 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
-from pipeline.readers import BLOCK, BOM, BadFileError, ReadStats, Record, parse_json, text_of, text_stream
+from pipeline.readers import (
+    BLOCK,
+    BOM,
+    BadFileError,
+    ReadStats,
+    Record,
+    parse_json,
+    refuse_cr_line_ends,
+    text_of,
+    text_stream,
+)
 
 if TYPE_CHECKING:
     from pipeline.sources import Chunk
@@ -34,6 +44,7 @@ def json_layout(stream: BinaryIO, path: str) -> str:
     try:
         parse_json(first)
     except ValueError:
+        refuse_cr_line_ends(first, path, line_no)
         raise BadFileError(path, None, f"line {line_no} is not one whole JSON value, so the file is neither JSON "
                                        "lines nor an array (a pretty-printed JSON object?): write one object "
                                        "per line, or an array of objects") from None

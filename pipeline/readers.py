@@ -152,13 +152,16 @@ def text_of(value: Any, key: str, repaired: bool | None, where: str, stats: Read
     return None
 
 
-def _json_record(raw: bytes | str, key: str, where: str, stats: ReadStats) -> str | None:
-    try:
-        value, repaired = parse_json(raw)
-    except ValueError:
-        stats.note("invalid_json", where)
-        return None
-    return text_of(value, key, repaired, where, stats)
+# In JSON a raw CR is whitespace at most; in a line that is not JSON, a CR with more text after it
+# means the file's lines end in CR alone (classic Mac), and read by "\n" the whole file is one line.
+_CR_THEN_TEXT = re.compile(rb"\r\s*\S")
+
+
+def refuse_cr_line_ends(line: bytes, path: str, line_no: int) -> None:
+    """Raise BadFileError if `line`, which is not JSON, holds lines ended by CR alone."""
+    if _CR_THEN_TEXT.search(line):
+        raise BadFileError(path, None, f"line {line_no} holds a carriage return followed by more text: its lines "
+                                       "end in CR alone (old Mac style?), convert them to \\n")
 
 
 # zstandard's decompressobj takes no output limit (and its stream_reader, which has one, ends without
@@ -238,9 +241,15 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
             line = line[len(BOM) :]
         if not line.isspace():
             where = f"{chunk.path}:{line_no}"
-            text = _json_record(line, key, where, stats)
-            if text is not None:
-                yield text, where
+            try:
+                value, repaired = parse_json(line)
+            except ValueError:
+                refuse_cr_line_ends(line, chunk.path, line_no)
+                stats.note("invalid_json", where)
+            else:
+                text = text_of(value, key, repaired, where, stats)
+                if text is not None:
+                    yield text, where
         line_no += 1
         if end is not None and pos >= end:
             break  # before reading the next chunk's first line, which may be huge

@@ -1,6 +1,7 @@
 """Files the readers cannot read (corrupt, truncated, not in their format, missing): each is a
 BadFileError naming the file and where, never a silent loss or a traceback."""
 
+import gzip
 import os
 import tracemalloc
 
@@ -135,3 +136,19 @@ def test_permission_denied(tmp_path, monkeypatch):
         bad_file(path, "locked.jsonl: permission denied")
     finally:
         path.chmod(0o644)
+
+
+@pytest.mark.parametrize("name", ["cr.jsonl", "cr.jsonl.gz", "cr.json"])
+def test_cr_only_line_ends_are_a_bad_file(tmp_path, name):
+    """Split by "\\n", a file with CR-only line ends was one bad line: every record lost, counted as 1."""
+    data = b'{"text": "a"}\n{"text": "b"}\r{"text": "c"}\r'
+    path = tmp_path / name
+    encode = gzip.compress if name.endswith(".gz") else bytes
+    path.write_bytes(encode(data))
+    bad_file(path, "line 2 holds a carriage return followed by more text: .*CR alone")
+    path.write_bytes(encode(data[data.index(b"\n") + 1 :]))  # a .json file is sniffed by its first line
+    bad_file(path, "line 1 holds a carriage return followed by more text")
+    fine = tmp_path / "fine.jsonl"  # a CR is whitespace between JSON tokens, and ends CRLF lines
+    fine.write_bytes(b'{"text":\r"a"}\r\n{bad\r\n{"text": "b"}\r\n')
+    records, stats = read_all(fine)
+    assert [t for t, _ in records] == ["a", "b"] and stats.bad_records == {"invalid_json": 1}
