@@ -312,20 +312,28 @@ def read_chunk(
             raise BadFileError(chunk.path, None, "changed since the chunks were planned; plan again")
         if not chunk.size:
             return
+        where = None  # the last record's location
         try:
             for record in _READERS[chunk.fmt](raw, chunk, key, stats):
                 stats.records += 1
+                where = record[1]
                 yield record
         except BadFileError:
             raise
         except _FILE_FAULTS as err:
-            raise _read_fault(chunk.path, chunk.fmt, err, raw) from None
+            raise _read_fault(chunk.path, chunk.fmt, err, raw, where) from None
 
 
-def _read_fault(path: str, fmt: str, err: Exception, raw: BinaryIO) -> BadFileError:
-    what = fmt + (" (compressed)" if compression(path) else "")
+def _read_fault(path: str, fmt: str, err: Exception, raw: BinaryIO, where: str | None = None) -> BadFileError:
+    """The BadFileError for `err` met reading `raw`, after the record at `where` (if any)."""
     offset = None if raw.closed else raw.tell()  # a text wrapper, when collected, closes raw
-    return BadFileError(path, offset, f"cannot read as {what}: {err}")
+    if compression(path) is None:
+        return BadFileError(path, offset, f"cannot read as {fmt}: {err}")
+    # The compressed offset is how far the decompressor had read, up to a buffer past the fault, and
+    # no place in the text: the last record read says where the good text ends.
+    found = "found" if offset is None else f"found after reading {offset:,} compressed bytes"
+    after = "before the first record" if where is None else f"past the record at line {where.rpartition(':')[2]}"
+    return BadFileError(path, None, f"cannot read as {fmt} (compressed): {err} ({found}, {after})")
 
 
 def iter_texts(

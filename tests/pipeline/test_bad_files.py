@@ -2,7 +2,9 @@
 BadFileError naming the file and where, never a silent loss or a traceback."""
 
 import gzip
+import json
 import os
+import re
 import tracemalloc
 
 import pyarrow as pa
@@ -38,14 +40,24 @@ def test_random_bytes_are_a_bad_file(tmp_path, name, match):
     bad_file(path, match)
 
 
-@pytest.mark.parametrize("name", ["t.jsonl.gz", "t.jsonl.zst"])
-def test_truncated_compressed_file(write_texts, name):
-    path = write_texts(name, [f"document {i} " * 50 for i in range(200)])
-    data = path.read_bytes()
+@pytest.mark.parametrize("name", ["t.jsonl.gz", "t.jsonl.zst", "t.csv.gz"])
+def test_truncated_compressed_file(tmp_path, name):
+    """Named by the last record read, not by a byte offset: the compressed position is where the
+    decompressor had read to, past the fault, and was reported as the fault's own offset."""
+    texts = [" ".join(str(i * j % 9973) for j in range(100)) for i in range(1000)]  # several zstd blocks
+    body = "text\n" + "\n".join(texts) if ".csv" in name else "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    data = (gzip.compress if name.endswith(".gz") else zstandard.ZstdCompressor().compress)(body.encode())
+    path = tmp_path / name
     path.write_bytes(data[: len(data) // 2])
-    err = bad_file(path, "cannot read as jsonl")
-    assert err.offset is not None and 0 < err.offset <= len(data) // 2
-    assert "byte offset" in str(err)
+    (chunk,) = plan_chunks([path])
+    records = []
+    with pytest.raises(BadFileError, match=r"cannot read as (jsonl|csv) \(compressed\): ") as info:
+        records.extend(read_chunk(chunk))
+    assert info.value.offset is None and "byte offset" not in str(info.value)
+    found = re.search(r"\(found after reading ([\d,]+) compressed bytes, past the record at line (\d+)\)$",
+                      str(info.value))
+    assert found and 0 < int(found[1].replace(",", "")) <= len(data) // 2
+    assert records and found[2] == records[-1][1].rpartition(":")[2]
 
 
 def test_zstd_is_decompressed_a_bounded_amount_at_a_time(tmp_path):
