@@ -335,7 +335,7 @@ def _parquet_records(values: list[bytes | None], path: str, row: int, stats: Rea
             continue
         try:
             text = value.decode("utf-8")
-        except UnicodeDecodeError:
-            text = value.decode("utf-8", "replace")
+        except UnicodeDecodeError:  # repaired as the other readers do, one U+FFFD per bad byte
+            text, _ = repair(value.decode("utf-8", "surrogateescape"))
             stats.note("invalid_utf8", where)
         yield text, where

@@ -214,6 +214,17 @@ def test_invalid_utf8_and_lone_surrogates_are_replaced(tmp_path):
     assert stats.invalid_utf8 == 1 and stats.bad_records == {"null_text": 1}
 
 
+def test_invalid_utf8_is_repaired_alike_in_every_format(tmp_path):
+    """parquet replaced the truncated sequence in a\\xe2\\x82b with one U+FFFD, the other readers each
+    byte with one: the same document deduplicated differently by format."""
+    bad = b"a\xe2\x82b"
+    (tmp_path / "u.jsonl").write_bytes(b'{"text": "' + bad + b'"}\n')
+    (tmp_path / "u.csv").write_bytes(b"text\n" + bad + b"\n")
+    pq.write_table(pa.table({"text": pa.array([bad], pa.binary())}), tmp_path / "u.parquet")
+    got = {name: texts_of(tmp_path / name) for name in ["u.jsonl", "u.csv", "u.parquet"]}
+    assert got == {name: ["a\ufffd\ufffdb"] for name in got}
+
+
 @pytest.mark.parametrize("name", ["bom.jsonl", "bom.json", "bom.csv", "bom.md"])
 def test_bom_and_crlf(tmp_path, name):
     body = {
