@@ -39,8 +39,8 @@ def json_layout(stream: BinaryIO, path: str) -> str:
     bad file. Raises BadFileError.
     """
     line_no, first = _first_line(stream)
-    if first[:1] not in (b"{", b""):
-        return "json"
+    if first[:1] != b"{":
+        return "json" if first else "jsonl"  # a blank file is no error either way
     try:
         parse_json(first)
     except ValueError:

@@ -239,7 +239,7 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
         pos += len(line)  # counted with the BOM: chunk boundaries are byte offsets of the file
         if at_file_start and line.startswith(BOM):
             line = line[len(BOM) :]
-        if not line.isspace():
+        if line and not line.isspace():  # empty only where a BOM was all there was
             where = f"{chunk.path}:{line_no}"
             try:
                 value, repaired = parse_json(line)

@@ -164,3 +164,12 @@ def test_cr_only_line_ends_are_a_bad_file(tmp_path, name):
     fine.write_bytes(b'{"text":\r"a"}\r\n{bad\r\n{"text": "b"}\r\n')
     records, stats = read_all(fine)
     assert [t for t, _ in records] == ["a", "b"] and stats.bad_records == {"invalid_json": 1}
+
+
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.json", "bom.csv", "bom.md"])
+def test_a_byte_order_mark_alone_yields_nothing(tmp_path, name):
+    """The empty line left once the BOM was dropped counted as one invalid_json record."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf")
+    records, stats = read_all(path)
+    assert records == [] and not stats.bad_records
