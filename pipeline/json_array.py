@@ -174,10 +174,10 @@ def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -
     else:
         while True:
             scan.peek()  # skip whitespace, so the location is the element's own line
-            line = scan.line
-            text = _element_text(scan.element(), key, f"{path}:{line}", line, stats)
+            line, where = scan.line, f"{path}:{scan.line}"
+            text = _element_text(scan.element(), key, where, line, stats)
             if text is not None:
-                yield text, f"{path}:{line}"
+                yield text, where
             closing = scan.peek()  # element() stopped on "," or "]"
             scan.advance(scan.pos + 1)
             if closing == "]":

@@ -156,7 +156,7 @@ def sample_corpus(
     Each file is sampled on its own first, and the sample is drawn from those: every document of the
     sample is also in its file's (fewer documents rank before it there), so the result is the same,
     and a bad file skipped under `skip_bad_files` is left out whole, not after its first records
-    were taken. This holds up to one file's sample beside the whole one.
+    were taken. The cost is memory for one file's sample beside the whole one.
     """
     # Imported here so this module works without the readers and their dependencies.
     from pipeline.sources import BadFileError, expand_paths, iter_texts
