@@ -168,7 +168,7 @@ def test_skip_bad_files_holds_when_prepare_trains_the_tokenizer(tmp_path, capsys
     data = write_jsonl(tmp_path / "d" / "good.jsonl", sentences(6, 300))
     bad = tmp_path / "d" / "bad.jsonl.gz"
     bad.write_bytes(gzip.compress(data.read_bytes())[:-10])  # truncated: readable up to near its end
-    common = ["--data", str(data.parent), "--out", str(tmp_path), "--clean-preset", "minimal", "--quiet",
+    common = ["--data", str(data.parent), "--out", str(tmp_path / "cache"), "--clean-preset", "minimal", "--quiet",
               "--vocab-size", "300"]
     assert tokenizer_main(common) == 1
     err = capsys.readouterr().err
@@ -176,5 +176,5 @@ def test_skip_bad_files_holds_when_prepare_trains_the_tokenizer(tmp_path, capsys
     assert main([*common, "--skip-bad-files"]) == 0
     assert [r.getMessage() for r in caplog.records if "tokenizer sample" in r.getMessage()] == [
         f"{err.removeprefix('error: ').strip()} (left out of the tokenizer sample: --skip-bad-files)"]
-    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "cache" / "d" / "manifest.json").read_text())
     assert [b["path"] for b in manifest["stats"]["bad_files"]] == [str(bad)]
