@@ -178,3 +178,16 @@ def test_skip_bad_files_holds_when_prepare_trains_the_tokenizer(tmp_path, capsys
         f"{err.removeprefix('error: ').strip()} (left out of the tokenizer sample: --skip-bad-files)"]
     manifest = json.loads((tmp_path / "cache" / "d" / "manifest.json").read_text())
     assert [b["path"] for b in manifest["stats"]["bad_files"]] == [str(bad)]
+
+
+def test_a_store_inside_the_folder_it_reads_does_not_read_itself(tmp_path):
+    """With --out the corpus's parent, the default --name puts the store in the corpus folder: a rerun
+    read its tokenizer.json and manifest.json as .json input and rebuilt from them."""
+    data = write_jsonl(tmp_path / "corpus" / "a.jsonl", sentences(7, 300))
+    common = ["--data", str(data.parent), "--out", str(tmp_path), "--clean-preset", "minimal", "--quiet",
+              "--vocab-size", "300"]
+    assert main(common) == 0
+    store = tmp_path / "corpus"
+    manifest = (store / "manifest.json").read_bytes()
+    assert main(common) == 0  # up to date: the same single input
+    assert (store / "manifest.json").read_bytes() == manifest and _sources(store) == [str(data)]
