@@ -16,14 +16,18 @@ from typing import Any
 import torch
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' datasheets. Matched as
-# substrings of torch.cuda.get_device_name(), first match wins, so variants precede their family.
+# substrings of torch.cuda.get_device_name(), the longest match winning: a variant's name contains
+# its family's ("NVIDIA H200 NVL" contains "H200"), and an order-based rule mis-rated the variants
+# whenever one was added below its family.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("GH200", 989e12),
-    ("H200", 989e12),
+    ("H200", 989e12),  # SXM
+    ("H200 NVL", 835e12),
+    ("H100", 989e12),  # SXM, e.g. "NVIDIA H100 80GB HBM3"
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM, e.g. "NVIDIA H100 80GB HBM3"
     ("H800", 989e12),
+    ("H800 PCIe", 756e12),
     ("B200", 2250e12),
     ("A100", 312e12),
     ("A800", 312e12),
@@ -40,12 +44,17 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
+def peak_flops_of(name: str) -> float | None:
+    """The peak bf16/fp16 FLOP/s of a GPU named `name` (torch.cuda.get_device_name), None if unknown."""
+    matches = [(len(key), peak) for key, peak in PEAK_FLOPS if key in name]
+    return max(matches)[1] if matches else None
+
+
 def peak_flops(device: torch.device) -> float | None:
     """The GPU's peak bf16/fp16 FLOP/s, or None on CPU or an unknown card (then no MFU is shown)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_FLOPS if key in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device))
 
 
 def format_duration(seconds: float) -> str:
