@@ -91,6 +91,17 @@ def pick_store(args: argparse.Namespace, work: Path) -> Path:
     return store.root
 
 
+def cuda_missing(script: str) -> bool:
+    """True, after saying so on stderr, when there is no CUDA device: the GPU scripts then exit 2 before
+    building a store or compiling anything, pointing at their CPU smoke path."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    print(f"error: no CUDA device; `{script} --smoke` runs the same path on CPU", file=sys.stderr)
+    return True
+
+
 def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
     """'NAME: key=value ENV_VAR=value ...' -> (name, overrides, environment)."""
     name, sep, rest = text.partition(":")
@@ -202,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     print(f"torch {torch.__version__} | cuda {torch.version.cuda} | device {device} | python {sys.version.split()[0]}")
-    if not cuda and not args.smoke:
-        print("error: no CUDA device; `bench/gpu_check.py --smoke` runs the same path on CPU", file=sys.stderr)
+    if not args.smoke and cuda_missing("bench/gpu_check.py"):
         return 2
 
     chosen = args.runs.split(",")

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.gpu_check import pick_store  # noqa: E402
+from bench.gpu_check import STEADY_FROM, cuda_missing, pick_store  # noqa: E402
 from common.config import parse_cli  # noqa: E402
 
 # First matching pattern names a kernel's kind (lower-cased substrings of the kernel name).
@@ -46,7 +46,9 @@ def kind_of(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: tests this script")
-    parser.add_argument("--warmup", type=int, default=15, help="steps before profiling (compile happens here)")
+    # As many as gpu_check.py leaves out of its steady-state rates, so the two describe the same steps.
+    parser.add_argument("--warmup", type=int, default=STEADY_FROM,
+                        help="steps before profiling, compile included (default %(default)s)")
     parser.add_argument("--steps", type=int, default=5, help="profiled steps")
     parser.add_argument("--micro-batch", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=50_000_000, help="synthetic store size in tokens")
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     if args.smoke:
         args.warmup, args.steps, args.micro_batch, args.tokens, args.vocab = 2, 2, 4, 200_000, 512
+    elif cuda_missing("bench/gpu_profile.py"):
+        return 2
     out = Path(os.environ.get("OUT") or REPO / "runs" / "gpu-profile")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     busy = sum(per_kernel.values())
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     tokens = cfg.micro_batch * cfg.grad_accum * cfg.model.block_size
-    lines = [f"== profile on {device} (torch {torch.__version__}): {args.steps} steps of {tokens:,} tokens, "
+    lines = [f"== profile on {device} (torch {torch.__version__}): {args.steps} steps of {tokens:,} tokens "
+             f"after {args.warmup} warmup steps, "
              f"attention={cfg.attention}, overrides: {' '.join(overrides) or '-'}",
              f"step wall {wall * 1e3:.1f} ms | {'kernels' if cuda else 'aten ops'} {busy:.1f} ms "
              f"({100 * busy / (wall * 1e3):.0f}% busy) | {tokens / wall:,.0f} tok/s", ""]

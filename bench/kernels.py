@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.gpu_check import cuda_missing  # noqa: E402
+
 
 def timer(device):
     """fn -> milliseconds per call: on CUDA the summed time of the kernels it launches (torch.profiler),
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before model.kernels defines its kernels
         args.reps, args.warmup = 1, 1
+    elif cuda_missing("bench/kernels.py"):
+        return 2
 
     import torch
     import torch.nn.functional as F
@@ -72,9 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     from model.layers import apply_rope, rope_tables
 
     device = torch.device("cpu" if args.smoke else "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device; --smoke runs the cases on CPU", file=sys.stderr)
-        return 2
     B, T, C, V, H, heads = (2, 16, 32, 300, 40, 4) if args.smoke else (64, 1024, 512, 16384, 1408, 8)
     N, D, dtype = B * T, C // heads, torch.bfloat16
     compile_ = (lambda fn: fn) if args.smoke else torch.compile

@@ -9,7 +9,17 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
 from trainer_util import REPO
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench/gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_gpu_check_smoke(tmp_path):
@@ -70,11 +80,21 @@ def test_gpu_profile_smoke(tmp_path):
     assert (tmp_path / "out/trace.json.gz").stat().st_size > 0
 
 
-def test_a_silent_stalled_run_is_killed_at_its_timeout(tmp_path, monkeypatch):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the exit on a machine without CUDA")
+def test_gpu_profile_without_cuda_exits_2_before_building_a_store(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench/gpu_profile.py"), "--work-dir", str(tmp_path / "work")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "error: no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "work").exists()
+    # Its warmup is gpu_check's steady-state start, so both describe the same steps.
+    helptext = subprocess.run([sys.executable, str(REPO / "bench/gpu_profile.py"), "--help"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120).stdout
+    assert "(default 30)" in " ".join(helptext.split())
+
+
+def test_a_silent_stalled_run_is_killed_at_its_timeout(tmp_path, monkeypatch, gpu_check):
     """A compile or autotuning stall prints nothing: the timeout must not wait for an output line."""
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench/gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin/train.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
     monkeypatch.setattr(gpu_check, "REPO", tmp_path)
