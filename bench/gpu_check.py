@@ -229,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.work_dir / name
         shutil.rmtree(run_dir, ignore_errors=True)
         argv = [*train_args(args, store, run_dir, name != "eager"), *overrides]
-        # A cold compile cache per run: compile times compare, and no run reuses another's graph (the
+        # Cold compile caches per run: compile times compare, and no run reuses another's graph (the
         # cache key does not cover e.g. the attention-kernel preference, which is decided at tracing).
-        cache = args.work_dir / f"{name}-inductor-cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        code, wall = run_training(argv, out / f"train_{name}.log", args.timeout,
-                                  {"TORCHINDUCTOR_CACHE_DIR": str(cache), **env})
+        # Triton's own cache too: inductor points TRITON_CACHE_DIR into its cache only once it loads
+        # compiled kernels, so without it the model's @triton.jit kernels (model/kernels) of an eager
+        # run went to ~/.triton/cache, which outlives the run: warm for a later run or call.
+        caches = args.work_dir / f"{name}-caches"
+        shutil.rmtree(caches, ignore_errors=True)
+        cache_env = {"TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"), "TRITON_CACHE_DIR": str(caches / "triton")}
+        code, wall = run_training(argv, out / f"train_{name}.log", args.timeout, {**cache_env, **env})
         results[name] = summarise(run_dir, code, wall) | {"overrides": overrides, "env": env}
         # Written after every run: a call cut short by its time limit still returns what finished.
         (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")

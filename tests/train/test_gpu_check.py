@@ -43,6 +43,10 @@ def test_gpu_check_smoke(tmp_path):
     assert "model.fused_swiglu=false" in commands[1] and "compile=true" in commands[1]
     assert commands[2].endswith("model.n_head=4 eval_batches=0") and "compile=true" in commands[2]
     assert "model.bf16_residual=true" in commands[3]
+    # Cold caches per run, Triton's included (the model's own kernels would compile once for all runs).
+    for command, name in zip(commands, ("eager", "plain", "hd128", "bf16res"), strict=True):
+        assert f"TRITON_CACHE_DIR={tmp_path / 'work' / name}-caches/triton " in command
+        assert f"TORCHINDUCTOR_CACHE_DIR={tmp_path / 'work' / name}-caches/inductor " in command
     # The variant ran with its overrides (and no evaluation) and its environment variable.
     extra = summary["bf16res"]
     assert extra["exit_code"] == 0 and extra["steps"] == 4 and extra["val_loss"] is None
