@@ -18,6 +18,12 @@ runs are too short for. `--variant 'NAME: key=value ...'` (repeatable) adds comp
 those, so several settings are compared on one lent machine in one call.
 Upper-case keys (`TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1`) are set in the run's environment
 instead. Variant runs skip evaluation: they measure training speed only.
+
+The whole call keeps within `--budget` seconds (default 540; the device tool stops a command at 600):
+each run's limit is `--timeout` or what is left, whichever is less, and a run with too little time
+left is skipped, with a line saying so in the table and the JSON (the exit status is then 1). Rates
+are medians over the steps from STEADY_FROM on; a run that logged none of those (too few --steps,
+or killed early) shows no rates rather than those of its compile-laden first steps.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from train.metrics import read_metrics  # noqa: E402
 SHAKESPEARE = REPO / "data_cache" / "shakespeare"
 # After this many steps compile, cudnn autotuning and the allocator have settled.
 STEADY_FROM = 30
+# gpt-45m's compiled runs took ~60 s on an H200 (init + compile ~35 s of it): a run given less would
+# be killed before its steady steps, so it is skipped instead.
+SHORTEST_RUN_S = 60.0
 # The built-in runs in their order, with their overrides; all but `eager` are compiled, and only
 # `compiled` and `eager` evaluate (the rest measure training speed only).
 RUNS = {
@@ -102,6 +111,14 @@ def cuda_missing(script: str) -> bool:
     return True
 
 
+def run_timeout(left: float, per_run: float) -> float | None:
+    """The next run's time limit from what is `left` of the budget: `per_run` or less; None to skip the
+    run when less than SHORTEST_RUN_S (or than `per_run`, if that is shorter) is left."""
+    if left < min(per_run, SHORTEST_RUN_S):
+        return None
+    return min(per_run, left)
+
+
 def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
     """'NAME: key=value ENV_VAR=value ...' -> (name, overrides, environment)."""
     name, sep, rest = text.partition(":")
@@ -158,16 +175,18 @@ def run_training(argv: list[str], log_path: Path, timeout: float, extra_env: dic
     return code, time.perf_counter() - t0
 
 
-def summarise(run_dir: Path, code: int, wall_s: float) -> dict:
+def summarise(run_dir: Path, code: int, wall_s: float, steady_from: int) -> dict:
+    """A run's figures from its metrics.jsonl; rates only from steps >= steady_from (None if it logged none)."""
     records = read_metrics(run_dir / "metrics.jsonl")
     start = next((r for r in records if r.get("event") == "start"), {})
     steps = [r for r in records if "loss" in r]
-    steady = [r for r in steps if r["step"] >= STEADY_FROM] or steps[-1:]
+    steady = [r for r in steps if r["step"] >= steady_from]
     med = lambda key: statistics.median(r[key] for r in steady) if steady and steady[0].get(key) is not None else None  # noqa: E731
     evals = [r for r in records if "val_loss" in r]
     first = next((r["first_step_s"] for r in steps if "first_step_s" in r), None)
     return {
         "exit_code": code, "wall_s": round(wall_s, 1), "steps": steps[-1]["step"] if steps else 0,
+        "steady": bool(steady),
         "micro_batch": start.get("micro_batch"), "grad_accum": start.get("grad_accum"), "params": start.get("params"),
         "tokens_per_s": med("tokens_per_s"), "mfu": med("mfu"), "step_s": med("step_s"),
         "peak_mem_gb": max((r["peak_mem_gb"] for r in steps if r.get("peak_mem_gb") is not None), default=None),
@@ -195,16 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-interval", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=150.0,
                         help="seconds allowed per training run (one takes ~60 s on an H200)")
+    parser.add_argument("--budget", type=float, default=540.0,
+                        help="seconds for the whole call, store included (default %(default)s)")
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"which built-in runs, comma-separated, from {', '.join(RUNS)} (default: all)")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[],
                         help="'NAME: key=value ...': an extra compiled run with these overrides (repeatable)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/smallgpt-gpu-check"))
     args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.budget
     if args.smoke:
         args.steps, args.micro_batch = args.steps or 6, args.micro_batch or 4
         args.tokens, args.vocab, args.log_interval = min(args.tokens, 200_000), min(args.vocab, 512), 2
     args.steps, args.micro_batch = args.steps or 200, args.micro_batch or 64
+    # A smoke run's few steps are all start-up; its second half stands in for the steady state.
+    steady_from = args.steps // 2 if args.smoke else STEADY_FROM
     out = Path(os.environ.get("OUT") or REPO / "runs" / "gpu-check")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -226,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     plan += [(name, [*overrides, "eval_batches=0"], env) for name, overrides, env in args.variant]
     runs, results = [name for name, _, _ in plan], {}
     for name, overrides, env in plan:
+        left = deadline - time.monotonic()
+        timeout = run_timeout(left, args.timeout)
+        if timeout is None:
+            results[name] = {"skipped": f"{left:.0f} s of --budget {args.budget:.0f} left", "overrides": overrides,
+                             "env": env}
+            print(f"skipped {name}: {results[name]['skipped']}", flush=True)
+            (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
+            continue
         run_dir = args.work_dir / name
         shutil.rmtree(run_dir, ignore_errors=True)
         argv = [*train_args(args, store, run_dir, name != "eager"), *overrides]
@@ -237,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         caches = args.work_dir / f"{name}-caches"
         shutil.rmtree(caches, ignore_errors=True)
         cache_env = {"TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"), "TRITON_CACHE_DIR": str(caches / "triton")}
-        code, wall = run_training(argv, out / f"train_{name}.log", args.timeout, {**cache_env, **env})
-        results[name] = summarise(run_dir, code, wall) | {"overrides": overrides, "env": env}
+        code, wall = run_training(argv, out / f"train_{name}.log", timeout, {**cache_env, **env})
+        results[name] = summarise(run_dir, code, wall, steady_from) | {"overrides": overrides, "env": env}
         # Written after every run: a call cut short by its time limit still returns what finished.
         (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
     c, e, p = results.get("compiled", {}), results.get("eager", {}), results.get("plain", {})
@@ -249,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         # Both runs do the same probe and first step; what the compiled one spends beyond that is compiling.
         results["compile_s"] = round(startup[0] - startup[1], 1)
     results.update(device=device, torch=torch.__version__, store=str(store), steps=args.steps,
-                   block_size=1024 if not args.smoke else 64)
+                   steady_from=steady_from, block_size=1024 if not args.smoke else 64)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"\n== gpu check on {device} (torch {torch.__version__}), {args.steps} steps, store {store}")
@@ -257,11 +289,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{'init s':>7} {'1st step s':>10} {'wall s':>7} {'loss':>13} {'val':>6}")
     for name in runs:
         r = results[name]
+        if "skipped" in r:
+            print(f"{name:<12} skipped: {r['skipped']}")
+            continue
         print(f"{name:<12} {r['exit_code']:>4} {fmt(r['micro_batch'], 'd'):>3} x {fmt(r['grad_accum'], 'd'):<2} "
               f"{fmt(r['tokens_per_s'], ',.0f'):>10} {fmt(r['mfu'] and 100 * r['mfu'], '.1f%'):>6} "
               f"{fmt(r['step_s'] and 1000 * r['step_s'], '.1f'):>8} {fmt(r['peak_mem_gb'], '.1f'):>8} "
               f"{fmt(r['init_s'], '.1f'):>7} {fmt(r['first_step_s'], '.1f'):>10} {r['wall_s']:>7.1f} "
               f"{fmt(r['first_loss'], '.2f'):>6}->{fmt(r['last_loss'], '.2f'):<6} {fmt(r['val_loss'], '.2f'):>6}")
+    unsteady = [name for name in runs if results[name].get("steady") is False]
+    if unsteady:
+        print(f"  no rates for {', '.join(unsteady)}: no step >= {steady_from} logged (not steady)")
     legend = [(name, RUNS[name], {}) for name in RUNS if name in chosen and RUNS[name]]
     for name, overrides, env in [*legend, *args.variant]:
         print(f"  {name}: {' '.join([*(f'{k}={v}' for k, v in env.items()), *overrides])}")
@@ -274,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             if results.get(name, {}).get("mfu") is not None:
                 print(f"  shape candidate {name}: {100 * results[name]['mfu']:.1f}% (speed only, not quality)")
     print(f"summary: {out / 'gpu_check.json'}")
-    return 0 if all(r["exit_code"] == 0 for r in (results[name] for name in runs)) else 1
+    return 0 if all(results[name].get("exit_code") == 0 for name in runs) else 1
 
 
 if __name__ == "__main__":

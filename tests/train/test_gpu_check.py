@@ -47,6 +47,7 @@ def test_gpu_check_smoke(tmp_path):
     for command, name in zip(commands, ("eager", "plain", "hd128", "bf16res"), strict=True):
         assert f"TRITON_CACHE_DIR={tmp_path / 'work' / name}-caches/triton " in command
         assert f"TORCHINDUCTOR_CACHE_DIR={tmp_path / 'work' / name}-caches/inductor " in command
+    assert eager["steady"] and summary["steady_from"] == 3 and "not steady" not in proc.stdout
     # The variant ran with its overrides (and no evaluation) and its environment variable.
     extra = summary["bf16res"]
     assert extra["exit_code"] == 0 and extra["steps"] == 4 and extra["val_loss"] is None
@@ -82,6 +83,40 @@ def test_gpu_profile_smoke(tmp_path):
     assert "== profile on cpu" in report and "overrides: attention=math" in report
     assert "matmul" in report and "aten::mm" in report
     assert (tmp_path / "out/trace.json.gz").stat().st_size > 0
+
+
+def test_runs_that_the_budget_cannot_fit_are_skipped_and_say_so(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--runs", "compiled,eager",
+                           "--work-dir", str(tmp_path / "work"), "--budget", "0"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "$ " not in proc.stdout  # no training started
+    summary = json.loads((tmp_path / "out/gpu_check.json").read_text())
+    for name in ("compiled", "eager"):
+        assert "of --budget 0 left" in summary[name]["skipped"]
+        assert f"{name:<12} skipped: " in proc.stdout
+
+
+def test_a_run_gets_what_is_left_of_the_budget_or_is_skipped(gpu_check):
+    assert gpu_check.run_timeout(left=540, per_run=150) == 150
+    assert gpu_check.run_timeout(left=100, per_run=150) == 100
+    assert gpu_check.run_timeout(left=gpu_check.SHORTEST_RUN_S - 1, per_run=150) is None
+    assert gpu_check.run_timeout(left=30, per_run=20) == 20  # a short --timeout is its own minimum
+
+
+def test_a_run_that_never_reached_the_steady_steps_reports_no_rates(gpu_check, tmp_path):
+    def run(steps):
+        (tmp_path / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": s, "loss": 5.0, "tokens_per_s": 1000.0 * s, "mfu": 0.001 * s, "step_s": 1 / s}) + "\n"
+            for s in steps))
+        return gpu_check.summarise(tmp_path, 0, 1.0, steady_from=30)
+
+    early = run([10, 20])  # e.g. killed while compiling: these steps include compile time
+    assert not early["steady"] and early["tokens_per_s"] is None and early["mfu"] is None
+    assert early["steps"] == 20 and early["last_loss"] == 5.0
+    late = run([10, 20, 30, 40, 50])
+    assert late["steady"] and late["tokens_per_s"] == 40000.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the exit on a machine without CUDA")
