@@ -1,15 +1,17 @@
 """Sampling benchmark: tokens/s of model/generate.py with the KV cache against without it.
 
-    .venv/bin/python bench/sample.py [--presets tiny gpt-45m] [--prompt-tokens 16] [--new-tokens 512] [--reps 1]
+    .venv/bin/python bench/sample.py [--presets tiny gpt-45m] [--prompt-tokens 16] [--new-tokens 512] [--reps 3]
 
 Per preset (configs/<preset>.yml, random weights, the default 16384-token vocabulary): greedy
 generation of --new-tokens after a random --prompt-tokens prompt, batch 1, float32, on whatever
 device torch picks (CPU here). Greedy, so both runs must produce the same tokens, which is checked.
 Without the cache every step re-encodes the whole window; with it, a step encodes one position.
 tiny's context is 256, so past it both follow generate's sliding-window rule (see model/generate.py).
-With --reps N the two runs take turns N times and the best time of each counts: a decode step is
-many small multi-threaded ops, which stall whenever another process holds a core, so on a shared
-machine the best rep is the one that says what the code does.
+The two runs take turns --reps times (default 3); tokens/s and the speed-up are given as the median
+with the best rep in brackets. A decode step is many small multi-threaded ops, which stall whenever
+another process holds a core, so on a shared machine the best rep is the closer estimate of what the
+code does, and one rep alone is unreliable (bench/RESULTS.md: tiny read 1.1x in a one-rep run and
+2.6-3.1x in others of the same code).
 
 Target (issue 4): >= 10x at 512 tokens. Not a test: prints a Markdown table for bench/RESULTS.md.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import date
@@ -45,14 +48,16 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["tiny", "gpt-45m"])
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=512)
-    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3, help="turns of the two runs; median and best are shown")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     command = " ".join(["python bench/sample.py", *sys.argv[1:]])
     print(f"{date.today()} | {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads | "
-          f"load average {os.getloadavg()[0]:.1f} | torch {torch.__version__} | {device} | `{command}`")
+          f"load average {os.getloadavg()[0]:.1f} | torch {torch.__version__} | {device} | {args.reps} reps "
+          f"| `{command}`")
     print()
-    print("| preset | params | block | prompt + new | no cache tok/s | KV cache tok/s | speed-up | same tokens |")
+    print("| preset | params | block | prompt + new | no cache tok/s, median (best) | KV cache tok/s, median (best) "
+          "| speed-up, median (best) | same tokens |")
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         cfg = from_dict(GPTConfig, load_yaml(ROOT / "configs" / f"{preset}.yml")["model"])
@@ -61,18 +66,19 @@ def main() -> None:
         prompt = torch.randint(6, cfg.vocab_size, (args.prompt_tokens,)).tolist()
         for use_cache in (True, False):  # warm-up: allocator, kernels, lazy init
             timed(model, prompt, 8, use_cache)
-        best = {True: float("inf"), False: float("inf")}
+        times: dict[bool, list[float]] = {True: [], False: []}
         outputs = set()
         for _ in range(args.reps):
             for use_cache in (True, False):
                 seconds, out = timed(model, prompt, args.new_tokens, use_cache)
-                best[use_cache] = min(best[use_cache], seconds)
+                times[use_cache].append(seconds)
                 outputs.add(tuple(out))
-        t_cache, t_plain = best[True], best[False]
+        med = {k: statistics.median(v) for k, v in times.items()}
+        best = {k: min(v) for k, v in times.items()}
         n = args.new_tokens
-        print(f"| {preset} | {model.num_params() / 1e6:.1f}M | {cfg.block_size} | {args.prompt_tokens} + {n} | "
-              f"{n / t_plain:,.1f} | {n / t_cache:,.1f} | {t_plain / t_cache:.1f}x | {len(outputs) == 1} |",
-              flush=True)
+        print(f"| {preset} | {model.num_params() / 1e6:.1f}M | {cfg.block_size} | {args.prompt_tokens} + {n} "
+              f"| {n / med[False]:,.1f} ({n / best[False]:,.1f}) | {n / med[True]:,.1f} ({n / best[True]:,.1f}) "
+              f"| {med[False] / med[True]:.1f}x ({best[False] / best[True]:.1f}x) | {len(outputs) == 1} |", flush=True)
 
 
 if __name__ == "__main__":
