@@ -1,10 +1,16 @@
-"""bench/prepare.py's parts that decide what its figures mean: the corpus it measures and the
-per-stage profile's laps."""
+"""bench/prepare.py's parts that decide what its figures mean: the corpus it measures, the check of
+prepare's store against (a)'s texts, and the per-stage profile's laps."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_corpus_of_another_size_or_recipe_is_rebuilt_not_reused(bench_script, tmp_path, monkeypatch):
@@ -22,6 +28,17 @@ def test_a_corpus_of_another_size_or_recipe_is_rebuilt_not_reused(bench_script, 
     line = "A line of web text long enough to count as a paragraph of prose here."
     (tmp_path / "no-web-texts/web.jsonl").write_text(json.dumps({"text": line}) + "\n")
     assert bench.make_corpus(tmp_path / "corpus", 2)[1:] == (True, True)
+
+
+def test_the_store_check_compares_documents_tokens_and_bytes_with_a(bench_script):
+    bench = bench_script("prepare")
+    limit = SimpleNamespace(documents=10, distinct=8, distinct_tokens=100, distinct_bytes=500)
+    manifest = {"stats": {"documents_kept": 8, "dropped": {"duplicate": 2, "short": 5}},
+                "splits": {"train": {"documents": 7, "tokens": 95, "text_bytes": 450},
+                           "val": {"documents": 1, "tokens": 13, "text_bytes": 50}}}
+    assert bench.check_store(manifest, limit) is None  # 108 tokens = 100 + one BOS for each of 8 documents
+    manifest["splits"]["val"]["tokens"] = 12
+    assert bench.check_store(manifest, limit) == "tokens (a BOS per document): store 107, (a) 108"
 
 
 def test_a_stage_rate_does_not_time_loading_the_encoder(bench_script, tmp_path, monkeypatch):
@@ -45,3 +62,16 @@ def test_a_stage_rate_does_not_time_loading_the_encoder(bench_script, tmp_path, 
     # Loading took 0.3 CPU s; with it in the lap the rate would be at most mb / 0.3.
     assert rates["encode (tiktoken engine)"] > 10 * mb / 0.3
     assert rates["encode (HF engine, batch)"] > 10 * mb / 0.3
+
+
+def test_the_benchmark_end_to_end_on_a_small_corpus(tmp_path):
+    """Every row compares like with like: (b) cleans with the row's preset, the CPU ratios say they are upper
+    bounds, and the store prepare built is checked against (a)'s texts."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench/prepare.py"), "--mb", "4", "--repeat", "2", "--presets",
+                           "minimal", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "took turns 2 times: medians, with the best run in brackets" in out
+    assert "| vs (a): wall, CPU (upper bound) | vs (b): wall, CPU (upper bound) |" in out
+    assert "| (b) seed's way (`minimal` cleaning, HF per document)" in out and "`web` cleaning" not in out
+    assert "store check, `minimal`: every run's store matches (a)'s texts" in out and "MISMATCH" not in out
