@@ -141,13 +141,17 @@ class PrepareError(Exception):
     """A problem with the inputs or the store that the user must fix (printed without a traceback)."""
 
 
+# Whoever holds a store's lock: prepare (a full build or a --shard job), a merge or make tokenizer.
+_BUSY = "another job (prepare, merge or make tokenizer) is using this store; wait until it has finished"
+
+
 @contextlib.contextmanager
-def store_locked(store: Path, busy: str = "another prepare is writing this store") -> Iterator[None]:
+def store_locked(store: Path) -> Iterator[None]:
     """One writer per store: two runs interleaving phase 2 would corrupt each other's shards. A store
-    that is busy is refused, with `busy` saying why, rather than waited for (a build can take hours)."""
+    that is busy is refused rather than waited for (a build can take hours)."""
     lock = exclusive_lock(store / ".lock")
     if lock is None:
-        raise PrepareError(f"{store}: {busy}")
+        raise PrepareError(f"{store}: {_BUSY}")
     with lock:
         yield
 
@@ -159,7 +163,7 @@ def store_and_parts_locked(root: Path, parts: Iterable[Path]) -> Iterator[None]:
     with contextlib.ExitStack() as held:
         held.enter_context(store_locked(root))
         for part in parts:
-            held.enter_context(store_locked(part, "a --shard job is writing this part; wait until it has finished"))
+            held.enter_context(store_locked(part))
         yield
 
 

@@ -205,65 +205,75 @@ def prepare(cfg: PrepareConfig) -> Path:
     shard = parse_shard(cfg.shard)
     store = root / f"part-{shard[0]}-of-{shard[1]}" if shard else root
     paths = input_paths(cfg)
-    # A --shard job would also replace the store its parts merge into.
-    foreign = [refuse_foreign_store(cfg, built, paths) for built in {root, store}]
-    src, tok = tokenizer_source(cfg, root, paths, shard is not None, any(foreign)), root / TOKENIZER
-    with unused_tokenizer_removed(src):
-        started = time.perf_counter()  # the speed reported is the store's, not the tokenizer training's
-        settings = Settings(str(tok), sha256_file(src), clean_config(cfg), cfg.text_field, cfg.csv_column)
-        plan = fingerprint(cfg, paths, settings, shard[1] if shard else None)
-        # A part's own fingerprint also says which part it is, so a part folder copied under another name is rebuilt.
-        fp = hashlib.sha256(f"{plan} part {shard[0]}".encode()).hexdigest() if shard else plan
-        current = _up_to_date(store, fp)
-        # The encoder takes a second to load: an up-to-date store already says what the vocabulary is.
-        encoder = None if current else Encoder(str(src))
-        vocab = current["vocab_size"] if current else encoder.vocab_size
-        if cfg.vocab_size and cfg.vocab_size != vocab:
-            raise PrepareError(f"{src} has a vocabulary of {vocab}, not --vocab-size {cfg.vocab_size}: "
-                               "retrain it with `make tokenizer` (same NAME, VOCAB=...) or drop --vocab-size")
-        if current:
-            log.info("%s is up to date (same inputs and options); nothing to do", store)
-            return store
-        store.mkdir(parents=True, exist_ok=True)
-        with store_locked(store):
-            chunks, bad_files = _plan(paths, cfg)
-            if shard:
-                unmerge(root, store)
-            reset_store(store)
-            install_tokenizer(src, tok, settings.tokenizer_sha256)
-            plan_files = {path: i for i, path in enumerate(dict.fromkeys(c.path for c in chunks))}
-            if shard:
-                chunks = [c for pos, c in enumerate(chunks) if pos % shard[1] == shard[0]]
-            work = store / ".work"
-            work.mkdir(exist_ok=True)
-            results = [work / f"{chunk_key(c, settings.digest())}.chunk" for c in chunks]
-            asm, counts = _build(store, chunks, results, settings, encoder.vocab_size, cfg, bad_files)
-            splits, stats = asm.finish()
-            manifest = {
-                "format_version": FORMAT_VERSION, "dtype": asm.writers["train"].dtype.name,
-                "vocab_size": encoder.vocab_size, "bos_id": encoder.bos_id,
-                "tokenizer": {"path": os.path.relpath(tok, store), "sha256": settings.tokenizer_sha256},
-                "splits": splits, "sources": [{"path": p, "size": s} for p, s in asm.sources.items()],
-                "clean": asdict(settings.clean), "text_field": cfg.text_field, "csv_column": cfg.csv_column,
-                "stats": stats,
-                "split": {"rule": SPLIT_RULE, "hash": SPLIT_HASH, "val_fraction": cfg.val_fraction, "seed": cfg.seed},
-                "work_format": WORK_FORMAT, "inputs_fingerprint": fp,
-            }
-            if shard:
-                # Merge needs the parts' document hashes to count duplicates across parts (8 bytes/doc).
-                atomic_write_bytes(store / "doc_hashes.bin", asm.seen.sorted().astype("<u8").tobytes())
-                # plan_bad_files: how many of stats.bad_files (the first ones) failed at planning, before
-                # the plan was cut into parts. Every part lists them; the merge keeps one copy.
-                # source_order: each source's place among the plan's files, for the merge to list them
-                # in the order one job would.
-                manifest["part"] = {"index": shard[0], "count": shard[1], "chunk_bytes": cfg.chunk_bytes,
-                                    "doc_hashes": "doc_hashes.bin", "plan_fingerprint": plan,
-                                    "plan_bad_files": len(bad_files),
-                                    "source_order": [plan_files[path] for path in asm.sources]}
-            write_manifest(store, manifest)
-            _prune_work(work, {p.name for p in results}, cfg.keep_work)
-        print(summary(store, manifest, asm, counts, time.perf_counter() - started))
+    store.mkdir(parents=True, exist_ok=True)
+    # Locked from the start: a run that found the store busy only after training its tokenizer had
+    # already replaced the file the busy job encodes with, and an up-to-date check or a tokenizer's
+    # sha256 taken before the lock could be stale by the time the build began.
+    with store_locked(store):
+        # A --shard job would also replace the store its parts merge into.
+        foreign = [refuse_foreign_store(cfg, built, paths) for built in {root, store}]
+        src = tokenizer_source(cfg, root, paths, shard is not None, any(foreign))
+        with unused_tokenizer_removed(src, root):
+            return _prepare_locked(cfg, root, store, shard, paths, src)
+
+
+def _prepare_locked(cfg: PrepareConfig, root: Path, store: Path, shard: tuple[int, int] | None,
+                    paths: list[Path], src: Path) -> Path:
+    """prepare's work once it holds the store's lock and knows its tokenizer `src`."""
+    tok = root / TOKENIZER
+    started = time.perf_counter()  # the speed reported is the store's, not the tokenizer training's
+    settings = Settings(str(tok), sha256_file(src), clean_config(cfg), cfg.text_field, cfg.csv_column)
+    plan = fingerprint(cfg, paths, settings, shard[1] if shard else None)
+    # A part's own fingerprint also says which part it is, so a part folder copied under another name is rebuilt.
+    fp = hashlib.sha256(f"{plan} part {shard[0]}".encode()).hexdigest() if shard else plan
+    current = _up_to_date(store, fp)
+    # The encoder takes a second to load: an up-to-date store already says what the vocabulary is.
+    encoder = None if current else Encoder(str(src))
+    vocab = current["vocab_size"] if current else encoder.vocab_size
+    if cfg.vocab_size and cfg.vocab_size != vocab:
+        raise PrepareError(f"{src} has a vocabulary of {vocab}, not --vocab-size {cfg.vocab_size}: "
+                           "retrain it with `make tokenizer` (same NAME, VOCAB=...) or drop --vocab-size")
+    if current:
+        log.info("%s is up to date (same inputs and options); nothing to do", store)
         return store
+    chunks, bad_files = _plan(paths, cfg)
+    if shard:
+        unmerge(root, store)
+    reset_store(store)
+    install_tokenizer(src, tok, settings.tokenizer_sha256)
+    plan_files = {path: i for i, path in enumerate(dict.fromkeys(c.path for c in chunks))}
+    if shard:
+        chunks = [c for pos, c in enumerate(chunks) if pos % shard[1] == shard[0]]
+    work = store / ".work"
+    work.mkdir(exist_ok=True)
+    results = [work / f"{chunk_key(c, settings.digest())}.chunk" for c in chunks]
+    asm, counts = _build(store, chunks, results, settings, encoder.vocab_size, cfg, bad_files)
+    splits, stats = asm.finish()
+    manifest = {
+        "format_version": FORMAT_VERSION, "dtype": asm.writers["train"].dtype.name,
+        "vocab_size": encoder.vocab_size, "bos_id": encoder.bos_id,
+        "tokenizer": {"path": os.path.relpath(tok, store), "sha256": settings.tokenizer_sha256},
+        "splits": splits, "sources": [{"path": p, "size": s} for p, s in asm.sources.items()],
+        "clean": asdict(settings.clean), "text_field": cfg.text_field, "csv_column": cfg.csv_column,
+        "stats": stats,
+        "split": {"rule": SPLIT_RULE, "hash": SPLIT_HASH, "val_fraction": cfg.val_fraction, "seed": cfg.seed},
+        "work_format": WORK_FORMAT, "inputs_fingerprint": fp,
+    }
+    if shard:
+        # Merge needs the parts' document hashes to count duplicates across parts (8 bytes/doc).
+        atomic_write_bytes(store / "doc_hashes.bin", asm.seen.sorted().astype("<u8").tobytes())
+        # plan_bad_files: how many of stats.bad_files (the first ones) failed at planning, before
+        # the plan was cut into parts. Every part lists them; the merge keeps one copy.
+        # source_order: each source's place among the plan's files, for the merge to list them
+        # in the order one job would.
+        manifest["part"] = {"index": shard[0], "count": shard[1], "chunk_bytes": cfg.chunk_bytes,
+                            "doc_hashes": "doc_hashes.bin", "plan_fingerprint": plan,
+                            "plan_bad_files": len(bad_files),
+                            "source_order": [plan_files[path] for path in asm.sources]}
+    write_manifest(store, manifest)
+    _prune_work(work, {p.name for p in results}, cfg.keep_work)
+    print(summary(store, manifest, asm, counts, time.perf_counter() - started))
+    return store
 
 
 def summary(store: Path, manifest: dict[str, Any], asm: Assembler, counts: dict[str, int], seconds: float) -> str:

@@ -128,13 +128,13 @@ def install_tokenizer(src: Path, dest: Path, sha256: str) -> None:
 
 
 @contextmanager
-def unused_tokenizer_removed(src: Path) -> Iterator[None]:
-    """A tokenizer trained to replace a store's (NEXT_TOKENIZER) that the run did not install is deleted
-    as the run ends: it belongs to no store."""
+def unused_tokenizer_removed(src: Path, root: Path) -> Iterator[None]:
+    """A tokenizer this run trained to replace the store's in `root` (NEXT_TOKENIZER there) and did not
+    install is deleted as the run ends: it belongs to no store. (Any other `src` is the user's.)"""
     try:
         yield
     finally:
-        if src.name == NEXT_TOKENIZER:
+        if src == root / NEXT_TOKENIZER:
             src.unlink(missing_ok=True)
 
 

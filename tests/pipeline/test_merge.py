@@ -38,11 +38,11 @@ def test_merge_refuses_a_store_or_part_that_another_job_is_writing(tmp_path, tok
     root = tmp_path / "sh" / "m"
     with exclusive_lock(root / ".lock"):  # a full build of the same store is running
         run = _merge(tmp_path / "sh", folder)
-    assert run.returncode == 1 and f"{root}: another prepare is writing this store" in run.stderr
+    assert run.returncode == 1 and f"{root}: another job (prepare, merge" in run.stderr
     assert not (root / "manifest.json").exists()
     with exclusive_lock(root / "part-1-of-2" / ".lock"):  # --shard 1/2 is being rebuilt
         run = _merge(tmp_path / "sh", folder)
-    assert run.returncode == 1 and f"{root / 'part-1-of-2'}: a --shard job is writing this part" in run.stderr
+    assert run.returncode == 1 and f"{root / 'part-1-of-2'}: another job (prepare, merge" in run.stderr
     assert not (root / "manifest.json").exists()
     assert _merge(tmp_path / "sh", folder).returncode == 0
     TokenStore(root, verify=True)

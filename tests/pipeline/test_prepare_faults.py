@@ -148,7 +148,7 @@ def test_the_store_keeps_its_tokenizer_until_a_rebuild_really_starts(tmp_path, t
     assert f"{other} has a vocabulary of 700" in capsys.readouterr().err
     with exclusive_lock(store / ".lock"):
         assert main(argv) == 1
-    assert "another prepare is writing this store" in capsys.readouterr().err
+    assert "another job (prepare, merge or make tokenizer) is using this store" in capsys.readouterr().err
     assert sha256_file(store / "tokenizer.json") == before
     TokenStore(store, verify=True)
 

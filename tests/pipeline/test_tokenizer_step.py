@@ -129,7 +129,7 @@ def test_overwrite_keeps_the_old_tokenizer_until_it_holds_the_store(tmp_path, ca
     busy = exclusive_lock(store / ".lock")  # another build of this store is running
     with busy:
         assert main(["--data", str(other.parent), "--overwrite", *common]) == 1
-    assert "another prepare is writing this store" in capsys.readouterr().err
+    assert "another job (prepare, merge or make tokenizer) is using this store" in capsys.readouterr().err
     assert sha256_file(store / "tokenizer.json") == before and _sources(store) == [str(first)]
     assert not (store / "tokenizer.next.json").exists()
     TokenStore(store, verify=True)
@@ -153,11 +153,10 @@ def test_make_tokenizer_refuses_a_store_or_part_being_built(tmp_path, capsys):
     assert tokenizer_main(common) == 0
     before = sha256_file(tmp_path / "s" / "tokenizer.json")
     (tmp_path / "s" / "part-0-of-2").mkdir()
-    for busy, says in ((tmp_path / "s", "another prepare is writing this store"),
-                       (tmp_path / "s" / "part-0-of-2", "a --shard job is writing this part")):
+    for busy in (tmp_path / "s", tmp_path / "s" / "part-0-of-2"):
         with exclusive_lock(busy / ".lock"):
             assert tokenizer_main([*common, "--overwrite", "--seed", "1"]) == 1
-        assert f"{busy}: {says}" in capsys.readouterr().err
+        assert f"{busy}: another job (prepare, merge or make tokenizer) is using this store" in capsys.readouterr().err
         assert sha256_file(tmp_path / "s" / "tokenizer.json") == before
     assert tokenizer_main([*common, "--overwrite", "--seed", "1"]) == 0
 
@@ -191,3 +190,24 @@ def test_a_store_inside_the_folder_it_reads_does_not_read_itself(tmp_path):
     manifest = (store / "manifest.json").read_bytes()
     assert main(common) == 0  # up to date: the same single input
     assert (store / "manifest.json").read_bytes() == manifest and _sources(store) == [str(data)]
+
+
+def test_a_busy_store_is_refused_before_its_tokenizer_is_trained_or_touched(tmp_path, capsys):
+    """prepare trained (or chose) its tokenizer before taking the store's lock: a run refused as busy had
+    already written tokenizer.json under the job holding it; and the scratch name of a retrained
+    tokenizer was deleted wherever it was, a user's --tokenizer of that name included."""
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(8, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet",
+              "--vocab-size", "300"]
+    (tmp_path / "s").mkdir()
+    with exclusive_lock(tmp_path / "s" / ".lock"):
+        assert main(common) == 1
+    assert "is using this store" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "tokenizer.json").exists()
+
+    mine = tmp_path / "mine" / "tokenizer.next.json"
+    assert tokenizer_main([*common, "--name", "t"]) == 0
+    mine.parent.mkdir()
+    (tmp_path / "t" / "tokenizer.json").rename(mine)
+    assert main([*common, "--tokenizer", str(mine)]) == 0
+    assert mine.is_file() and sha256_file(mine) == sha256_file(tmp_path / "s" / "tokenizer.json")
