@@ -152,16 +152,20 @@ def text_of(value: Any, key: str, repaired: bool | None, where: str, stats: Read
     return None
 
 
-# In JSON a raw CR is whitespace at most; in a line that is not JSON, a CR with more text after it
-# means the file's lines end in CR alone (classic Mac), and read by "\n" the whole file is one line.
-_CR_THEN_TEXT = re.compile(rb"\r\s*\S")
-
-
+# A line that is not JSON but whose text up to its first CR is one whole JSON value holds lines ended
+# by CR alone (classic Mac): read by "\n" the whole file is one line. (A raw CR inside a string, or
+# as whitespace in a line broken for some other reason, leaves no whole value before it.)
 def refuse_cr_line_ends(line: bytes, path: str, line_no: int) -> None:
     """Raise BadFileError if `line`, which is not JSON, holds lines ended by CR alone."""
-    if _CR_THEN_TEXT.search(line):
-        raise BadFileError(path, None, f"line {line_no} holds a carriage return followed by more text: its lines "
-                                       "end in CR alone (old Mac style?), convert them to \\n")
+    head, cr, rest = line.partition(b"\r")
+    if not cr or not rest.strip():
+        return
+    try:
+        parse_json(head)
+    except ValueError:
+        return
+    raise BadFileError(path, None, f"line {line_no} holds a carriage return followed by more text: its lines "
+                                   "end in CR alone (old Mac style?), convert them to \\n")
 
 
 # zstandard's decompressobj takes no output limit (and its stream_reader, which has one, ends without

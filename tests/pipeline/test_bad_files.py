@@ -164,6 +164,11 @@ def test_cr_only_line_ends_are_a_bad_file(tmp_path, name):
     fine.write_bytes(b'{"text":\r"a"}\r\n{bad\r\n{"text": "b"}\r\n')
     records, stats = read_all(fine)
     assert [t for t, _ in records] == ["a", "b"] and stats.bad_records == {"invalid_json": 1}
+    # One record with a raw CR in a string (invalid JSON), or CR whitespace in an otherwise broken line,
+    # is one bad record: the file was refused as CR-only.
+    fine.write_bytes(b'{"text": "a"}\n{"text": "x\ry"}\n{"a": 1,\r"b": }\n{"text": "b"}\n')
+    records, stats = read_all(fine)
+    assert [t for t, _ in records] == ["a", "b"] and stats.bad_records == {"invalid_json": 2}
 
 
 @pytest.mark.parametrize("name", ["bom.jsonl", "bom.json", "bom.csv", "bom.md"])
