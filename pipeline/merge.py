@@ -45,7 +45,7 @@ from pipeline.store import (
 
 log = logging.getLogger("pipeline")
 
-PART_NAME = re.compile(r"part-(\d+)-of-(\d+)")
+_PART = re.compile(r"part-(\d+)-of-(\d+)")
 # Keys every part must agree on, or their shards do not belong in one store.
 _SAME = ("format_version", "dtype", "vocab_size", "bos_id", "clean", "text_field", "csv_column", "split")
 
@@ -53,7 +53,7 @@ _SAME = ("format_version", "dtype", "vocab_size", "bos_id", "clean", "text_field
 def _parts(root: Path) -> list[Path]:
     found = {}
     for d in root.glob("part-*-of-*"):
-        m = PART_NAME.fullmatch(d.name)
+        m = _PART.fullmatch(d.name)
         if m and d.is_dir():
             found[int(m[1]), int(m[2])] = d
     counts = {n for _, n in found}
@@ -71,7 +71,7 @@ def _parts(root: Path) -> list[Path]:
 
 def _rerun(parts: list[Path]) -> str:
     """The --shard options that rebuild `parts`, e.g. `--shard 1/4 and --shard 3/4`."""
-    specs = [f"--shard {m[1]}/{m[2]}" for m in (PART_NAME.fullmatch(d.name) for d in parts)]
+    specs = [f"--shard {m[1]}/{m[2]}" for m in (_PART.fullmatch(d.name) for d in parts)]
     return " and ".join(specs) + " (same --data and options as the other jobs)"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -28,6 +29,9 @@ SUFFIXES = {
     ".md": "md",
 }
 _DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+# Compressions and archives we do not read: x.jsonl.bz2 is data left out, x.jsonl.gz.part.lock is not.
+_UNREAD_PACKING = {".bz2", ".xz", ".lz4", ".lzma", ".lzo", ".zip", ".7z", ".br", ".zstd", ".gzip", ".snappy",
+                   ".sz", ".z", ".zlib", ".tar", ".tgz"}
 
 
 def format_of(path: str | Path) -> str | None:
@@ -37,8 +41,31 @@ def format_of(path: str | Path) -> str | None:
 
 
 def _unsupported_data(path: Path) -> bool:
-    """A data file's name with a suffix we cannot read after it (x.jsonl.bz2, y.csv.xz)."""
-    return format_of(path) is None and any(s.lower() in _DATA_SUFFIXES for s in path.suffixes)
+    """A data file's name packed in a way we cannot read (x.jsonl.bz2, y.csv.xz); not a download's
+    side files (x.jsonl.gz.part, .sha256, .part.lock)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    return (format_of(path) is None and len(suffixes) >= 2 and suffixes[-1] in _UNREAD_PACKING
+            and suffixes[-2] in _DATA_SUFFIXES)
+
+
+def _artifact(path: Path) -> bool:
+    """A file this project writes that a search of folders may meet but is never corpus data: a token
+    store's manifest.json, a tokenizer.json (or the tokenizer.next.json a retraining writes), an
+    export's config.json. A store built inside the folder it reads would otherwise read its own files
+    back as .json input on a rerun, and one store another's."""
+    name = path.name.lower()
+    if name == "config.json":
+        return path.with_name("model.safetensors").is_file()
+    if name in ("tokenizer.json", "tokenizer.next.json"):
+        with open(path, "rb") as f:
+            return b'"added_tokens"' in f.read(4096)  # the HF tokenizers format, near its top
+    if name == "manifest.json":
+        try:
+            manifest = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return False
+        return isinstance(manifest, dict) and {"format_version", "splits"} <= manifest.keys()
+    return False
 
 
 def _files_under(folder: Path, unsupported: list[Path]) -> list[Path]:
@@ -46,7 +73,8 @@ def _files_under(folder: Path, unsupported: list[Path]) -> list[Path]:
     link back up the tree ends); names that look like data in a format we cannot read go to `unsupported`.
 
     Hidden entries (.git, .ipynb_checkpoints) are never corpus data; nor is a Markdown file found by
-    searching a folder (a README.md beside the shards): plays are read only when named or globbed.
+    searching a folder (a README.md beside the shards): plays are read only when named or globbed; nor
+    are the stores', tokenizers' and exports' own files (`_artifact`).
     """
     found, walked = [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
@@ -62,7 +90,7 @@ def _files_under(folder: Path, unsupported: list[Path]) -> list[Path]:
                 continue
             if _unsupported_data(path):
                 unsupported.append(path)
-            elif format_of(name) and path.is_file():  # not a broken link or a FIFO
+            elif format_of(name) and path.is_file() and not _artifact(path):  # is_file: not a broken link or a FIFO
                 found.append(path)
     return found
 
@@ -89,7 +117,7 @@ def expand_paths(specs: Iterable[str | Path]) -> list[Path]:
             for hit in map(Path, glob.glob(spec, recursive=True)):
                 if hit.is_dir():
                     matches += _files_under(hit, unsupported)
-                elif format_of(hit):
+                elif format_of(hit) and not _artifact(hit):
                     matches.append(hit)
                 elif _unsupported_data(hit):
                     unsupported.append(hit)

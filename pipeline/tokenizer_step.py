@@ -17,9 +17,8 @@ from pipeline.assemble import PrepareError, store_and_parts_locked
 from pipeline.config import PrepareConfig, check, clean_config, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
-from pipeline.merge import PART_NAME
 from pipeline.sources import BadFileError, expand_paths, resolve_source
-from pipeline.store import MANIFEST, StoreError, atomic_write_bytes, read_manifest, sha256_file
+from pipeline.store import StoreError, atomic_write_bytes, read_manifest, sha256_file
 from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
 
 log = logging.getLogger("pipeline")
@@ -31,18 +30,9 @@ build that may hold the store's lock, until this run holds it (`install_tokenize
 
 
 def input_paths(cfg: PrepareConfig) -> list[Path]:
-    if not cfg.data:
-        return resolve_source(cfg.source or "shakespeare", cfg.out)
-    store = (Path(cfg.out) / resolve_name(cfg)).resolve()
-    return [p for p in expand_paths(cfg.data) if not _own_file(store, p.resolve())]
-
-
-def _own_file(store: Path, path: Path) -> bool:
-    """A store built inside the folder it reads (the default --name lands on the corpus folder when
-    --out is its parent) must not read its own tokenizer and manifests back as .json input."""
-    folder = path.parent
-    return path.name in (TOKENIZER, NEXT_TOKENIZER, MANIFEST) and (
-        folder == store or (folder.parent == store and PART_NAME.fullmatch(folder.name) is not None))
+    if cfg.data:
+        return expand_paths(cfg.data)
+    return resolve_source(cfg.source or "shakespeare", cfg.out)
 
 
 def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None, file: str = TOKENIZER) -> Path:

@@ -1,6 +1,7 @@
 """Which files a --data spec stands for: folders, globs, links, and what is left out."""
 
 import gzip
+import json
 import logging
 
 import pytest
@@ -78,3 +79,32 @@ def test_data_in_an_unsupported_compression_is_reported(tmp_path, write_texts, c
     assert messages[0].startswith("3 file(s) left out: they look like data but are not in a format read here (")
     left_out = [str(tmp_path / "d" / n) for n in ["b.jsonl.bz2", "c.JSONL.xz", "sub/d.parquet.lz4"]]
     assert messages[0].endswith("): " + ", ".join(left_out))
+
+
+def test_stores_tokenizers_and_exports_met_in_a_folder_are_not_data(tmp_path, caplog):
+    """A store built inside the folder it reads (or beside another store there) read the stores'
+    manifest.json and tokenizer.json back as .json input; a downloads folder warned about its
+    x.jsonl.gz.part.lock and .sha256 side files as data in an unread format."""
+    corpus = tmp_path / "corpus"
+    (corpus / "store" / "part-0-of-2").mkdir(parents=True)
+    (corpus / "export").mkdir()
+    (corpus / "a.jsonl").write_text('{"text": "a"}\n')
+    (corpus / "store" / "manifest.json").write_text(json.dumps({"format_version": 1, "splits": {}}, indent=2))
+    (corpus / "store" / "part-0-of-2" / "manifest.json").write_text(json.dumps({"splits": {}, "format_version": 1}))
+    (corpus / "store" / "tokenizer.json").write_text('{\n  "version": "1.0",\n  "added_tokens": []\n}')
+    (corpus / "store" / "tokenizer.next.json").write_text('{"version": "1.0", "added_tokens": []}')
+    (corpus / "export" / "model.safetensors").write_bytes(b"")
+    (corpus / "export" / "config.json").write_text('{"n_layer": 2}')
+    kept = [corpus / "data" / "manifest.json", corpus / "data" / "config.json", corpus / "data" / "tokenizer.json"]
+    kept[0].parent.mkdir()
+    for path in kept:  # the same names holding records are data
+        path.write_text('{"text": "b"}\n')
+    for side in ("b.jsonl.gz.part", "b.jsonl.gz.part.lock", "b.jsonl.gz.sha256", "b.jsonl.gz.part.validator"):
+        (corpus / side).write_bytes(b"")
+    (corpus / "c.jsonl.bz2").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        got = expand_paths([corpus])
+    assert got == sorted([corpus / "a.jsonl", *kept])
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "1 file(s) left out" in warned[0] and "c.jsonl.bz2" in warned[0]
+    assert expand_paths([f"{corpus}/**"]) == got
