@@ -218,14 +218,21 @@ def _check_manifest(path: Path, m: Any) -> np.dtype:
     return dtype
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced (a new inode) or rewritten in place (size, mtime)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class TokenStore:
     """Read-only view of a finished store: validated manifest, shard memmaps and document index.
 
-    Every shard and index file is memory-mapped as it is validated, and the maps are kept: a rebuild
-    of the store replaces or deletes its files, and the open maps go on reading the ones that were
-    checked, never new files under the old manifest. Pickled (for a DataLoader worker), a store
-    carries its path and reopens, refusing a store rebuilt in between: a pickled memmap would carry
-    the whole file."""
+    Each shard and index file is checked as the store opens and its identity (device, inode, size,
+    mtime) kept; a split's files are mapped (or, for an index, read) when it is first asked for, and
+    only if they are still the files that were checked: a rebuild replaces them, and new files under
+    the old manifest would be read silently. Maps are made lazily because each holds a file
+    descriptor: a store of hundreds of shards (or a merge of hundreds of parts) mapped whole at open
+    ran out of them. Pickled (for a DataLoader worker), a store carries its path and reopens,
+    refusing a store rebuilt in between: a pickled memmap would carry the whole file."""
 
     def __init__(self, root: str | Path, verify: bool = False):
         self.root = Path(root)
@@ -238,11 +245,12 @@ class TokenStore:
         except json.JSONDecodeError as err:
             raise StoreError(f"{path}: invalid JSON: {err}") from None
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
+        self._checked: dict[Path, tuple[int, ...]] = {}
         self._memmaps: dict[str, list[np.memmap]] = {}
-        self._index: dict[str, list[np.memmap]] = {}
+        self._index: dict[str, list[np.ndarray]] = {}
         self._validate(verify)
         # A rebuild begins by deleting the manifest and ends by writing its own: the same bytes now
-        # mean the maps are of the files this manifest describes.
+        # mean the files checked are the ones this manifest describes.
         try:
             unchanged = path.read_bytes() == raw
         except FileNotFoundError:
@@ -263,14 +271,10 @@ class TokenStore:
         m = self.manifest
         self.dtype = _check_manifest(self.root / MANIFEST, m)
         for split in SPLITS:
-            self._memmaps[split], self._index[split] = [], []
             for shard in m["splits"][split]["shards"]:
-                tokens = self._map(shard["file"], shard["size"], shard["sha256"] if verify else None, self.dtype)
-                starts = self._map(shard["index"], shard["documents"] * INDEX_DTYPE.itemsize,
-                                   shard.get("index_sha256") if verify else None, INDEX_DTYPE)
-                if shard["tokens"]:
-                    self._memmaps[split].append(tokens)
-                    self._index[split].append(starts)
+                self._check(shard["file"], shard["size"], shard["sha256"] if verify else None)
+                self._check(shard["index"], shard["documents"] * INDEX_DTYPE.itemsize,
+                            shard.get("index_sha256") if verify else None)
         # Always, not only with verify (it is ~1 MB): a tokenizer retrained in place would otherwise
         # leave a store that opens fine while its ids mean other tokens than the file beside it says.
         tok = self.tokenizer_path
@@ -278,23 +282,36 @@ class TokenStore:
             raise StoreError(f"{tok}: not the tokenizer this store was encoded with (sha256 differs from the "
                              "manifest's); rerun `make prepare` to re-encode the store with it, or restore the old one")
 
-    def _map(self, name: str, size: int, sha256: str | None, dtype: np.dtype) -> np.memmap | None:
-        """The file mapped read-only (None if empty) once it has the manifest's size, and sha256 when
-        given: checked and mapped through one open file, so the map is of the file that was checked."""
+    def _check(self, name: str, size: int, sha256: str | None) -> None:
+        """The file has the manifest's size (and sha256 when given); its identity is kept for `_open`."""
+        with self._open(name, None) as f:
+            st = os.fstat(f.fileno())
+            if st.st_size != size:
+                raise StoreError(f"{f.name}: {st.st_size} bytes, manifest says {size}")
+            if sha256 and _sha256_of(f) != sha256:
+                raise StoreError(f"{f.name}: sha256 differs from the manifest's (corrupt shard)")
+            self._checked[Path(f.name)] = _identity(st)
+
+    def _open(self, name: str, expect: tuple[int, ...] | None) -> BinaryIO:
+        """The file opened for reading, and, with `expect`, still the file `_check` saw."""
         path = self.shard_path(name)
         try:
             f = open(path, "rb")
         except FileNotFoundError:
             raise StoreError(f"{path}: listed in the manifest but missing") from None
-        except OSError as err:  # a directory, no permission
+        except OSError as err:  # a directory, no permission, too many open files
             raise StoreError(f"{path}: listed in the manifest but unreadable ({err.strerror})") from None
-        with f:
-            have = os.fstat(f.fileno()).st_size
-            if have != size:
-                raise StoreError(f"{path}: {have} bytes, manifest says {size}")
-            if sha256 and _sha256_of(f) != sha256:
-                raise StoreError(f"{path}: sha256 differs from the manifest's (corrupt shard)")
-            return np.memmap(f, dtype=dtype, mode="r", shape=(size // dtype.itemsize,)) if size else None
+        if expect is not None and _identity(os.fstat(f.fileno())) != expect:
+            f.close()
+            raise StoreError(f"{self.root}: rebuilt since it was opened (a new {path.name}); open it again")
+        return f
+
+    def _split_files(self, split: str) -> Iterator[tuple[dict[str, Any], BinaryIO, BinaryIO]]:
+        for shard in self.manifest["splits"][split]["shards"]:
+            if shard["tokens"]:
+                files = [self._open(shard[k], self._checked[self.shard_path(shard[k])]) for k in ("file", "index")]
+                with files[0], files[1]:
+                    yield shard, files[0], files[1]
 
     def shard_path(self, name: str) -> Path:
         """Shard names are relative to the store (a merged store may point into part folders)."""
@@ -325,11 +342,21 @@ class TokenStore:
         return info.get("text_bytes", 0) / max(info["tokens"], 1)
 
     def shards(self, split: str) -> list[np.memmap]:
-        """One read-only memmap per non-empty shard (the sampler indexes them directly)."""
+        """One read-only memmap per non-empty shard (the sampler indexes them directly), made on the
+        first call. Each holds a file descriptor while it lives."""
+        if split not in self._memmaps:
+            try:
+                self._memmaps[split] = [np.memmap(tokens, dtype=self.dtype, mode="r", shape=(shard["tokens"],))
+                                        for shard, tokens, _ in self._split_files(split)]
+            except OSError as err:  # EMFILE: a map dups its file's descriptor
+                raise StoreError(f"{self.root}: cannot map the {split} shards ({err.strerror}); with many "
+                                 "shards, raise the open-files limit (ulimit -n)") from None
         return self._memmaps[split]
 
-    def doc_index(self, split: str) -> list[np.memmap]:
-        """Per non-empty shard, the int64 start offset of each document's [BOS] (read-only)."""
+    def doc_index(self, split: str) -> list[np.ndarray]:
+        """Per non-empty shard, the int64 start offset of each document's [BOS], read on the first call."""
+        if split not in self._index:
+            self._index[split] = [np.fromfile(index, dtype=INDEX_DTYPE) for _, _, index in self._split_files(split)]
         return self._index[split]
 
     def documents(self, split: str) -> Iterator[np.ndarray]:
@@ -341,7 +368,7 @@ class TokenStore:
 
 
 def write_store(root: str | Path, docs: dict[str, list[np.ndarray]], vocab_size: int, bos_id: int = 5,
-                tokenizer_path: str | Path | None = None, **extra: Any) -> TokenStore:
+                tokenizer_path: str | Path | None = None, shard_tokens: int = 1 << 28, **extra: Any) -> TokenStore:
     """Build a complete store from in-memory documents (ids WITHOUT [BOS]; it is prepended here).
 
     For small synthetic stores (tests, the GPU check); `make prepare` streams through ShardWriter instead.
@@ -352,7 +379,7 @@ def write_store(root: str | Path, docs: dict[str, list[np.ndarray]], vocab_size:
     splits = {}
     for split in SPLITS:
         parts = [np.concatenate(([bos_id], d)).astype(np.int64) for d in docs.get(split, [])]
-        writer = ShardWriter(root, split, dtype, vocab_size)
+        writer = ShardWriter(root, split, dtype, vocab_size, shard_tokens)
         if parts:
             writer.add(np.concatenate(parts), np.array([len(p) for p in parts], dtype=np.int64))
         shards = writer.close()

@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 
 import numpy as np
@@ -92,16 +93,22 @@ def test_a_tokenizer_changed_after_the_build_is_caught_on_every_open(tmp_path):
         TokenStore(tmp_path)
 
 
-def test_an_open_store_reads_what_it_validated_after_a_rebuild(tmp_path):
-    """Files were opened lazily (and the index reread on every call): a rebuild between validation and
-    use paired the new files with the old manifest, silently."""
+def test_an_open_store_never_reads_files_of_a_rebuild_under_its_manifest(tmp_path):
+    """Files were opened lazily (and the index reread on every call) with nothing checked: a rebuild
+    between validation and use paired the new files with the old manifest, silently. Now a split
+    mapped before the rebuild goes on reading the old files, and one first asked for after it is
+    refused. (Mapping every file at open instead ran out of file descriptors with many shards.)"""
     old = [np.full(5, 7)] * 4
     write_store(tmp_path, {"train": old, "val": [np.full(3, 9)]}, vocab_size=100)
     store = TokenStore(tmp_path, verify=True)
+    store.shards("train"), store.doc_index("train")
     blob = pickle.dumps(store)
-    write_store(tmp_path, {"train": [np.full(2, 8)] * 20, "val": [np.full(3, 9)]}, vocab_size=100)
+    write_store(tmp_path, {"train": [np.full(2, 8)] * 20, "val": [np.full(3, 7)]}, vocab_size=100)
     assert [d[1:].tolist() for d in store.documents("train")] == [d.tolist() for d in old]
     assert [len(i) for i in store.doc_index("train")] == [4]
+    for read in (store.shards, store.doc_index):
+        with pytest.raises(StoreError, match="rebuilt since it was opened"):
+            read("val")
     assert len(blob) < 2000  # a path, not the token data
     with pytest.raises(StoreError, match="rebuilt since this store was opened"):
         pickle.loads(blob)
@@ -109,18 +116,32 @@ def test_an_open_store_reads_what_it_validated_after_a_rebuild(tmp_path):
 
 
 def test_a_rebuild_while_the_store_is_being_opened_is_refused(tmp_path, monkeypatch):
-    """Files replaced by ones of the same sizes between reading the manifest and mapping them opened fine."""
+    """Files replaced by ones of the same sizes between reading the manifest and checking them opened fine."""
     write_store(tmp_path, {"train": [np.full(5, 7)] * 4, "val": [np.full(3, 9)]}, vocab_size=100)
-    real, rebuilds = TokenStore._map, [{"train": [np.full(5, 8)] * 4, "val": [np.full(3, 9)]}]
+    real, rebuilds = TokenStore._check, [{"train": [np.full(5, 8)] * 4, "val": [np.full(3, 9)]}]
 
     def rebuilt_meanwhile(self, *args):
-        if rebuilds:  # once, before the first file is mapped
+        if rebuilds:  # once, before the first file is checked
             write_store(tmp_path, rebuilds.pop(), vocab_size=100)
         return real(self, *args)
 
-    monkeypatch.setattr(TokenStore, "_map", rebuilt_meanwhile)
+    monkeypatch.setattr(TokenStore, "_check", rebuilt_meanwhile)
     with pytest.raises(StoreError, match="rebuilt while being opened"):
         TokenStore(tmp_path)
+
+
+def test_opening_a_store_of_many_shards_holds_no_file_descriptors(tmp_path):
+    """Every shard and index was mapped at open, each map holding a descriptor: a store of ~500 shards,
+    or a merge of a few hundred parts, failed with 'Too many open files'."""
+    write_store(tmp_path, {"train": [np.full(5, 7)] * 300, "val": [np.full(3, 9)] * 3}, vocab_size=100,
+                shard_tokens=6)
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    stores = [TokenStore(tmp_path) for _ in range(4)]
+    assert fds() == before
+    stores[0].doc_index("train")
+    assert fds() == before
+    assert len(stores[0].shards("train")) == 300 and fds() == before + 300  # one per map, for the split asked for
 
 
 def _shard(m):
