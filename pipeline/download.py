@@ -65,7 +65,22 @@ class DownloadError(Exception):
 
 class _Incomplete(Exception):
     """An attempt worth repeating (a dropped connection, a rate limit, a server error); `.part` is kept
-    and the next attempt resumes from it."""
+    and the next attempt resumes from it, after at least `wait` seconds when the server asked for them."""
+
+    def __init__(self, message: str, wait: float = 0.0):
+        super().__init__(message)
+        self.wait = wait
+
+
+# The longest Retry-After honoured: a server asking for more is out of service, and the run should say
+# so after its retries rather than sleep for an hour.
+MAX_RETRY_AFTER_S = 120
+
+
+def _retry_after(err: urllib.error.HTTPError) -> float:
+    """The seconds a 429 or 503 asks the client to wait (Retry-After in seconds; an HTTP date is ignored)."""
+    value = (err.headers.get("Retry-After") or "").strip() if err.headers else ""
+    return min(float(value), MAX_RETRY_AFTER_S) if value.isdigit() else 0.0
 
 
 def _part(dest: Path) -> Path:
@@ -177,7 +192,7 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
             _discard(part)
             raise _Incomplete("stale partial download discarded") from None
         if err.code == 429 or err.code >= 500:  # rate limited or server trouble: passes, unlike a 404 or 403
-            raise _Incomplete(f"HTTP {err.code} {err.reason}") from None
+            raise _Incomplete(f"HTTP {err.code} {err.reason}", _retry_after(err)) from None
         raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
     with resp:
         kept = f"; {part} kept, run again to resume" if offset else ""
@@ -313,7 +328,7 @@ def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: 
                 kept = f"partial file kept at {part}; " if part.exists() else ""
                 raise DownloadError(f"{url}: {err} ({kept}run again to resume)") from None
             log.warning("%s: %s; retrying", url, err)
-            time.sleep(min(2**attempt, 30))
+            time.sleep(max(min(2**attempt, 30), getattr(err, "wait", 0.0)))
     digest = _verify(part, size, sha256, url)
     atomic_write_bytes(f"{dest}.sha256", f"{digest}  {dest.name}\n".encode())  # never a cut-short digest
     # On disk before it has the final name: after a power cut `dest` must never be empty or partial

@@ -23,7 +23,7 @@ class _Handler(BaseHTTPRequestHandler):
     server.etag / server.last_modified are sent when set and honoured in If-Range unless
     server.ignore_if_range; server.html replaces every body with an HTML page (a rate-limit page);
     server.gate (an Event) holds the first response halfway until it is set; server.fail_first lists
-    error statuses to answer the first requests with.
+    (error status, Retry-After value if any) to answer the first requests with.
     """
 
     def do_GET(self):
@@ -35,7 +35,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         if srv.fail_first:
-            self.send_error(srv.fail_first.pop(0))
+            code, *retry_after = srv.fail_first.pop(0)
+            self.send_response(code)
+            for value in retry_after:
+                self.send_header("Retry-After", value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if srv.html is not None:
             self.send_response(200)
@@ -173,10 +178,14 @@ def test_rate_limit_and_server_errors_are_retried_with_backoff(server, tmp_path,
     """A 429 or a 503 (Hugging Face under load) failed the whole `make prepare` at once."""
     pauses = []
     monkeypatch.setattr(dl.time, "sleep", pauses.append)
-    server.fail_first = [429, 503]
+    server.fail_first = [(429,), (503,)]
     download(server.url + "f.bin", tmp_path / "f.bin", sha256=sha(PAYLOAD))
     assert (tmp_path / "f.bin").read_bytes() == PAYLOAD and len(server.requests) == 3 and pauses == [1, 2]
-    server.fail_first = [502] * 3
+    # A Retry-After in seconds is waited for (up to a cap) when longer than the backoff; a date is not read.
+    server.fail_first, pauses[:] = [(429, "7"), (503, "9999"), (429, "Wed, 21 Oct 2026 07:28:00 GMT")], []
+    download(server.url + "f.bin", tmp_path / "h.bin", retries=3)
+    assert pauses == [7, dl.MAX_RETRY_AFTER_S, 4]
+    server.fail_first = [(502,)] * 3
     with pytest.raises(DownloadError, match="HTTP 502") as err:
         download(server.url + "f.bin", tmp_path / "g.bin", retries=2)
     assert str(err.value).count(server.url) == 1 and "partial file kept" not in str(err.value)  # there is none
