@@ -11,6 +11,9 @@ stopped it and without leftover processes, whether a worker dies (an OOM kill), 
   finished ones are on disk). Waiting for them instead, or cancelling futures while the executor's
   manager thread is marking them broken, can leave that thread dead or the workers waiting for it
   forever (CPython 3.11's executor), and a Ctrl-C during its shutdown join has the same effect.
+* Workers end themselves when the parent is gone (a `kill -9`, which no handler sees): each watches
+  a pipe whose only writing end the parent holds, and exits at its EOF. Without that they waited
+  forever for work, holding memory, since each also holds the writing end of its own task queue.
 * Workers ignore SIGINT from birth (the forkserver is started with SIGINT ignored, and the pool's
   initializer ignores it again), so a terminal's Ctrl-C reaches the parent alone instead of
   printing a traceback per worker. The forkserver is one per process: children that the same
@@ -22,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 
 from pipeline.assemble import PrepareError
 from pipeline.chunks import ChunkDone, Settings, init_worker, run_chunk
@@ -40,9 +45,12 @@ def chunk_results(todo: list[tuple[int, Chunk, str]], settings: Settings, worker
         yield from map(run_chunk, todo)
         return
     pool, n_workers = None, min(workers, len(todo))
+    context = _context()
+    alive_r, alive_w = context.Pipe(duplex=False)
     try:
         with _sigint_deferred():  # the first submits start the workers and the executor's thread
-            pool = ProcessPoolExecutor(n_workers, mp_context=_context(), initializer=init_worker, initargs=(settings,))
+            pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_init_worker,
+                                       initargs=(settings, alive_r))
             futures = [pool.submit(run_chunk, job) for job in todo[:n_workers]]
         futures += [pool.submit(run_chunk, job) for job in todo[n_workers:]]
         for n_done, future in enumerate(as_completed(futures)):
@@ -59,6 +67,20 @@ def chunk_results(todo: list[tuple[int, Chunk, str]], settings: Settings, worker
         if pool is not None:
             with _sigint_deferred():
                 pool.shutdown(wait=True)
+        alive_r.close()
+        alive_w.close()
+
+
+def _init_worker(settings: Settings, alive: Connection) -> None:
+    """The pool's initializer: exit when the parent is gone (see the module docstring), then load."""
+
+    def exit_when_parent_is_gone() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            alive.recv()  # nothing is ever sent: this returns only at EOF, when the parent's end closes
+        os._exit(1)
+
+    threading.Thread(target=exit_when_parent_is_gone, daemon=True).start()
+    init_worker(settings)
 
 
 @contextlib.contextmanager

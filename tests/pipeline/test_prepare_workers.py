@@ -134,6 +134,42 @@ def test_ctrl_c_twice_while_workers_hold_long_chunks_stops_at_once(tmp_path, cor
         time.sleep(0.1)
 
 
+
+def _group(leader: int) -> list[int]:
+    """Every live process of the session `leader` started (itself included), zombies left out."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else None
+        except OSError:
+            continue
+        if fields and int(fields[2]) == leader and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def test_kill_9_of_prepare_leaves_no_process_behind(tmp_path, corpus):
+    """A kill -9 reaches no handler: the workers (and the forkserver) lived on, idle, holding ~100 MB
+    each, since each worker holds the writing end of its own task queue and so never saw it close."""
+    data, tokenizer, _ = corpus
+    (tmp_path / "gz").mkdir()
+    for k in range(2):  # one long chunk per worker
+        (tmp_path / "gz" / f"g{k}.jsonl.gz").write_bytes(gzip.compress((data / f"s{k}.jsonl").read_bytes() * 4))
+    proc = subprocess.Popen(_command(tmp_path / "gz", tokenizer, tmp_path), cwd=ROOT, start_new_session=True,
+                            stderr=subprocess.DEVNULL)
+    work, deadline = tmp_path / "k" / ".work", time.monotonic() + 60
+    while len(list(work.glob("*.tmp*"))) < 2:  # both workers are busy
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while left := _group(proc.pid):
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"processes left 15 s after kill -9 of prepare: {left}")
+        time.sleep(0.1)
+
 def test_a_tokenizer_that_changed_under_the_workers_is_an_error_not_a_hang(tmp_path, corpus):
     data, tokenizer, _ = corpus
     chunks = plan_chunks([data / "s0.jsonl"], 65536)[:3]
