@@ -8,6 +8,7 @@ the tokenizer; rerunning the same command continues from the newest complete che
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, ResumeRefused, TrainingAborted, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # one line for the run, not one per rank
+            print(f"interrupted: rerun the same command to continue from the newest checkpoint in {cfg.out_dir}",
+                  file=sys.stderr)
+        return 130
     return 0
 
 

@@ -34,6 +34,22 @@ def run_train(store, out_dir, extra=()):
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def test_ctrl_c_is_one_line_and_the_rerun_continues(tmp_path):
+    """Ctrl-C printed a KeyboardInterrupt traceback from deep in the prefetch thread's queue, exit 1."""
+    store = tmp_path / "store"
+    make_store(store, docs=20, doc_len=100)
+    run = run_train(store, tmp_path / "run")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").exists() or not losses(tmp_path / "run"):
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=60)
+    assert run.returncode == 130 and "Traceback" not in out
+    assert out.rstrip().splitlines()[-1] == ("interrupted: rerun the same command to continue from the newest "
+                                             f"checkpoint in {tmp_path / 'run'}")
+
+
 def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
 
