@@ -117,10 +117,12 @@ def expand_paths(specs: Iterable[str | Path]) -> list[Path]:
             for hit in map(Path, glob.glob(spec, recursive=True)):
                 if hit.is_dir():
                     matches += _files_under(hit, unsupported)
-                elif format_of(hit) and not _artifact(hit):
+                elif format_of(hit) and hit.is_file() and not _artifact(hit):  # is_file: not a broken link
                     matches.append(hit)
                 elif _unsupported_data(hit):
                     unsupported.append(hit)
+        if not matches and not path.exists() and not any(c in spec for c in "*?["):  # a plain path, not a pattern
+            raise BadFileError(spec, None, "a link to nothing" if path.is_symlink() else "no such file or folder")
         if not matches:
             raise BadFileError(spec, None, f"matches no readable data file ({', '.join(SUFFIXES)})")
         for match in map(os.path.abspath, matches):

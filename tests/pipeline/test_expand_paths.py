@@ -33,6 +33,15 @@ def test_expand_paths_errors_name_the_spec(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(BadFileError, match="notes.txt: unsupported file type"):
         expand_paths([tmp_path / "notes.txt"])
+    # A plain path says what is wrong with it (it said "matches no readable data file", or a link to
+    # nothing got through to fail later as a bare "[Errno 2]").
+    with pytest.raises(BadFileError, match="typo.jsonl: no such file or folder"):
+        expand_paths([tmp_path / "typo.jsonl"])
+    (tmp_path / "broken.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    with pytest.raises(BadFileError, match="broken.jsonl: a link to nothing"):
+        expand_paths([tmp_path / "broken.jsonl"])
+    with pytest.raises(BadFileError, match=r"broken\*.jsonl: matches no readable data file"):
+        expand_paths([str(tmp_path / "broken*.jsonl")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadFileError, match="empty: matches no"):
         expand_paths([tmp_path / "empty"])
