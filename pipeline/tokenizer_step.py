@@ -99,7 +99,8 @@ def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded:
     if sharded and (foreign or not dest.is_file()):
         # n jobs of an array would each train one, racing on the file: train it once up front.
         why = "the tokenizer of the corpus being replaced" if foreign else "missing"
-        raise PrepareError(f"{dest} is {why}: run `make tokenizer` (same DATA/NAME, ARGS=--overwrite) "
+        how = "same DATA/NAME, ARGS=--overwrite" if foreign else "same DATA/NAME"
+        raise PrepareError(f"{dest} is {why}: run `make tokenizer` ({how}) "
                            "before the --shard jobs")
     if foreign:
         return train_store_tokenizer(cfg, paths, NEXT_TOKENIZER)
@@ -181,10 +182,19 @@ def _retrain_unlocked(cfg: PrepareConfig, root: Path) -> None:
     tok = root / TOKENIZER
     users = _stores_using(root, tok) if tok.is_file() and not cfg.overwrite else []
     if users:
-        many = len(users) > 1
-        them = "them" if many else "it"
-        raise PrepareError(f"{tok} is the tokenizer of the store{'s' * many} in {', '.join(map(str, users))}: "
-                           f"a new one would leave {them} unusable until `make prepare` rebuilds {them}. Pass "
-                           "--overwrite to retrain it anyway, or give another --name (make: NAME=...)")
+        # Trained beside it first: training is deterministic, so the same inputs and options (make
+        # tokenizer after make prepare, say) give the same file, which leaves every store as it was.
+        new = train_store_tokenizer(cfg, file=NEXT_TOKENIZER)
+        same = sha256_file(new) == sha256_file(tok)
+        new.unlink()
+        if not same:
+            many = len(users) > 1
+            them = "them" if many else "it"
+            raise PrepareError(f"{tok} is the tokenizer of the store{'s' * many} in {', '.join(map(str, users))}, "
+                               f"and these inputs and options train another: it would leave {them} unusable until "
+                               f"`make prepare` rebuilds {them}. Pass --overwrite to replace it anyway, or give "
+                               "another --name (make: NAME=...)")
+        print(f"{tok}: up to date (retraining gives the same tokenizer)")
+        return
     path = train_store_tokenizer(cfg)
     print(f"{path}: vocabulary {Encoder(str(path)).vocab_size:,}, sha256 {sha256_file(path)}")

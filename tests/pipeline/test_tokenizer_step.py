@@ -54,6 +54,10 @@ def test_make_tokenizer_keeps_the_tokenizer_a_store_uses_unless_overwrite(tmp_pa
     assert "is the tokenizer of the store in" in capsys.readouterr().err
     assert sha256_file(store / "tokenizer.json") == before
     TokenStore(store, verify=True)
+    # The same inputs and options train the same file: nothing to refuse (make tokenizer after make prepare).
+    assert tokenizer_main([*common, "--vocab-size", "300"]) == 0
+    assert "up to date" in capsys.readouterr().out and sha256_file(store / "tokenizer.json") == before
+    assert not (store / "tokenizer.next.json").exists()
 
     assert tokenizer_main([*common, "--vocab-size", "320", "--overwrite"]) == 0
     assert sha256_file(store / "tokenizer.json") != before
