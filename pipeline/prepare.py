@@ -51,6 +51,7 @@ from pipeline.store import (
     StoreError,
     TokenStore,
     atomic_write_bytes,
+    read_manifest,
     sha256_file,
     write_manifest,
 )
@@ -236,6 +237,9 @@ def _prepare_locked(cfg: PrepareConfig, root: Path, store: Path, shard: tuple[in
     if current:
         log.info("%s is up to date (same inputs and options); nothing to do", store)
         return store
+    if read_manifest(store) is not None:
+        log.warning("%s: replacing the store built there earlier (its inputs or options changed); a training run "
+                    "on it cannot resume on the new one (give other settings their own --name to keep both)", store)
     chunks, bad_files = _plan(paths, cfg)
     if shard:
         unmerge(root, store)

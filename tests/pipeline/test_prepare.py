@@ -297,3 +297,18 @@ def test_tokenizer_trained_from_a_custom_csv_column(tmp_path):
     encoder = Encoder(store.tokenizer_path)
     kept = {encoder.decode(d[1:].tolist()) for split in ("train", "val") for d in store.documents(split)}
     assert kept == set(texts)
+
+
+def test_replacing_a_finished_store_is_said(tmp_path, tokenizer, caplog):
+    """A rebuild under other options silently replaced the store a run was trained on (whose checkpoints
+    then refuse to resume on it): the README's own example did that to the default store."""
+    folder = tmp_path / "c"
+    write_jsonl(folder / "a.jsonl", sentences(9, 50))
+    opts = {"data": [str(folder)], "name": "d", **MINIMAL}
+    with caplog.at_level("WARNING", logger="pipeline"):
+        build(tmp_path / "out", tokenizer, **opts)
+        build(tmp_path / "out", tokenizer, **opts)  # up to date: nothing replaced
+        assert not caplog.records
+        build(tmp_path / "out", tokenizer, val_fraction=0.5, **opts)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(tmp_path / "out" / "d")]
+    assert "replacing the store built there earlier" in caplog.records[0].getMessage()
