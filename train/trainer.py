@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import inspect
 import random
 import shutil
 import time
@@ -62,6 +63,13 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# No buffer broadcast each forward (the model's buffers, RoPE tables, are the same on every rank).
+# torch 2.13 renamed the option and warns, once per rank, at the old name; the 2.11 of the GPU
+# machines knows only the old one. (The new one still syncs buffers once at start: harmless here.)
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                   else {"broadcast_buffers": False})
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist: D.DistInfo, log: Callable[[str], None] = print):
         cfg.validate()
@@ -101,7 +109,7 @@ class Trainer:
         self.epoch = self.prefetcher.epoch
         # Compile first, then wrap: DDP's hooks stay eager, so no_sync needs no recompiles.
         self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                       broadcast_buffers=False) if dist.distributed else None
+                       **_NO_BUFFER_SYNC) if dist.distributed else None
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if dist.is_main else None
