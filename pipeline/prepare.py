@@ -292,11 +292,14 @@ def summary(store: Path, manifest: dict[str, Any], asm: Assembler, counts: dict[
                      f"{asm.read.invalid_utf8:,}")
     lines += [f"bad file skipped: {b['path']}: {b['error']}" for b in asm.bad_files]
     if not any(info["documents"] for info in manifest["splits"].values()):
-        lines.append("warning: the store is empty: no document was kept (the table above says which rules "
-                     "dropped them; --clean-preset minimal keeps all but empty ones)")
+        why = ("the table above says which rules dropped them; --clean-preset minimal keeps all but empty ones"
+               if asm.clean.documents_in else "no record held a usable text: see the bad records and files above")
+        lines.append(f"warning: the store is empty: no document was kept ({why})")
     mb, reused = counts["bytes"] / 1e6, counts["chunks"] - counts["tokenized"]
-    lines.append(f"{mb:,.1f} MB of input in {seconds:.1f} s ({mb / max(seconds, 1e-9):.1f} MB/s), "
-                 f"{counts['chunks']} chunks" + (f" ({reused} finished by an earlier run)" if reused else ""))
+    done = counts["bytes_tokenized"] / 1e6  # the rate of this run's own work, not of chunks found finished
+    rate = f"{done / max(seconds, 1e-9):.1f} MB/s"
+    tail = f"{reused} finished by an earlier run; {done:,.1f} MB tokenized now at {rate}" if reused else rate
+    lines.append(f"{mb:,.1f} MB of input in {seconds:.1f} s, {counts['chunks']} chunks ({tail})")
     return "\n".join(lines)
 
 

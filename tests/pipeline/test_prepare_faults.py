@@ -160,4 +160,22 @@ def test_the_store_keeps_its_tokenizer_until_a_rebuild_really_starts(tmp_path, t
 def test_a_store_where_cleaning_kept_nothing_says_so(tmp_path, tokenizer, capsys):
     data = write_jsonl(tmp_path / "short.jsonl", ["too short", "also short"])  # the web rules drop both
     assert main(["--data", str(data), "--out", str(tmp_path), "--tokenizer", str(tokenizer), "--quiet"]) == 0
-    assert "warning: the store is empty" in capsys.readouterr().out
+    assert "warning: the store is empty" in (out := capsys.readouterr().out) and "says which rules dropped" in out
+    bad = tmp_path / "bad" / "bad.jsonl"
+    bad.parent.mkdir()
+    bad.write_text('{"title": "no text"}\nnot json\n')  # bad records only: no rule dropped anything
+    assert main(["--data", str(bad), "--out", str(tmp_path), "--tokenizer", str(tokenizer), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the store is empty" in out and "no record held a usable text" in out
+
+
+def test_the_rate_is_of_this_runs_work(tmp_path, tokenizer, capsys):
+    """A rerun that found every chunk finished reported the whole input's MB over its fraction of a
+    second (31.7 MB/s for a 0.9 MB corpus)."""
+    data = write_jsonl(tmp_path / "c" / "a.jsonl", sentences(3, 200))
+    argv = ["--data", str(data.parent), "--out", str(tmp_path), "--tokenizer", str(tokenizer), "--quiet",
+            "--clean-preset", "minimal"]
+    assert main(argv) == 0
+    assert main([*argv, "--val-fraction", "0.2"]) == 0  # the split changed, the chunks did not
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert "(1 finished by an earlier run; 0.0 MB tokenized now at 0.0 MB/s)" in last
