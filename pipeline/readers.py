@@ -72,6 +72,8 @@ class ReadStats:
     """Skipped records by kind: invalid_json, not_an_object, missing_text, null_text, non_string_text."""
     examples: list[str] = field(default_factory=list)
     """The first few `file:line: kind` problems, enough to go and look without flooding the log."""
+    quiet: bool = False
+    """Keep the examples without logging them (a second read of records another pass reports)."""
 
     def note(self, kind: str, where: str) -> None:
         if kind == "invalid_utf8":
@@ -80,7 +82,8 @@ class ReadStats:
             self.bad_records[kind] += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{where}: {kind}")
-            log.warning("%s: %s", where, kind)
+            if not self.quiet:
+                log.warning("%s: %s", where, kind)
 
     def merge(self, other: ReadStats) -> ReadStats:
         self.records += other.records

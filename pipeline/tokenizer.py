@@ -159,6 +159,7 @@ def sample_corpus(
     were taken. The cost is memory for one file's sample beside the whole one.
     """
     # Imported here so this module works without the readers and their dependencies.
+    from pipeline.readers import ReadStats
     from pipeline.sources import BadFileError, expand_paths, iter_texts
 
     files = expand_paths(paths)
@@ -166,9 +167,12 @@ def sample_corpus(
     keep_below = 2**64 if estimate <= OVERSAMPLE * sample_bytes else int(2**64 * OVERSAMPLE * sample_bytes / estimate)
     cfg = clean_cfg or CleanConfig()
 
+    quiet = ReadStats(quiet=True)
+
     def file_sample(path: Path, file_stats: CleanStats | None) -> list[str]:
         def cleaned_kept() -> Iterator[str]:
-            for text, _where in iter_texts([path], text_field=text_field, csv_column=csv_column):
+            # Quiet, then one line: prepare reads (and reports) the same bad records again as it encodes.
+            for text, _where in iter_texts([path], text_field=text_field, csv_column=csv_column, stats=quiet):
                 if _key(text.encode("utf-8", "surrogatepass"), seed, b"pre-sample") < keep_below:
                     cleaned, _rule = clean_text(text, cfg, file_stats)
                     if cleaned is not None:
@@ -189,7 +193,11 @@ def sample_corpus(
             if stats is not None:
                 stats.merge(file_stats)
 
-    return sample_texts(good_files_samples(), sample_bytes, seed)
+    sample = sample_texts(good_files_samples(), sample_bytes, seed)
+    if quiet.bad_records:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(quiet.bad_records.items()))
+        log.warning("tokenizer sample: bad records skipped: %s (the first: %s)", kinds, quiet.examples[0])
+    return sample
 
 
 def train_from_paths(

@@ -14,6 +14,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from pipeline import fast_encode
+from pipeline.clean import CleanConfig
 from pipeline.fast_encode import GPT2_PATTERN, PROBE, Encoder, bytes_to_unicode
 from pipeline.tokenizer import (
     BOS_ID,
@@ -377,3 +378,13 @@ def test_a_skipped_bad_file_is_left_out_of_the_sample_whole(tmp_path):
         sample_corpus([tmp_path / "d"], 1 << 20, cfg, 0)
     sample = sample_corpus([tmp_path / "d"], 1 << 20, cfg, 0, skip_bad_files=True)
     assert sample == [f"good document {i}." for i in range(50)]
+
+
+def test_the_sample_reports_bad_records_in_one_line(tmp_path, caplog):
+    """Each bad record was logged while sampling and again while prepare encoded: twice as many seemed bad."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "one two three"}\nnot json\n{"title": "x"}\nnot json either\n')
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert sample_corpus([path], 1 << 20, CleanConfig.for_source("minimal"), 0) == ["one two three"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"tokenizer sample: bad records skipped: invalid_json 2, missing_text 1 (the first: {path}:2: invalid_json)"]
