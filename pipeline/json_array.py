@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from itertools import count
 from typing import TYPE_CHECKING, BinaryIO
 
 from pipeline.readers import (
@@ -172,10 +173,13 @@ def _array_records(scan: _ArrayScanner, path: str, key: str, stats: ReadStats) -
     if scan.peek() == "]":
         scan.advance(scan.pos + 1)
     else:
-        while True:
+        for number in count(1):
             scan.peek()  # skip whitespace, so the location is the element's own line
             line, where = scan.line, f"{path}:{scan.line}"
-            text = _element_text(scan.element(), key, where, line, stats)
+            try:
+                text = _element_text(scan.element(), key, where, line, stats)
+            except _Malformed as err:  # in a one-line array (json.dump's default) the line alone says little
+                raise _Malformed(f"{err} (array element {number:,})") from None
             if text is not None:
                 yield text, where
             closing = scan.peek()  # element() stopped on "," or "]"

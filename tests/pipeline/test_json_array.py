@@ -33,6 +33,11 @@ def test_an_element_that_is_not_json_makes_the_array_a_bad_file(tmp_path):
     assert str(err).startswith(f"{path}: line 2:")
     path.write_text('[{"text": "ok"},\n {"text": broken},\n {"text": "end"}]')
     bad_file(path, "line 2: the array element")
+    # json.dump's one-line array: the element's number says where (its line is the file's only one).
+    path.write_text(json.dumps(docs).replace('"text": "doc3', '"text: "doc3', 1))
+    bad_file(path, r"line 1: the array element starting here is not valid JSON.*\(array element 4\)")
+    path.write_text(json.dumps(docs)[:-10])  # inside the last element
+    bad_file(path, r"line 1: the element starting here is not closed before the file ends \(array element 8\)")
 
 
 def test_an_empty_element_is_one_bad_record(tmp_path):
