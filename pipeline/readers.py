@@ -155,20 +155,26 @@ def text_of(value: Any, key: str, repaired: bool | None, where: str, stats: Read
     return None
 
 
-# A line that is not JSON but whose text up to its first CR is one whole JSON value holds lines ended
-# by CR alone (classic Mac): read by "\n" the whole file is one line. (A raw CR inside a string, or
-# as whitespace in a line broken for some other reason, leaves no whole value before it.)
+# A line that is not JSON but holds, between CRs, a piece that is a whole JSON object has lines ended
+# by CR alone (classic Mac): read by "\n" the whole file is one line. (A raw CR inside a string, or as
+# whitespace in a line broken for some other reason, leaves no whole object between CRs.) The first
+# few pieces are tried, so a broken first record does not hide the rest.
+_CR_PIECES = 4
+
+
 def refuse_cr_line_ends(line: bytes, path: str, line_no: int) -> None:
     """Raise BadFileError if `line`, which is not JSON, holds lines ended by CR alone."""
-    head, cr, rest = line.partition(b"\r")
-    if not cr or not rest.strip():
+    pieces = line.split(b"\r", _CR_PIECES)
+    if len(pieces) < 2:
         return
-    try:
-        parse_json(head)
-    except ValueError:
-        return
-    raise BadFileError(path, None, f"line {line_no} holds a carriage return followed by more text: its lines "
-                                   "end in CR alone (old Mac style?), convert them to \\n")
+    for piece in pieces[:_CR_PIECES] if len(pieces) > _CR_PIECES else pieces:
+        try:
+            value, _ = parse_json(piece)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            raise BadFileError(path, None, f"line {line_no} holds carriage returns between whole JSON objects: its "
+                                           "lines end in CR alone (old Mac style?), convert them to \\n")
 
 
 # zstandard's decompressobj takes no output limit (and its stream_reader, which has one, ends without

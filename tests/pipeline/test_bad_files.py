@@ -157,9 +157,9 @@ def test_cr_only_line_ends_are_a_bad_file(tmp_path, name):
     path = tmp_path / name
     encode = gzip.compress if name.endswith(".gz") else bytes
     path.write_bytes(encode(data))
-    bad_file(path, "line 2 holds a carriage return followed by more text: .*CR alone")
+    bad_file(path, "line 2 holds carriage returns between whole JSON objects: .*CR alone")
     path.write_bytes(encode(data[data.index(b"\n") + 1 :]))  # a .json file is sniffed by its first line
-    bad_file(path, "line 1 holds a carriage return followed by more text")
+    bad_file(path, "line 1 holds carriage returns between whole JSON objects")
     fine = tmp_path / "fine.jsonl"  # a CR is whitespace between JSON tokens, and ends CRLF lines
     fine.write_bytes(b'{"text":\r"a"}\r\n{bad\r\n{"text": "b"}\r\n')
     records, stats = read_all(fine)
@@ -169,6 +169,9 @@ def test_cr_only_line_ends_are_a_bad_file(tmp_path, name):
     fine.write_bytes(b'{"text": "a"}\n{"text": "x\ry"}\n{"a": 1,\r"b": }\n{"text": "b"}\n')
     records, stats = read_all(fine)
     assert [t for t, _ in records] == ["a", "b"] and stats.bad_records == {"invalid_json": 2}
+    # A broken first record does not hide CR-only line ends: the next pieces are whole objects.
+    path.write_bytes(encode(b'{"text": "broken\r' + b"\r".join(b'{"text": "r%d"}' % i for i in range(9))))
+    bad_file(path, "line 1 holds carriage returns between whole JSON objects")
 
 
 @pytest.mark.parametrize("name", ["bom.jsonl", "bom.json", "bom.csv", "bom.md"])
