@@ -206,16 +206,29 @@ def prepare(cfg: PrepareConfig) -> Path:
     shard = parse_shard(cfg.shard)
     store = root / f"part-{shard[0]}-of-{shard[1]}" if shard else root
     paths = input_paths(cfg)
+    created = not store.exists()
     store.mkdir(parents=True, exist_ok=True)
-    # Locked from the start: a run that found the store busy only after training its tokenizer had
-    # already replaced the file the busy job encodes with, and an up-to-date check or a tokenizer's
-    # sha256 taken before the lock could be stale by the time the build began.
-    with store_locked(store):
-        # A --shard job would also replace the store its parts merge into.
-        foreign = [refuse_foreign_store(cfg, built, paths) for built in {root, store}]
-        src = tokenizer_source(cfg, root, paths, shard is not None, any(foreign))
-        with unused_tokenizer_removed(src, root):
-            return _prepare_locked(cfg, root, store, shard, paths, src)
+    try:
+        # Locked from the start: a run that found the store busy only after training its tokenizer had
+        # already replaced the file the busy job encodes with, and an up-to-date check or a tokenizer's
+        # sha256 taken before the lock could be stale by the time the build began.
+        with store_locked(store):
+            # A --shard job would also replace the store its parts merge into.
+            foreign = [refuse_foreign_store(cfg, built, paths) for built in {root, store}]
+            src = tokenizer_source(cfg, root, paths, shard is not None, any(foreign))
+            with unused_tokenizer_removed(src, root):
+                return _prepare_locked(cfg, root, store, shard, paths, src)
+    except BaseException:
+        if created:  # a refused run leaves no folder behind (an empty part-i-of-n would confuse --merge)
+            _remove_if_unused(store)
+        raise
+
+
+def _remove_if_unused(store: Path) -> None:
+    with contextlib.suppress(OSError):
+        if {p.name for p in store.iterdir()} <= {".lock"}:
+            (store / ".lock").unlink(missing_ok=True)
+            store.rmdir()
 
 
 def _prepare_locked(cfg: PrepareConfig, root: Path, store: Path, shard: tuple[int, int] | None,
@@ -238,8 +251,8 @@ def _prepare_locked(cfg: PrepareConfig, root: Path, store: Path, shard: tuple[in
         log.info("%s is up to date (same inputs and options); nothing to do", store)
         return store
     if read_manifest(store) is not None:
-        log.warning("%s: replacing the store built there earlier (its inputs or options changed); a training run "
-                    "on it cannot resume on the new one (give other settings their own --name to keep both)", store)
+        log.warning("%s: replacing the store built there earlier (other inputs or options, or damaged); a training "
+                    "run on it cannot resume on the new one (give other settings their own --name to keep both)", store)
     chunks, bad_files = _plan(paths, cfg)
     if shard:
         unmerge(root, store)

@@ -215,3 +215,17 @@ def test_a_busy_store_is_refused_before_its_tokenizer_is_trained_or_touched(tmp_
     (tmp_path / "t" / "tokenizer.json").rename(mine)
     assert main([*common, "--tokenizer", str(mine)]) == 0
     assert mine.is_file() and sha256_file(mine) == sha256_file(tmp_path / "s" / "tokenizer.json")
+
+
+def test_a_refused_shard_job_leaves_no_part_folder(tmp_path, capsys):
+    """The part folder was made before the tokenizer checks: a --shard 0/4 refused for a missing
+    tokenizer left part-0-of-4/, and a later --merge of 2 parts stopped at 'parts of different splits'."""
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(10, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet",
+              "--vocab-size", "300"]
+    assert main([*common, "--shard", "0/4"]) == 1
+    assert "is missing: run `make tokenizer` (same DATA/NAME)" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "part-0-of-4").exists()
+    assert tokenizer_main(common) == 0
+    assert main([*common, "--shard", "0/2"]) == 0 and main([*common, "--shard", "1/2"]) == 0
+    assert main([*common, "--merge"]) == 0
