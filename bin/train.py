@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # one line for the run, not one per rank
-            print(f"interrupted: rerun the same command to continue from the newest checkpoint in {cfg.out_dir}",
-                  file=sys.stderr)
+            print(f"interrupted: rerun the same command to continue from the newest checkpoint in {cfg.out_dir} "
+                  "(if there is none yet, it starts over)", file=sys.stderr)
         return 130
     return 0
 

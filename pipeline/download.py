@@ -80,7 +80,7 @@ MAX_RETRY_AFTER_S = 120
 def _retry_after(err: urllib.error.HTTPError) -> float:
     """The seconds a 429 or 503 asks the client to wait (Retry-After in seconds; an HTTP date is ignored)."""
     value = (err.headers.get("Retry-After") or "").strip() if err.headers else ""
-    return min(float(value), MAX_RETRY_AFTER_S) if value.isdigit() else 0.0
+    return min(float(value), MAX_RETRY_AFTER_S) if value.isascii() and value.isdigit() else 0.0
 
 
 def _part(dest: Path) -> Path:

@@ -41,11 +41,11 @@ def format_of(path: str | Path) -> str | None:
 
 
 def _unsupported_data(path: Path) -> bool:
-    """A data file's name packed in a way we cannot read (x.jsonl.bz2, y.csv.xz); not a download's
-    side files (x.jsonl.gz.part, .sha256, .part.lock)."""
+    """A data file's name packed in a way we cannot read (x.jsonl.bz2, y.csv.xz, z.jsonl.tar.gz); not a
+    download's side files (x.jsonl.gz.part, .sha256, .part.lock)."""
     suffixes = [s.lower() for s in path.suffixes]
-    return (format_of(path) is None and len(suffixes) >= 2 and suffixes[-1] in _UNREAD_PACKING
-            and suffixes[-2] in _DATA_SUFFIXES)
+    return (format_of(path) is None and len(suffixes) >= 2 and suffixes[-1] in _UNREAD_PACKING | {".gz", ".zst"}
+            and any(s in _DATA_SUFFIXES for s in suffixes[:-1]))
 
 
 def _artifact(path: Path) -> bool:

@@ -14,6 +14,8 @@ Every document is stored as [BOS] followed by its ids, so a shard is a plain con
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -300,7 +302,8 @@ class TokenStore:
         except FileNotFoundError:
             raise StoreError(f"{path}: listed in the manifest but missing") from None
         except OSError as err:  # a directory, no permission, too many open files
-            raise StoreError(f"{path}: listed in the manifest but unreadable ({err.strerror})") from None
+            hint = "; with many shards, raise the open-files limit (ulimit -n)" if err.errno == errno.EMFILE else ""
+            raise StoreError(f"{path}: listed in the manifest but unreadable ({err.strerror}{hint})") from None
         if expect is not None and _identity(os.fstat(f.fileno())) != expect:
             f.close()
             raise StoreError(f"{self.root}: rebuilt since it was opened (a new {path.name}); open it again")
@@ -309,9 +312,10 @@ class TokenStore:
     def _split_files(self, split: str) -> Iterator[tuple[dict[str, Any], BinaryIO, BinaryIO]]:
         for shard in self.manifest["splits"][split]["shards"]:
             if shard["tokens"]:
-                files = [self._open(shard[k], self._checked[self.shard_path(shard[k])]) for k in ("file", "index")]
-                with files[0], files[1]:
-                    yield shard, files[0], files[1]
+                with contextlib.ExitStack() as opened:  # the first closed even if the second fails to open
+                    tokens, index = (opened.enter_context(self._open(name, self._checked[self.shard_path(name)]))
+                                     for name in (shard["file"], shard["index"]))
+                    yield shard, tokens, index
 
     def shard_path(self, name: str) -> Path:
         """Shard names are relative to the store (a merged store may point into part folders)."""

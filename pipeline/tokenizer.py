@@ -196,7 +196,8 @@ def sample_corpus(
     sample = sample_texts(good_files_samples(), sample_bytes, seed)
     if quiet.bad_records:
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(quiet.bad_records.items()))
-        log.warning("tokenizer sample: bad records skipped: %s (the first: %s)", kinds, quiet.examples[0])
+        first = next(e for e in quiet.examples if not e.endswith(": invalid_utf8"))  # repaired, not skipped
+        log.warning("tokenizer sample: bad records skipped: %s (the first: %s)", kinds, first)
     return sample
 
 

@@ -111,9 +111,11 @@ def test_stores_tokenizers_and_exports_met_in_a_folder_are_not_data(tmp_path, ca
     for side in ("b.jsonl.gz.part", "b.jsonl.gz.part.lock", "b.jsonl.gz.sha256", "b.jsonl.gz.part.validator"):
         (corpus / side).write_bytes(b"")
     (corpus / "c.jsonl.bz2").write_bytes(b"")
+    (corpus / "c.jsonl.tar.gz").write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         got = expand_paths([corpus])
     assert got == sorted([corpus / "a.jsonl", *kept])
     warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 1 and "1 file(s) left out" in warned[0] and "c.jsonl.bz2" in warned[0]
+    assert len(warned) == 1 and "2 file(s) left out" in warned[0] and "c.jsonl.bz2, " in warned[0]
+    assert "c.jsonl.tar.gz" in warned[0]
     assert expand_paths([f"{corpus}/**"]) == got

@@ -383,8 +383,9 @@ def test_a_skipped_bad_file_is_left_out_of_the_sample_whole(tmp_path):
 def test_the_sample_reports_bad_records_in_one_line(tmp_path, caplog):
     """Each bad record was logged while sampling and again while prepare encoded: twice as many seemed bad."""
     path = tmp_path / "a.jsonl"
-    path.write_text('{"text": "one two three"}\nnot json\n{"title": "x"}\nnot json either\n')
+    path.write_bytes(b'{"text": "one two \xe9three"}\nnot json\n{"title": "x"}\nnot json either\n')
     with caplog.at_level("WARNING", logger="pipeline"):
-        assert sample_corpus([path], 1 << 20, CleanConfig.for_source("minimal"), 0) == ["one two three"]
+        assert sample_corpus([path], 1 << 20, CleanConfig.for_source("minimal"), 0) == ["one two \ufffdthree"]
+    # The first skipped record: line 1's invalid UTF-8 was repaired and kept, not skipped.
     assert [r.getMessage() for r in caplog.records] == [
         f"tokenizer sample: bad records skipped: invalid_json 2, missing_text 1 (the first: {path}:2: invalid_json)"]

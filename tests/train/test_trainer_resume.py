@@ -34,7 +34,7 @@ def run_train(store, out_dir, extra=()):
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_ctrl_c_is_one_line_and_the_rerun_continues(tmp_path):
+def test_ctrl_c_is_one_line_saying_how_to_continue(tmp_path):
     """Ctrl-C printed a KeyboardInterrupt traceback from deep in the prefetch thread's queue, exit 1."""
     store = tmp_path / "store"
     make_store(store, docs=20, doc_len=100)
@@ -47,7 +47,7 @@ def test_ctrl_c_is_one_line_and_the_rerun_continues(tmp_path):
     out, _ = run.communicate(timeout=60)
     assert run.returncode == 130 and "Traceback" not in out
     assert out.rstrip().splitlines()[-1] == ("interrupted: rerun the same command to continue from the newest "
-                                             f"checkpoint in {tmp_path / 'run'}")
+                                             f"checkpoint in {tmp_path / 'run'} (if there is none yet, it starts over)")
 
 
 def losses(run_dir):
