@@ -82,11 +82,13 @@ def per_row_loop_batch(path: Path, block: int, batch: int) -> tuple[torch.Tensor
 
 def interleaved(fns: dict[str, tuple[Callable[[], object], int]], reps: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per call of each fn, one timing per rep; the fns take turns within every rep so that
-    load from other processes on a shared machine hits them alike. Warmup reps (page cache, lazy
-    allocations, oneDNN kernel selection) are not recorded."""
+    load from other processes on a shared machine hits them alike, starting one later each rep so
+    that none always runs right after the same other (whose freed memory, caches or heat it would
+    inherit). Warmup reps (page cache, lazy allocations, oneDNN kernel selection) are not recorded."""
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
     for rep in range(warmup + reps):
-        for name, (fn, calls) in fns.items():
+        for name, (fn, calls) in order[rep % len(order):] + order[: rep % len(order)]:
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()

@@ -13,3 +13,12 @@ def test_the_like_for_like_row_is_our_gpt2_style_model_with_the_plain_loss(bench
     assert {**vars(chunked.cfg), "fused_loss": False} == vars(plain.cfg)
     count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert count(chunked) == count(plain) == count(reference)
+
+
+def test_turns_rotate_so_no_model_always_follows_the_same_one(bench_script):
+    bench = bench_script("train")
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name), 1) for name in "abc"}
+    times = bench.interleaved(fns, reps=3, warmup=1)
+    assert calls == list("abc" "bca" "cab" "abc")
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
