@@ -25,8 +25,8 @@ log = logging.getLogger("pipeline")
 
 TOKENIZER = "tokenizer.json"
 NEXT_TOKENIZER = "tokenizer.next.json"
-"""Where a run that replaces a store's tokenizer trains the new one: the old file stays in place for a
-build that may hold the store's lock, until this run holds it (`install_tokenizer` renames it over)."""
+"""Where a run that replaces a store's tokenizer trains the new one: the old store stays whole, its
+tokenizer included, until the run has unmarked it (`install_tokenizer` then renames this over)."""
 
 
 def input_paths(cfg: PrepareConfig) -> list[Path]:
@@ -82,8 +82,8 @@ def _size(path: Path) -> int | None:
 def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool, foreign: bool) -> Path:
     """The tokenizer this run encodes with: --tokenizer, else the store's own, trained now if missing or
     `foreign` (the replaced corpus's; see refuse_foreign_store). Nothing in an existing store changes
-    here: what is new is copied or renamed in only once the run holds the store's lock and has
-    unmarked the old store (`install_tokenizer`)."""
+    here: what is new is copied or renamed in only once the run has unmarked the old store
+    (`install_tokenizer`)."""
     dest = root / TOKENIZER
     if cfg.tokenizer:
         src = Path(cfg.tokenizer)
@@ -112,7 +112,7 @@ def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded:
 def install_tokenizer(src: Path, dest: Path, sha256: str) -> None:
     """Put the run's tokenizer into the store (which must not depend on a file elsewhere): one trained
     for it is renamed over the old, a --tokenizer copied."""
-    if src.name == NEXT_TOKENIZER and src.parent == dest.parent:
+    if src == dest.with_name(NEXT_TOKENIZER):
         src.replace(dest)
     elif src != dest and (not dest.is_file() or sha256_file(dest) != sha256):
         atomic_write_bytes(dest, src.read_bytes())
