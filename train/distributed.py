@@ -6,12 +6,14 @@ helper here returns its input. NCCL on GPUs, gloo on CPU (how the tests run two-
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass(frozen=True)
@@ -88,3 +90,15 @@ def broadcast_object(obj: Any) -> Any:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+# No buffer broadcast each forward (the model's buffers, RoPE tables, are the same on every rank).
+# torch 2.13 renamed the option and warns, once per rank, at the old name; the 2.11 of the GPU
+# machines knows only the old one. (The new one still syncs buffers once at start: harmless here.)
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                   else {"broadcast_buffers": False})
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DDP:
+    """`model` under DDP on `device`, without per-forward buffer broadcasts."""
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC)

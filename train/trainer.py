@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import inspect
 import random
 import shutil
 import time
@@ -26,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common.config import ConfigError, to_dict
 from model import GPT
@@ -62,12 +60,6 @@ def seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
-
-# No buffer broadcast each forward (the model's buffers, RoPE tables, are the same on every rank).
-# torch 2.13 renamed the option and warns, once per rank, at the old name; the 2.11 of the GPU
-# machines knows only the old one. (The new one still syncs buffers once at start: harmless here.)
-_NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                   else {"broadcast_buffers": False})
 
 
 class Trainer:
@@ -108,8 +100,7 @@ class Trainer:
         self.init_s = time.perf_counter() - started  # includes init_batch's probe, i.e. the first compile
         self.epoch = self.prefetcher.epoch
         # Compile first, then wrap: DDP's hooks stay eager, so no_sync needs no recompiles.
-        self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                       **_NO_BUFFER_SYNC) if dist.distributed else None
+        self.ddp = D.wrap_ddp(self.model, self.device) if dist.distributed else None
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if dist.is_main else None
