@@ -68,15 +68,17 @@ def _artifact(path: Path) -> bool:
     return False
 
 
-def _files_under(folder: Path, unsupported: list[Path]) -> list[Path]:
+def _files_under(folder: Path, unsupported: list[Path], walked: set[str]) -> list[Path]:
     """The data files under `folder`, following links to folders (each real folder walked once, so a
-    link back up the tree ends); names that look like data in a format we cannot read go to `unsupported`.
+    link back up the tree ends; `walked` holds those already walked for this spec, so that the folders
+    a `**` pattern yields are not walked again inside the first); names that look like data in a
+    format we cannot read go to `unsupported`.
 
     Hidden entries (.git, .ipynb_checkpoints) are never corpus data; nor is a Markdown file found by
     searching a folder (a README.md beside the shards): plays are read only when named or globbed; nor
     are the stores', tokenizers' and exports' own files (`_artifact`).
     """
-    found, walked = [], set()
+    found = []
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in walked:
@@ -95,6 +97,17 @@ def _files_under(folder: Path, unsupported: list[Path]) -> list[Path]:
     return found
 
 
+def _loop_link(path: Path) -> Path | None:
+    """A link among `path`'s folders that points to a folder above itself (Python 3.11's glob follows
+    such a link in '**' again and again: d/up/up/up/...), or None."""
+    for folder in path.parents:
+        if folder.is_symlink():
+            target, above = os.path.realpath(folder), os.path.realpath(folder.parent)
+            if above == target or above.startswith(target.rstrip(os.sep) + os.sep):
+                return folder
+    return None
+
+
 def expand_paths(specs: Iterable[str | Path]) -> list[Path]:
     """Files, directories (searched recursively) and globs -> sorted, deduplicated absolute paths.
 
@@ -111,12 +124,18 @@ def expand_paths(specs: Iterable[str | Path]) -> list[Path]:
                 raise BadFileError(spec, None, f"unsupported file type; supported: {', '.join(SUFFIXES)}")
             matches = [path]
         elif path.is_dir():
-            matches = _files_under(path, unsupported)
+            matches = _files_under(path, unsupported, set())
         else:
-            matches = []
-            for hit in map(Path, glob.glob(spec, recursive=True)):
+            matches, walked, seen = [], set(), set()
+            for hit in map(Path, glob.iglob(spec, recursive=True)):  # lazy: a link loop shows before it goes far
+                real = os.path.realpath(hit)
+                if "**" in spec and real in seen and (loop := _loop_link(hit)):
+                    raise BadFileError(spec, None, f"{loop} links back to a folder above it, which '**' would "
+                                                   "follow without end: give the folder itself (a folder search "
+                                                   "follows each link once)")
+                seen.add(real)
                 if hit.is_dir():
-                    matches += _files_under(hit, unsupported)
+                    matches += _files_under(hit, unsupported, walked)
                 elif format_of(hit) and hit.is_file() and not _artifact(hit):  # is_file: not a broken link
                     matches.append(hit)
                 elif _unsupported_data(hit):

@@ -3,12 +3,18 @@
 import gzip
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import zstandard
 from read_helpers import texts_of
 
 from pipeline.sources import BadFileError, expand_paths, iter_texts
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_expand_paths_directories_globs_dedup(tmp_path, write_texts):
@@ -60,6 +66,21 @@ def test_links_to_folders_are_followed_and_each_file_listed_once(tmp_path, write
     assert [t for t, _ in iter_texts([tmp_path / "d"])] == ["a", "b"]
     (tmp_path / "real/loop").symlink_to("..")  # a cycle: each real folder is walked once
     assert expand_paths([tmp_path / "d"]) == want
+
+
+def test_a_double_star_pattern_over_a_link_loop_is_an_error_not_a_hang(tmp_path, write_texts):
+    """Python 3.11's glob follows links in '**' without a guard: two links back up the tree made
+    `DATA="d/**"` branch without end (one link only repeats the tree until paths grow too long). In a
+    subprocess, so a regression fails by timeout, not by hanging."""
+    write_texts("d/sub/a.jsonl", ["a"])
+    (tmp_path / "d/sub/up").symlink_to("..")
+    (tmp_path / "d/sub/up2").symlink_to("..")
+    for pattern in ("d/**", "d/**/*.jsonl"):
+        code = f"from pipeline.paths import expand_paths; expand_paths([{str(tmp_path / pattern)!r}])"
+        run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert run.returncode == 1 and "d/sub/up links back to a folder above it" in run.stderr, run.stderr
+    assert expand_paths([tmp_path / "d"]) == [tmp_path / "d/sub/a.jsonl"]  # a folder spec follows it once
 
 
 @pytest.mark.parametrize("name", ["dolma.json.gz", "lines.json.zst", "array.json.gz", "table.csv.gz", "t.csv.zst"])
