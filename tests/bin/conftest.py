@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import asdict
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -32,14 +30,6 @@ LINES = [
     "Now is the winter of our discontent made glorious summer by this sun of York.",
 ]
 TEXTS = [" ".join(LINES[i:] + LINES[:i]) for i in range(len(LINES))]
-
-
-def load_script(name: str) -> ModuleType:
-    """bin/<name>.py as a module (bin/ is not a package), to call its main() in-process."""
-    spec = spec_from_file_location(f"bin_{name}", REPO / "bin" / f"{name}.py")
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

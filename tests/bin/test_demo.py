@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import load_script
+from script_loader import load_script
 
 demo = load_script("demo")
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEXTS, load_script, make_run
+from conftest import TEXTS, make_run
+from script_loader import load_script
 
 from pipeline.clean import CleanConfig, clean_text
 from pipeline.fast_encode import Encoder

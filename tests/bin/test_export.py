@@ -9,9 +9,10 @@ import shutil
 
 import pytest
 import torch
-from conftest import load_script, make_run
+from conftest import make_run
 from safetensors import safe_open
 from safetensors.torch import save_model
+from script_loader import load_script
 
 from model import GPT, GPTConfig
 from pipeline.store import sha256_file

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import load_script
+from script_loader import load_script
 
 from model.generate import generate
 from pipeline.fast_encode import Encoder

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from trainer_util import REPO, load_script, make_store, nan_forward, tiny_config
+from script_loader import load_script
+from trainer_util import REPO, make_store, nan_forward, tiny_config
 
 from common.config import ConfigError, from_dict, load_yaml, to_dict
 from model import GPT, GPTConfig

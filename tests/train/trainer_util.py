@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
@@ -48,14 +46,6 @@ def tiny_config(store: Path, out_dir: Path, **overrides) -> TrainConfig:
         else:
             values[key] = value
     return from_dict(TrainConfig, values)
-
-
-def load_script(name: str) -> ModuleType:
-    """bin/<name>.py as a module (bin/ is not a package), to call its main() in-process."""
-    spec = spec_from_file_location(f"bin_{name}", REPO / "bin" / f"{name}.py")
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def nan_forward(raw, bad_calls):
