@@ -43,10 +43,9 @@ def _command(corpus: Path, tokenizer: Path, out: Path) -> list[str]:
             "--clean-preset", "minimal", "--chunk-bytes", "65536", "--quiet", "--out", str(out), "--workers", "2"]
 
 
-def _pool_workers(leader: int) -> list[int]:
-    """The live pool workers of a run started in its own session: the group's members that are neither
-    the run itself nor its direct children (the forkserver and resource tracker), zombies left out."""
-    workers = []
+def _group(leader: int) -> list[tuple[int, int]]:
+    """(pid, parent pid) of every live process of the session `leader` started, itself included."""
+    members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -54,10 +53,15 @@ def _pool_workers(leader: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        pid, state, ppid, pgid = int(entry.name), fields[0], int(fields[1]), int(fields[2])
-        if pgid == leader and pid != leader and ppid != leader and state != "Z":
-            workers.append(pid)
-    return workers
+        if int(fields[2]) == leader and fields[0] != "Z":  # pgid, state (zombies left out)
+            members.append((int(entry.name), int(fields[1])))
+    return members
+
+
+def _pool_workers(leader: int) -> list[int]:
+    """The live pool workers of a run started in its own session: the group's members that are neither
+    the run itself nor its direct children (the forkserver and resource tracker)."""
+    return [pid for pid, ppid in _group(leader) if pid != leader and ppid != leader]
 
 
 def _start_and_wait_for_work(cmd: list[str], work: Path) -> tuple[subprocess.Popen, list[int]]:
@@ -133,19 +137,6 @@ def test_ctrl_c_twice_while_workers_hold_long_chunks_stops_at_once(tmp_path, cor
         assert time.monotonic() < deadline, _pool_workers(proc.pid)
         time.sleep(0.1)
 
-
-
-def _group(leader: int) -> list[int]:
-    """Every live process of the session `leader` started (itself included), zombies left out."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else None
-        except OSError:
-            continue
-        if fields and int(fields[2]) == leader and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 def test_kill_9_of_prepare_leaves_no_process_behind(tmp_path, corpus):
