@@ -50,12 +50,16 @@ _PART = re.compile(r"part-(\d+)-of-(\d+)")
 _SAME = ("format_version", "dtype", "vocab_size", "bos_id", "clean", "text_field", "csv_column", "split")
 
 
+def part_folders(root: Path) -> list[Path]:
+    """The `--shard` part folders (part-i-of-n) in `root`, sorted by name, whatever their n."""
+    return sorted(d for d in root.glob("part-*-of-*") if _PART.fullmatch(d.name) and d.is_dir())
+
+
 def _parts(root: Path) -> list[Path]:
     found = {}
-    for d in root.glob("part-*-of-*"):
+    for d in part_folders(root):
         m = _PART.fullmatch(d.name)
-        if m and d.is_dir():
-            found[int(m[1]), int(m[2])] = d
+        found[int(m[1]), int(m[2])] = d
     counts = {n for _, n in found}
     if not counts:
         raise PrepareError(f"{root}: no part-i-of-n folders to merge (run with --shard i/n first)")

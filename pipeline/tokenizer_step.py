@@ -17,6 +17,7 @@ from pipeline.assemble import PrepareError, store_and_parts_locked
 from pipeline.config import PrepareConfig, check, clean_config, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
+from pipeline.merge import part_folders
 from pipeline.sources import BadFileError, expand_paths, resolve_source
 from pipeline.store import StoreError, atomic_write_bytes, read_manifest, sha256_file
 from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
@@ -165,7 +166,7 @@ def _stores_using(root: Path, tokenizer: Path) -> list[Path]:
     """The finished stores encoded with `tokenizer`: the one in `root`, and its --shard parts, which
     use it from the moment they finish (before any --merge writes the store in `root`)."""
     sha = sha256_file(tokenizer)
-    stores = [root, *sorted(root.glob("part-*-of-*"))]
+    stores = [root, *part_folders(root)]
     return [s for s in stores if (read_manifest(s) or {}).get("tokenizer", {}).get("sha256") == sha]
 
 
@@ -174,7 +175,7 @@ def _retrain(cfg: PrepareConfig) -> None:
     root = Path(cfg.out) / resolve_name(cfg)
     root.mkdir(parents=True, exist_ok=True)
     # Not under a build of the store or of a part: it encodes with the file this would replace.
-    with store_and_parts_locked(root, [d for d in sorted(root.glob("part-*-of-*")) if d.is_dir()]):
+    with store_and_parts_locked(root, part_folders(root)):
         _retrain_unlocked(cfg, root)
 
 
