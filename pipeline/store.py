@@ -14,7 +14,6 @@ Every document is stored as [BOS] followed by its ids, so a shard is a plain con
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -309,13 +308,12 @@ class TokenStore:
             raise StoreError(f"{self.root}: rebuilt since it was opened (a new {path.name}); open it again")
         return f
 
-    def _split_files(self, split: str) -> Iterator[tuple[dict[str, Any], BinaryIO, BinaryIO]]:
+    def _split_files(self, split: str, key: str) -> Iterator[tuple[dict[str, Any], BinaryIO]]:
+        """Each non-empty shard of `split` with its `key` file ("file" or "index") open, as checked."""
         for shard in self.manifest["splits"][split]["shards"]:
             if shard["tokens"]:
-                with contextlib.ExitStack() as opened:  # the first closed even if the second fails to open
-                    tokens, index = (opened.enter_context(self._open(name, self._checked[self.shard_path(name)]))
-                                     for name in (shard["file"], shard["index"]))
-                    yield shard, tokens, index
+                with self._open(shard[key], self._checked[self.shard_path(shard[key])]) as f:
+                    yield shard, f
 
     def shard_path(self, name: str) -> Path:
         """Shard names are relative to the store (a merged store may point into part folders)."""
@@ -351,7 +349,7 @@ class TokenStore:
         if split not in self._memmaps:
             try:
                 self._memmaps[split] = [np.memmap(tokens, dtype=self.dtype, mode="r", shape=(shard["tokens"],))
-                                        for shard, tokens, _ in self._split_files(split)]
+                                        for shard, tokens in self._split_files(split, "file")]
             except OSError as err:  # EMFILE: a map dups its file's descriptor
                 raise StoreError(f"{self.root}: cannot map the {split} shards ({err.strerror}); with many "
                                  "shards, raise the open-files limit (ulimit -n)") from None
@@ -360,7 +358,8 @@ class TokenStore:
     def doc_index(self, split: str) -> list[np.ndarray]:
         """Per non-empty shard, the int64 start offset of each document's [BOS], read on the first call."""
         if split not in self._index:
-            self._index[split] = [np.fromfile(index, dtype=INDEX_DTYPE) for _, _, index in self._split_files(split)]
+            files = self._split_files(split, "index")
+            self._index[split] = [np.fromfile(index, dtype=INDEX_DTYPE) for _, index in files]
         return self._index[split]
 
     def documents(self, split: str) -> Iterator[np.ndarray]:
