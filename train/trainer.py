@@ -214,6 +214,8 @@ class Trainer:
         return self.step
 
     def _announce(self, resumed: int) -> None:
+        if self._finished():
+            return  # fit() says "nothing to do"; the run's files stay as its last real run left them
         cfg = self.cfg
         self.log("config:\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
         total, core = self.raw.num_params(non_embedding=False), self.raw.num_params()

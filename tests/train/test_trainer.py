@@ -91,10 +91,16 @@ def test_run_dir_and_checkpoint_contents(trained):
 
 
 def test_rerun_after_the_end_does_nothing(trained):
+    """Nor says more than that: no config dump, and the run's files untouched (a rerun with a smaller
+    max_steps must not rewrite config.yml as if it had trained with it)."""
     _, cfg, run_dir, _, _ = trained
-    lines: list[str] = []
-    assert run(from_dict(TrainConfig, to_dict(cfg)), lines) == {"step": 30}
-    assert any("nothing to do" in line for line in lines)
+    before = {name: (run_dir / name).read_bytes() for name in ("config.yml", "metrics.jsonl")}
+    for max_steps in (cfg.max_steps, 20):
+        lines: list[str] = []
+        assert run(from_dict(TrainConfig, to_dict(cfg) | {"max_steps": max_steps}), lines) == {"step": 30}
+        assert any("nothing to do" in line for line in lines)
+        assert not any(line.startswith(("config:", "parameters:")) for line in lines), lines
+        assert {name: (run_dir / name).read_bytes() for name in before} == before
 
 
 def test_plot_writes_png(trained, tmp_path):
