@@ -1,7 +1,8 @@
 """One rank of the two-process DDP test (test_ddp.py runs it under torchrun, gloo on CPU).
 
 Trains a tiny model with gradient accumulation, records the batches this rank consumed, makes the
-loss NaN on rank 1 alone at step 3, and saves what the test compares across ranks.
+loss NaN on rank 1 alone at step 3, and saves what the test compares across ranks. init_batch's
+probe runs out of memory above 2 sequences on rank 1 alone (simulated): both ranks must train at 2.
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ def flat_params(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
 
 
+def probe_oom_above_2(real_probe):
+    def probe(self, micro_batch):
+        if micro_batch > 2:
+            raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory")
+        real_probe(self, micro_batch)
+    return probe
+
+
 def main(store: str, out_dir: str, result_dir: str) -> None:
     dist = D.init_distributed("cpu")
+    if dist.rank == 1:
+        Trainer._probe = probe_oom_above_2(Trainer._probe)
     cfg = tiny_config(Path(store), Path(out_dir), max_steps=6, micro_batch=4, grad_accum=2, eval_interval=3,
                       ckpt_interval=3, eval_batches=4)
     try:
@@ -36,12 +47,13 @@ def main(store: str, out_dir: str, result_dir: str) -> None:
 
         trainer.prefetcher.next = recording_next
         if dist.rank == 1:
-            nan_forward(trainer.raw, {5})  # step 3's first micro-batch (grad_accum=2), on this rank only
+            nan_forward(trainer.raw, {9})  # step 3's first micro-batch (grad_accum 4 after init_batch)
         summary = trainer.fit()
         trainer.close()
         torch.save({"initial": initial, "final": flat_params(trainer.raw), "seen": seen,
                     "eval": [x for x, _ in trainer.eval_batches], "val_loss": summary["val_loss"],
-                    "skipped": trainer.stats.skipped}, Path(result_dir) / f"rank{dist.rank}.pt")
+                    "skipped": trainer.stats.skipped, "micro_batch": cfg.micro_batch, "grad_accum": cfg.grad_accum},
+                   Path(result_dir) / f"rank{dist.rank}.pt")
     finally:
         D.teardown()
 

@@ -1,5 +1,6 @@
 """Two-process DDP on CPU (torchrun, gloo): different windows per rank, identical parameters after
-every optimizer step, evaluation shared out and all-reduced, a NaN on one rank skipped by both."""
+every optimizer step, evaluation shared out and all-reduced, a NaN on one rank skipped by both, and
+init_batch's micro-batch the minimum over ranks."""
 
 from __future__ import annotations
 
@@ -37,14 +38,21 @@ def ddp_run(tmp_path_factory):
     return root, ranks, proc.stdout
 
 
+def test_init_batch_takes_the_smallest_micro_batch_any_rank_fits(ddp_run):
+    """Rank 1 alone runs out of memory above 2 sequences (ddp_worker.py): both train at 2, with the
+    accumulation raised to keep the configured 4 x 2 per rank."""
+    _, ranks, _ = ddp_run
+    assert [(r["micro_batch"], r["grad_accum"]) for r in ranks] == [(2, 4), (2, 4)]
+
+
 def test_ranks_draw_different_windows(ddp_run):
     """Each rank trains on exactly its own sampler stream (seed, rank, step), and the two streams
     share no more windows than chance: compared window by window, not batch by batch."""
     root, ranks, _ = ddp_run
     store = TokenStore(root / "store")
-    cfg = tiny_config(root / "store", root / "unused", micro_batch=4)  # as ddp_worker.py trains
+    cfg = tiny_config(root / "store", root / "unused", micro_batch=2)  # as ddp_worker.py trains after init_batch
     for rank, result in enumerate(ranks):
-        assert len(result["seen"]) == 12  # 6 steps x grad_accum 2
+        assert len(result["seen"]) == 24  # 6 steps x grad_accum 4
         own = WindowSampler(store, "train", cfg.model.block_size, cfg.micro_batch, cfg.seed, rank, 2)
         for seen in result["seen"]:
             assert torch.equal(seen, own.next_batch()[0])
@@ -72,7 +80,8 @@ def test_nan_on_one_rank_skips_the_step_on_both(ddp_run):
 
 def test_eval_is_shared_and_all_reduced(ddp_run):
     root, (r0, r1), _ = ddp_run
-    assert len(r0["eval"]) == len(r1["eval"]) == 2  # 4 batches shared out, 2 per rank
+    # eval_batches 4 x the configured micro-batch 4: 8 windows per rank, in batches of the fitted 2.
+    assert [len(x) for x in r0["eval"]] == [len(x) for x in r1["eval"]] == [2] * 4
     assert not any(torch.equal(a, b) for a in r0["eval"] for b in r1["eval"])
     assert r0["val_loss"] == r1["val_loss"]
     # One process evaluating all 4 batches with the final weights gets the same number.

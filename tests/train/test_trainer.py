@@ -226,6 +226,23 @@ def test_fp16_on_cpu_has_a_working_grad_scaler(tmp_path):
     trainer.close()
 
 
+def test_a_finite_loss_with_a_non_finite_gradient_is_skipped(tmp_path):
+    """float32 (no GradScaler): the step is judged by the gradient norm too, not by the loss alone."""
+    make_store(tmp_path / "store")
+    trainer = make_trainer(tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, max_steps=3,
+                                       warmup_steps=1, eval_batches=0))
+    trainer.train_step()
+    before = [p.detach().clone() for p in trainer.raw.parameters()]
+    hook = trainer.raw.blocks[0].mlp.down.weight.register_hook(lambda g: g * float("inf"))
+    loss, gnorm, skipped = trainer.train_step().tolist()
+    hook.remove()
+    assert math.isfinite(loss) and not math.isfinite(gnorm) and skipped == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.raw.parameters(), strict=True))
+    assert trainer.train_step()[2].item() == 0
+    assert all(torch.isfinite(p).all() for p in trainer.raw.parameters())
+    trainer.close()
+
+
 def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
     make_store(tmp_path / "store")
     lines: list[str] = []

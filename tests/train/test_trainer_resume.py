@@ -84,6 +84,8 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     expected, got = losses(tmp_path / "straight"), losses(killed_dir)
     assert sorted(expected) == list(range(1, STEPS + 1))
     assert got == expected  # exact float equality at every step, before and after the kill
+    # Each step logged once: the resumed run dropped the killed run's records past its checkpoint.
+    assert [r["step"] for r in read_metrics(killed_dir / "metrics.jsonl") if "loss" in r] == list(range(1, STEPS + 1))
     val = {r["step"]: r["val_loss"] for r in read_metrics(killed_dir / "metrics.jsonl") if "val_loss" in r}
     val_straight = {r["step"]: r["val_loss"] for r in read_metrics(tmp_path / "straight/metrics.jsonl")
                     if "val_loss" in r}
