@@ -38,7 +38,7 @@ def test_ctrl_c_is_one_line_saying_how_to_continue(tmp_path):
     """Ctrl-C printed a KeyboardInterrupt traceback from deep in the prefetch thread's queue, exit 1."""
     store = tmp_path / "store"
     make_store(store, docs=20, doc_len=100)
-    run = run_train(store, tmp_path / "run")
+    run = run_train(store, tmp_path / "run", ["max_steps=1000000"])  # never ends before the Ctrl-C, under any load
     deadline = time.monotonic() + 120
     while not (tmp_path / "run" / "metrics.jsonl").exists() or not losses(tmp_path / "run"):
         assert run.poll() is None and time.monotonic() < deadline
