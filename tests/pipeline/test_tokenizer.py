@@ -162,10 +162,10 @@ def test_tiktoken_matches_hf_exactly(engines, corpus):
 
 def test_long_runs_are_not_quadratic(engines):
     fast, _ = engines
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a loaded machine stretches wall time, not the work
     for text in ("a" * 200_000, " " * 200_000 + "x", "ab" * 100_000, "\n" * 200_000):
         assert fast.decode(fast.encode(text)) == text
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
 
 
 def test_encode_to_array_and_threads(engines, corpus):
