@@ -4,8 +4,10 @@ loading, RNG states that survive it."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +51,32 @@ def test_incomplete_checkpoint_is_ignored_then_cleaned_up(tmp_path):
     save_checkpoint(tmp_path, "00000040", state(40))
     assert not torn.exists()
     assert load_checkpoint(tmp_path)["step"] == 40
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def _renaming_state_fails(src, dst, replace=os.replace):
+    if Path(dst).name == "state.pt":
+        _disk_full()
+    return replace(src, dst)
+
+
+@pytest.mark.parametrize("module, name, fake", [(torch, "save", _disk_full), (os, "replace", _renaming_state_fails)],
+                         ids=["writing-state", "renaming-state"])
+def test_a_failed_save_leaves_no_marker_and_the_previous_checkpoint_latest(tmp_path, monkeypatch, module, name,
+                                                                            fake):
+    """COMPLETE goes last: written before state.pt was renamed into place, a save that failed there left
+    a marked checkpoint without its state, and resume would pick it."""
+    save_checkpoint(tmp_path, "00000010", state(10))
+    monkeypatch.setattr(module, name, fake)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path, "00000020", state(20))
+    monkeypatch.undo()
+    assert not (tmp_path / "ckpt-00000020" / "COMPLETE").exists()
+    assert latest_checkpoint(tmp_path).name == "ckpt-00000010"
+    assert load_checkpoint(tmp_path)["step"] == 10
 
 
 def test_keep_last_counts_epoch_checkpoints(tmp_path):
