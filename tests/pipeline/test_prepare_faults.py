@@ -11,16 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
 
 from common.lock import exclusive_lock
+from pipeline.assemble import reset_store
 from pipeline.clean import CleanConfig
 from pipeline.prepare import main
 from pipeline.sources import shakespeare_plays
-from pipeline.store import TokenStore, sha256_file
+from pipeline.store import StoreError, TokenStore, sha256_file, write_store
 from pipeline.tokenizer import train_from_paths
 
 
@@ -179,3 +181,23 @@ def test_the_rate_is_of_this_runs_work(tmp_path, tokenizer, capsys):
     assert main([*argv, "--val-fraction", "0.2"]) == 0  # the split changed, the chunks did not
     last = capsys.readouterr().out.rstrip().splitlines()[-1]
     assert "(1 finished by an earlier run; 0.0 MB tokenized now at 0.0 MB/s)" in last
+
+
+def test_a_rebuild_that_fails_deleting_the_old_shards_leaves_no_manifest(tmp_path, monkeypatch):
+    """reset_store deletes manifest.json before any shard: a rebuild cut off among the deletions must
+    not leave the old manifest vouching for shards that are gone, or replaced by the new run's."""
+    write_store(tmp_path, {"train": [np.full(5, 7)] * 4, "val": [np.full(3, 9)]}, vocab_size=100)
+    real = Path.unlink
+
+    def shard_unlink_fails(self, *args, **kwargs):
+        if self.suffix in (".bin", ".idx"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", shard_unlink_fails)
+    with pytest.raises(PermissionError):
+        reset_store(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "train-00000.bin").exists() and not (tmp_path / "manifest.json").exists()
+    with pytest.raises(StoreError, match="not a finished token store"):
+        TokenStore(tmp_path)
