@@ -125,6 +125,22 @@ def test_literal_specials_encode_as_text(tok_path, engines):
     assert BOS_ID in registered.encode(text).ids
 
 
+def test_specials_a_tokenizer_file_registers_are_still_text(tok_path, tmp_path):
+    """Stripping happens on load too: a tokenizer.json that lists the specials as added tokens (saved
+    by other code, or before they were stripped at save) must not match "[BOS]" in a document either."""
+    registered = load_tokenizer(tok_path)
+    registered.add_special_tokens(SPECIALS)
+    path = save_tokenizer(registered, tmp_path / "registered.json")
+    assert len(json.loads(path.read_text())["added_tokens"]) == len(SPECIALS)
+    text = "[BOS] hello [PAD]"
+    for ids in (
+        Encoder(path).encode(text),
+        Encoder(path, engine="hf").encode(text),
+        load_tokenizer(path).encode(text).ids,
+    ):
+        assert min(ids) >= len(SPECIALS)
+
+
 def test_round_trip_arbitrary_unicode(tok_path, engines):
     rng = random.Random(1)
     texts = [_random_unicode(rng, rng.randint(0, 400)) for _ in range(300)] + TRICKY
