@@ -73,6 +73,18 @@ def test_validation_catches_missing_truncated_and_corrupt(tmp_path):
         TokenStore(tmp_path)
 
 
+def test_verify_checks_the_index_files_too(tmp_path):
+    """A corrupt .idx moves document starts (align_bos sampling, documents()) without a size change."""
+    write_store(tmp_path, {"train": [np.full(5, 7)] * 4, "val": [np.full(3, 9)] * 2}, vocab_size=100)
+    index = tmp_path / "val-00000.idx"
+    data = bytearray(index.read_bytes())
+    data[8] ^= 1  # the second document's offset, 4 -> 5
+    index.write_bytes(bytes(data))
+    TokenStore(tmp_path)
+    with pytest.raises(StoreError, match="val-00000.idx: sha256 differs"):
+        TokenStore(tmp_path, verify=True)
+
+
 def test_wrong_format_version(tmp_path):
     write_store(tmp_path, {"train": [np.array([7])], "val": []}, vocab_size=10)
     m = json.loads((tmp_path / "manifest.json").read_text())
