@@ -172,6 +172,10 @@ def _shard(m):
     (lambda m: _shard(m).update(tokens=23), r"splits.train.shards\[0\].tokens is 23 \(46 bytes of uint16\)"),
     (lambda m: m["splits"]["train"].update(tokens=1), "splits.train.tokens is 1, but its shards hold"),
     (lambda m: m["splits"]["val"].update(documents=9), "splits.val.documents is 9, but its shards hold 1"),
+    (lambda m: [_shard(m).update(documents=25), m["splits"]["train"].update(documents=25)],
+     r"splits.train.shards\[0\].documents is 25 in 24 tokens"),
+    (lambda m: [_shard(m).update(documents=0), m["splits"]["train"].update(documents=0)],
+     r"splits.train.shards\[0\].documents is 0 in 24 tokens"),
 ])
 def test_a_malformed_manifest_is_a_store_error_naming_the_field(tmp_path, edit, match):
     """Missing or mistyped fields were bare KeyError/TypeError/ValueError; shard token counts that did
