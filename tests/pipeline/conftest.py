@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
-from collections.abc import Callable
+import resource
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,3 +67,22 @@ def write_texts(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def disk_fills_at() -> Callable[[int], contextlib.AbstractContextManager[None]]:
+    """`with disk_fills_at(n):` any file this process writes past n bytes fails part way (EFBIG), as on
+    a full disk; whatever write path the code takes (RLIMIT_FSIZE, with SIGXFSZ ignored)."""
+
+    @contextlib.contextmanager
+    def limit(n: int) -> Iterator[None]:
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+
+    return limit

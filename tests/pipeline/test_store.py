@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from pipeline.store import ShardWriter, StoreError, TokenStore, dtype_for_vocab, write_store
+from pipeline.store import ShardWriter, StoreError, TokenStore, atomic_write_bytes, dtype_for_vocab, write_store
 
 
 def _docs(rng, n, vocab):
@@ -83,6 +83,16 @@ def test_verify_checks_the_index_files_too(tmp_path):
     TokenStore(tmp_path)
     with pytest.raises(StoreError, match="val-00000.idx: sha256 differs"):
         TokenStore(tmp_path, verify=True)
+
+
+def test_a_write_cut_off_part_way_leaves_the_old_file_whole(tmp_path, disk_fills_at):
+    """atomic_write_bytes (manifests, tokenizer.json, checkpoint markers) goes through a temp file:
+    written in place, a full disk left the old file truncated, holding part of the new one."""
+    path = tmp_path / "manifest.json"
+    path.write_bytes(b"old " * 100)
+    with disk_fills_at(1000), pytest.raises(OSError):
+        atomic_write_bytes(path, b"new " * 1000)
+    assert path.read_bytes() == b"old " * 100
 
 
 def test_wrong_format_version(tmp_path):
