@@ -269,10 +269,15 @@ def test_padding_and_truncation(tok_path):
     assert longest[0].ids == plain + [0] * (len(longest[0].ids) - len(plain))
 
 
-def test_save_is_atomic(tok_path, tmp_path):
+def test_save_is_atomic(tok_path, tmp_path, disk_fills_at):
     out = save_tokenizer(load_tokenizer(tok_path), tmp_path / "nested" / "dir" / "tok.json")
     assert [p.name for p in out.parent.iterdir()] == ["tok.json"]  # no temp file left behind
     assert Encoder(out).encode("Hello there") == Encoder(tok_path).encode("Hello there")
+    # A save cut off part way (the disk fills) leaves the old file whole, not truncated to part of the new.
+    before = out.read_bytes()
+    with disk_fills_at(len(before) // 2), pytest.raises(OSError):
+        save_tokenizer(load_tokenizer(tok_path, max_len=8, pad=True), out)
+    assert out.read_bytes() == before
 
 
 def test_sample_texts_deterministic_sized_uniform():
