@@ -70,11 +70,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp name, fsync, rename: readers see the old file or the whole new one, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not also leave a stray temp file beside the user's
+        raise
     fsync_dir(path.parent)
 
 

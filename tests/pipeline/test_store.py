@@ -93,6 +93,7 @@ def test_a_write_cut_off_part_way_leaves_the_old_file_whole(tmp_path, disk_fills
     with disk_fills_at(1000), pytest.raises(OSError):
         atomic_write_bytes(path, b"new " * 1000)
     assert path.read_bytes() == b"old " * 100
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # nor is its temp file left behind
 
 
 def test_wrong_format_version(tmp_path):
