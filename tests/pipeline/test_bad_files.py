@@ -58,6 +58,8 @@ def test_truncated_compressed_file(tmp_path, name):
                       str(info.value))
     assert found and 0 < int(found[1].replace(",", "")) <= len(data) // 2
     assert records and found[2] == records[-1][1].rpartition(":")[2]
+    # ...and that number is the line the last good record sits on (a csv's line 1 is its header).
+    assert records[-1][0] == texts[int(found[2]) - 1 - (".csv" in name)]
 
 
 def test_zstd_is_decompressed_a_bounded_amount_at_a_time(tmp_path):

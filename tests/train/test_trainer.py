@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
 
 
 def test_metrics_every_step_and_eval(trained):
-    _, _, run_dir, lines, summary = trained
+    _, cfg, run_dir, lines, summary = trained
     records = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == list(range(1, 31))
@@ -67,6 +67,11 @@ def test_metrics_every_step_and_eval(trained):
         assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
         assert r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2) / 3.0 * (201 / 200), rel=1e-6)
     assert train[-1]["loss"] < train[0]["loss"] - 0.5, "the loss should visibly fall"
+    # The start record: bench/gpu_check.py reads the batch shape and parameter count from it.
+    (start,) = [r for r in records if r.get("event") == "start"]
+    assert start["step"] == 0 and start["world_size"] == 1 and start["init_s"] > 0
+    assert (start["micro_batch"], start["grad_accum"]) == (8, 1)
+    assert start["params"] == GPT(cfg.model).num_params(non_embedding=False)
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     assert summary["step"] == 30 and summary["val_loss"] == evals[-1]["val_loss"]
     assert any(line.startswith("config:") for line in lines)
