@@ -7,6 +7,7 @@ start, saved as the run directory's config.yml and inside every checkpoint.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,16 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.log_interval must be >= 1, got {self.log_interval}")
         if not 0 <= self.seed < 2**62:  # numpy seeds are non-negative; room for the per-rank/step offsets
             raise ConfigError(f"TrainConfig.seed must be in [0, 2**62), got {self.seed}")
+        # Numbers torch would take without a word: a negative grad_clip flips the gradient (the loss
+        # climbs), a negative weight_decay inflates weights, an infinite lr skips every step.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"TrainConfig.lr must be a finite number > 0, got {self.lr}")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
     def validate(self) -> None:
         """Checks across fields. Not in __post_init__: a YAML file may set epochs and the command line

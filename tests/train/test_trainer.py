@@ -444,3 +444,19 @@ def test_seed_must_be_a_non_negative_numpy_seed():
     for seed in (-1, 2**62):
         with pytest.raises(ConfigError, match="seed must be in"):
             TrainConfig(seed=seed)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("grad_clip", -1.0, "grad_clip must be a finite number >= 0"),  # flipped the gradient: the loss climbed
+    ("weight_decay", -0.1, "weight_decay must be a finite number >= 0"),
+    ("lr", float("inf"), "lr must be a finite number > 0"),  # every step was skipped as non-finite
+    ("lr", float("nan"), "lr must be a finite number > 0"),
+    ("lr", 0.0, "lr must be a finite number > 0"),
+    ("min_lr", -1e-5, "min_lr must be a finite number >= 0"),
+    ("beta1", 1.5, r"beta1 must be in \[0, 1\)"),  # torch's own ValueError came out as a traceback
+    ("beta2", -0.1, r"beta2 must be in \[0, 1\)"),
+])
+def test_optimizer_numbers_torch_would_take_silently_are_refused(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})
+    TrainConfig(grad_clip=0.0, weight_decay=0.0, min_lr=0.0, beta1=0.0)  # the edges are fine
