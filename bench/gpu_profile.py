@@ -5,7 +5,7 @@ the top kernels, and how busy the GPU was over the steps' wall time.
 
 For a lent GPU machine (torch, numpy and pyyaml only): it trains on the synthetic store that
 bench/gpu_check.py builds (or data_cache/shakespeare), in this process, with the Trainer set up as
-bin/train.py sets it up (train.trainer.open_trainer). Arguments after the options are TrainConfig overrides
+bin/train.py sets it up (train.run.open_trainer). Arguments after the options are TrainConfig overrides
 (`attention=flash model.bf16_residual=true`). `--smoke` runs the path on CPU with a tiny model.
 Writes profile.txt (and with --trace a gzipped Chrome trace) under $OUT when that is set.
 """
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from train.config import TrainConfig
-    from train.trainer import open_trainer
+    from train.run import open_trainer
 
     store = pick_store(args, args.work_dir)
     run_dir = args.work_dir / "run"

@@ -18,7 +18,8 @@ from common.config import ConfigError, parse_cli, parse_overrides  # noqa: E402
 from pipeline.store import StoreError  # noqa: E402
 from train.checkpoint import ResumeRefused  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.trainer import TrainingAborted, train  # noqa: E402
+from train.run import train  # noqa: E402
+from train.trainer import TrainingAborted  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from safetensors.torch import load_model, save_model
 
 from model.config import GPTConfig
 from model.gpt import GPT
-from pipeline.store import StoreError, TokenStore, sha256_file
+from pipeline.store import MANIFEST, StoreError, TokenStore, sha256_file
 from train.checkpoint import STATE as STATE_FILE
 from train.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -179,11 +179,30 @@ def _load_export(folder: Path) -> LoadedModel:
                        (data,) if data else ())
 
 
+# What a folder may already hold that a training run or an export must not write into (see held_by).
+HOLDS = {"store": f"a token store ({MANIFEST})", "export": f"an exported model ({WEIGHTS})",
+         "run": "a training run's checkpoints (ckpt-*)"}
+
+
+def held_by(folder: Path) -> str | None:
+    """Which of HOLDS `folder` holds, if any. A run's or an export's tokenizer.json would replace a
+    token store's own, which then no longer opens; and `load` takes a folder with model.safetensors
+    as the export, so an export beside a run's checkpoints would hide every newer checkpoint."""
+    if (folder / MANIFEST).is_file():
+        return "store"
+    if (folder / WEIGHTS).is_file():
+        return "export"
+    return "run" if any(folder.glob("ckpt-*")) else None
+
+
 def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
-    """Write `loaded` as an export folder (see the module docstring); returns the folder."""
+    """Write `loaded` as an export folder (see the module docstring); returns the folder. An existing
+    export is replaced; a store or a run directory is refused (see held_by)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
+    if (held := held_by(out)) in ("store", "run"):
+        raise ValueError(f"{out}: holds {HOLDS[held]}; export into a folder of its own")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"tokenizer_sha256": loaded.tokenizer_sha256, "source": str(loaded.source)}
     if loaded.step is not None:

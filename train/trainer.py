@@ -18,7 +18,7 @@ import gc
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import yaml
 
-from common.config import ConfigError, to_dict
+from common.config import to_dict
 from model import GPT
-from model.attention_backend import use_attention_backend
 from pipeline.store import TokenStore
 from train import distributed as D
 from train.checkpoint import (
@@ -39,7 +38,6 @@ from train.checkpoint import (
     grad_accum_for_world,
     latest_checkpoint,
     load_checkpoint,
-    lock_run_dir,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -52,7 +50,7 @@ from train.optim import build_optimizer, lr_at, set_lr
 from train.prefetch import Prefetcher
 from train.step_stats import StepStats, TrainingAborted, check_skips
 
-__all__ = ["Trainer", "TrainingAborted", "open_trainer", "seed_all", "train"]
+__all__ = ["Trainer", "TrainingAborted", "seed_all"]
 
 
 def seed_all(seed: int) -> None:
@@ -393,34 +391,3 @@ class Trainer:
         self.prefetcher.close()
         if self.metrics:
             self.metrics.close()
-
-
-@contextlib.contextmanager
-def open_trainer(cfg: TrainConfig, log: Callable[[str], None] = print) -> Iterator[Trainer]:
-    """A Trainer set up as bin/train.py runs it: the process group (under torchrun), the run dir's
-    lock and the attention kernel choice around the Trainer's whole life (its init_batch probe is
-    where compilation happens), all torn down on exit."""
-    dist = D.init_distributed(cfg.device)
-    try:
-        # Rank 0 holds the run dir's lock for the whole run; every rank learns whether it got it.
-        lock = lock_run_dir(cfg.out_dir) if dist.is_main else None
-        if not D.broadcast_object(lock is not None or not dist.is_main):
-            raise ConfigError(f"{cfg.out_dir}: another training run is using this out_dir; pick another out_dir")
-        with lock or contextlib.nullcontext(), use_attention_backend(cfg.attention, dist.device):
-            trainer = Trainer(cfg, dist, log)
-            try:
-                yield trainer
-            finally:
-                trainer.close()
-            # Only after a clean run (rank 0 may still be writing the last checkpoint): after an error on
-            # one rank, a barrier would never meet the other ranks' next gradient all-reduce, and the job
-            # would hang until the process group's timeout instead of torchrun stopping it.
-            D.barrier()
-    finally:
-        D.teardown()
-
-
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train to the end; returns the last train and eval records merged."""
-    with open_trainer(cfg, log) as trainer:
-        return trainer.fit()

@@ -152,6 +152,21 @@ def test_bad_out_and_tokenizer_paths_are_one_line_errors(run_dir, tmp_path, caps
     assert f"error: tokenizer {tmp_path}: cannot read it" in capsys.readouterr().err
 
 
+def test_an_export_into_a_token_store_or_a_run_directory_is_refused(run_dir, store_dir, tmp_path, capsys):
+    """Into a store, the export's tokenizer.json replaced the store's own (the store then no longer
+    opened); into a run directory, the folder loaded as the export from then on, hiding every newer
+    checkpoint of the run."""
+    store = tmp_path / "store"
+    shutil.copytree(store_dir, store)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = {p: p.read_bytes() for folder in (store, run) for p in folder.rglob("*") if p.is_file()}
+    for folder, held in ((store, "a token store (manifest.json)"), (run, "a training run's checkpoints")):
+        assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(folder)]) == 1
+        assert f"error: cannot export: {folder}: holds {held}" in capsys.readouterr().err
+    assert {p: p.read_bytes() for folder in (store, run) for p in folder.rglob("*") if p.is_file()} == before
+
+
 def test_an_export_remembers_its_store_and_is_readable_by_others(run_dir, tmp_path, monkeypatch, capsys):
     """bin/eval.py on an export needed --data, although the README says it defaults to the training
     store; and the weights file was written 0600 while its neighbours were 0644."""

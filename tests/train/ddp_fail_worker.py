@@ -1,5 +1,5 @@
-"""One rank of test_ddp.py's failure test, run as bin/train.py runs (open_trainer): rank 0's checkpoint
-write fails as on a full disk, while rank 1 trains on. The job must stop, not hang."""
+"""One rank of test_ddp.py's failure test, run as bin/train.py runs (train.run): rank 0's checkpoint write
+fails as on a full disk, while rank 1 trains on. The job must stop, not hang."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trainer_util import tiny_config
 
-from train import trainer
+from train import run, trainer
 
 
 def full_disk(*args, **kwargs):
@@ -20,7 +20,7 @@ def main(store: str, out_dir: str) -> None:
     if os.environ["RANK"] == "0":
         trainer.save_checkpoint = full_disk
     cfg = tiny_config(Path(store), Path(out_dir), max_steps=200, micro_batch=2, ckpt_interval=3, eval_interval=0)
-    trainer.train(cfg)
+    run.train(cfg)
 
 
 if __name__ == "__main__":

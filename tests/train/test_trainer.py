@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -16,15 +17,16 @@ from trainer_util import REPO, make_store, nan_forward, tiny_config
 
 from common.config import ConfigError, from_dict, load_yaml, to_dict
 from model import GPT, GPTConfig
-from pipeline.store import TokenStore, write_store
+from pipeline.store import StoreError, TokenStore, write_store
 from train import distributed as D
 from train.checkpoint import ResumeRefused, list_checkpoints, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.init_batch import fit_micro_batch
 from train.metrics import read_metrics
 from train.optim import lr_at
+from train.run import open_trainer, train
 from train.sampler import WindowSampler
-from train.trainer import Trainer, TrainingAborted, open_trainer, train
+from train.trainer import Trainer, TrainingAborted
 
 STATE_KEYS = {"model", "model_config", "config", "step", "tokens_seen", "optimizer", "scaler", "sampler", "rng",
               "world_size", "tokenizer_sha256", "store_manifest_sha256", "stats"}
@@ -438,6 +440,34 @@ def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_runs(tmp_pa
         assert train(tiny_config(tmp_path / "store", tmp_path / "other", max_steps=1), log=lambda _: None)
     # Released at the end of the run (and by the OS if the process dies): the next run may go on.
     assert train(tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2), log=lambda _: None)["step"] == 2
+
+
+def test_an_out_dir_holding_a_store_or_an_export_is_refused_before_anything_is_written(tmp_path):
+    """out_dir=<a token store> replaced the store's tokenizer.json with the run's (the store then no
+    longer opened); out_dir=<an export> made the folder load as the export, never the run's checkpoints."""
+    store = make_store(tmp_path / "store")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export/model.safetensors").write_bytes(b"weights")
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "store", "holds a token store (manifest.json)"),
+                         (tmp_path / "export", "holds an exported model (model.safetensors)"),
+                         (tmp_path / "file", "exists and is not a folder")):
+        before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+        with pytest.raises(ConfigError, match=f"out_dir {out}: {re.escape(message)}"):
+            train(tiny_config(tmp_path / "store", out, max_steps=1), log=lambda _: None)
+        assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
+    assert TokenStore(store.root)  # still opens: its tokenizer untouched
+
+
+def test_a_run_that_fails_to_start_leaves_no_empty_out_dir(tmp_path):
+    out = tmp_path / "runs" / "typo"
+    with pytest.raises(StoreError):
+        train(tiny_config(tmp_path / "no-such-store", out, max_steps=1), log=lambda _: None)
+    assert not out.exists() and (tmp_path / "runs").exists()
+    out.mkdir(parents=True)  # a folder the user made is theirs: it stays
+    with pytest.raises(StoreError):
+        train(tiny_config(tmp_path / "no-such-store", out, max_steps=1), log=lambda _: None)
+    assert out.is_dir()
 
 
 def test_seed_must_be_a_non_negative_numpy_seed():

@@ -1,0 +1,68 @@
+"""A training run as bin/train.py starts it: the out_dir checked and locked, the process group (under
+torchrun) and the attention kernel choice set up around the Trainer's whole life, all torn down after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from common.config import ConfigError
+from model.attention_backend import use_attention_backend
+from train import distributed as D
+from train.checkpoint import lock_run_dir
+from train.config import TrainConfig
+from train.export import HOLDS, held_by
+from train.trainer import Trainer
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse a token store or an export folder as out_dir (train.export.held_by says why); checked on
+    every rank before anything is written, so a refusal needs no collective."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out_dir {out_dir}: exists and is not a folder")
+    if (held := held_by(out_dir)) in ("store", "export"):
+        raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]}; pick a folder of the run's own")
+
+
+@contextlib.contextmanager
+def open_trainer(cfg: TrainConfig, log: Callable[[str], None] = print) -> Iterator[Trainer]:
+    """A Trainer inside the run's process group, out_dir lock and attention kernel choice (its
+    init_batch probe is where compilation happens). A run that fails before its Trainer exists
+    removes the out_dir it created, so a typo leaves no empty run folder behind."""
+    out_dir = Path(cfg.out_dir)
+    check_out_dir(out_dir)
+    created = not out_dir.exists()
+    dist = D.init_distributed(cfg.device)
+    try:
+        # Rank 0 holds the run dir's lock for the whole run; every rank learns whether it got it.
+        lock = lock_run_dir(out_dir) if dist.is_main else None
+        if not D.broadcast_object(lock is not None or not dist.is_main):
+            raise ConfigError(f"{out_dir}: another training run is using this out_dir; pick another out_dir")
+        with lock or contextlib.nullcontext(), use_attention_backend(cfg.attention, dist.device):
+            try:
+                trainer = Trainer(cfg, dist, log)
+            except BaseException:
+                # Still under the lock: no other run can have started in the folder meanwhile.
+                if created and lock is not None and [p.name for p in out_dir.iterdir()] == [".lock"]:
+                    (out_dir / ".lock").unlink()
+                    out_dir.rmdir()
+                raise
+            try:
+                yield trainer
+            finally:
+                trainer.close()
+            # Only after a clean run (rank 0 may still be writing the last checkpoint): after an error on
+            # one rank, a barrier would never meet the other ranks' next gradient all-reduce, and the job
+            # would hang until the process group's timeout instead of torchrun stopping it.
+            D.barrier()
+    finally:
+        D.teardown()
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train to the end; returns the last train and eval records merged."""
+    with open_trainer(cfg, log) as trainer:
+        return trainer.fit()
