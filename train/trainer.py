@@ -91,6 +91,7 @@ class Trainer:
                                          configured_micro_batch)
 
         self.step, self.tokens_seen, self.stats = 0, 0, StepStats(self.device)
+        self.resumed_from: Path | None = None
         resumed = self._resume()
         self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
         self.total_steps = self._total_steps()  # after the resume: counted from the data position
@@ -209,6 +210,7 @@ class Trainer:
             if note:
                 self.log(note)
         self.log(f"resumed from {source} at step {self.step}")
+        self.resumed_from = source
         return self.step
 
     def _announce(self, resumed: int) -> None:
@@ -336,7 +338,9 @@ class Trainer:
         caught within max_skips steps of its start, and one of max_skips between two reads at the next."""
         cfg = self.cfg
         if self._finished():
-            self.log(f"nothing to do: the run in {self.run_dir} is already at step {self.step}")
+            # Only a resumed run can be finished before its first step; its checkpoint may be another run's.
+            limit = f"max_steps={cfg.max_steps}" if 0 < cfg.max_steps <= self.step else f"epochs={cfg.epochs}"
+            self.log(f"nothing to do: {self.resumed_from} is at step {self.step}, which reaches {limit}")
             return {"step": self.step}
         peak = peak_flops(self.device)
         flops_per_step = self.raw.flops_per_token() * self.tokens_per_step

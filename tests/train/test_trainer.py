@@ -97,7 +97,7 @@ def test_run_dir_and_checkpoint_contents(trained):
     GPT(GPTConfig(**state["model_config"])).load_state_dict(state["model"])  # strict: exactly the raw keys
 
 
-def test_rerun_after_the_end_does_nothing(trained):
+def test_rerun_after_the_end_does_nothing(trained, tmp_path):
     """Nor says more than that: no config dump, and the run's files untouched (a rerun with a smaller
     max_steps must not rewrite config.yml as if it had trained with it)."""
     _, cfg, run_dir, _, _ = trained
@@ -105,9 +105,15 @@ def test_rerun_after_the_end_does_nothing(trained):
     for max_steps in (cfg.max_steps, 20):
         lines: list[str] = []
         assert run(from_dict(TrainConfig, to_dict(cfg) | {"max_steps": max_steps}), lines) == {"step": 30}
-        assert any("nothing to do" in line for line in lines)
+        assert f"nothing to do: {run_dir / 'ckpt-00000030'} is at step 30, which reaches max_steps={max_steps}" \
+            in lines
         assert not any(line.startswith(("config:", "parameters:")) for line in lines), lines
         assert {name: (run_dir / name).read_bytes() for name in before} == before
+    # Continued into another out_dir, it named that folder as "the run ... at step 30", which held nothing.
+    lines = []
+    assert run(from_dict(TrainConfig, to_dict(cfg) | {"out_dir": str(tmp_path / "r2"), "resume": str(run_dir)}),
+               lines) == {"step": 30}
+    assert f"nothing to do: {run_dir / 'ckpt-00000030'} is at step 30, which reaches max_steps=30" in lines
 
 
 def test_plot_writes_png(trained, tmp_path):
