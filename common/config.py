@@ -274,6 +274,9 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
                 if i >= len(argv):
                     raise ConfigError("command line: --config needs a path")
                 raw, i = argv[i], i + 1
+            if config_path is not None:  # the second silently replaced the first, its out_dir too
+                raise ConfigError(f"command line: one --config at a time (got {config_path} and {raw}); "
+                                  "override single keys with key=value (with make: CONFIG=FILE ARGS='key=value')")
             config_path = raw
             continue
         parts, tp = _resolve(cls, key, arg)

@@ -106,6 +106,14 @@ def test_cli_errors_still_say_command_line(tmp_path, capsys):
     assert "command line: lr: expected float, got 'abc'" in _error(capsys, Outer, ["--config", str(good), "lr=abc"])
 
 
+def test_a_second_config_file_is_an_error_not_a_replacement(tmp_path, capsys):
+    """The second --config silently replaced the first, dropping every key it set (out_dir too)."""
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yml").write_text("lr: 0.5\n")
+    err = _error(capsys, Outer, ["--config", str(tmp_path / "a.yml"), f"--config={tmp_path / 'b.yml'}"])
+    assert f"command line: one --config at a time (got {tmp_path / 'a.yml'} and {tmp_path / 'b.yml'})" in err
+
+
 @dataclass
 class Checked:
     n: int = 1
