@@ -50,8 +50,10 @@ tokenizer: setup
 prepare: setup
 	$(PY) bin/prepare.py $(PIPE_ARGS) $(ARGS)
 
+# With NGPU, the config is checked once first: under torchrun each rank would print the same error,
+# followed by the launcher's own traceback.
 train: setup
-	$(LAUNCH) bin/train.py --config $(CONFIG) $(ARGS)
+	$(if $(NGPU),$(PY) bin/train.py --check --config $(CONFIG) $(ARGS) &&) $(LAUNCH) bin/train.py --config $(CONFIG) $(ARGS)
 
 plot: setup
 	$(PY) bin/plot.py $(ARGS)

@@ -4,6 +4,9 @@
 Under `torchrun --nproc_per_node=N` every process runs this same script as one DDP rank (NCCL on
 GPUs, gloo on CPU). The run directory (out_dir) receives checkpoints, metrics.jsonl, config.yml and
 the tokenizer; rerunning the same command continues from the newest complete checkpoint.
+
+`--check` only checks the config, the out_dir and the token store, and exits (0 if a run could start):
+`make train NGPU=N` runs it before torchrun, so a typo is reported once.
 """
 
 from __future__ import annotations
@@ -18,17 +21,22 @@ from common.config import ConfigError, parse_cli, parse_overrides  # noqa: E402
 from pipeline.store import StoreError  # noqa: E402
 from train.checkpoint import ResumeRefused  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.run import train  # noqa: E402
+from train.run import check_config, train  # noqa: E402
 from train.trainer import TrainingAborted  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    check_only = "--check" in argv
+    argv = [arg for arg in argv if arg != "--check"]
     try:
         cfg = parse_cli(TrainConfig, argv, prog="bin/train.py", description=__doc__)
         cfg.resolve_out_dir(parse_overrides(TrainConfig, argv)[0])
         cfg.validate()
-    except ValueError as err:  # ConfigError, and the model config's own checks
+        if check_only:
+            check_config(cfg)
+            return 0
+    except (ValueError, StoreError) as err:  # ConfigError, the model config's own checks, a missing store
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

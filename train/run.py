@@ -5,12 +5,14 @@ torchrun) and the attention kernel choice set up around the Trainer's whole life
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError
 from model.attention_backend import use_attention_backend
+from pipeline.store import TokenStore
 from train import distributed as D
 from train.checkpoint import lock_run_dir
 from train.config import TrainConfig
@@ -25,6 +27,14 @@ def check_out_dir(out_dir: Path) -> None:
         raise ConfigError(f"out_dir {out_dir}: exists and is not a folder")
     if (held := held_by(out_dir)) in ("store", "export"):
         raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]}; pick a folder of the run's own")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """What a run would refuse before its first step, found without starting one (no process group, no
+    model): `make train NGPU=N` asks this first, so a typo is one line instead of N copies of it among
+    torchrun's own traceback. Raises ConfigError, StoreError or ValueError (the model's checks)."""
+    check_out_dir(Path(cfg.out_dir))
+    dataclasses.replace(cfg.model, vocab_size=TokenStore(cfg.data).vocab_size)  # reruns GPTConfig's checks
 
 
 @contextlib.contextmanager

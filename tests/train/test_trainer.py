@@ -415,6 +415,21 @@ def test_presets_are_valid_train_configs(name):
     cfg.validate()
 
 
+def test_check_reports_what_a_run_would_refuse_without_starting_one(tmp_path, capsys):
+    """`make train NGPU=N` runs `--check` first: under torchrun a typo was printed by every rank, among
+    the launcher's own ~35-line traceback."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    ok = [f"data={store.root}", f"out_dir={tmp_path / 'run'}", "max_steps=1", "model.n_layer=1"]
+    assert cli.main(["--check", *ok]) == 0 and not (tmp_path / "run").exists()  # nothing written
+    for change, message in ((f"data={tmp_path / 'nowhere'}", "no manifest.json"),
+                            (f"out_dir={store.root}", "holds a token store"),
+                            ("model.pad_id=5000", "pad_id")):  # past the store's 64-token vocabulary
+        code = cli.main(["--check", *ok, change])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     cli = load_script("train")
 
