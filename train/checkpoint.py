@@ -77,7 +77,7 @@ def save_checkpoint(run_dir: str | Path, tag: str, state: dict[str, Any], keep_l
     return ckpt
 
 
-def _marker_step(ckpt: Path) -> int | None:
+def marker_step(ckpt: Path) -> int | None:
     """The step recorded in a checkpoint's COMPLETE marker, or None if it is incomplete or unreadable."""
     try:
         return int(json.loads((ckpt / MARKER).read_text())["step"])
@@ -92,7 +92,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = []
     for path in run_dir.iterdir():
-        if path.is_dir() and _DIR_RE.match(path.name) and (step := _marker_step(path)) is not None:
+        if path.is_dir() and _DIR_RE.match(path.name) and (step := marker_step(path)) is not None:
             found.append((step, path.name, path))
     return [path for _, _, path in sorted(found)]
 
@@ -121,7 +121,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_file() and path.name == STATE:
         path = path.parent
     if (path / STATE).exists() or _DIR_RE.match(path.name):
-        if _marker_step(path) is None:
+        if marker_step(path) is None:
             raise FileNotFoundError(f"{path}: incomplete checkpoint (no {MARKER} marker); it was cut off while saving")
         return path
     latest = latest_checkpoint(path)
@@ -163,8 +163,8 @@ def choose_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
     source = resolve_checkpoint(resume)
     # Branching from an older checkpoint into the same run dir would interleave two histories there,
     # and resume=auto (or a keep_last prune) would later pick among both.
-    step = _marker_step(source)
-    later = [p for p in list_checkpoints(run_dir) if (_marker_step(p) or 0) > step]
+    step = marker_step(source)
+    later = [p for p in list_checkpoints(run_dir) if (marker_step(p) or 0) > step]
     if later:
         raise ResumeRefused(
             f"{run_dir} holds checkpoints past step {step} of {source} ({', '.join(p.name for p in later)}): "

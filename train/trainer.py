@@ -38,6 +38,7 @@ from train.checkpoint import (
     grad_accum_for_world,
     latest_checkpoint,
     load_checkpoint,
+    marker_step,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -82,7 +83,7 @@ class Trainer:
         self.model = torch.compile(self.raw, dynamic=False) if cfg.compile else self.raw
         self.optimizer = build_optimizer(self.raw, cfg)
         configured_micro_batch = cfg.micro_batch
-        if cfg.init_batch:
+        if cfg.init_batch and not self._resumes_a_finished_run():
             self._init_batch()
 
         seed_all(cfg.seed + 1 + dist.rank)  # dropout etc. differ per rank; a resume overwrites these
@@ -134,6 +135,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _resumes_a_finished_run(self) -> bool:
+        """Whether the checkpoint that `resume` picks already reaches max_steps. init_batch's probe is
+        then skipped: on a GPU it is the first compile, tens of seconds spent only to say "nothing to
+        do". Rank 0 reads the checkpoint's marker; every rank gets its answer. A wrong guess is
+        impossible (the resume loads that same checkpoint), and an error is left to _resume."""
+        done = False
+        if self.dist.is_main and self.cfg.max_steps:
+            with contextlib.suppress(ResumeRefused, FileNotFoundError):
+                source = choose_checkpoint(self.run_dir, self.cfg.resume)
+                done = source is not None and (marker_step(source) or 0) >= self.cfg.max_steps
+        return bool(D.broadcast_object(done))
 
     def _init_batch(self) -> None:
         """Find the micro-batch that fits (minimum over ranks) and raise grad_accum to keep the global

@@ -97,7 +97,7 @@ def test_run_dir_and_checkpoint_contents(trained):
     GPT(GPTConfig(**state["model_config"])).load_state_dict(state["model"])  # strict: exactly the raw keys
 
 
-def test_rerun_after_the_end_does_nothing(trained, tmp_path):
+def test_rerun_after_the_end_does_nothing(trained, tmp_path, monkeypatch):
     """Nor says more than that: no config dump, and the run's files untouched (a rerun with a smaller
     max_steps must not rewrite config.yml as if it had trained with it)."""
     _, cfg, run_dir, _, _ = trained
@@ -109,6 +109,15 @@ def test_rerun_after_the_end_does_nothing(trained, tmp_path):
             in lines
         assert not any(line.startswith(("config:", "parameters:")) for line in lines), lines
         assert {name: (run_dir / name).read_bytes() for name in before} == before
+    # init_batch's probe (on a GPU the first compile) is not run just to say so.
+    probes = []
+    monkeypatch.setattr(Trainer, "_probe", lambda self, micro_batch: probes.append(micro_batch))
+    assert run(from_dict(TrainConfig, to_dict(cfg) | {"init_batch": True}), []) == {"step": 30}
+    assert probes == []
+    shutil.copytree(run_dir, tmp_path / "copy")  # the shared run stays as it is
+    more = {"init_batch": True, "max_steps": 31, "out_dir": str(tmp_path / "copy")}
+    assert run(from_dict(TrainConfig, to_dict(cfg) | more), [])["step"] == 31
+    assert probes == [cfg.micro_batch]  # a run with a step left probes as before
     # Continued into another out_dir, it named that folder as "the run ... at step 30", which held nothing.
     lines = []
     assert run(from_dict(TrainConfig, to_dict(cfg) | {"out_dir": str(tmp_path / "r2"), "resume": str(run_dir)}),
