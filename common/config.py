@@ -20,8 +20,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import glob
 import inspect
 import itertools
+import os
 import shlex
 import sys
 import textwrap
@@ -64,10 +66,15 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def _words(value: Any) -> list[Any]:
     """A list value as a list. One given as a string (`DATA="a.jsonl b/"`) is split like a shell would,
-    so an item with spaces can be quoted (`"'my data/a.jsonl' b/"`); any other single value is one item."""
+    so an item with spaces can be quoted (`"'my data/a.jsonl' b/"`), unless the whole string names an
+    existing path or a glob matching one; any other single value is one item."""
     if isinstance(value, (list, tuple)):
         return list(value)
     if not isinstance(value, str):
+        return [value]
+    if any(c.isspace() for c in value) and _names_a_path(value):
+        # The shell has split this already (`--data "my data/a.jsonl"`): a value naming something that
+        # exists as a whole is that one path, not the words `my` and `data/a.jsonl`.
         return [value]
     # POSIX quoting but no backslash escapes (a path may hold backslashes); an unbalanced quote (a
     # name like O'Brien.jsonl) means the text was not quoted at all.
@@ -77,6 +84,13 @@ def _words(value: Any) -> list[Any]:
         return list(lexer)
     except ValueError:
         return value.split()
+
+
+def _names_a_path(value: str) -> bool:
+    """Whether `value` is an existing file or folder (even a broken link), or a glob matching one."""
+    if os.path.lexists(value):
+        return True
+    return glob.has_magic(value) and next(glob.iglob(value, recursive=True), None) is not None
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:

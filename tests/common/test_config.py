@@ -204,3 +204,16 @@ def test_a_list_option_given_twice_takes_both_and_items_can_be_quoted():
 def test_an_unknown_key_without_a_close_match_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"zzz: unknown key for Inner; known: n_layer, act, flag"):
         from_dict(Outer, {"model": {"zzz": 1}})
+
+
+def test_a_list_value_naming_an_existing_path_whole_is_one_path(tmp_path, monkeypatch):
+    """`bin/prepare.py --data "my data/a.jsonl"`: the shell had split the words already, and the
+    value was split again into `my` and `data/a.jsonl` ("my: no such file or folder")."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my data").mkdir()
+    (tmp_path / "my data" / "a.jsonl").write_text("{}\n")
+    assert parse_cli(Outer, ["--paths", "my data/a.jsonl"]).paths == ["my data/a.jsonl"]
+    assert parse_cli(Outer, ["--paths", "my data"]).paths == ["my data"]
+    assert parse_cli(Outer, ["--paths", "my data/*.jsonl"]).paths == ["my data/*.jsonl"]  # a glob that matches
+    # Make's DATA="a b" still means two paths when no path is named by the whole.
+    assert parse_cli(Outer, ["--paths", "my data/b.jsonl c"]).paths == ["my", "data/b.jsonl", "c"]
