@@ -21,8 +21,9 @@ ARGS ?=
 CONFIG ?= configs/tiny.yml
 NGPU ?=
 
-PIPE_ARGS := $(if $(DATA),--data "$(DATA)") $(if $(NAME),--name $(NAME)) $(if $(SOURCE),--source $(SOURCE)) \
-	$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(VOCAB),--vocab-size $(VOCAB))
+# Quoted: NAME="my store" or a TOKENIZER path with a space is one value (DATA is split by bin/prepare.py).
+PIPE_ARGS := $(if $(DATA),--data "$(DATA)") $(if $(NAME),--name "$(NAME)") $(if $(SOURCE),--source $(SOURCE)) \
+	$(if $(TOKENIZER),--tokenizer "$(TOKENIZER)") $(if $(VOCAB),--vocab-size $(VOCAB))
 LAUNCH := $(if $(NGPU),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU),$(PY))
 
 .PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check gpu-test bench clean

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -326,3 +328,13 @@ def test_replacing_a_finished_store_is_said(tmp_path, tokenizer, caplog):
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(tmp_path / "out" / "d")]
     assert "replacing the store built there earlier" in caplog.records[0].getMessage()
 
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_passes_name_and_tokenizer_as_one_value_each():
+    """`make prepare NAME="my store"` ran `--name my store`: "cannot parse 'store'"."""
+    out = subprocess.run(["make", "-n", "-s", "-o", ".venv/.installed", "prepare", "NAME=my store",
+                          "TOKENIZER=my tok.json", "DATA=a b"], cwd=ROOT, capture_output=True, text=True, check=True)
+    argv = shlex.split(out.stdout.strip().splitlines()[-1])
+    assert argv[argv.index("--name") + 1] == "my store"
+    assert argv[argv.index("--tokenizer") + 1] == "my tok.json"
+    assert argv[argv.index("--data") + 1] == "a b"  # split into two paths by bin/prepare.py, not by make
