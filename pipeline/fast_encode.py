@@ -107,6 +107,23 @@ def _token_not_encoding_to_itself(hf: Tokenizer, vocab: dict[str, int]) -> str |
     return None
 
 
+def _read_tokenizer_json(path: str | Path) -> dict:
+    """A tokenizer.json's content, or TokenizerError naming the file: TOKENIZER=some.jsonl (or any
+    other JSON) must be one line of error, not a JSONDecodeError or KeyError traceback."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path}: not a tokenizer.json: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise TokenizerError(f"{path}: not a tokenizer.json: not valid JSON ({err.msg} at line {err.lineno})") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, dict) or not vocab or not all(type(i) is int for i in vocab.values()):
+        raise TokenizerError(f"{path}: not a tokenizer.json: no model.vocab mapping tokens to ids; "
+                             "train one with `make tokenizer`")
+    return data
+
+
 class Encoder:
     """Encode documents to ids with a trained tokenizer.json; identical ids from either engine.
 
@@ -117,10 +134,12 @@ class Encoder:
     def __init__(self, path: str | Path, engine: str = "auto", num_threads: int = 1):
         if engine not in ("auto", "tiktoken", "hf"):
             raise ValueError(f"engine must be auto, tiktoken or hf, not {engine!r}")
-        text = Path(path).read_text(encoding="utf-8")
-        data = json.loads(text)
+        data = _read_tokenizer_json(path)
         data["added_tokens"] = []  # HF would match these inside text; ids 0..5 stay reachable by id
-        self._hf = Tokenizer.from_str(json.dumps(data))
+        try:
+            self._hf = Tokenizer.from_str(json.dumps(data))
+        except Exception as err:  # tokenizers raises a bare Exception ("expected `,` or `}`", "unknown variant")
+            raise TokenizerError(f"{path}: not a tokenizer.json: {err}") from None
         self._hf.no_padding()
         self._hf.no_truncation()
         vocab = data["model"]["vocab"]

@@ -104,6 +104,23 @@ def test_missing_path_and_bad_records(tmp_path, tokenizer, capsys):
     assert m["stats"]["bad_record_examples"][0].startswith(f"{data}:5")
 
 
+@pytest.mark.parametrize("content, why", [
+    ('{"text": "a"}\n{"text": "b"}\n', "not valid JSON (Extra data at line 2)"),  # TOKENIZER=some.jsonl
+    ('{"a": 1}', "no model.vocab mapping tokens to ids"),
+    ('{"model": {"vocab": {"a": 0}}}', "not a tokenizer.json: "),  # tokenizers' own parse error
+    (b"\x80 tokens", "not UTF-8 text"),
+])
+def test_a_tokenizer_option_naming_no_tokenizer_is_one_line(tmp_path, capsys, content, why):
+    """--tokenizer some.jsonl (or any JSON not a tokenizer) ended in a JSONDecodeError or tokenizers'
+    `Exception: expected ','` traceback."""
+    bad = tmp_path / "tok.json"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    data = write_jsonl(tmp_path / "d.jsonl", sentences(3, 10))
+    assert main(["--data", str(data), "--out", str(tmp_path / "out"), "--tokenizer", str(bad), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: not a tokenizer.json: ") and why in err and len(err.splitlines()) == 1
+
+
 def _parquet_with_bad_row_groups(path: Path, bad_groups: tuple[int, ...]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"text": sentences(5, 3000)}), path, row_group_size=300, compression="snappy",
