@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
+from common.cli import UINT64_MAX, number, resolve_device  # noqa: E402
 from model.generate import CompletionStats, complete  # noqa: E402
 from pipeline.fast_encode import Encoder  # noqa: E402
 from pipeline.tokenizer import BOS_ID, SPECIALS  # noqa: E402
@@ -30,18 +31,6 @@ from train.export import TokenizerMismatch, load  # noqa: E402
 DEFAULT_CHECKPOINT = "runs/tiny"  # where `make train` (configs/tiny.yml) writes
 SEP_ID = SPECIALS.index("[SEP]")
 SEPARATOR = "-" * 40
-
-
-def _positive(kind: type, low: float, inclusive: bool = True, high: float | None = None):
-    def parse(text: str):
-        value = kind(text)
-        if value < low or (value == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, got {text}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
-        return value
-
-    return parse
 
 
 def _unescape(text: str) -> str:
@@ -60,15 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
                                        "was trained with (same sha256), or sampling is refused")
     p.add_argument("--prompt", action="append", help="prompt text; repeat for a batch of prompts")
     p.add_argument("--prompt-file", action="append", help="a file whose whole text is one prompt ('-': stdin)")
-    p.add_argument("--max-new-tokens", type=_positive(int, 0), default=200, help="tokens to generate (default 200)")
-    p.add_argument("--temperature", type=_positive(float, 0.0), default=0.8,
+    p.add_argument("--max-new-tokens", type=number(int, 0), default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=number(float, 0), default=0.8,
                    help="softmax temperature; 0 picks the most likely token every time (greedy) (default 0.8)")
-    p.add_argument("--top-k", type=_positive(int, 1), help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=_positive(float, 0.0, inclusive=False, high=1.0),
+    p.add_argument("--top-k", type=number(int, 1), help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=number(float, 0, above=True, high=1),
                    help="sample only among the most likely tokens whose probabilities sum to p (nucleus)")
-    p.add_argument("--seed", type=int, help="seed of the sampler: the same seed and options repeat the output "
-                                            "exactly (default: a fresh seed, printed to stderr)")
-    p.add_argument("--num-samples", type=_positive(int, 1), default=1, help="samples per prompt (default 1)")
+    p.add_argument("--seed", type=number(int, 0, high=UINT64_MAX),
+                   help="seed of the sampler, 0 to 2**64-1: the same seed and options repeat the output exactly "
+                        "(default: a fresh seed, printed to stderr)")
+    p.add_argument("--num-samples", type=number(int, 1), default=1, help="samples per prompt (default 1)")
     p.add_argument("--stop", action="append", default=[],
                    help="stop a sample where this text appears (it is not printed); repeatable; \\n and \\t "
                         "are understood. Generation always ends at [BOS] or [SEP] (a new document).")
@@ -111,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"error: cannot read prompt: {err}", file=sys.stderr)
         return 2
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {device}: this torch sees no CUDA device", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         loaded = load(args.checkpoint, device, args.tokenizer)

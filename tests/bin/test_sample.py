@@ -163,11 +163,26 @@ def test_long_prompt_keeps_its_last_block_size_tokens(run, run_dir):
 
 @pytest.mark.parametrize("bad", [["--temperature", "-1"], ["--top-k", "0"], ["--top-p", "0"], ["--top-p", "1.5"],
                                  ["--num-samples", "0"],
-                                 ["--max-new-tokens", "-1"], ["--seed", "x"], ["--bogus"]])
+                                 ["--max-new-tokens", "-1"], ["--seed", "x"], ["--seed", "-1"], ["--bogus"]])
 def test_bad_arguments_exit_2(run, bad):
     with pytest.raises(SystemExit) as exc:
         run(*bad)
     assert exc.value.code == 2
+
+
+def test_bad_values_name_the_option_and_type_and_a_bad_device_is_one_line(run, capsys):
+    """`--max-new-tokens abc` said `invalid parse value`, `--seed -1` sampled with seed 18446744073709551615
+    and `--device tpu` ended in torch's RuntimeError traceback."""
+    for option, want in [("--max-new-tokens", "an integer >= 0"), ("--temperature", "a number >= 0"),
+                         ("--top-k", "an integer >= 1")]:
+        with pytest.raises(SystemExit):
+            run(option, "abc")
+        assert f"argument {option}: expected {want}, got 'abc'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run("--seed", "-1")
+    assert "argument --seed: expected an integer >= 0" in capsys.readouterr().err
+    code, out, err = run("--prompt", "x", "--device", "tpu")
+    assert (code, out, err) == (2, "", "error: --device tpu: not a device name (cpu, cuda, cuda:1, mps, ...)\n")
 
 
 def test_argument_defaults():

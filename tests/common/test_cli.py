@@ -1,0 +1,38 @@
+import argparse
+
+import pytest
+
+from common.cli import number, resolve_device
+
+
+def _error(parser: argparse.ArgumentParser, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_number_errors_name_the_option_and_what_it_expects(capsys):
+    """A closure as `type=` made argparse say `argument --max-new-tokens: invalid parse value: 'abc'`."""
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("--n", type=number(int, 0))
+    p.add_argument("--t", type=number(float, 0))
+    p.add_argument("--p", type=number(float, 0, above=True, high=1))
+    assert p.parse_args(["--n", "3", "--t", "0", "--p", "1"]) == argparse.Namespace(n=3, t=0.0, p=1.0)
+    assert _error(p, ["--n", "abc"], capsys) == "x: error: argument --n: expected an integer >= 0, got 'abc'"
+    assert _error(p, ["--n", "-1"], capsys) == "x: error: argument --n: expected an integer >= 0, got '-1'"
+    assert _error(p, ["--t", "x"], capsys) == "x: error: argument --t: expected a number >= 0, got 'x'"
+    assert _error(p, ["--t", "nan"], capsys) == "x: error: argument --t: expected a number >= 0, got 'nan'"
+    assert _error(p, ["--p", "0"], capsys) == "x: error: argument --p: expected a number > 0 and <= 1, got '0'"
+    assert number(int).__name__ == "int"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("tpu", "--device tpu: not a device name (cpu, cuda, cuda:1, mps, ...)"),  # torch's RuntimeError traceback
+    ("meta", "--device meta: holds no data; use cpu or a GPU"),
+])
+def test_a_device_torch_cannot_use_is_a_value_error(spec, message):
+    with pytest.raises(ValueError) as err:
+        resolve_device(spec)
+    assert str(err.value) == message
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda")
