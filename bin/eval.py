@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
+from common.cli import number, resolve_device  # noqa: E402
 from common.config import ConfigError, from_dict  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from pipeline.chunks import with_bos  # noqa: E402
@@ -166,14 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory, checkpoint directory or export folder (default runs/tiny)")
     p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the model)")
     p.add_argument("--data", help="token store directory (default: the one the model was trained on)")
-    p.add_argument("--split", default="val", choices=("train", "val"), help="store split (default val)")
+    p.add_argument("--split", choices=("train", "val"), help="store split (default val; not with --text)")
     p.add_argument("--text", nargs="+", help="evaluate on these files instead of a store")
     p.add_argument("--clean-preset", default="store", choices=("store", *PRESETS),
                    help="cleaning for --text: store (what the training store used; default) or a preset")
     p.add_argument("--text-field", help="JSON field of the text for --text (default: the store's, else text)")
     p.add_argument("--csv-column", help="CSV column of the text for --text (default: the store's, else text)")
-    p.add_argument("--max-tokens", type=int, help="stop after this many predicted tokens (default: all)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--max-tokens", type=number(int, 1), help="stop after this many predicted tokens (default: all)")
+    p.add_argument("--batch-size", type=number(int, 1), default=8, help="windows per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ... (default auto)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return p
@@ -182,9 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.max_tokens is not None and args.max_tokens < 1) or args.batch_size < 1:
-        parser.error("--max-tokens and --batch-size must be >= 1")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.text and args.split:  # it would be ignored: the files are scored whole
+        parser.error("--split chooses a store's split; --text files are scored whole, so give one or the other")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         loaded = load(args.checkpoint, device, args.tokenizer)
         data = args.data or loaded.data
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not data:
                 raise ValueError(f"{args.checkpoint} does not say which store it was trained on; pass --data")
-            result = eval_store(loaded, data, args.split, args.max_tokens, args.batch_size)
+            result = eval_store(loaded, data, args.split or "val", args.max_tokens, args.batch_size)
     except (TokenizerMismatch, StoreError, BadFileError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

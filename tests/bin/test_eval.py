@@ -123,6 +123,16 @@ def test_cli_store_default_and_max_tokens(run_dir, capsys):
         ev.main(["--checkpoint", str(run_dir), "--max-tokens", "0"])
 
 
+def test_split_with_text_and_a_bad_device_are_refused(run_dir, tmp_path, capsys):
+    """`--split train --text f` scored f and ignored --split; `--device tpu` was a torch traceback."""
+    (tmp_path / "f.txt").write_text(TEXTS[0])
+    with pytest.raises(SystemExit) as exc:
+        ev.main(["--checkpoint", str(run_dir), "--split", "train", "--text", str(tmp_path / "f.txt")])
+    assert exc.value.code == 2 and "--split chooses a store's split" in capsys.readouterr().err
+    assert ev.main(["--checkpoint", str(run_dir), "--device", "tpu"]) == 2
+    assert capsys.readouterr().err == "error: --device tpu: not a device name (cpu, cuda, cuda:1, mps, ...)\n"
+
+
 def test_store_with_another_tokenizer_is_refused(run_dir, store_dir, tmp_path, capsys):
     other = tmp_path / "store"
     shutil.copytree(store_dir, other)
