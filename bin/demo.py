@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere, installed or not
 
+from common.cli import UINT64_MAX, number  # noqa: E402
 from common.config import parse_cli  # noqa: E402
 from pipeline.store import MANIFEST  # noqa: E402
 from train.checkpoint import latest_checkpoint  # noqa: E402
@@ -46,9 +47,13 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/tiny.yml", help="training preset (default configs/tiny.yml)")
     p.add_argument("--prompt", default="ROMEO:\n", help="what the sample continues (default 'ROMEO:' + newline)")
-    p.add_argument("--max-new-tokens", default="200", help="length of the sample in tokens (default 200)")
-    p.add_argument("--seed", default="1337", help="sampling seed (default 1337)")
-    p.add_argument("--eval-tokens", default="16384", help="val tokens the final loss is measured on (default 16384)")
+    # Typed here, with the limits bin/sample.py and bin/eval.py set, so that a typo stops the demo at once
+    # rather than after minutes of training.
+    p.add_argument("--max-new-tokens", type=number(int, 0), default=200,
+                   help="length of the sample in tokens (default 200)")
+    p.add_argument("--seed", type=number(int, 0, high=UINT64_MAX), default=1337, help="sampling seed (default 1337)")
+    p.add_argument("--eval-tokens", type=number(int, 1), default=16384,
+                   help="val tokens the final loss is measured on (default 16384)")
     args = p.parse_args(argv)
 
     started = time.perf_counter()
@@ -69,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         step(3, "train", "train", ["--config", args.config],
              f"{latest} is at max_steps={cfg.max_steps}" if trained else None)
         step(4, "sample", "sample", ["--checkpoint", cfg.out_dir, "--prompt", args.prompt, "--max-new-tokens",
-                                     args.max_new_tokens, "--seed", args.seed, "--top-k", "50", "--num-samples", "2"])
-        step(5, "eval", "eval", ["--checkpoint", cfg.out_dir, "--max-tokens", args.eval_tokens])
+                                     str(args.max_new_tokens), "--seed", str(args.seed), "--top-k", "50",
+                                     "--num-samples", "2"])
+        step(5, "eval", "eval", ["--checkpoint", cfg.out_dir, "--max-tokens", str(args.eval_tokens)])
     except subprocess.CalledProcessError as err:
         print(f"error: {' '.join(map(str, err.cmd[1:]))} failed with exit code {err.returncode}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from script_loader import load_script
 
 demo = load_script("demo")
@@ -46,3 +47,17 @@ def test_demo_reports_a_failed_step(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", fail)
     assert demo.main([]) == 1
     assert "bin/tokenizer.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-new-tokens", "abc"], "argument --max-new-tokens: expected an integer >= 0, got 'abc'"),
+    (["--eval-tokens", "-1"], "argument --eval-tokens: expected an integer >= 1, got '-1'"),
+    (["--seed", "x"], "argument --seed: expected an integer >= 0"),
+])
+def test_bad_sample_and_eval_options_stop_the_demo_before_any_step(monkeypatch, capsys, argv, message):
+    """They were passed on as text, so bin/sample.py refused them only after minutes of training."""
+    ran: list[str] = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    with pytest.raises(SystemExit) as exc:
+        demo.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err and ran == []
