@@ -61,6 +61,7 @@ from pipeline.tokenizer_step import (
     install_tokenizer,
     refuse_foreign_store,
     run_cli,
+    stores_using,
     tokenizer_source,
     unused_tokenizer_removed,
 )
@@ -246,7 +247,7 @@ def _prepare_locked(cfg: PrepareConfig, root: Path, store: Path, shard: tuple[in
     vocab = current["vocab_size"] if current else encoder.vocab_size
     if cfg.vocab_size and cfg.vocab_size != vocab:
         raise PrepareError(f"{src} has a vocabulary of {vocab}, not --vocab-size {cfg.vocab_size}: "
-                           "retrain it with `make tokenizer` (same NAME, VOCAB=...) or drop --vocab-size")
+                           f"{_retrain_advice(cfg, root, src)}, or drop --vocab-size")
     if current:
         log.info("%s is up to date (same inputs and options); nothing to do", store)
         return store
@@ -291,6 +292,17 @@ def _prepare_locked(cfg: PrepareConfig, root: Path, store: Path, shard: tuple[in
     _prune_work(work, {p.name for p in results}, cfg.keep_work)
     print(summary(store, manifest, asm, counts, time.perf_counter() - started))
     return store
+
+
+def _retrain_advice(cfg: PrepareConfig, root: Path, src: Path) -> str:
+    """How to get a tokenizer of --vocab-size. `make tokenizer` refuses to replace the one a finished store
+    (or part) uses unless given --overwrite, so advice without the flag would only lead to that refusal."""
+    if cfg.tokenizer:
+        return "give a tokenizer of that size"
+    if stores_using(root, src):
+        return ("retrain it with `make tokenizer` (same DATA and NAME, VOCAB=..., ARGS=--overwrite: a finished "
+                "store uses it, which this command then rebuilds)")
+    return "retrain it with `make tokenizer` (same DATA and NAME, VOCAB=...)"
 
 
 def summary(store: Path, manifest: dict[str, Any], asm: Assembler, counts: dict[str, int], seconds: float) -> str:

@@ -162,7 +162,7 @@ def tokenizer_main(argv: list[str] | None = None) -> int:
     return run_cli(cfg, lambda: _retrain(cfg), "the tokenizer was not changed")
 
 
-def _stores_using(root: Path, tokenizer: Path) -> list[Path]:
+def stores_using(root: Path, tokenizer: Path) -> list[Path]:
     """The finished stores encoded with `tokenizer`: the one in `root`, and its --shard parts, which
     use it from the moment they finish (before any --merge writes the store in `root`)."""
     sha = sha256_file(tokenizer)
@@ -181,7 +181,7 @@ def _retrain(cfg: PrepareConfig) -> None:
 
 def _retrain_unlocked(cfg: PrepareConfig, root: Path) -> None:
     tok = root / TOKENIZER
-    users = _stores_using(root, tok) if tok.is_file() and not cfg.overwrite else []
+    users = stores_using(root, tok) if tok.is_file() and not cfg.overwrite else []
     if users:
         # Trained beside it first: training is deterministic, so the same inputs and options (make
         # tokenizer after make prepare, say) give the same file, which leaves every store as it was.

@@ -63,6 +63,23 @@ def test_make_tokenizer_keeps_the_tokenizer_a_store_uses_unless_overwrite(tmp_pa
     assert sha256_file(store / "tokenizer.json") != before
 
 
+def test_a_vocab_size_mismatch_on_a_finished_store_advises_a_retrain_that_is_not_refused(tmp_path, capsys):
+    """The advice was `make tokenizer ... VOCAB=...`, which make tokenizer then refused for want of --overwrite."""
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(4, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet"]
+    assert main([*common, "--vocab-size", "300"]) == 0
+    assert main([*common, "--vocab-size", "320"]) == 1
+    err = capsys.readouterr().err
+    assert "has a vocabulary of 300, not --vocab-size 320" in err and "ARGS=--overwrite" in err
+    assert tokenizer_main([*common, "--vocab-size", "320", "--overwrite"]) == 0  # the advice, followed
+    assert main([*common, "--vocab-size", "320"]) == 0
+    assert TokenStore(tmp_path / "s", verify=True).vocab_size == 320
+    # Without a finished store using it, the tokenizer is retrained freely: no flag to mention.
+    (tmp_path / "s" / "manifest.json").unlink()
+    assert main([*common, "--vocab-size", "300"]) == 1
+    assert "(same DATA and NAME, VOCAB=...)" in capsys.readouterr().err
+
+
 def test_make_tokenizer_keeps_the_tokenizer_finished_shard_parts_use(tmp_path, capsys):
     """Before --merge there is no store in the root folder, only finished parts whose manifests point at
     ../tokenizer.json: retraining it left every part (and the merge) unusable."""
