@@ -101,9 +101,13 @@ def eval_store(loaded: LoadedModel, root: str, split: str, max_tokens: int | Non
     if store.tokenizer_sha256 != loaded.tokenizer_sha256:
         raise TokenizerMismatch(f"{root} was tokenized with sha256 {store.tokenizer_sha256[:12]}..., the model "
                                 f"with {loaded.tokenizer_sha256[:12]}...: its ids mean other things to the model")
+    info = store.manifest["splits"][split]
+    if info["tokens"] < 2:  # say which split is empty and what to do, not "fewer than two tokens"
+        built = " (built with --val-fraction 0)" if store.manifest.get("split", {}).get("val_fraction") == 0 else ""
+        hint = f"{built}; evaluate on --split train, or on files with --text" if split == "val" else ""
+        raise ValueError(f"{root}: its {split} split holds {info['tokens']} token(s), nothing to evaluate{hint}")
     nats, count = score(loaded.model, windows(store.shards(split), loaded.model.cfg.block_size, max_tokens),
                         batch_size)
-    info = store.manifest["splits"][split]
     # The predictions cover all tokens but the first, so scale the split's bytes by how many were made.
     covered = info.get("text_bytes", 0) * count / max(info["tokens"] - 1, 1)
     return {"source": f"{root} {split}", **report(nats, count, covered)}
@@ -148,7 +152,11 @@ def eval_texts(loaded: LoadedModel, paths: list[str], clean: CleanConfig, max_to
         raise ValueError(f"no documents read from {' '.join(paths)} (is the text under another field than "
                          f"{text_field!r} / CSV column {csv_column!r}? see --text-field, --csv-column)")
     if not docs:
-        raise ValueError(f"cleaning dropped every document ({dict(stats.dropped)}); try --clean-preset minimal")
+        # The minimal preset drops only empty documents: suggesting it again would go in circles.
+        hint = ("the minimal preset drops only empty ones, so the files hold no text"
+                if clean == CleanConfig.for_source("minimal")
+                else "try --clean-preset minimal")
+        raise ValueError(f"cleaning dropped every document ({dict(stats.dropped)}); {hint}")
     encoder = Encoder(loaded.tokenizer_path)
     ids, lengths = encoder.encode_to_array(docs)
     ids, _ = with_bos(ids, lengths, encoder.bos_id)

@@ -17,7 +17,7 @@ from script_loader import load_script
 
 from pipeline.clean import CleanConfig, clean_text
 from pipeline.fast_encode import Encoder
-from pipeline.store import TokenStore
+from pipeline.store import TokenStore, write_store
 from pipeline.tokenizer import BOS_ID
 from train.export import load
 
@@ -113,6 +113,24 @@ def test_cleaning_defaults_to_the_stores_and_can_drop_everything(run_dir, store_
     (tmp_path / "short.txt").write_text("Too short.")
     code = ev.main(["--checkpoint", str(run_dir), "--text", str(tmp_path / "short.txt"), "--clean-preset", "web"])
     assert code == 1 and "try --clean-preset minimal" in capsys.readouterr().err
+
+
+def test_empty_inputs_get_advice_that_does_not_go_in_circles(run_dir, tokenizer_path, tmp_path, capsys):
+    """`--text empty.txt --clean-preset minimal` said `try --clean-preset minimal`; a store built with
+    --val-fraction 0 said `nothing to evaluate: fewer than two tokens`."""
+    (tmp_path / "empty.txt").write_text("")
+    assert ev.main(["--checkpoint", str(run_dir), "--text", str(tmp_path / "empty.txt"), "--clean-preset",
+                    "minimal"]) == 1
+    err = capsys.readouterr().err
+    assert "cleaning dropped every document" in err and "files hold no text" in err and "try --clean" not in err
+    enc = Encoder(tokenizer_path)
+    store = tmp_path / "noval"
+    write_store(store, {"train": [enc.encode(t) for t in TEXTS]}, vocab_size=enc.vocab_size,
+                tokenizer_path=tokenizer_path, split={"val_fraction": 0.0})
+    assert ev.main(["--checkpoint", str(run_dir), "--data", str(store), "--device", "cpu"]) == 1
+    assert capsys.readouterr().err == (f"error: {store}: its val split holds 0 token(s), nothing to evaluate (built "
+                                       "with --val-fraction 0); evaluate on --split train, or on files with --text\n")
+    assert ev.main(["--checkpoint", str(run_dir), "--data", str(store), "--split", "train", "--device", "cpu"]) == 0
 
 
 def test_cli_store_default_and_max_tokens(run_dir, capsys):
