@@ -14,6 +14,7 @@ from common.config import ConfigError, from_dict, to_dict
 from pipeline.tokenizer import MIN_VOCAB_SIZE
 
 SOURCES = ("shakespeare", "redpajama")
+MIN_SHARD_TOKENS = 1 << 20  # 2-4 MB files: a billion-token store stays within about a thousand shards
 
 
 @dataclass
@@ -69,7 +70,7 @@ class PrepareConfig:
     skip_bad_files: bool = False
     """Record unreadable/corrupt files in the manifest and go on, instead of stopping with an error."""
     shard_tokens: int = 1 << 28
-    """Most tokens per output shard file (documents are never split across shards)."""
+    """Most tokens per output shard file (documents are never split across shards); at least 1048576."""
     keep_work: bool = True
     """Keep the per-chunk results in <store>/.work after a successful build, so that adding or changing
     input files later redoes only those (costs about the store's size again on disk)."""
@@ -111,6 +112,9 @@ def check(cfg: PrepareConfig) -> None:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.chunk_bytes < 1 << 16:
         raise ConfigError(f"--chunk-bytes must be at least 65536, got {cfg.chunk_bytes}")
+    if cfg.shard_tokens < MIN_SHARD_TOKENS:
+        # Below it a store is a file or two per document: 0 or 1 was accepted and gave one shard per document.
+        raise ConfigError(f"--shard-tokens must be at least {MIN_SHARD_TOKENS} (1 << 20), got {cfg.shard_tokens}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")
     if cfg.vocab_size is not None and cfg.vocab_size < MIN_VOCAB_SIZE:

@@ -329,6 +329,18 @@ def test_replacing_a_finished_store_is_said(tmp_path, tokenizer, caplog):
     assert "replacing the store built there earlier" in caplog.records[0].getMessage()
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "1000"])
+def test_shard_tokens_below_the_minimum_is_refused(tmp_path, capsys, value):
+    """--shard-tokens 0 was accepted and wrote one shard per document."""
+    from pipeline.prepare import main
+
+    # (a missing --tokenizer: were the value taken, the run would stop there, not build a store)
+    assert main(["--shard-tokens", value, "--out", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "none.json"),
+                 "--quiet"]) == 2
+    assert capsys.readouterr().err == f"error: --shard-tokens must be at least 1048576 (1 << 20), got {value}\n"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_passes_name_and_tokenizer_as_one_value_each():
     """`make prepare NAME="my store"` ran `--name my store`: "cannot parse 'store'"."""
