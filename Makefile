@@ -18,6 +18,7 @@ SOURCE ?=
 TOKENIZER ?=
 VOCAB ?=
 ARGS ?=
+# CONFIG= (empty) passes no --config: bin/train.py's own defaults (it took the first word of ARGS as the file).
 CONFIG ?= configs/tiny.yml
 NGPU ?=
 
@@ -53,8 +54,9 @@ prepare: setup
 
 # With NGPU, the config is checked once first: under torchrun each rank would print the same error,
 # followed by the launcher's own traceback.
+TRAIN_ARGS = $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
 train: setup
-	$(if $(NGPU),$(PY) bin/train.py --check --config $(CONFIG) $(ARGS) &&) $(LAUNCH) bin/train.py --config $(CONFIG) $(ARGS)
+	$(if $(NGPU),$(PY) bin/train.py --check $(TRAIN_ARGS) &&) $(LAUNCH) bin/train.py $(TRAIN_ARGS)
 
 plot: setup
 	$(PY) bin/plot.py $(ARGS)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shlex
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -340,13 +338,3 @@ def test_shard_tokens_below_the_minimum_is_refused(tmp_path, capsys, value):
     assert capsys.readouterr().err == f"error: --shard-tokens must be at least 1048576 (1 << 20), got {value}\n"
     assert not (tmp_path / "out").exists()
 
-
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_make_passes_name_and_tokenizer_as_one_value_each():
-    """`make prepare NAME="my store"` ran `--name my store`: "cannot parse 'store'"."""
-    out = subprocess.run(["make", "-n", "-s", "-o", ".venv/.installed", "prepare", "NAME=my store",
-                          "TOKENIZER=my tok.json", "DATA=a b"], cwd=ROOT, capture_output=True, text=True, check=True)
-    argv = shlex.split(out.stdout.strip().splitlines()[-1])
-    assert argv[argv.index("--name") + 1] == "my store"
-    assert argv[argv.index("--tokenizer") + 1] == "my tok.json"
-    assert argv[argv.index("--data") + 1] == "a b"  # split into two paths by bin/prepare.py, not by make

@@ -1,0 +1,35 @@
+"""Makefile: the command lines its targets run (`make -n`), for the variables the README documents."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def _argv(*args: str) -> list[str]:
+    """The last command `make -n` prints for these targets and variables, split as the shell would."""
+    out = subprocess.run(["make", "-n", "-s", "-o", ".venv/.installed", *args], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return shlex.split(out.stdout.strip().splitlines()[-1])
+
+
+def test_make_passes_name_and_tokenizer_as_one_value_each():
+    """`make prepare NAME="my store"` ran `--name my store`: "cannot parse 'store'"."""
+    argv = _argv("prepare", "NAME=my store", "TOKENIZER=my tok.json", "DATA=a b")
+    assert argv[argv.index("--name") + 1] == "my store"
+    assert argv[argv.index("--tokenizer") + 1] == "my tok.json"
+    assert argv[argv.index("--data") + 1] == "a b"  # split into two paths by bin/prepare.py, not by make
+
+
+def test_an_empty_config_passes_no_config_option():
+    """`make train CONFIG=` ran `--config out_dir=...`: "config file not found: out_dir=..."."""
+    assert _argv("train", "CONFIG=", "ARGS=out_dir=x")[1:] == ["bin/train.py", "out_dir=x"]
+    assert _argv("train", "ARGS=out_dir=x")[1:] == ["bin/train.py", "--config", "configs/tiny.yml", "out_dir=x"]
+    assert _argv("train", "CONFIG=my presets/a.yml")[1:] == ["bin/train.py", "--config", "my presets/a.yml"]
