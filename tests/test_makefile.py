@@ -33,3 +33,12 @@ def test_an_empty_config_passes_no_config_option():
     assert _argv("train", "CONFIG=", "ARGS=out_dir=x")[1:] == ["bin/train.py", "out_dir=x"]
     assert _argv("train", "ARGS=out_dir=x")[1:] == ["bin/train.py", "--config", "configs/tiny.yml", "out_dir=x"]
     assert _argv("train", "CONFIG=my presets/a.yml")[1:] == ["bin/train.py", "--config", "my presets/a.yml"]
+
+
+def test_ngpu_checks_the_config_once_before_torchrun():
+    """Under torchrun every rank printed a typo's error, followed by the launcher's own traceback."""
+    argv = _argv("train", "NGPU=2", "ARGS=out_dir=x")
+    check, launch = argv[:argv.index("&&")], argv[argv.index("&&") + 1:]
+    assert check[1:] == ["bin/train.py", "--check", "--config", "configs/tiny.yml", "out_dir=x"]
+    assert launch[0].endswith("torchrun") and "--nproc_per_node=2" in launch
+    assert launch[launch.index("bin/train.py"):] == ["bin/train.py", "--config", "configs/tiny.yml", "out_dir=x"]
