@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import random
+import re
 import time
 from dataclasses import replace
 
@@ -90,6 +91,14 @@ def test_whitespace_rules():
     assert normalize("a\t\tb\x01", replace(WEB, normalize_whitespace=False)) == "a\t\tb"
 
 
+def test_nfc_is_not_nfkc_and_a_tab_between_words_is_one_space():
+    """NFC composes accents but keeps compatibility characters (ligatures, circled digits, superscripts),
+    which NFKC would rewrite; a tab inside a line is collapsed like a run of spaces. Mutations normalising
+    with NFKC, or collapsing only space runs, passed every test."""
+    assert normalize("ﬁsh ① x² Cafe\u0301", WEB) == "ﬁsh ① x² Café"
+    assert normalize("one\ttwo\t\tthree", WEB) == "one two three"
+
+
 def test_empty_documents_dropped():
     stats = CleanStats()
     for raw in ["", "   ", "\n\t\r\n", "\x00\x01"]:
@@ -113,10 +122,12 @@ def test_pathological_whitespace_is_linear():
     [
         ("Home | About us | Contact", "c4_no_terminal_punct"),
         ("Read more...", "c4_no_terminal_punct"),
+        ("And then the storm came in from the west…", "c4_no_terminal_punct"),
         ("Subscribe now!", "c4_too_few_words"),
         ("Please enable JavaScript in your browser to see this page.", "c4_javascript"),
         ("By using this site you agree to our privacy policy and terms of use.", "c4_policy"),
         ("This site uses cookies to improve your experience.", "c4_policy"),
+        ("Read about our use of cookies on this page.", "c4_policy"),
         ("Download the file " + "x" * 1001 + " now.", "c4_long_word"),
     ],
 )
@@ -165,6 +176,37 @@ def test_c4_too_few_sentences_and_no_lines_kept():
     assert clean_text(menu, cfg) == (None, "c4_no_lines_kept")
 
 
+def test_c4_limits_and_the_lines_they_keep():
+    """The C4 limits at their edges: a word of exactly c4_max_word_length, exactly c4_min_sentences
+    sentences (a line ending in a quote after a comma counts as one, a sentence ending in a closing
+    quote counts), typographic closing quotes as line ends, citation markers in any case, and lorem
+    ipsum that citation removal joins. Mutations at each of these (>= for >, <= for <, no max(1, ...),
+    no closing quotes in SENTENCE_END or END_PUNCTUATION, a case-sensitive CITATION, lower() only
+    for phrase documents) passed every test."""
+    c4 = replace(C4_ONLY, c4_min_sentences=None)
+    long_word = "The word " + "x" * 1000 + " stays in."
+    assert clean_text(PROSE + "\n" + long_word, c4)[0] == PROSE + "\n" + long_word
+    five = [
+        "The boats came in. Everyone was glad.",
+        "The nets were full of fish.",
+        "The market opened early.",
+        'He shouted "bring the boats in,"',
+    ]
+    assert clean_text("\n".join(five), C4_ONLY) == ("\n".join(five), None)
+    assert clean_text("\n".join(five[1:]), C4_ONLY) == (None, "c4_too_few_sentences")
+    quoted = [
+        'She said "stop." He said "go." Then they left.',
+        "The nets were full of fish.",
+        "The market opened early.",
+    ]
+    assert clean_text("\n".join(quoted), C4_ONLY) == ("\n".join(quoted), None)
+    for line in ("The old sailors still call that night the “widow maker”", "They called it the ‘long night’"):
+        assert clean_text(PROSE + "\n" + line, c4)[0] == PROSE + "\n" + line
+    out, _ = clean_text(PROSE + "\nThe tower was built by the harbour board.[Citation Needed][EDIT]", c4)
+    assert out.endswith("\nThe tower was built by the harbour board.")
+    assert clean_text(PROSE + "\nThe page still shows lorem[1] ipsum text here.", c4) == (None, "c4_lorem_ipsum")
+
+
 def test_verse_would_be_gutted_by_c4():
     verse = "Shall I compare thee to a summer's day,\nThou art more lovely and more temperate:\n" * 3
     out, _ = clean_text(verse, replace(WEB, gopher_quality=False, gopher_repetition=False, c4_min_sentences=None))
@@ -205,6 +247,66 @@ def test_gopher_threshold_none_disables_rule():
     )
 
 
+QUALITY_ONLY = replace(WEB, c4=False, gopher_repetition=False)
+
+
+def _words(n: int, length: int = 5) -> list[str]:
+    """n words: "the", "and", then distinct lowercase words of `length` letters (never a stop word)."""
+    made = ("".join(chr(97 + i // 26**k % 26) for k in range(length)) for i in range(n))
+    return ["the", "and", *made][:n]
+
+
+def _text(n: int, length: int = 5) -> str:
+    return " ".join(_words(n, length))
+
+
+def _lines(starts: list[str], ends: list[str]) -> str:
+    """One line of 8 words per item, each with its start and end, separated by blank lines."""
+    words = _words(8 * len(starts))
+    return "\n\n".join(
+        a + " ".join(words[8 * i : 8 * i + 8]) + b for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+    )
+
+
+_TAGS = [f"#t{i}ag" for i in range(10)]
+_BULLETS = [b + " " for b in rules.BULLETS] * 2
+_EXACT_MEAN_10 = ["the", "and", "q" * 17, "r" * 17] + _words(52, 10)[2:]
+_NUMBERS = [str(1000 + i) for i in range(11)]
+
+
+# (rule, a document exactly at its limit: kept, one just past it: dropped, overrides). A trailing " —"
+# (a word with no letters or digits) makes the exact-bound fast paths undecided, so the exact check runs.
+@pytest.mark.parametrize(
+    "rule, at, past, overrides",
+    [
+        ("gopher_short_doc", _text(50) + ".", _text(49) + " —", {}),
+        ("gopher_long_doc", _text(60) + " —", _text(61), {"gopher_max_words": 60}),
+        ("gopher_mean_word_length_low", _text(60, 3) + " —", _text(59, 3) + " ab —", {}),
+        ("gopher_mean_word_length_high", " ".join(_EXACT_MEAN_10) + " —",
+         " ".join(_EXACT_MEAN_10[:-1] + ["s" * 11]) + " —", {}),
+        ("gopher_hash_ratio", " ".join(_words(45) + _TAGS[:5]), " ".join(_words(44) + _TAGS[:6]), {}),
+        ("gopher_ellipsis_ratio", " ".join(w + "…" * (i < 5) for i, w in enumerate(_words(50))),
+         " ".join(w + "…" * (i < 6) for i, w in enumerate(_words(50))), {}),
+        ("gopher_bullet_lines", _lines(_BULLETS[:9] + [""], [""] * 10), _lines(_BULLETS[:10], [""] * 10), {}),
+        ("gopher_ellipsis_lines", _lines([""] * 10, ["…"] * 2 + ["..."] + ["."] * 7),
+         _lines([""] * 10, ["…"] * 2 + ["..."] * 2 + ["."] * 6), {}),
+        ("gopher_alpha_words", " ".join(_words(40) + _NUMBERS[:10]), " ".join(_words(39) + _NUMBERS), {}),
+        ("gopher_alpha_words", " ".join(_words(39) + ["café"] + _NUMBERS[:10]),
+         " ".join(_words(38) + ["café"] + _NUMBERS), {}),
+        ("gopher_stop_words", "The " + _text(52)[8:] + " and", "The " + _text(52)[8:] + " but", {}),
+    ],
+)  # fmt: skip
+def test_gopher_quality_limits_are_inclusive(rule, at, past, overrides):
+    """Every Gopher quality threshold keeps a document exactly at it and drops one just past it, counting
+    what the rules document (stop words in any case, every bullet kind, both ellipses, ratios over
+    non-blank lines, words without letters by the ASCII and the Unicode path). Off-by-one mutations
+    (<= for <, >= for >) at each threshold, and mutations dropping "…" or four bullets, counting blank
+    lines or matching stop words case-sensitively, passed every test."""
+    cfg = replace(QUALITY_ONLY, **overrides)
+    assert clean_text(at, cfg) == (at, None)
+    assert clean_text(past, cfg) == (None, rule)
+
+
 # --- Gopher repetition ---
 
 SENTENCES = [s.strip() for s in PROSE.replace("\n", " ").split(".") if s.strip()]
@@ -239,6 +341,53 @@ def test_dup_10_gram_alone():
     cfg = replace(REPETITION_ONLY, gopher_dup_ngram_max_frac=[None] * 5 + [0.10])
     text = _unique_words(60, "a") + " " + " ".join(SENTENCES[:3]) * 3 + " " + _unique_words(60, "b")
     assert clean_text(text, cfg) == (None, "gopher_dup_10_gram")
+
+
+_NO_REPETITION = replace(
+    REPETITION_ONLY,
+    gopher_max_dup_line_frac=None,
+    gopher_max_dup_para_frac=None,
+    gopher_max_dup_line_char_frac=None,
+    gopher_max_dup_para_char_frac=None,
+    gopher_top_ngram_max_frac=[None] * 3,
+    gopher_dup_ngram_max_frac=[None] * 6,
+)
+
+
+def _padded(head: str, chars: int) -> str:
+    """head, then a last word of fresh letters making the text exactly `chars` long."""
+    return head + " " + "z" * (chars - len(head) - 1)
+
+
+@pytest.mark.parametrize(
+    "rule, at, past, overrides",
+    [
+        # 10 lines (or paragraphs), 3 repeating the first: 0.3; 4 of 10: 0.4.
+        ("gopher_dup_line_frac", "\n".join(["aa"] * 4 + _unique_words(6, "u").split()),
+         "\n".join(["aa"] * 5 + _unique_words(5, "u").split()), {"gopher_max_dup_line_frac": 0.3}),
+        ("gopher_dup_para_frac", "\n\n".join(["aa"] * 4 + _unique_words(6, "u").split()),
+         "\n\n".join(["aa"] * 5 + _unique_words(5, "u").split()), {"gopher_max_dup_para_frac": 0.3}),
+        # A repeated 20-char line in a text of 100 chars: 0.2; of 99: over.
+        ("gopher_dup_line_char_frac", "\n".join(["a" * 20] * 2 + ["b" * 58]),
+         "\n".join(["a" * 20] * 2 + ["b" * 57]), {"gopher_max_dup_line_char_frac": 0.2}),
+        ("gopher_dup_para_char_frac", "\n\n".join(["a" * 20] * 2 + ["b" * 56]),
+         "\n\n".join(["a" * 20] * 2 + ["b" * 55]), {"gopher_max_dup_para_char_frac": 0.2}),
+        # "aa bb" (5 chars with its space) 4 times in 100 chars: 0.2.
+        ("gopher_top_2_gram", _padded("aa bb u1 aa bb u2 aa bb u3 aa bb", 100),
+         _padded("aa bb u1 aa bb u2 aa bb u3 aa bb", 99), {"gopher_top_ngram_max_frac": [0.2, None, None]}),
+        # A repeat of a 5-gram of 15 chars (spaces not counted) in 100 chars: 0.15.
+        ("gopher_dup_5_gram", _padded("aaa bbb ccc ddd eee u1 aaa bbb ccc ddd eee", 100),
+         _padded("aaa bbb ccc ddd eee u1 aaa bbb ccc ddd eee", 99),
+         {"gopher_dup_ngram_max_frac": [0.15] + [None] * 5}),
+    ],
+)  # fmt: skip
+def test_gopher_repetition_limits_are_inclusive(rule, at, past, overrides):
+    """Each repetition threshold (its default value, alone) keeps a document exactly at it and drops
+    one just past it: mutations of > to >= in the line/paragraph, top n-gram and duplicate n-gram
+    checks passed every test."""
+    cfg = replace(_NO_REPETITION, **overrides)
+    assert clean_text(at, cfg) == (at, None)
+    assert clean_text(past, cfg) == (None, rule)
 
 
 def _reference_dup_chars(words: list[str], n: int) -> int:
@@ -302,6 +451,26 @@ def test_clean_stats_from_dict_inverts_to_dict():
     d = json.loads(json.dumps(stats.to_dict()))  # as a worker's result file carries it
     assert CleanStats.from_dict(d) == stats and CleanStats.from_dict(d).to_dict() == d
     assert CleanStats.from_dict(CleanStats().to_dict()) == CleanStats()
+
+
+def test_stats_count_utf8_bytes_as_read_and_merge_every_field():
+    """bytes_in and dropped bytes are the UTF-8 bytes of the document as read, bytes_kept those of the
+    cleaned text; merging two runs' stats gives the stats of one run over both; the table's trimmed
+    row is what kept documents lost. Mutations counting characters for bytes, dropped bytes after
+    stripping, merging without bytes_kept or dropped_bytes, or leaving dropped bytes in the trimmed
+    row, passed every test."""
+    kept = "  Le café du port ouvre à l’aube, et les pêcheurs y boivent leur premier café.\n" + PROSE + "  \n\n\n"
+    docs = [kept, "  Déjà vu, naïve café.  ", PROSE + "\nCookie policy: we use cookies.", "\x00 Ünïcödé \t"]
+    whole, halves = CleanStats(), [CleanStats(), CleanStats()]
+    outs = [clean_text(d, WEB, whole)[0] for d in docs]
+    for i, d in enumerate(docs):
+        clean_text(d, WEB, halves[i // 2])  # a kept and a dropped document in each
+    assert whole.bytes_in == sum(len(d.encode()) for d in docs)
+    assert whole.bytes_kept == sum(len(o.encode()) for o in outs if o is not None) < whole.bytes_in
+    assert whole.dropped_bytes == {"gopher_short_doc": len(docs[1].encode()) + len(docs[3].encode())}
+    assert halves[0].merge(halves[1]) == whole
+    trimmed = whole.bytes_in - whole.bytes_kept - sum(whole.dropped_bytes.values())
+    assert re.search(rf"^bytes trimmed from kept docs +{trimmed} B ", whole.format_table(), re.MULTILINE)
 
 
 def test_doc_hash_stable_64_bit():
