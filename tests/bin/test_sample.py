@@ -254,3 +254,22 @@ def test_prompt_that_is_not_utf8_is_a_clear_error(run, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Roméo".encode("latin-1")), encoding="utf-8"))
     code, _, err = run()
     assert code == 2 and "standard input: not UTF-8" in err
+
+
+def test_no_kv_cache_reaches_generate_and_an_unseeded_run_draws_a_fresh_seed(run, monkeypatch):
+    """--no-kv-cache must switch the cache off in generate() (greedy output is the same either way, and the
+    speed line only echoes the flag), and runs without --seed must differ, each printing the seed that
+    repeats it. Mutations passing use_kv_cache=True always, or seeding every run with 0, passed every test."""
+    import model.generate as gen
+
+    seen = []
+    real = gen.generate
+    monkeypatch.setattr(gen, "generate", lambda *a, **kw: seen.append(kw["use_kv_cache"]) or real(*a, **kw))
+    run("--prompt", "ROMEO:", "--max-new-tokens", "2", "--temperature", "0", "--no-kv-cache")
+    run("--prompt", "ROMEO:", "--max-new-tokens", "2", "--temperature", "0")
+    assert seen == [False, True]
+    args = ("--prompt", "JULIET:", "--max-new-tokens", "30", "--temperature", "1.5")
+    (_, first, err1), (_, second, err2) = run(*args), run(*args)
+    seed1 = err1.split("seed ")[1].split()[0]
+    assert seed1 != err2.split("seed ")[1].split()[0] and first != second
+    assert run(*args, "--seed", seed1)[1] == first

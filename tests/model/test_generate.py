@@ -208,3 +208,35 @@ def test_complete_bos_and_stats():
     assert out[0].prompt_ids == [5, *tok.encode("XYZ")]
     assert [c.ids for c in out] == generate(model, [[5, *tok.encode("XYZ")], [5, *tok.encode("Q")]], 7, temperature=0)
     assert stats.new_tokens == 14 and stats.seconds > 0 and math.isfinite(stats.tokens_per_s)
+
+
+def test_top_p_drops_a_token_whose_preceding_mass_equals_p_exactly():
+    """Four equal tokens (exact quarters): p=0.5 is reached by two, so the third, with exactly 0.5 before
+    it, goes. A mutation testing `before > top_p` kept it and passed every test."""
+    assert torch.isfinite(filter_logits(torch.zeros(1, 4), top_p=0.5)).sum() == 2
+    assert torch.isfinite(filter_logits(torch.zeros(1, 4), top_p=0.75)).sum() == 3
+
+
+def test_complete_streams_the_held_back_tail_and_reports_the_truncated_prompt():
+    """Text held back because it could still grow into a stop string is streamed once the row ends; a
+    long prompt's Completion.prompt_ids are the block_size ids the model saw; stats add up over calls
+    (bin/sample.py --stream shares one across prompts). Mutations dropping the final flush, the
+    prompt_ids truncation, or assigning instead of adding the stats passed every test."""
+    from model.generate import CompletionStats
+
+    model, tok = build(seed=3), Chars()
+    text = complete(model, tok, ["AB"], 12, temperature=0)[0].text
+    pieces: list[str] = []
+    # "a" is outside the tokenizer's characters, so the stop never completes, but its first character
+    # (the text's last) is held back until the row ends.
+    got = complete(model, tok, ["AB"], 12, temperature=0, stop=[text[-1] + "a"], stream=lambda r, p: pieces.append(p))
+    assert got[0].text == text and "".join(pieces) == text
+    stats = CompletionStats()
+    long = "AB" * 20
+    out = complete(model, tok, [long], 5, bos_id=1, temperature=0, stats=stats)[0]
+    assert out.prompt_ids == tok.encode(long)[-model.cfg.block_size :]
+    complete(model, tok, ["AB"], 7, temperature=0, stats=stats)
+    first = stats.seconds
+    assert stats.new_tokens == 12 and first > 0
+    complete(model, tok, ["AB"], 1, temperature=0, stats=stats)
+    assert stats.new_tokens == 13 and stats.seconds > first
