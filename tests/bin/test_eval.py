@@ -215,3 +215,36 @@ def test_unfound_store_cleaning_is_an_error_not_a_fallback(run_dir, tmp_path, mo
     err = capsys.readouterr().err
     assert "no store found at gone/tiny" in err and "--data" in err and "--clean-preset" in err
     assert ev.main(["--checkpoint", str(run), "--text", str(tmp_path / "doc.txt"), "--clean-preset", "minimal"]) == 0
+
+
+def test_windows_read_in_pieces_and_a_two_token_tail_is_scored(monkeypatch):
+    """A split is read READ_TOKENS at a time: windows must not depend on that size; a last window of two
+    tokens (one prediction) counts. Mutations skipping every other piece, or dropping a two-token tail,
+    passed every test (the fixtures' arrays are all smaller than one piece)."""
+    arrays = [np.arange(10), np.arange(10, 23)]
+    whole = [w.tolist() for w in ev.windows(arrays, size=5)]
+    monkeypatch.setattr(ev, "READ_TOKENS", 3)
+    assert [w.tolist() for w in ev.windows(arrays, size=5)] == whole
+    assert [w.tolist() for w in ev.windows(arrays, size=5, max_tokens=8)] == [list(range(6)), [5, 6, 7, 8]]
+    assert [w.tolist() for w in ev.windows([np.arange(7)], size=5)] == [list(range(6)), [5, 6]]
+
+
+def test_bits_per_byte_under_max_tokens_counts_the_bytes_covered(run_dir, store_dir, tmp_path):
+    """With --max-tokens, bits per byte divides by the share of the text's bytes the predictions cover, for
+    a store and for text files, and the text result says how many documents cleaning dropped. Mutations
+    dividing by all the bytes, or reporting 0 dropped, passed every test (the test said the bytes were
+    scaled but checked only the token count)."""
+    loaded = load(run_dir)
+    full = ev.eval_store(loaded, str(store_dir), "val", None, batch_size=3)
+    capped = ev.eval_store(loaded, str(store_dir), "val", 10, batch_size=3)
+    val_bytes = sum(len(t.encode()) for t in TEXTS[:2])
+    assert capped["tokens"] == 10 < full["tokens"]
+    covered = val_bytes * 10 / full["tokens"]  # the split's tokens less the first = every prediction
+    assert capped["bits_per_byte"] == pytest.approx(capped["loss"] * 10 / math.log(2) / covered, rel=1e-6)
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": TEXTS[2]}) + "\n" + json.dumps({"text": "  "}) + "\n")
+    minimal = CleanConfig.for_source("minimal")
+    every = ev.eval_texts(loaded, [str(tmp_path / "b.jsonl")], minimal, None, batch_size=4)
+    some = ev.eval_texts(loaded, [str(tmp_path / "b.jsonl")], minimal, 10, batch_size=4)
+    assert every["dropped_by_cleaning"] == some["dropped_by_cleaning"] == 1 and every["documents"] == 1
+    covered = len(TEXTS[2].encode()) * 10 / every["tokens"]
+    assert some["bits_per_byte"] == pytest.approx(some["loss"] * 10 / math.log(2) / covered, rel=1e-6)

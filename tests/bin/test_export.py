@@ -183,3 +183,22 @@ def test_an_export_remembers_its_store_and_is_readable_by_others(run_dir, tmp_pa
         assert ev.main(["--checkpoint", str(src), "--max-tokens", "40", "--device", "cpu", "--json"]) == 0
         results.append(json.loads(capsys.readouterr().out))
     assert results[0]["loss"] == results[1]["loss"]
+
+
+def test_load_gives_eval_mode_and_an_export_takes_the_tokenizer_override(run_dir, tmp_path):
+    """load() returns the model in eval mode (dropout off), from a checkpoint and from an export; an export
+    loaded with --tokenizer uses and verifies that file, not its own; its metadata names the source
+    checkpoint. Mutations leaving the model in training mode, ignoring the override for exports, or
+    dropping the source from the metadata passed every test."""
+    loaded = load(run_dir)
+    assert not loaded.model.training
+    out = export(loaded, tmp_path / "exp")
+    with safe_open(out / "model.safetensors", framework="pt") as f:
+        assert f.metadata()["source"] == str(loaded.source)
+    assert not load(out).model.training
+    copy = shutil.copyfile(out / "tokenizer.json", tmp_path / "copy.json")
+    assert load(out, tokenizer=copy).tokenizer_path == copy
+    wrong = tmp_path / "wrong.json"
+    wrong.write_bytes(copy.read_bytes() + b"\n")
+    with pytest.raises(TokenizerMismatch):
+        load(out, tokenizer=wrong)
