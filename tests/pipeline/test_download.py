@@ -361,3 +361,30 @@ def test_a_second_process_waits_for_the_first_download_instead_of_splicing_into_
     assert len(server.requests) == 1  # the second found the file complete once the first let go
     assert dest.read_bytes() == PAYLOAD
     assert (tmp_path / "f.bin.sha256").read_text() == f"{sha(PAYLOAD)}  f.bin\n"
+
+
+def test_backoff_is_capped_and_500_is_retried(server, tmp_path, monkeypatch):
+    """The pause doubles up to 30 s (a longer Retry-After still wins), and a plain 500 is server trouble
+    like any 5xx. Mutations without the cap, or retrying only codes above 500, passed every test."""
+    pauses = []
+    monkeypatch.setattr(dl.time, "sleep", pauses.append)
+    server.fail_first = [(500,)] * 6 + [(503, "100")]
+    download(server.url + "f.bin", tmp_path / "f.bin", sha256=sha(PAYLOAD), retries=7)
+    assert pauses == [1, 2, 4, 8, 16, 30, 100] and (tmp_path / "f.bin").read_bytes() == PAYLOAD
+
+
+def test_stale_partial_and_complete_files_are_judged_by_size_and_digest(server, tmp_path, monkeypatch):
+    """A .part longer than the pinned size, or (size unknown) longer than the file the server has, is
+    discarded and fetched again; a dest of the wrong pinned size is not taken as done; an upper-case
+    sha256 pin matches; a refetch's leftover .part.new is cleaned up. Mutations of each passed every test."""
+    monkeypatch.setattr(dl.time, "sleep", lambda s: None)
+    (tmp_path / "a.bin.part").write_bytes(PAYLOAD + b"junk")
+    download(server.url + "f.bin", tmp_path / "a.bin", size=len(PAYLOAD), sha256=sha(PAYLOAD).upper())
+    (tmp_path / "b.bin.part").write_bytes(PAYLOAD + b"junk")  # the server answers 416 for bytes past its end
+    (tmp_path / "b.bin.part.new").write_bytes(b"left by a crash")
+    download(server.url + "f.bin", tmp_path / "b.bin", sha256=sha(PAYLOAD))
+    (tmp_path / "c.bin").write_bytes(PAYLOAD[:1000])  # cut short by an older version, say
+    download(server.url + "f.bin", tmp_path / "c.bin", size=len(PAYLOAD))
+    for name in ("a.bin", "b.bin", "c.bin"):
+        assert (tmp_path / name).read_bytes() == PAYLOAD, name
+    assert left(tmp_path) == ["a.bin", "a.bin.sha256", "b.bin", "b.bin.sha256", "c.bin", "c.bin.sha256"]
