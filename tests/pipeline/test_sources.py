@@ -194,6 +194,25 @@ def test_bad_records_are_skipped_counted_and_logged(tmp_path, caplog):
     assert f"{path}:2: invalid_json" in caplog.text and f"{path}:7" not in caplog.text
 
 
+def test_csv_header_padding_short_rows_parquet_large_strings_and_quiet_stats(tmp_path, caplog):
+    """A CSV header name is matched stripped (" text"), a row too short to hold the text column is a
+    counted missing_text (a blank line is no record), a parquet large_string column is text, and quiet
+    stats keep their examples without logging them. Mutations matching the header unstripped, skipping
+    short rows uncounted, accepting only string/binary parquet columns, or logging when quiet passed
+    every test."""
+    path = tmp_path / "pad.csv"
+    path.write_text("id, text\n1,first\n2\n\n3,third\n")
+    records, stats = read_all(path)
+    assert [t for t, _ in records] == ["first", "third"]
+    assert stats.bad_records == {"missing_text": 1} and stats.examples == [f"{path}:3: missing_text"]
+    pq.write_table(pa.table({"text": pa.array(["a", "b"], pa.large_string())}), tmp_path / "big.parquet")
+    assert texts_of(tmp_path / "big.parquet") == ["a", "b"]
+    quiet = ReadStats(quiet=True)
+    caplog.clear()  # the CSV's missing_text was logged: not quiet
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        quiet.note("invalid_json", "f.jsonl:3")
+    assert quiet.examples == ["f.jsonl:3: invalid_json"] and caplog.text == ""
+
 def test_invalid_utf8_and_lone_surrogates_are_replaced(tmp_path):
     path = tmp_path / "u.jsonl"
     path.write_bytes(b'{"text": "caf\xff!"}\n{"text": "lone \\ud800 surrogate"}\n{"text": "fine \xc3\xa9"}\n')
