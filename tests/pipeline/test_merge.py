@@ -80,3 +80,23 @@ def test_merged_sources_are_listed_in_plan_order_like_a_single_job(tmp_path, tok
     merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts)).manifest["sources"]
     full = TokenStore(build(tmp_path / "full", tokenizer, **opts)).manifest["sources"]
     assert merged == full and [Path(s["path"]).name for s in full] == [f"f{k}.jsonl" for k in range(4)]
+
+
+def test_merge_refuses_a_missing_part_mixed_splits_and_a_renamed_part(tmp_path, tokenizer):
+    """The merge's checks that the parts make one store: every part i/n present, one n, each part in the
+    folder its manifest names. With each of these checks mutated away every test passed."""
+    _, opts = two_parts(tmp_path, tokenizer, files=2, docs=10, first=80)
+    root = tmp_path / "sh" / "m"
+    (root / "part-1-of-2").rename(root / "away")
+    with pytest.raises(PrepareError, match=r"parts 1/2 missing; run --shard for them"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    shutil.copytree(root / "away", root / "part-0-of-3")
+    with pytest.raises(PrepareError, match=r"parts of different splits \(of-2, of-3\)"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    shutil.rmtree(root / "part-0-of-3")
+    shutil.copytree(root / "part-0-of-2", root / "part-1-of-2")  # part 0 under part 1's name
+    with pytest.raises(PrepareError, match=r"part-1-of-2: holds part 0/2, not the one its name says"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    shutil.rmtree(root / "part-1-of-2")
+    (root / "away").rename(root / "part-1-of-2")
+    TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
