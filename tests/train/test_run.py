@@ -1,0 +1,120 @@
+"""Starting a run (train/run.py, bin/train.py): config checks, --check, exit codes, and the out_dir:
+its lock, what it must not already hold, and no empty folder left by a run that failed to start."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from script_loader import load_script
+from trainer_util import REPO, make_store, tiny_config
+
+from common.config import ConfigError, from_dict, load_yaml, to_dict
+from pipeline.store import StoreError, TokenStore
+from train.config import TrainConfig
+from train.run import open_trainer, train
+
+
+@pytest.mark.parametrize("name", ["tiny", "gpt-45m", "gpt_d768_l12"])
+def test_presets_are_valid_train_configs(name):
+    cfg = from_dict(TrainConfig, load_yaml(REPO / "configs" / f"{name}.yml"), where=name)
+    cfg.validate()
+
+
+def test_check_reports_what_a_run_would_refuse_without_starting_one(tmp_path, capsys):
+    """`make train NGPU=N` runs `--check` first: under torchrun a typo was printed by every rank, among
+    the launcher's own ~35-line traceback."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    ok = [f"data={store.root}", f"out_dir={tmp_path / 'run'}", "max_steps=1", "model.n_layer=1"]
+    assert cli.main(["--check", *ok]) == 0 and not (tmp_path / "run").exists()  # nothing written
+    for change, message in ((f"data={tmp_path / 'nowhere'}", "no manifest.json"),
+                            (f"out_dir={store.root}", "holds a token store"),
+                            ("model.pad_id=5000", "pad_id")):  # past the store's 64-token vocabulary
+        code = cli.main(["--check", *ok, change])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    cli = load_script("train")
+
+    def exit_code(argv):
+        try:
+            return cli.main(argv)
+        except SystemExit as exc:  # parse_cli exits 2 itself on a ConfigError
+            return exc.code
+
+    assert exit_code(["model.n_head=3"]) == 2  # the model's own check (512 % 3)
+    assert exit_code(["max_steps=0"]) == 2
+    assert exit_code([f"data={tmp_path / 'missing'}", "max_steps=1"]) == 1
+    err = capsys.readouterr().err
+    assert "not divisible" in err and "set max_steps or epochs" in err and "no manifest.json" in err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0 and "--max-steps" in capsys.readouterr().out
+    json.dumps(to_dict(TrainConfig()))  # the config is plain data all the way down
+
+
+def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_runs(tmp_path):
+    """Two runs in one out_dir would prune each other's checkpoints and interleave metrics.jsonl."""
+    make_store(tmp_path / "store")
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2)
+    with open_trainer(cfg, log=lambda _: None):
+        second = open_trainer(tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2), log=lambda _: None)
+        with pytest.raises(ConfigError, match="another training run is using this out_dir"):
+            second.__enter__()
+        assert train(tiny_config(tmp_path / "store", tmp_path / "other", max_steps=1), log=lambda _: None)
+    # Released at the end of the run (and by the OS if the process dies): the next run may go on.
+    assert train(tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2), log=lambda _: None)["step"] == 2
+
+
+def test_an_out_dir_holding_a_store_or_an_export_is_refused_before_anything_is_written(tmp_path):
+    """out_dir=<a token store> replaced the store's tokenizer.json with the run's (the store then no
+    longer opened); out_dir=<an export> made the folder load as the export, never the run's checkpoints."""
+    store = make_store(tmp_path / "store")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export/model.safetensors").write_bytes(b"weights")
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "store", "holds a token store (manifest.json)"),
+                         (tmp_path / "export", "holds an exported model (model.safetensors)"),
+                         (tmp_path / "file", "exists and is not a folder")):
+        before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+        with pytest.raises(ConfigError, match=f"out_dir {out}: {re.escape(message)}"):
+            train(tiny_config(tmp_path / "store", out, max_steps=1), log=lambda _: None)
+        assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
+    assert TokenStore(store.root)  # still opens: its tokenizer untouched
+
+
+def test_a_run_that_fails_to_start_leaves_no_empty_out_dir(tmp_path):
+    out = tmp_path / "runs" / "typo"
+    with pytest.raises(StoreError):
+        train(tiny_config(tmp_path / "no-such-store", out, max_steps=1), log=lambda _: None)
+    assert not out.exists() and (tmp_path / "runs").exists()
+    out.mkdir(parents=True)  # a folder the user made is theirs: it stays
+    with pytest.raises(StoreError):
+        train(tiny_config(tmp_path / "no-such-store", out, max_steps=1), log=lambda _: None)
+    assert out.is_dir()
+
+
+def test_seed_must_be_a_non_negative_numpy_seed():
+    for seed in (-1, 2**62):
+        with pytest.raises(ConfigError, match="seed must be in"):
+            TrainConfig(seed=seed)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("grad_clip", -1.0, "grad_clip must be a finite number >= 0"),  # flipped the gradient: the loss climbed
+    ("weight_decay", -0.1, "weight_decay must be a finite number >= 0"),
+    ("lr", float("inf"), "lr must be a finite number > 0"),  # every step was skipped as non-finite
+    ("lr", float("nan"), "lr must be a finite number > 0"),
+    ("lr", 0.0, "lr must be a finite number > 0"),
+    ("min_lr", -1e-5, "min_lr must be a finite number >= 0"),
+    ("beta1", 1.5, r"beta1 must be in \[0, 1\)"),  # torch's own ValueError came out as a traceback
+    ("beta2", -0.1, r"beta2 must be in \[0, 1\)"),
+])
+def test_optimizer_numbers_torch_would_take_silently_are_refused(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})
+    TrainConfig(grad_clip=0.0, weight_decay=0.0, min_lr=0.0, beta1=0.0)  # the edges are fine
