@@ -23,7 +23,8 @@ class _Handler(BaseHTTPRequestHandler):
     server.etag / server.last_modified are sent when set and honoured in If-Range unless
     server.ignore_if_range; server.html replaces every body with an HTML page (a rate-limit page);
     server.gate (an Event) holds the first response halfway until it is set; server.fail_first lists
-    (error status, Retry-After value if any) to answer the first requests with.
+    (error status, Retry-After value if any) to answer the first requests with; server.range_shift makes
+    the next ranged response start that many bytes before the asked offset (its Content-Range says so).
     """
 
     def do_GET(self):
@@ -55,7 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
         if if_range is not None and not srv.ignore_if_range and if_range not in (srv.etag, srv.last_modified):
             m = None  # the file changed since the client's copy: send it whole
         if m and not srv.ignore_range:
-            start, status = int(m.group(1)), 206
+            start, status = max(int(m.group(1)) - srv.range_shift, 0), 206
+            srv.range_shift = 0
             if start >= len(data):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -91,7 +93,7 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.files, srv.requests, srv.ignore_range, srv.cut_after = {"f.bin": PAYLOAD}, [], False, None
     srv.if_ranges, srv.etag, srv.last_modified, srv.ignore_if_range, srv.html = [], None, None, False, None
-    srv.gate, srv.fail_first = None, []
+    srv.gate, srv.fail_first, srv.range_shift = None, [], 0
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -125,6 +127,17 @@ def test_resume_from_a_partial_file(server, tmp_path):
     download(server.url + "f.bin", dest, sha256=sha(PAYLOAD))
     assert dest.read_bytes() == PAYLOAD
     assert server.requests == [("/f.bin", "bytes=300001-")]
+
+
+def test_a_resume_at_another_offset_than_asked_is_discarded_not_spliced(server, tmp_path):
+    """A 206 whose Content-Range starts elsewhere would splice bytes at the wrong place; the partial
+    download is dropped and the file fetched whole."""
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:300_001])
+    server.range_shift = 1000
+    download(server.url + "f.bin", dest, sha256=sha(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == [("/f.bin", "bytes=300001-"), ("/f.bin", None)]
 
 
 def test_complete_partial_file_is_only_verified(server, tmp_path):
