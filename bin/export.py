@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="runs/tiny",
                    help="run directory (its newest complete checkpoint) or checkpoint directory (default runs/tiny)")
     p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the checkpoint)")
-    p.add_argument("--out", required=True, help="folder to write (created; existing files in it are replaced)")
+    p.add_argument("--out", required=True, help="folder to write (created; an earlier export in it is replaced; a "
+                                                "token store or a training run's folder is refused)")
     args = p.parse_args(argv)
     try:
         loaded = load(args.checkpoint, "cpu", args.tokenizer)

@@ -5,8 +5,9 @@ Under `torchrun --nproc_per_node=N` every process runs this same script as one D
 GPUs, gloo on CPU). The run directory (out_dir) receives checkpoints, metrics.jsonl, config.yml and
 the tokenizer; rerunning the same command continues from the newest complete checkpoint.
 
-`--check` only checks the config, the out_dir and the token store, and exits (0 if a run could start):
-`make train NGPU=N` runs it before torchrun, so a typo is reported once.
+`--check` only checks the config, the out_dir and the token store (not what resume would load), and
+exits with the code the run would give (0 if it could start): `make train NGPU=N` runs it before
+torchrun, so a typo is reported once.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_cli(TrainConfig, argv, prog="bin/train.py", description=__doc__)
         cfg.resolve_out_dir(parse_overrides(TrainConfig, argv)[0])
         cfg.validate()
-        if check_only:
-            check_config(cfg)
-            return 0
-    except (ValueError, StoreError) as err:  # ConfigError, the model config's own checks, a missing store
+    except ValueError as err:  # ConfigError, and the model config's own checks
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
+        if check_only:  # what the run would refuse at its start, with the same exit code
+            check_config(cfg)
+            return 0
         train(cfg)
     except (ConfigError, StoreError, ResumeRefused, TrainingAborted, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

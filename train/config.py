@@ -8,7 +8,7 @@ start, saved as the run directory's config.yml and inside every checkpoint.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.config import ConfigError
@@ -141,3 +141,11 @@ class TrainConfig:
         """Fill an empty out_dir with runs/<config file stem> (runs/default without a file)."""
         if not self.out_dir:
             self.out_dir = str(Path("runs") / (Path(config_path).stem if config_path else "default"))
+
+    def model_for_store(self, vocab_size: int) -> GPTConfig:
+        """The model config with the store's vocabulary (model.vocab_size always comes from the store).
+        replace() reruns GPTConfig's checks, which a config-level error reports (pad_id must be an id)."""
+        try:
+            return replace(self.model, vocab_size=vocab_size)
+        except ValueError as err:
+            raise ConfigError(f"{self.data}: {err}") from None

@@ -32,9 +32,10 @@ from safetensors.torch import load_model, save_model
 
 from model.config import GPTConfig
 from model.gpt import GPT
+from pipeline.merge import part_folders
 from pipeline.store import MANIFEST, StoreError, TokenStore, sha256_file
+from train.checkpoint import MARKER, load_checkpoint, resolve_checkpoint
 from train.checkpoint import STATE as STATE_FILE
-from train.checkpoint import load_checkpoint, resolve_checkpoint
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -180,19 +181,24 @@ def _load_export(folder: Path) -> LoadedModel:
 
 
 # What a folder may already hold that a training run or an export must not write into (see held_by).
-HOLDS = {"store": f"a token store ({MANIFEST})", "export": f"an exported model ({WEIGHTS})",
-         "run": "a training run's checkpoints (ckpt-*)"}
+HOLDS = {"store": f"a token store ({MANIFEST}, or the part-*-of-* folders of one)",
+         "export": f"an exported model ({WEIGHTS})",
+         "run": "a training run's files (checkpoints, config.yml, metrics.jsonl)"}
+_RUN_FILES = (STATE_FILE, MARKER, "config.yml", "metrics.jsonl", ".lock")
 
 
 def held_by(folder: Path) -> str | None:
     """Which of HOLDS `folder` holds, if any. A run's or an export's tokenizer.json would replace a
-    token store's own, which then no longer opens; and `load` takes a folder with model.safetensors
-    as the export, so an export beside a run's checkpoints would hide every newer checkpoint."""
-    if (folder / MANIFEST).is_file():
+    token store's own (a --shard store's parts use its root's), which then no longer opens; `load`
+    takes a folder with model.safetensors as the export, so an export in a run's folder would hide
+    every later checkpoint (and one in a ckpt-* folder would go with it when pruned)."""
+    if (folder / MANIFEST).is_file() or any((part / MANIFEST).is_file() for part in part_folders(folder)):
         return "store"
     if (folder / WEIGHTS).is_file():
         return "export"
-    return "run" if any(folder.glob("ckpt-*")) else None
+    if any(folder.glob("ckpt-*")) or any((folder / name).exists() for name in _RUN_FILES):
+        return "run"
+    return None
 
 
 def export(loaded: LoadedModel, out_dir: str | Path) -> Path:

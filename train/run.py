@@ -5,7 +5,6 @@ torchrun) and the attention kernel choice set up around the Trainer's whole life
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,23 +24,27 @@ def check_out_dir(out_dir: Path) -> None:
     every rank before anything is written, so a refusal needs no collective."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"out_dir {out_dir}: exists and is not a folder")
-    if (held := held_by(out_dir)) in ("store", "export"):
+    held = held_by(out_dir)
+    if held == "export" and any(out_dir.glob("ckpt-*")):  # exported into its own run folder before this check
+        raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]} beside the run's checkpoints, which sample and "
+                          "eval would load instead of them; move model.safetensors and config.json out to go on")
+    if held in ("store", "export"):
         raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]}; pick a folder of the run's own")
 
 
 def check_config(cfg: TrainConfig) -> None:
     """What a run would refuse before its first step, found without starting one (no process group, no
     model): `make train NGPU=N` asks this first, so a typo is one line instead of N copies of it among
-    torchrun's own traceback. Raises ConfigError, StoreError or ValueError (the model's checks)."""
+    torchrun's own traceback. Raises ConfigError or StoreError, as the run would."""
     check_out_dir(Path(cfg.out_dir))
-    dataclasses.replace(cfg.model, vocab_size=TokenStore(cfg.data).vocab_size)  # reruns GPTConfig's checks
+    cfg.model_for_store(TokenStore(cfg.data).vocab_size)
 
 
 @contextlib.contextmanager
 def open_trainer(cfg: TrainConfig, log: Callable[[str], None] = print) -> Iterator[Trainer]:
     """A Trainer inside the run's process group, out_dir lock and attention kernel choice (its
-    init_batch probe is where compilation happens). A run that fails before its Trainer exists
-    removes the out_dir it created, so a typo leaves no empty run folder behind."""
+    init_batch probe is where compilation happens). An out_dir this run created and left empty (it
+    failed to start, or had nothing to do) is removed, so a typo leaves no empty run folder behind."""
     out_dir = Path(cfg.out_dir)
     check_out_dir(out_dir)
     created = not out_dir.exists()
@@ -54,22 +57,28 @@ def open_trainer(cfg: TrainConfig, log: Callable[[str], None] = print) -> Iterat
         with lock or contextlib.nullcontext(), use_attention_backend(cfg.attention, dist.device):
             try:
                 trainer = Trainer(cfg, dist, log)
-            except BaseException:
-                # Still under the lock: no other run can have started in the folder meanwhile.
-                if created and lock is not None and [p.name for p in out_dir.iterdir()] == [".lock"]:
-                    (out_dir / ".lock").unlink()
-                    out_dir.rmdir()
-                raise
-            try:
-                yield trainer
+                try:
+                    yield trainer
+                finally:
+                    trainer.close()
             finally:
-                trainer.close()
+                if created and lock is not None:
+                    _remove_if_only_the_lock(out_dir)
             # Only after a clean run (rank 0 may still be writing the last checkpoint): after an error on
             # one rank, a barrier would never meet the other ranks' next gradient all-reduce, and the job
             # would hang until the process group's timeout instead of torchrun stopping it.
             D.barrier()
     finally:
         D.teardown()
+
+
+def _remove_if_only_the_lock(out_dir: Path) -> None:
+    """Called under the lock, so no other run can have started in the folder; never replaces the
+    error being raised with one of its own."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in out_dir.iterdir()] == [".lock"]:
+            (out_dir / ".lock").unlink()
+            out_dir.rmdir()
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

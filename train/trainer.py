@@ -13,7 +13,6 @@ counts and the open log window's sums are saved too, so a resumed run logs what 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import random
 import shutil
@@ -68,8 +67,7 @@ class Trainer:
         self.log = log if dist.is_main else (lambda _msg: None)
         self.store = TokenStore(cfg.data)
         self.run_dir = Path(cfg.out_dir)
-        # replace() reruns GPTConfig's checks (pad_id must lie inside the store's vocabulary).
-        cfg.model = dataclasses.replace(cfg.model, vocab_size=self.store.vocab_size)
+        cfg.model = cfg.model_for_store(self.store.vocab_size)
         self._resolve_auto(cfg)
         self.ptdtype = getattr(torch, cfg.dtype)
         if self.device.type == "cuda":
@@ -83,7 +81,8 @@ class Trainer:
         self.model = torch.compile(self.raw, dynamic=False) if cfg.compile else self.raw
         self.optimizer = build_optimizer(self.raw, cfg)
         configured_micro_batch = cfg.micro_batch
-        if cfg.init_batch and not self._resumes_a_finished_run():
+        source, at_max_steps = self._resume_source()
+        if cfg.init_batch and not at_max_steps:
             self._init_batch()
 
         seed_all(cfg.seed + 1 + dist.rank)  # dropout etc. differ per rank; a resume overwrites these
@@ -93,7 +92,7 @@ class Trainer:
 
         self.step, self.tokens_seen, self.stats = 0, 0, StepStats(self.device)
         self.resumed_from: Path | None = None
-        resumed = self._resume()
+        resumed = self._resume(source)
         self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
         self.total_steps = self._total_steps()  # after the resume: counted from the data position
         self._start_step = self.step
@@ -101,9 +100,11 @@ class Trainer:
         self.epoch = self.prefetcher.epoch
         # Compile first, then wrap: DDP's hooks stay eager, so no_sync needs no recompiles.
         self.ddp = D.wrap_ddp(self.model, self.device) if dist.distributed else None
-        if dist.is_main:
+        # A run with nothing left to do writes nothing (fit() says so): not even a rewrite of metrics.jsonl.
+        writes = dist.is_main and not self._finished()
+        if writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if dist.is_main else None
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if writes else None
         self._announce(resumed)
 
     # ---- setup -------------------------------------------------------------------------------
@@ -136,17 +137,23 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _resumes_a_finished_run(self) -> bool:
-        """Whether the checkpoint that `resume` picks already reaches max_steps. init_batch's probe is
-        then skipped: on a GPU it is the first compile, tens of seconds spent only to say "nothing to
-        do". Rank 0 reads the checkpoint's marker; every rank gets its answer. A wrong guess is
-        impossible (the resume loads that same checkpoint), and an error is left to _resume."""
-        done = False
-        if self.dist.is_main and self.cfg.max_steps:
-            with contextlib.suppress(ResumeRefused, FileNotFoundError):
+    def _resume_source(self) -> tuple[Path | None, bool]:
+        """The checkpoint `resume` names (None: a fresh start) and whether it already reaches max_steps,
+        known before init_batch: a run with nothing left to do skips the probe, on a GPU the first
+        compile, tens of seconds spent only to say "nothing to do" (runs that end by epochs still
+        probe). Rank 0 decides and every rank gets its answer, an error included: raised on rank 0
+        alone, it would leave the others waiting for the process group's timeout."""
+        answer: tuple[Path | None, bool] | Exception = (None, False)
+        if self.dist.is_main:
+            try:
                 source = choose_checkpoint(self.run_dir, self.cfg.resume)
-                done = source is not None and (marker_step(source) or 0) >= self.cfg.max_steps
-        return bool(D.broadcast_object(done))
+                answer = source, source is not None and 0 < self.cfg.max_steps <= (marker_step(source) or 0)
+            except (ResumeRefused, OSError) as err:
+                answer = err
+        answer = D.broadcast_object(answer)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def _init_batch(self) -> None:
         """Find the micro-batch that fits (minimum over ranks) and raise grad_accum to keep the global
@@ -185,18 +192,10 @@ class Trainer:
         steps = self.step + -(-micro_batches_left // cfg.grad_accum)  # ceil: a partial step still runs
         return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
-    def _resume(self) -> int:
-        """Load the checkpoint `resume` names, if any; returns its step (-1 for a fresh start)."""
+    def _resume(self, source: Path | None) -> int:
+        """Load the checkpoint `source` (from _resume_source, the same on every rank), if any; returns
+        its step (-1 for a fresh start)."""
         cfg = self.cfg
-        source: Path | Exception | None = None
-        if self.dist.is_main:  # rank 0 decides, and every rank then loads the same checkpoint
-            try:
-                source = choose_checkpoint(self.run_dir, cfg.resume)
-            except (ResumeRefused, FileNotFoundError) as err:
-                source = err  # raised on every rank below, not on rank 0 alone (the others would hang)
-        source = D.broadcast_object(source)
-        if isinstance(source, Exception):
-            raise source
         if source is None:
             return -1
         state = load_checkpoint(source)

@@ -160,11 +160,17 @@ def test_an_export_into_a_token_store_or_a_run_directory_is_refused(run_dir, sto
     shutil.copytree(store_dir, store)
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    before = {p: p.read_bytes() for folder in (store, run) for p in folder.rglob("*") if p.is_file()}
-    for folder, held in ((store, "a token store (manifest.json)"), (run, "a training run's checkpoints")):
+    started = tmp_path / "started"  # a run before its first checkpoint: later ones would be hidden too
+    started.mkdir()
+    (started / "metrics.jsonl").write_text("")
+    ckpt = next(run.glob("ckpt-*"))  # pruned with its checkpoint, the export would go too
+    folders = (store, run, started, ckpt)
+    before = {p: p.read_bytes() for folder in folders for p in folder.rglob("*") if p.is_file()}
+    for folder, held in ((store, "a token store (manifest.json"), (run, "a training run's files"),
+                         (started, "a training run's files"), (ckpt, "a training run's files")):
         assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(folder)]) == 1
         assert f"error: cannot export: {folder}: holds {held}" in capsys.readouterr().err
-    assert {p: p.read_bytes() for folder in (store, run) for p in folder.rglob("*") if p.is_file()} == before
+    assert {p: p.read_bytes() for folder in folders for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_an_export_remembers_its_store_and_is_readable_by_others(run_dir, tmp_path, monkeypatch, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 from script_loader import load_script
@@ -31,10 +32,11 @@ def test_check_reports_what_a_run_would_refuse_without_starting_one(tmp_path, ca
     assert cli.main(["--check", *ok]) == 0 and not (tmp_path / "run").exists()  # nothing written
     for change, message in ((f"data={tmp_path / 'nowhere'}", "no manifest.json"),
                             (f"out_dir={store.root}", "holds a token store"),
-                            ("model.pad_id=5000", "pad_id")):  # past the store's 64-token vocabulary
-        code = cli.main(["--check", *ok, change])
+                            ("model.pad_id=5000", "pad_id=5000 is not a token id")):  # past the store's 64 ids
+        assert cli.main(["--check", *ok, change]) == 1
         err = capsys.readouterr().err
-        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert message in err and err.count("\n") == 1, err
+        assert cli.main([*ok, change]) == 1 and capsys.readouterr().err == err  # as the run itself says it
 
 
 def test_cli_exit_codes(tmp_path, capsys):
@@ -72,13 +74,20 @@ def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_runs(tmp_pa
 
 def test_an_out_dir_holding_a_store_or_an_export_is_refused_before_anything_is_written(tmp_path):
     """out_dir=<a token store> replaced the store's tokenizer.json with the run's (the store then no
-    longer opened); out_dir=<an export> made the folder load as the export, never the run's checkpoints."""
+    longer opened; a --shard store's root holds the tokenizer its parts use); out_dir=<an export> made
+    the folder load as the export, never the run's checkpoints."""
     store = make_store(tmp_path / "store")
+    make_store(tmp_path / "sharded" / "part-1-of-2")
     (tmp_path / "export").mkdir()
     (tmp_path / "export/model.safetensors").write_bytes(b"weights")
+    shutil.copytree(tmp_path / "export", tmp_path / "both")
+    (tmp_path / "both/ckpt-00000010").mkdir()
     (tmp_path / "file").write_text("x")
-    for out, message in ((tmp_path / "store", "holds a token store (manifest.json)"),
-                         (tmp_path / "export", "holds an exported model (model.safetensors)"),
+    stores = "holds a token store (manifest.json, or the part-*-of-* folders of one); pick a folder"
+    for out, message in ((tmp_path / "store", stores), (tmp_path / "sharded", stores),
+                         (tmp_path / "export", "holds an exported model (model.safetensors); pick a folder"),
+                         (tmp_path / "both", "holds an exported model (model.safetensors) beside the run's "
+                                             "checkpoints, which sample and eval would load instead of them"),
                          (tmp_path / "file", "exists and is not a folder")):
         before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
         with pytest.raises(ConfigError, match=f"out_dir {out}: {re.escape(message)}"):
@@ -96,6 +105,16 @@ def test_a_run_that_fails_to_start_leaves_no_empty_out_dir(tmp_path):
     with pytest.raises(StoreError):
         train(tiny_config(tmp_path / "no-such-store", out, max_steps=1), log=lambda _: None)
     assert out.is_dir()
+
+
+def test_a_run_with_nothing_to_do_leaves_no_empty_out_dir(tmp_path):
+    """Continued from a finished run's checkpoint into a new out_dir: nothing to train, nothing kept."""
+    make_store(tmp_path / "store")
+    done = tiny_config(tmp_path / "store", tmp_path / "done", max_steps=1, eval_batches=0)
+    assert train(done, log=lambda _: None)["step"] == 1
+    again = tiny_config(tmp_path / "store", tmp_path / "again", max_steps=1, resume=str(tmp_path / "done"))
+    assert train(again, log=lambda _: None) == {"step": 1}
+    assert not (tmp_path / "again").exists()
 
 
 def test_seed_must_be_a_non_negative_numpy_seed():

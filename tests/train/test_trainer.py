@@ -120,6 +120,7 @@ def test_rerun_after_the_end_does_nothing(trained, tmp_path, monkeypatch):
     assert run(from_dict(TrainConfig, to_dict(cfg) | {"out_dir": str(tmp_path / "r2"), "resume": str(run_dir)}),
                lines) == {"step": 30}
     assert f"nothing to do: {run_dir / 'ckpt-00000030'} is at step 30, which reaches max_steps=30" in lines
+    assert not (tmp_path / "r2").exists()  # it had held an empty metrics.jsonl
 
 
 def test_plot_writes_png(trained, tmp_path):
