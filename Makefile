@@ -18,7 +18,7 @@ SOURCE ?=
 TOKENIZER ?=
 VOCAB ?=
 ARGS ?=
-# CONFIG= (empty) passes no --config: bin/train.py's own defaults (it took the first word of ARGS as the file).
+# CONFIG= (empty) passes no --config: the run takes bin/train.py's own defaults.
 CONFIG ?= configs/tiny.yml
 NGPU ?=
 

@@ -35,7 +35,6 @@ def number(kind: type, low: float | None = None, *, above: bool = False,
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
         return value
 
-    parse.__name__ = kind.__name__  # what argparse would name, were the error its own
     return parse
 
 

@@ -87,10 +87,11 @@ def _words(value: Any) -> list[Any]:
 
 
 def _names_a_path(value: str) -> bool:
-    """Whether `value` is an existing file or folder (even a broken link), or a glob matching one."""
+    """Whether `value` is an existing file or folder (even a broken link), or a glob matching one. Not
+    a `**` glob: with no match, finding that out would walk the whole tree just to split the value."""
     if os.path.lexists(value):
         return True
-    return glob.has_magic(value) and next(glob.iglob(value, recursive=True), None) is not None
+    return glob.has_magic(value) and "**" not in value and next(glob.iglob(value), None) is not None
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:

@@ -113,7 +113,7 @@ def check(cfg: PrepareConfig) -> None:
     if cfg.chunk_bytes < 1 << 16:
         raise ConfigError(f"--chunk-bytes must be at least 65536, got {cfg.chunk_bytes}")
     if cfg.shard_tokens < MIN_SHARD_TOKENS:
-        # Below it a store is a file or two per document: 0 or 1 was accepted and gave one shard per document.
+        # Far smaller shards only multiply files (and the descriptors a reader holds open) for nothing.
         raise ConfigError(f"--shard-tokens must be at least {MIN_SHARD_TOKENS} (1 << 20), got {cfg.shard_tokens}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")

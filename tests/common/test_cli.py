@@ -24,7 +24,6 @@ def test_number_errors_name_the_option_and_what_it_expects(capsys):
     assert _error(p, ["--t", "x"], capsys) == "x: error: argument --t: expected a number >= 0, got 'x'"
     assert _error(p, ["--t", "nan"], capsys) == "x: error: argument --t: expected a number >= 0, got 'nan'"
     assert _error(p, ["--p", "0"], capsys) == "x: error: argument --p: expected a number > 0 and <= 1, got '0'"
-    assert number(int).__name__ == "int"
 
 
 @pytest.mark.parametrize("spec, message", [
