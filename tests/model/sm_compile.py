@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ["TRITON_INTERPRET"] = "0"
 # Triton 3.9 warns unless told; enabled is its default and that of the device image's 3.6.
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from script_loader import load_script  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
@@ -52,10 +53,10 @@ KERNELS = {
 }
 TRITON_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64",
                  torch.int32: "i32"}
-# The shapes `make gpu-check` times beside the presets' own (bench/gpu_check.py RUNS), and a vocabulary
-# wider than the loss kernel holds in registers, which takes its streamed path.
-EXTRA_SHAPES = [("configs/gpt-45m.yml", ["model.n_head=4"]),
-                ("configs/gpt-45m.yml", ["model.n_layer=7", "model.d_model=640", "model.n_head=5"]),
+# The shapes `make gpu-check` times beside the presets' own (its other runs switch kernels off or
+# compile), and a vocabulary wider than the loss kernel holds in registers, which takes its streamed path.
+GPU_CHECK_RUNS = load_script("gpu_check", "bench").RUNS
+EXTRA_SHAPES = [*(("configs/gpt-45m.yml", GPU_CHECK_RUNS[name]) for name in ("hd128", "wide128")),
                 ("configs/tiny.yml", ["model.vocab_size=50304"])]
 
 

@@ -24,9 +24,10 @@ def _nvidia_backend() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _nvidia_backend(), reason="needs Triton with its NVIDIA backend and ptxas")
-def test_every_kernel_the_presets_launch_compiles_for_h100_a100_and_t4():
+def test_every_kernel_the_presets_launch_compiles_for_h100_a100_and_t4(tmp_path):
+    # A cache of its own: a test leaves nothing in ~/.triton/cache.
     proc = subprocess.run([sys.executable, str(REPO / "tests/model/sm_compile.py")], cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TRITON_CACHE_DIR": str(tmp_path)},
                           capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "kernel builds compiled for sm_90, sm_80, sm_75" in proc.stdout, proc.stdout
