@@ -32,7 +32,6 @@ from safetensors.torch import load_model, save_model
 
 from model.config import GPTConfig
 from model.gpt import GPT
-from pipeline.merge import part_folders
 from pipeline.store import MANIFEST, StoreError, TokenStore, sha256_file
 from train.checkpoint import MARKER, load_checkpoint, resolve_checkpoint
 from train.checkpoint import STATE as STATE_FILE
@@ -192,7 +191,8 @@ def held_by(folder: Path) -> str | None:
     token store's own (a --shard store's parts use its root's), which then no longer opens; `load`
     takes a folder with model.safetensors as the export, so an export in a run's folder would hide
     every later checkpoint (and one in a ckpt-* folder would go with it when pruned)."""
-    if (folder / MANIFEST).is_file() or any((part / MANIFEST).is_file() for part in part_folders(folder)):
+    # The parts' names as pipeline/merge.py gives them (not imported: merge pulls in every reader).
+    if (folder / MANIFEST).is_file() or any(folder.glob(f"part-*-of-*/{MANIFEST}")):
         return "store"
     if (folder / WEIGHTS).is_file():
         return "export"
