@@ -230,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     # A smoke run's few steps are all start-up; its second half stands in for the steady state.
     steady_from = args.steps // 2 if args.smoke else STEADY_FROM
     out = Path(os.environ.get("OUT") or REPO / "runs" / "gpu-check")
-    out.mkdir(parents=True, exist_ok=True)
 
     import torch  # after argparse: --help stays instant
 
@@ -244,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if not set(chosen) <= set(RUNS):
         print(f"error: --runs takes {', '.join(RUNS)}; got {args.runs!r}", file=sys.stderr)
         return 2
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused call leaves no empty folder in runs/
     store = pick_store(args, args.work_dir)
     plan = [(name, overrides if name in EVALUATED else [*overrides, "eval_batches=0"], {})
             for name, overrides in RUNS.items() if name in chosen]

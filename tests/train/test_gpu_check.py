@@ -63,12 +63,14 @@ def test_gpu_check_smoke(tmp_path):
 
 
 def test_gpu_check_rejects_a_malformed_variant_or_run(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out")}  # not the repository's runs/gpu-check
     proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--variant", "eager: lr=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "new plain NAME" in proc.stderr
     proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--runs", "compiled,fast"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--runs takes compiled, eager, plain, hd128, wide128" in proc.stderr
+    assert not (tmp_path / "out").exists()  # a refused call makes no output folder
 
 
 def test_gpu_profile_smoke(tmp_path):
