@@ -55,6 +55,12 @@ def checkpoint_tag(step: int, epoch: int | None = None) -> str:
     return f"{step:08d}" + (f"_e{epoch}" if epoch is not None else "")
 
 
+def tag_epoch(ckpt: Path) -> int | None:
+    """The epochs completed by an epoch-end checkpoint, from its name (`ckpt-00001000_e2`: 2), else None."""
+    m = _DIR_RE.match(ckpt.name)
+    return int(m.group(2)) if m and m.group(2) else None
+
+
 def save_checkpoint(run_dir: str | Path, tag: str, state: dict[str, Any], keep_last: int = 0) -> Path:
     """Write `state` as run_dir/ckpt-<tag>, marker last; then prune to the newest keep_last (0 = all)."""
     run_dir = Path(run_dir)

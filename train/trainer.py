@@ -41,6 +41,7 @@ from train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    tag_epoch,
 )
 from train.config import TrainConfig
 from train.data import eval_batches, train_sampler
@@ -138,16 +139,20 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def _resume_source(self) -> tuple[Path | None, bool]:
-        """The checkpoint `resume` names (None: a fresh start) and whether it already reaches max_steps,
-        known before init_batch: a run with nothing left to do skips the probe, on a GPU the first
-        compile, tens of seconds spent only to say "nothing to do" (runs that end by epochs still
-        probe). Rank 0 decides and every rank gets its answer, an error included: raised on rank 0
-        alone, it would leave the others waiting for the process group's timeout."""
+        """The checkpoint `resume` names (None: a fresh start) and whether it already ends the run (at
+        max_steps, or at the end of the last of `epochs`, which its name says), known before
+        init_batch: a run with nothing left to do skips the probe, on a GPU the first compile, tens of
+        seconds spent only to say "nothing to do". Rank 0 decides and every rank gets its answer, an
+        error included: raised on rank 0 alone, it would leave the others waiting for the process
+        group's timeout."""
         answer: tuple[Path | None, bool] | Exception = (None, False)
+        cfg = self.cfg
         if self.dist.is_main:
             try:
-                source = choose_checkpoint(self.run_dir, self.cfg.resume)
-                answer = source, source is not None and 0 < self.cfg.max_steps <= (marker_step(source) or 0)
+                source = choose_checkpoint(self.run_dir, cfg.resume)
+                done = source is not None and (0 < cfg.max_steps <= (marker_step(source) or 0)
+                                               or 0 < cfg.epochs <= (tag_epoch(source) or 0))
+                answer = source, done
             except (ResumeRefused, OSError) as err:
                 answer = err
         answer = D.broadcast_object(answer)

@@ -406,11 +406,17 @@ def test_splits_too_small_are_config_errors_and_val_is_only_read_for_eval(tmp_pa
     assert err.startswith("error: split 'val'") and "Traceback" not in err
 
 
-def test_epochs_end_training_with_epoch_checkpoints(tmp_path):
+def test_epochs_end_training_with_epoch_checkpoints(tmp_path, monkeypatch):
     make_store(tmp_path / "store", docs=4, doc_len=100)  # ~12 windows of 32 per epoch: 3 batches of 4
     cfg = tiny_config(tmp_path / "store", tmp_path / "run", max_steps=0, epochs=2, sampler_mode="epoch",
                       micro_batch=4, ckpt_interval=0, keep_last=0, eval_interval=0)
-    summary = run(cfg)
+    summary = run(from_dict(TrainConfig, to_dict(cfg)))
     names = [p.name for p in list_checkpoints(tmp_path / "run")]
     assert len(names) == 2 and names[0].endswith("_e1") and names[1].endswith("_e2")
     assert summary["epoch"] == 2 and names[1] == f"ckpt-{summary['step']:08d}_e2"
+    # Rerun: the last checkpoint's name says the epochs are done, so init_batch's probe is skipped too.
+    probes = []
+    monkeypatch.setattr(Trainer, "_probe", lambda self, micro_batch: probes.append(micro_batch))
+    lines: list[str] = []
+    assert run(from_dict(TrainConfig, to_dict(cfg)), lines) == {"step": summary["step"]}
+    assert probes == [] and any(line.endswith("which reaches epochs=2") for line in lines)
