@@ -106,3 +106,11 @@ def test_an_array_after_a_megabyte_of_blank_lines_is_still_an_array(tmp_path):
     assert texts_of(path) == ["a", "b"]
     path.write_text(" \n" * (1 << 20) + '{"text": "a"}\n{"text": "b"}\n')
     assert texts_of(path) == ["a", "b"]
+
+
+def test_a_long_blank_line_before_a_broken_object_counts_once(tmp_path, monkeypatch):
+    """A blank line longer than a read block comes in several pieces: only its newline ends a line."""
+    monkeypatch.setattr(json_array, "BLOCK", 4)
+    path = tmp_path / "blank.json"
+    path.write_text(" " * 50 + "\n\n" + '{"text": "a",\n "id": 1}\n')
+    bad_file(path, "line 3 is not one whole JSON value")
