@@ -114,3 +114,11 @@ def test_a_long_blank_line_before_a_broken_object_counts_once(tmp_path, monkeypa
     path = tmp_path / "blank.json"
     path.write_text(" " * 50 + "\n\n" + '{"text": "a",\n "id": 1}\n')
     bad_file(path, "line 3 is not one whole JSON value")
+
+
+def test_json_lines_in_a_json_file_with_a_first_line_longer_than_a_block(tmp_path, monkeypatch):
+    """The first line is sniffed in a block; a longer object is read whole, not taken for a broken one."""
+    monkeypatch.setattr(json_array, "BLOCK", 8)
+    path = tmp_path / "long.json"
+    path.write_text('{"text": "' + "x" * 100 + '"}\n{"text": "b"}\n')
+    assert texts_of(path) == ["x" * 100, "b"]
