@@ -122,3 +122,10 @@ def test_json_lines_in_a_json_file_with_a_first_line_longer_than_a_block(tmp_pat
     path = tmp_path / "long.json"
     path.write_text('{"text": "' + "x" * 100 + '"}\n{"text": "b"}\n')
     assert texts_of(path) == ["x" * 100, "b"]
+
+
+def test_a_byte_order_mark_before_json_lines_in_a_json_file(tmp_path):
+    """The layout is sniffed past a BOM: JSON lines after one are not taken for a broken array."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"text": "a"}\n{"text": "b"}\n')
+    assert texts_of(path) == ["a", "b"]
