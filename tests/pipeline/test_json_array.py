@@ -129,3 +129,11 @@ def test_a_byte_order_mark_before_json_lines_in_a_json_file(tmp_path):
     path = tmp_path / "bom.json"
     path.write_bytes(b"\xef\xbb\xbf" + b'{"text": "a"}\n{"text": "b"}\n')
     assert texts_of(path) == ["a", "b"]
+
+
+def test_newlines_in_whitespace_across_reads_are_counted(tmp_path, monkeypatch):
+    """Whitespace that runs past the buffered text still moves the line on, so a fault's line is right."""
+    monkeypatch.setattr(json_array, "BLOCK", 3)
+    path = tmp_path / "gaps.json"
+    path.write_text('[\n\n\n\n{"text": "a"},\n\n\n\n {"text": broken}]')
+    bad_file(path, "line 9: the array element starting here is not valid JSON")
