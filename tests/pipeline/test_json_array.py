@@ -137,3 +137,16 @@ def test_newlines_in_whitespace_across_reads_are_counted(tmp_path, monkeypatch):
     path = tmp_path / "gaps.json"
     path.write_text('[\n\n\n\n{"text": "a"},\n\n\n\n {"text": broken}]')
     bad_file(path, "line 9: the array element starting here is not valid JSON")
+
+
+def test_a_large_element_is_read_in_growing_blocks(tmp_path, monkeypatch):
+    """Each read takes at least what is held, so a huge element is rescanned O(log size) times, not
+    once per block (quadratic in its size)."""
+    monkeypatch.setattr(json_array, "BLOCK", 16)
+    reads = []
+    more = json_array._ArrayScanner._more
+    monkeypatch.setattr(json_array._ArrayScanner, "_more", lambda self: reads.append(1) or more(self))
+    path = tmp_path / "large.json"
+    path.write_text(json.dumps([{"text": "x" * 100_000}]))
+    assert texts_of(path) == ["x" * 100_000]
+    assert len(reads) < 40
