@@ -140,3 +140,13 @@ def test_stores_tokenizers_and_exports_met_in_a_folder_are_not_data(tmp_path, ca
     assert len(warned) == 1 and "2 file(s) left out" in warned[0] and "c.jsonl.bz2, " in warned[0]
     assert "c.jsonl.tar.gz" in warned[0]
     assert expand_paths([f"{corpus}/**"]) == got
+
+
+def test_a_manifest_that_is_not_a_stores_is_data(tmp_path):
+    """Only a manifest.json holding one object with both of a store's keys is skipped: JSON lines
+    under that name, or an object with only one of the keys, are records."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "manifest.json").write_text('{"text": "a"}\n{"text": "b"}\n')
+    (tmp_path / "b" / "manifest.json").write_text('{"splits": "x", "text": "c"}\n')
+    assert expand_paths([tmp_path]) == [tmp_path / "a/manifest.json", tmp_path / "b/manifest.json"]
