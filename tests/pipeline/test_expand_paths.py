@@ -150,3 +150,10 @@ def test_a_manifest_that_is_not_a_stores_is_data(tmp_path):
     (tmp_path / "a" / "manifest.json").write_text('{"text": "a"}\n{"text": "b"}\n')
     (tmp_path / "b" / "manifest.json").write_text('{"splits": "x", "text": "c"}\n')
     assert expand_paths([tmp_path]) == [tmp_path / "a/manifest.json", tmp_path / "b/manifest.json"]
+
+
+def test_a_broken_link_in_a_folder_is_not_listed(tmp_path, write_texts):
+    """A folder search lists files only: a link to nothing there would fail later as a bare error."""
+    write_texts("d/a.jsonl", ["a"])
+    (tmp_path / "d/gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    assert expand_paths([tmp_path / "d"]) == [tmp_path / "d/a.jsonl"]
