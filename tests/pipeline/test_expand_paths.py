@@ -157,3 +157,14 @@ def test_a_broken_link_in_a_folder_is_not_listed(tmp_path, write_texts):
     write_texts("d/a.jsonl", ["a"])
     (tmp_path / "d/gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
     assert expand_paths([tmp_path / "d"]) == [tmp_path / "d/a.jsonl"]
+
+
+def test_a_double_star_pattern_over_links_to_their_own_folder_is_an_error(tmp_path, write_texts):
+    """A link to the folder it is in (`.`) loops as one to a folder above does."""
+    write_texts("d/sub/a.jsonl", ["a"])
+    (tmp_path / "d/sub/self").symlink_to(".")
+    (tmp_path / "d/sub/self2").symlink_to(".")
+    code = f"from pipeline.paths import expand_paths; expand_paths([{str(tmp_path / 'd/**')!r}])"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 1 and "links back to a folder above it" in run.stderr, run.stderr
