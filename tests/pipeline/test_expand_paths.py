@@ -168,3 +168,15 @@ def test_a_double_star_pattern_over_links_to_their_own_folder_is_an_error(tmp_pa
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == 1 and "links back to a folder above it" in run.stderr, run.stderr
+
+
+def test_folders_a_double_star_yields_are_walked_once(tmp_path, write_texts, monkeypatch):
+    """The folders `d/**` yields lie inside the first one walked: walking each again is quadratic in depth."""
+    from pipeline import paths
+
+    write_texts("d/a/b/c/x.jsonl", ["x"])
+    checked = []
+    unsupported = paths._unsupported_data
+    monkeypatch.setattr(paths, "_unsupported_data", lambda p: checked.append(p) or unsupported(p))
+    assert expand_paths([str(tmp_path / "d/**")]) == [tmp_path / "d/a/b/c/x.jsonl"]
+    assert len(checked) == 1  # by the walk of d; the glob's own hit is data, so not checked
