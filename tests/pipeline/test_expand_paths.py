@@ -180,3 +180,12 @@ def test_folders_a_double_star_yields_are_walked_once(tmp_path, write_texts, mon
     monkeypatch.setattr(paths, "_unsupported_data", lambda p: checked.append(p) or unsupported(p))
     assert expand_paths([str(tmp_path / "d/**")]) == [tmp_path / "d/a/b/c/x.jsonl"]
     assert len(checked) == 1  # by the walk of d; the glob's own hit is data, so not checked
+
+
+def test_a_file_reached_by_several_paths_is_listed_under_the_least(tmp_path, write_texts):
+    """Not under whichever spec came first: the name does not depend on the order of the specs."""
+    write_texts("real/b.jsonl", ["b"])
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/shard1").symlink_to("../real")
+    (tmp_path / "d/shard2").symlink_to("../real")
+    assert expand_paths([tmp_path / "d/shard2/b.jsonl", tmp_path / "d"]) == [tmp_path / "d/shard1/b.jsonl"]
