@@ -189,3 +189,16 @@ def test_a_file_reached_by_several_paths_is_listed_under_the_least(tmp_path, wri
     (tmp_path / "d/shard1").symlink_to("../real")
     (tmp_path / "d/shard2").symlink_to("../real")
     assert expand_paths([tmp_path / "d/shard2/b.jsonl", tmp_path / "d"]) == [tmp_path / "d/shard1/b.jsonl"]
+
+
+def test_the_left_out_warning_names_each_file_once_and_at_most_five(tmp_path, write_texts, caplog):
+    write_texts("d/a.jsonl", ["a"])
+    names = [f"d/sub/{i}.jsonl.bz2" for i in range(6)]
+    (tmp_path / "d/sub").mkdir()
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        expand_paths([str(tmp_path / "d/**")])  # a file is met by the walk and by the glob
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.startswith("6 file(s) left out")
+    assert message.endswith("): " + ", ".join(str(tmp_path / n) for n in names[:5]) + ", ...")
