@@ -202,3 +202,8 @@ def test_the_left_out_warning_names_each_file_once_and_at_most_five(tmp_path, wr
     [message] = [r.getMessage() for r in caplog.records]
     assert message.startswith("6 file(s) left out")
     assert message.endswith("): " + ", ".join(str(tmp_path / n) for n in names[:5]) + ", ...")
+
+
+def test_a_missing_spec_with_brackets_is_a_pattern(tmp_path):
+    with pytest.raises(BadFileError, match=r"shard\[12\].jsonl: matches no readable data file"):
+        expand_paths([str(tmp_path / "shard[12].jsonl")])
