@@ -207,3 +207,12 @@ def test_the_left_out_warning_names_each_file_once_and_at_most_five(tmp_path, wr
 def test_a_missing_spec_with_brackets_is_a_pattern(tmp_path):
     with pytest.raises(BadFileError, match=r"shard\[12\].jsonl: matches no readable data file"):
         expand_paths([str(tmp_path / "shard[12].jsonl")])
+
+
+def test_a_pattern_meeting_a_folder_twice_through_links_is_no_loop(tmp_path, write_texts):
+    """Only '**' follows links without end: `d/sub/*/sub` meets d/sub twice and is a finite match."""
+    write_texts("d/sub/a.jsonl", ["a"])
+    (tmp_path / "d/sub/up").symlink_to("..")
+    (tmp_path / "d/sub/up2").symlink_to("..")
+    got = expand_paths([str(tmp_path / "d/sub/*/sub")])
+    assert [p.resolve() for p in got] == [(tmp_path / "d/sub/a.jsonl").resolve()]
