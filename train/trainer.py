@@ -101,12 +101,14 @@ class Trainer:
         self.epoch = self.prefetcher.epoch
         # Compile first, then wrap: DDP's hooks stay eager, so no_sync needs no recompiles.
         self.ddp = D.wrap_ddp(self.model, self.device) if dist.distributed else None
-        # A run with nothing left to do writes nothing (fit() says so): not even a rewrite of metrics.jsonl.
-        writes = dist.is_main and not self._finished()
-        if writes:
+        # A run with nothing left to do announces and writes nothing (fit() says so): its files stay as
+        # its last real run left them, metrics.jsonl not even rewritten.
+        finished = self._finished()
+        if dist.is_main and not finished:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if writes else None
-        self._announce(resumed)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if dist.is_main and not finished else None
+        if not finished:
+            self._announce(resumed)
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -231,8 +233,6 @@ class Trainer:
         return self.step
 
     def _announce(self, resumed: int) -> None:
-        if self._finished():
-            return  # fit() says "nothing to do"; the run's files stay as its last real run left them
         cfg = self.cfg
         self.log("config:\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
         total, core = self.raw.num_params(non_embedding=False), self.raw.num_params()
