@@ -137,6 +137,17 @@ class TrainConfig:
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
 
+    def resolve_auto(self, device_type: str, bf16_supported: bool) -> None:
+        """Replace `auto` values by what this machine gives, so the saved config says what ran."""
+        self.device = device_type
+        if self.compile == "auto":
+            self.compile = device_type == "cuda"
+        if self.dtype == "auto":
+            if device_type != "cuda":
+                self.dtype = "float32"
+            else:
+                self.dtype = "bfloat16" if bf16_supported else "float16"
+
     def resolve_out_dir(self, config_path: str | None) -> None:
         """Fill an empty out_dir with runs/<config file stem> (runs/default without a file)."""
         if not self.out_dir:

@@ -60,7 +60,6 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist: D.DistInfo, log: Callable[[str], None] = print):
         cfg.validate()
@@ -69,7 +68,7 @@ class Trainer:
         self.store = TokenStore(cfg.data)
         self.run_dir = Path(cfg.out_dir)
         cfg.model = cfg.model_for_store(self.store.vocab_size)
-        self._resolve_auto(cfg)
+        cfg.resolve_auto(self.device.type, self.device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.ptdtype = getattr(torch, cfg.dtype)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs outside autocast
@@ -111,17 +110,6 @@ class Trainer:
             self._announce(resumed)
 
     # ---- setup -------------------------------------------------------------------------------
-
-    def _resolve_auto(self, cfg: TrainConfig) -> None:
-        """Replace `auto` values by what this machine gives, so the saved config says what ran."""
-        cfg.device = self.device.type
-        if cfg.compile == "auto":
-            cfg.compile = self.device.type == "cuda"
-        if cfg.dtype == "auto":
-            if self.device.type != "cuda":
-                cfg.dtype = "float32"
-            else:
-                cfg.dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.ptdtype, enabled=self.ptdtype is not torch.float32)

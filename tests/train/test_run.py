@@ -137,3 +137,20 @@ def test_optimizer_numbers_torch_would_take_silently_are_refused(field, value, m
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**{field: value})
     TrainConfig(grad_clip=0.0, weight_decay=0.0, min_lr=0.0, beta1=0.0)  # the edges are fine
+
+
+@pytest.mark.parametrize(("device", "bf16", "dtype", "compile_"), [
+    ("cpu", True, "float32", False),  # CPU autocast would cost speed for nothing: fp32, eager
+    ("cuda", True, "bfloat16", True),
+    ("cuda", False, "float16", True),  # pre-Ampere cards: fp16 with a GradScaler
+])
+def test_auto_settings_resolve_to_what_the_machine_gives(device, bf16, dtype, compile_):
+    cfg = TrainConfig(max_steps=1)
+    cfg.resolve_auto(device, bf16)
+    assert (cfg.device, cfg.dtype, cfg.compile) == (device, dtype, compile_)
+
+
+def test_explicit_settings_are_kept_on_any_machine():
+    cfg = TrainConfig(max_steps=1, dtype="float16", compile=True)
+    cfg.resolve_auto("cpu", False)
+    assert (cfg.dtype, cfg.compile) == ("float16", True)
