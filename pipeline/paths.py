@@ -51,14 +51,17 @@ def _unsupported_data(path: Path) -> bool:
 def _artifact(path: Path) -> bool:
     """A file this project writes that a search of folders may meet but is never corpus data: a token
     store's manifest.json, a tokenizer.json (or the tokenizer.next.json a retraining writes), an
-    export's config.json. A store built inside the folder it reads would otherwise read its own files
-    back as .json input on a rerun, and one store another's."""
+    export's config.json, a training run's metrics.jsonl. A store built inside the folder it reads would
+    otherwise read its own files back as .json input on a rerun, and one store another's; a run's log
+    would add its records to the corpus as documents without text."""
     name = path.name.lower()
     if name == "config.json":
         return path.with_name("model.safetensors").is_file()
     if name in ("tokenizer.json", "tokenizer.next.json"):
         with open(path, "rb") as f:
             return b'"added_tokens"' in f.read(4096)  # the HF tokenizers format, near its top
+    if name == "metrics.jsonl":
+        return path.with_name("config.yml").is_file() and _starts_a_run_log(path)
     if name == "manifest.json":
         try:
             manifest = json.loads(path.read_bytes())
@@ -66,6 +69,17 @@ def _artifact(path: Path) -> bool:
             return False
         return isinstance(manifest, dict) and {"format_version", "splits"} <= manifest.keys()
     return False
+
+
+def _starts_a_run_log(path: Path) -> bool:
+    """The first line of a run's metrics.jsonl: its start (or resume) record, which names the world size."""
+    with open(path, "rb") as f:
+        first = f.readline(4096)
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("event") in ("start", "resume") and "world_size" in record
 
 
 def _files_under(folder: Path, unsupported: list[Path], walked: set[str]) -> list[Path]:

@@ -216,3 +216,16 @@ def test_a_pattern_meeting_a_folder_twice_through_links_is_no_loop(tmp_path, wri
     (tmp_path / "d/sub/up2").symlink_to("..")
     got = expand_paths([str(tmp_path / "d/sub/*/sub")])
     assert [p.resolve() for p in got] == [(tmp_path / "d/sub/a.jsonl").resolve()]
+
+
+def test_a_metrics_jsonl_is_data_unless_it_is_a_run_s_log(tmp_path):
+    """Only a metrics.jsonl that starts as a run's log and sits beside the run's config.yml is left out."""
+    start = '{"step": 0, "event": "start", "world_size": 1}\n{"step": 1, "loss": 2.0}\n'
+    for name, text, config in [("a", start, False), ("b", '{"text": "x"}\n', True), ("c", "", True),
+                               ("d", start, True)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(text)
+        if config:
+            (tmp_path / name / "config.yml").write_text("seed: 1\n")
+    assert expand_paths([tmp_path]) == [tmp_path / f"{n}/metrics.jsonl" for n in "abc"]
+    assert expand_paths([tmp_path / "d/metrics.jsonl"]) == [tmp_path / "d/metrics.jsonl"]  # named: read

@@ -12,6 +12,8 @@ from script_loader import load_script
 from trainer_util import REPO, make_store, tiny_config
 
 from common.config import ConfigError, from_dict, load_yaml, to_dict
+from pipeline.paths import expand_paths
+from pipeline.readers import BadFileError
 from pipeline.store import StoreError, TokenStore
 from train.config import TrainConfig
 from train.run import open_trainer, train
@@ -115,6 +117,19 @@ def test_a_run_with_nothing_to_do_leaves_no_empty_out_dir(tmp_path):
     again = tiny_config(tmp_path / "store", tmp_path / "again", max_steps=1, resume=str(tmp_path / "done"))
     assert train(again, log=lambda _: None) == {"step": 1}
     assert not (tmp_path / "again").exists()
+
+
+def test_a_run_folder_s_metrics_jsonl_is_never_corpus_data(tmp_path):
+    """`DATA=.` or a glob over a folder holding runs/ read each run's log as a corpus file: every record,
+    having no text, counted as a bad record. Resumed too: the log then holds a resume record."""
+    make_store(tmp_path / "store")
+    run = tmp_path / "runs" / "r"
+    train(tiny_config(tmp_path / "store", run, max_steps=1, eval_batches=0), log=lambda _: None)
+    train(tiny_config(tmp_path / "store", run, max_steps=2, eval_batches=0), log=lambda _: None)
+    assert '"event": "resume"' in (run / "metrics.jsonl").read_text()
+    assert all(p.name != "metrics.jsonl" for p in expand_paths([tmp_path / "runs"]))  # (its tokenizer.json: "{}")
+    with pytest.raises(BadFileError, match="matches no readable data file"):
+        expand_paths([f"{tmp_path}/runs/*/*.jsonl"])
 
 
 def test_seed_must_be_a_non_negative_numpy_seed():
