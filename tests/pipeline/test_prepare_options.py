@@ -1,0 +1,61 @@
+"""`prepare` reruns under changed options: what shapes the store's bytes must rebuild it, and from chunk
+results that fit the new options, never from those of the run before."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from prepare_helpers import build, sentences, store_files, tiny_tokenizer
+
+from pipeline.store import TokenStore
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> Path:
+    return tiny_tokenizer(tmp_path_factory.getbasetemp() / "tiny-tokenizer")
+
+
+def _corpus(folder: Path) -> Path:
+    """A JSON-lines file of several 64 KiB chunks and a CSV, each holding two text fields ("text", "body");
+    the texts carry runs of spaces, which only the cleaning's whitespace rule removes."""
+    folder.mkdir(parents=True)
+    texts, bodies = sentences(1, 400), sentences(2, 400)
+    texts = [t.replace(" ", "  ", 3) for t in texts]
+    with open(folder / "a.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": t, "body": b}) + "\n" for t, b in zip(texts[:300], bodies[:300], strict=True))
+    with open(folder / "b.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "body"])
+        writer.writerows(zip(texts[300:], bodies[300:], strict=True))
+    return folder
+
+
+def _docs(store: Path) -> list[list[tuple[int, ...]]]:
+    s = TokenStore(store)
+    return [[tuple(d.tolist()) for d in s.documents(split)] for split in ("train", "val")]
+
+
+@pytest.mark.parametrize("change", [
+    {"clean": ["normalize_whitespace=false"]},
+    {"text_field": "body"},
+    {"csv_column": "body"},
+    {"seed": 7},
+    {"val_fraction": 0.5},
+    # chunk_bytes alone is no change (the store does not depend on it): with a change that is, the first
+    # chunk of a file spans other bytes than the one of the same start that the last run left
+    {"chunk_bytes": 1 << 20, "val_fraction": 0.5},
+], ids=lambda change: ",".join(change))
+def test_a_changed_option_rebuilds_the_store_a_fresh_build_would_give(tmp_path, tokenizer, change):
+    """Options missing from a chunk result's name reused the last run's results (the documents of the
+    old text field, cleaned the old way); an option missing from the store's fingerprint kept the old
+    store as "up to date"; the seed once did not reach the split at all. Every such mutation passed."""
+    data = [str(_corpus(tmp_path / "corpus"))]
+    opts = dict(data=data, name="c", workers=1, chunk_bytes=1 << 16, clean_preset="minimal")
+    before = _docs(build(tmp_path / "out", tokenizer, **opts))
+    rebuilt = build(tmp_path / "out", tokenizer, **{**opts, **change})
+    fresh = build(tmp_path / "fresh", tokenizer, **{**opts, **change})
+    assert store_files(rebuilt) == store_files(fresh)
+    assert _docs(rebuilt) != before  # each option really shapes the documents
