@@ -119,6 +119,15 @@ def test_a_duplicate_drops_the_bytes_it_was_read_with(tmp_path, tokenizer):
     assert stats["bytes_in"] - stats["bytes_kept"] - sum(stats["dropped_bytes"].values()) == 0
 
 
+def test_text_bytes_are_of_the_cleaned_text(tmp_path, tokenizer):
+    """bits/byte divides by a split's text_bytes: they must be the bytes the tokens encode, not those read
+    (a mutation counting the bytes as read passed every test, whose texts cleaning left as they were)."""
+    text = "The quality of mercy is not strained; it droppeth as the gentle rain from heaven."
+    write_jsonl(tmp_path / "c" / "a.jsonl", ["  " + text.replace(" ", "   ") + "\n\n\n"])
+    m = TokenStore(build(tmp_path / "out", tokenizer, data=[str(tmp_path / "c")], name="t", **MINIMAL)).manifest
+    assert sum(m["splits"][s]["text_bytes"] for s in ("train", "val")) == len(text) == m["stats"]["bytes_kept"]
+
+
 def test_exact_dedup_across_chunks_files_and_processes(tmp_path, tokenizer):
     folder = _corpus(tmp_path / "corpus", dup_every=5)
     store = TokenStore(build(tmp_path / "out", tokenizer, data=[str(folder)], name="d", workers=2,
