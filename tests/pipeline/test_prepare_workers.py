@@ -5,19 +5,21 @@ leave what a rerun resumes from."""
 from __future__ import annotations
 
 import gzip
+import multiprocessing as mp
 import os
 import resource
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
 
-from pipeline.chunks import Settings
+from pipeline.chunks import Settings, init_worker
 from pipeline.clean import CleanConfig
 from pipeline.pool import chunk_results
 from pipeline.sources import plan_chunks
@@ -179,6 +181,17 @@ def test_a_tokenizer_that_changed_under_the_workers_is_an_error_not_a_hang(tmp_p
         list(chunk_results(todo, replace(settings, tokenizer_path=str(broken), tokenizer_sha256=sha256_file(broken)),
                       workers=2))
 
+
+
+def test_a_worker_started_without_the_forkserver_ignores_ctrl_c_too(corpus):
+    """Where there is no forkserver (`_context` falls back to spawn) a worker starts with Python's Ctrl-C
+    handler, and only init_worker's own ignore keeps a terminal's Ctrl-C from ending every worker with a
+    traceback. The forkserver hides its loss on Linux: a mutation dropping it passed every test."""
+    _, tokenizer, _ = corpus
+    settings = Settings(str(tokenizer), sha256_file(tokenizer), CleanConfig.for_source("minimal"), "text", "text")
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=init_worker,
+                             initargs=(settings,)) as pool:
+        assert pool.submit(signal.getsignal, signal.SIGINT).result(timeout=120) == signal.SIG_IGN
 
 def test_a_full_disk_is_one_line_naming_the_store(tmp_path, corpus):
     data, tokenizer, _ = corpus
