@@ -183,3 +183,13 @@ def test_a_byte_order_mark_alone_yields_nothing(tmp_path, name):
     path.write_bytes(b"\xef\xbb\xbf")
     records, stats = read_all(path)
     assert records == [] and not stats.bad_records
+
+
+def test_a_parquet_file_without_row_groups_is_planned_and_checked(tmp_path):
+    """A writer closed before its first row leaves no row groups. Planned as no chunk at all (a mutation
+    that passed every test), such a file was never opened: one without the text column went unreported."""
+    for name, column in (("ok.parquet", "text"), ("other.parquet", "body")):
+        pq.ParquetWriter(tmp_path / name, pa.schema([(column, pa.string())])).close()
+        assert pq.ParquetFile(tmp_path / name).metadata.num_row_groups == 0
+    assert texts_of(tmp_path / "ok.parquet") == []
+    bad_file(tmp_path / "other.parquet", "no column 'text'; columns found: body")
