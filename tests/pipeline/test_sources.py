@@ -94,6 +94,10 @@ def test_play_scenes_classifies_headings_by_text():
         ("The Play, ACT II, PROLOGUE\n\nEnter GOWER\n\nGOWER:\nHear me [Aside]", 17),
     ]
     assert list(play_scenes(["no headings\n", "at all\n"], "notes")) == [("notes\n\nno headings\nat all", 1)]
+    # Only a level-1 heading is a title (a mutation taking any first heading passed every test): a play
+    # opening on its first act is titled by its file name, and the act stays the act.
+    untitled = ["## ACT I\n", "### SCENE I. Elsinore.\n", "Who's there?\n"]
+    assert list(play_scenes(untitled, "hamlet")) == [("hamlet, ACT I, SCENE I. Elsinore.\n\nWho's there?", 2)]
 
 
 def test_unknown_source():
