@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prepare_helpers import build, sentences, store_files, tiny_tokenizer
 
+from pipeline.chunks import Settings
+from pipeline.clean import CleanConfig
+from pipeline.config import PrepareConfig
+from pipeline.prepare import fingerprint
 from pipeline.store import TokenStore
 
 
@@ -59,3 +64,24 @@ def test_a_changed_option_rebuilds_the_store_a_fresh_build_would_give(tmp_path, 
     fresh = build(tmp_path / "fresh", tokenizer, **{**opts, **change})
     assert store_files(rebuilt) == store_files(fresh)
     assert _docs(rebuilt) != before  # each option really shapes the documents
+
+
+def test_the_fingerprint_holds_what_shapes_the_store_and_not_what_does_not(tmp_path):
+    """An option missing from the fingerprint leaves the old store "up to date" under the new option:
+    other shard sizes never applied, and a store that skipped bad files was kept by a run that should
+    stop at them. Mutations dropping shard_tokens, skip_bad_files or a part's chunk size passed every
+    test (these need no documents to change, or 1M tokens to show)."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "a"}\n')
+    settings = Settings("tokenizer.json", "0" * 64, CleanConfig.for_source("minimal"), "text", "text")
+    base = PrepareConfig(data=[str(path)])
+
+    def fp(parts=None, **change) -> str:
+        return fingerprint(replace(base, **change), [path], settings, parts)
+
+    for change in ({"shard_tokens": 1 << 21}, {"skip_bad_files": True}, {"val_fraction": 0.1}, {"seed": 1}):
+        assert fp(**change) != fp(), change
+    for change in ({"workers": 3}, {"chunk_bytes": 1 << 20}, {"keep_work": False}, {"quiet": True}):
+        assert fp(**change) == fp(), change  # the store's bytes do not depend on these
+    # ... but which chunks land in which --shard part does: parts cut from other plans must not merge
+    assert fp(parts=2, chunk_bytes=1 << 20) != fp(parts=2) != fp(parts=3)
