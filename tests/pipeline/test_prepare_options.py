@@ -85,3 +85,12 @@ def test_the_fingerprint_holds_what_shapes_the_store_and_not_what_does_not(tmp_p
         assert fp(**change) == fp(), change  # the store's bytes do not depend on these
     # ... but which chunks land in which --shard part does: parts cut from other plans must not merge
     assert fp(parts=2, chunk_bytes=1 << 20) != fp(parts=2) != fp(parts=3)
+
+
+def test_without_keep_work_the_chunk_results_go(tmp_path, tokenizer):
+    """They cost about the store's size again on disk: keep_work=False must free it (a mutation keeping
+    them passed every test), and the store must not need them."""
+    store = build(tmp_path / "out", tokenizer, data=[str(_corpus(tmp_path / "corpus"))], name="c",
+                  clean_preset="minimal", keep_work=False)
+    assert not (store / ".work").exists()
+    TokenStore(store, verify=True)
