@@ -218,3 +218,16 @@ def test_a_rebuild_that_fails_deleting_the_old_shards_leaves_no_manifest(tmp_pat
     assert (tmp_path / "train-00000.bin").exists() and not (tmp_path / "manifest.json").exists()
     with pytest.raises(StoreError, match="not a finished token store"):
         TokenStore(tmp_path)
+
+
+def test_a_refused_run_leaves_no_store_or_part_folder_behind(tmp_path, capsys):
+    """An empty part-i-of-n folder would confuse --merge, an empty store folder the next run's checks; a
+    mutation keeping the folders a refused run made passed every test (they refused before making any)."""
+    data = write_jsonl(tmp_path / "a.jsonl", sentences(1, 3))
+    argv = ["--data", str(data), "--out", str(tmp_path / "out"), "--name", "s", "--tokenizer",
+            str(tmp_path / "none.json"), "--quiet"]
+    assert main(argv) == 1
+    assert not (tmp_path / "out" / "s").exists()
+    assert main([*argv, "--shard", "0/2"]) == 1
+    assert not (tmp_path / "out" / "s" / "part-0-of-2").exists()
+    assert capsys.readouterr().err.count("none.json: no such file") == 2
