@@ -42,6 +42,20 @@ def test_a_store_of_other_inputs_is_replaced_only_on_overwrite(tmp_path, capsys)
     assert sha256_file(store / "tokenizer.json") != tokenizer  # trained anew, on this corpus
 
 
+
+def test_a_shard_job_is_refused_where_a_store_of_other_inputs_stands(tmp_path, capsys):
+    """A part is merged into the store above it: a --shard job of another corpus under the same name
+    would end in replacing that store, so it is refused like a full build (a mutation checking only
+    the part's own folder passed every test)."""
+    first = write_jsonl(tmp_path / "one" / "corpus" / "a.jsonl", sentences(1, 300))
+    other = write_jsonl(tmp_path / "two" / "corpus" / "b.jsonl", sentences(2, 300))
+    common = ["--out", str(tmp_path / "cache"), "--clean-preset", "minimal", "--quiet", "--vocab-size", "300"]
+    assert main(["--data", str(first.parent), *common]) == 0
+    store = tmp_path / "cache" / "corpus"
+    assert main(["--data", str(other.parent), "--shard", "0/2", *common]) == 1
+    assert f"{store} holds a store of other inputs" in capsys.readouterr().err
+    assert not (store / "part-0-of-2").exists() and _sources(store) == [str(first)]
+
 def test_make_tokenizer_keeps_the_tokenizer_a_store_uses_unless_overwrite(tmp_path, capsys):
     data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(4, 300))
     common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet"]
