@@ -97,6 +97,9 @@ def test_merge_refuses_a_missing_part_mixed_splits_and_a_renamed_part(tmp_path, 
     shutil.copytree(root / "part-0-of-2", root / "part-1-of-2")  # part 0 under part 1's name
     with pytest.raises(PrepareError, match=r"part-1-of-2: holds part 0/2, not the one its name says"):
         build(tmp_path / "sh", tokenizer, merge=True, **opts)
-    shutil.rmtree(root / "part-1-of-2")
-    (root / "away").rename(root / "part-1-of-2")
+    # --shard 1/2 must rebuild that copy, not find it "up to date": each part's fingerprint names its
+    # part (a mutation leaving the part out passed every test)
+    build(tmp_path / "sh", tokenizer, shard="1/2", **opts)
+    assert TokenStore(root / "part-1-of-2").manifest["part"]["index"] == 1
+    shutil.rmtree(root / "away")
     TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
