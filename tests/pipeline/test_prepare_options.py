@@ -49,14 +49,16 @@ def _docs(store: Path) -> list[list[tuple[int, ...]]]:
     {"csv_column": "body"},
     {"seed": 7},
     {"val_fraction": 0.5},
+    {"val_fraction": 0.0},  # no val shard at all: the old one must not stay beside the new store
     # chunk_bytes alone is no change (the store does not depend on it): with a change that is, the first
     # chunk of a file spans other bytes than the one of the same start that the last run left
     {"chunk_bytes": 1 << 20, "val_fraction": 0.5},
-], ids=lambda change: ",".join(change))
+], ids=lambda change: ",".join(f"{k}={v}" for k, v in change.items()))
 def test_a_changed_option_rebuilds_the_store_a_fresh_build_would_give(tmp_path, tokenizer, change):
     """Options missing from a chunk result's name reused the last run's results (the documents of the
     old text field, cleaned the old way); an option missing from the store's fingerprint kept the old
-    store as "up to date"; the seed once did not reach the split at all. Every such mutation passed."""
+    store as "up to date"; the seed once did not reach the split at all; without the reset before a
+    rebuild, shards the new store does not have stayed. Every such mutation passed."""
     data = [str(_corpus(tmp_path / "corpus"))]
     opts = dict(data=data, name="c", workers=1, chunk_bytes=1 << 16, clean_preset="minimal")
     before = _docs(build(tmp_path / "out", tokenizer, **opts))
