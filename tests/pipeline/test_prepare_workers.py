@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -21,7 +22,7 @@ from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer,
 
 from pipeline.chunks import Settings, init_worker
 from pipeline.clean import CleanConfig
-from pipeline.pool import chunk_results
+from pipeline.pool import _sigint_deferred, chunk_results
 from pipeline.sources import plan_chunks
 from pipeline.store import TokenStore, sha256_file
 from pipeline.tokenizer import TokenizerError
@@ -192,6 +193,37 @@ def test_a_worker_started_without_the_forkserver_ignores_ctrl_c_too(corpus):
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=init_worker,
                              initargs=(settings,)) as pool:
         assert pool.submit(signal.getsignal, signal.SIGINT).result(timeout=120) == signal.SIG_IGN
+
+
+def test_a_consumer_that_stops_does_not_wait_for_the_chunks_in_flight(tmp_path, corpus):
+    """Phase 2 stops at a bad file (or a Ctrl-C) while workers still hold chunks: they are killed, not
+    waited for. A mutation that waited passed every test, whose chunks take a second; here a worker
+    hangs in a chunk forever (opening a FIFO with no writer), as on a stuck network mount."""
+    data, tokenizer, _ = corpus
+    fifo = tmp_path / "stuck.jsonl"
+    os.mkfifo(fifo)
+    todo = [(pos, c, str(tmp_path / f"{pos}.chunk")) for pos, c in enumerate(plan_chunks([data / "s0.jsonl", fifo]))]
+    settings = Settings(str(tokenizer), sha256_file(tokenizer), CleanConfig.for_source("minimal"), "text", "text")
+    results = chunk_results(todo[:1] + todo[-1:], settings, workers=2)
+    assert next(results).position == 0
+    closing = threading.Thread(target=results.close, daemon=True)
+    closing.start()
+    closing.join(timeout=60)
+    if closing.is_alive():
+        with open(fifo, "wb"):  # a writer lets the stuck worker finish, so the pool can end
+            pass
+        closing.join()
+        pytest.fail("the pool waited for a chunk still in flight")
+
+
+def test_a_ctrl_c_while_the_pool_starts_is_held_then_raised():
+    """A Ctrl-C while the executor starts its workers is held (a worker it never recorded would outlive
+    us) and must then still stop the run: a mutation that dropped it passed every test."""
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt), _sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        reached_the_end = True
+    assert reached_the_end
 
 def test_a_full_disk_is_one_line_naming_the_store(tmp_path, corpus):
     data, tokenizer, _ = corpus
