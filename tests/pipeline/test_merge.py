@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from prepare_helpers import ROOT, build, tiny_tokenizer, two_parts
+from prepare_helpers import ROOT, build, sentences, tiny_tokenizer, two_parts, write_jsonl
 
 from common.lock import exclusive_lock
 from pipeline.assemble import PrepareError
 from pipeline.fast_encode import Encoder
+from pipeline.sources import plan_chunks
 from pipeline.store import StoreError, TokenStore
 
 
@@ -81,6 +82,22 @@ def test_merged_sources_are_listed_in_plan_order_like_a_single_job(tmp_path, tok
     full = TokenStore(build(tmp_path / "full", tokenizer, **opts)).manifest["sources"]
     assert merged == full and [Path(s["path"]).name for s in full] == [f"f{k}.jsonl" for k in range(4)]
 
+
+
+def test_merged_sources_follow_the_plan_when_a_file_spans_parts(tmp_path, tokenizer):
+    """With one chunk per file, files dealt out in turn come back in plan order by their rank in each
+    part alone, so a mutation that recorded ranks instead of plan places passed every test. Here a file
+    of three chunks gives c (second in part 0) and b (second in part 1) the same rank."""
+    folder = tmp_path / "corpus"
+    big = write_jsonl(folder / "a.jsonl", sentences(1, 400))
+    assert len(plan_chunks([big], 1 << 16)) == 3  # a: chunks 0-2, b: 3, c: 4; part 0 holds a, c and part 1 a, b
+    write_jsonl(folder / "b.jsonl", sentences(2, 10))
+    write_jsonl(folder / "c.jsonl", sentences(3, 10))
+    opts = dict(data=[str(folder)], name="m", workers=1, clean_preset="minimal", chunk_bytes=1 << 16)
+    for i in range(2):
+        build(tmp_path / "sh", tokenizer, shard=f"{i}/2", **opts)
+    merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts)).manifest["sources"]
+    assert [Path(s["path"]).name for s in merged] == ["a.jsonl", "b.jsonl", "c.jsonl"]
 
 def test_merge_refuses_a_missing_part_mixed_splits_and_a_renamed_part(tmp_path, tokenizer):
     """The merge's checks that the parts make one store: every part i/n present, one n, each part in the
