@@ -20,8 +20,8 @@ from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer,
 from common.lock import exclusive_lock
 from pipeline.assemble import reset_store
 from pipeline.clean import CleanConfig
-from pipeline.prepare import main
-from pipeline.sources import shakespeare_plays
+from pipeline.prepare import _input_bytes, main
+from pipeline.sources import Chunk, shakespeare_plays
 from pipeline.store import StoreError, TokenStore, sha256_file, write_store
 from pipeline.tokenizer import train_from_paths
 
@@ -199,6 +199,14 @@ def test_the_rate_is_of_this_runs_work(tmp_path, tokenizer, capsys):
     last = capsys.readouterr().out.rstrip().splitlines()[-1]
     assert "(1 finished by an earlier run; 0.0 MB tokenized now at 0.0 MB/s)" in last
 
+
+
+def test_progress_shares_a_parquet_files_bytes_among_its_chunks():
+    """A parquet chunk's range is of row groups, not bytes: counted as bytes, a 900-byte file cut in three
+    added 3 to the summary's "MB of input" and its MB/s (a mutation doing so passed every test)."""
+    chunks = [Chunk("a.parquet", g, g + 1, g, 900, 0, "parquet") for g in range(3)]
+    chunks.append(Chunk("b.jsonl", 100, 250, 1, 400, 0, "jsonl"))
+    assert _input_bytes(chunks) == [300, 300, 300, 150]
 
 def test_a_rebuild_that_fails_deleting_the_old_shards_leaves_no_manifest(tmp_path, monkeypatch):
     """reset_store deletes manifest.json before any shard: a rebuild cut off among the deletions must
