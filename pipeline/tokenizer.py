@@ -36,6 +36,7 @@ class TokenizerError(ValueError):
     """A tokenizer that cannot be trained or used here: no text to train on, a vocabulary the corpus
     cannot reach, or a tokenizer.json without this pipeline's specials at ids 0-5."""
 
+
 # 16384 = 2^14 ids: they fit uint16 in the token store (half the bytes of int32). For the ~45M-param
 # model (d_model 512) a tied 16k embedding is 16384 * 512 = 8.4M params, ~18% of the model;
 # GPT-2's 50257 would need 25.7M, ~70% of the other ~37M, spent mostly on rare tokens the model

@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -7,6 +8,12 @@ import torch
 # is read when a kernel is defined, so it must be set before any test imports model.kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# A shell starts a background job (`make test &`, nohup) with Ctrl-C ignored, and the processes that
+# tests start would inherit that: Python does not turn SIGINT into KeyboardInterrupt where it starts
+# ignored, so every Ctrl-C test failed. A handler (unlike "ignore") is not inherited across exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

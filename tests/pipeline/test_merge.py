@@ -83,7 +83,6 @@ def test_merged_sources_are_listed_in_plan_order_like_a_single_job(tmp_path, tok
     assert merged == full and [Path(s["path"]).name for s in full] == [f"f{k}.jsonl" for k in range(4)]
 
 
-
 def test_merged_sources_follow_the_plan_when_a_file_spans_parts(tmp_path, tokenizer):
     """With one chunk per file, files dealt out in turn come back in plan order by their rank in each
     part alone, so a mutation that recorded ranks instead of plan places passed every test. Here a file
@@ -98,6 +97,7 @@ def test_merged_sources_follow_the_plan_when_a_file_spans_parts(tmp_path, tokeni
         build(tmp_path / "sh", tokenizer, shard=f"{i}/2", **opts)
     merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts)).manifest["sources"]
     assert [Path(s["path"]).name for s in merged] == ["a.jsonl", "b.jsonl", "c.jsonl"]
+
 
 def test_merge_refuses_a_missing_part_mixed_splits_and_a_renamed_part(tmp_path, tokenizer):
     """The merge's checks that the parts make one store: every part i/n present, one n, each part in the

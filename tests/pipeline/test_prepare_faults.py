@@ -200,13 +200,13 @@ def test_the_rate_is_of_this_runs_work(tmp_path, tokenizer, capsys):
     assert "(1 finished by an earlier run; 0.0 MB tokenized now at 0.0 MB/s)" in last
 
 
-
 def test_progress_shares_a_parquet_files_bytes_among_its_chunks():
     """A parquet chunk's range is of row groups, not bytes: counted as bytes, a 900-byte file cut in three
     added 3 to the summary's "MB of input" and its MB/s (a mutation doing so passed every test)."""
     chunks = [Chunk("a.parquet", g, g + 1, g, 900, 0, "parquet") for g in range(3)]
     chunks.append(Chunk("b.jsonl", 100, 250, 1, 400, 0, "jsonl"))
     assert _input_bytes(chunks) == [300, 300, 300, 150]
+
 
 def test_a_rebuild_that_fails_deleting_the_old_shards_leaves_no_manifest(tmp_path, monkeypatch):
     """reset_store deletes manifest.json before any shard: a rebuild cut off among the deletions must

@@ -145,7 +145,6 @@ def test_ctrl_c_twice_while_workers_hold_long_chunks_stops_at_once(tmp_path, cor
         time.sleep(0.1)
 
 
-
 def test_kill_9_of_prepare_leaves_no_process_behind(tmp_path, corpus):
     """A kill -9 reaches no handler: the workers (and the forkserver) lived on, idle, holding ~100 MB
     each, since each worker holds the writing end of its own task queue and so never saw it close."""
@@ -168,6 +167,7 @@ def test_kill_9_of_prepare_leaves_no_process_behind(tmp_path, corpus):
             pytest.fail(f"processes left 15 s after kill -9 of prepare: {left}")
         time.sleep(0.1)
 
+
 def test_a_tokenizer_that_changed_under_the_workers_is_an_error_not_a_hang(tmp_path, corpus):
     data, tokenizer, _ = corpus
     chunks = plan_chunks([data / "s0.jsonl"], 65536)[:3]
@@ -181,7 +181,6 @@ def test_a_tokenizer_that_changed_under_the_workers_is_an_error_not_a_hang(tmp_p
     with pytest.raises(TokenizerError, match="could not load the tokenizer"):
         list(chunk_results(todo, replace(settings, tokenizer_path=str(broken), tokenizer_sha256=sha256_file(broken)),
                       workers=2))
-
 
 
 def test_a_worker_started_without_the_forkserver_ignores_ctrl_c_too(corpus):
@@ -224,6 +223,7 @@ def test_a_ctrl_c_while_the_pool_starts_is_held_then_raised():
         os.kill(os.getpid(), signal.SIGINT)
         reached_the_end = True
     assert reached_the_end
+
 
 def test_a_full_disk_is_one_line_naming_the_store(tmp_path, corpus):
     data, tokenizer, _ = corpus

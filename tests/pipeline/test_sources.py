@@ -225,6 +225,7 @@ def test_csv_header_padding_short_rows_parquet_large_strings_and_quiet_stats(tmp
         quiet.note("invalid_json", "f.jsonl:3")
     assert quiet.examples == ["f.jsonl:3: invalid_json"] and caplog.text == ""
 
+
 def test_invalid_utf8_and_lone_surrogates_are_replaced(tmp_path):
     path = tmp_path / "u.jsonl"
     path.write_bytes(b'{"text": "caf\xff!"}\n{"text": "lone \\ud800 surrogate"}\n{"text": "fine \xc3\xa9"}\n')

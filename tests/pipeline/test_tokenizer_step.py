@@ -42,7 +42,6 @@ def test_a_store_of_other_inputs_is_replaced_only_on_overwrite(tmp_path, capsys)
     assert sha256_file(store / "tokenizer.json") != tokenizer  # trained anew, on this corpus
 
 
-
 def test_a_shard_job_is_refused_where_a_store_of_other_inputs_stands(tmp_path, capsys):
     """A part is merged into the store above it: a --shard job of another corpus under the same name
     would end in replacing that store, so it is refused like a full build (a mutation checking only
@@ -55,6 +54,7 @@ def test_a_shard_job_is_refused_where_a_store_of_other_inputs_stands(tmp_path, c
     assert main(["--data", str(other.parent), "--shard", "0/2", *common]) == 1
     assert f"{store} holds a store of other inputs" in capsys.readouterr().err
     assert not (store / "part-0-of-2").exists() and _sources(store) == [str(first)]
+
 
 def test_make_tokenizer_keeps_the_tokenizer_a_store_uses_unless_overwrite(tmp_path, capsys):
     data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(4, 300))
