@@ -230,14 +230,20 @@ def _parse_value(raw: str, tp: Any) -> Any:
     """Command-line text to a Python value: strings stay verbatim, everything else goes through YAML."""
     if raw.lower() in ("none", "null") and type(None) in typing.get_args(tp):
         return None
-    if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
+    if _takes_text(tp):
         return raw
     if typing.get_origin(tp) in (list, tuple) and not raw.lstrip().startswith("["):
         return raw  # split by _words; YAML would strip the quotes that group an item with spaces
+    if not raw.strip():  # YAML reads it as null, which would quietly switch an optional setting off
+        raise ValueError("no value given" + (" (write null for none)" if type(None) in typing.get_args(tp) else ""))
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
+
+
+def _takes_text(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
 
 
 def _takes_bool(tp: Any) -> bool:
@@ -306,7 +312,10 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
                 if i >= len(argv):
                     raise ConfigError(f"command line: {arg} needs a value")
                 raw, i = argv[i], i + 1
-            value = _parse_value(raw, tp)
+            try:
+                value = _parse_value(raw, tp)
+            except ValueError as err:
+                raise ConfigError(f"command line: {arg!r}: {err}") from None
         section = out
         for part in parts[:-1]:
             if not isinstance(section.get(part), dict):

@@ -152,5 +152,7 @@ def clean_config(cfg: PrepareConfig):
         key, eq, raw = item.partition("=")
         if not eq:
             raise ConfigError(f"--clean: expected key=value, got {item!r}")
+        if not raw.strip():  # YAML reads it as null, which switches that rule off: too easy as a typo
+            raise ConfigError(f"--clean: {item!r} gives no value (write {key.strip()}=null to switch that rule off)")
         overrides[key.strip().replace("-", "_")] = yaml.safe_load(raw)
     return from_dict(CleanConfig, {**to_dict(base), **overrides}, where="--clean")

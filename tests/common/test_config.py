@@ -69,6 +69,19 @@ def test_none_for_optional_int():
     assert parse_cli(Optional_, ["--limit", "7"]).limit == 7
 
 
+@pytest.mark.parametrize(("cls", "argv", "message"), [
+    (Optional_, ["limit="], "'limit=': no value given (write null for none)\n"),
+    (Optional_, ["--limit", ""], "'--limit': no value given (write null for none)\n"),
+    (Outer, ["lr="], "'lr=': no value given\n"),
+])
+def test_an_empty_value_is_refused_not_read_as_null(cls, argv, message, capsys):
+    """YAML reads "" as null: `limit=` (a half-typed value) switched an optional setting off silently."""
+    with pytest.raises(SystemExit):
+        parse_cli(cls, argv)
+    assert capsys.readouterr().err.endswith(message)
+    assert parse_cli(Outer, ["data=", "paths="]).data == ""  # text takes "" as it is
+
+
 @dataclass
 class Flags:
     compile: bool | str = "auto"
