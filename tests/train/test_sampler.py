@@ -107,6 +107,11 @@ def test_load_refuses_another_kind_of_stream(store):
         WindowSampler(store, "train", 32, 4, seed=0).load_state_dict(state)
     with pytest.raises(ValueError, match="mode"):
         WindowSampler(store, "train", 16, 4, seed=0, mode="epoch").load_state_dict(state)
+    # Another seed or alignment is another stream: continuing it would not be the saved run's.
+    with pytest.raises(ValueError, match="seed"):
+        WindowSampler(store, "train", 16, 4, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="align_bos"):
+        WindowSampler(store, "train", 16, 4, seed=0, align_bos=True).load_state_dict(state)
 
 
 def epoch_starts(store, samplers, steps):
@@ -184,6 +189,67 @@ def test_too_small_split_is_a_clear_error(tmp_path):
         WindowSampler(store, "val", 32, 4, seed=0)
     with pytest.raises(ValueError, match="epoch mode has only"):
         WindowSampler(store, "train", 32, 4, seed=0, mode="epoch")
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    (dict(block_size=0), "block_size"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(rank=2, world_size=2), "rank 2 outside world_size 2"),
+    (dict(rank=-1, world_size=2), "rank -1 outside"),
+])
+def test_bad_sizes_and_ranks_are_refused(store, kw, match):
+    with pytest.raises(ValueError, match=match):
+        WindowSampler(store, "train", **{"block_size": 16, "batch_size": 4, "seed": 0, **kw})
+
+
+def test_a_shard_of_block_size_plus_one_tokens_is_exactly_one_window(tmp_path):
+    """The last valid start is len - block_size - 1: a shard one token longer than the block holds one
+    window (a [BOS] at 0 included), and a block as long as the shard none."""
+    store = write_store(tmp_path, {"train": [np.arange(6, 22)], "val": [np.arange(6, 22)]}, vocab_size=300)
+    shard = store.shards("train")[0]
+    assert len(shard) == 17
+    for align_bos in (False, True):
+        x, y = WindowSampler(store, "train", 16, 3, seed=0, align_bos=align_bos).next_batch()
+        assert x.tolist() == [shard[:16].tolist()] * 3 and y.tolist() == [shard[1:].tolist()] * 3
+    with pytest.raises(ValueError, match=r"longest 17; a window needs block_size \+ 1 = 18"):
+        WindowSampler(store, "train", 17, 3, seed=0)
+
+
+def test_epoch_mode_needs_a_global_batch_at_the_worst_phase(tmp_path):
+    """49 tokens hold 3 grid windows of 16 at phase 0 but 2 at phase 15: every phase an epoch may draw
+    must fill one global batch, all ranks together, or that epoch would hand out short batches."""
+    store = write_store(tmp_path, {"train": [np.arange(6, 54)], "val": [np.arange(6, 54)]}, vocab_size=300)
+    assert len(store.shards("train")[0]) == 49
+    with pytest.raises(ValueError, match=r"only 2 windows of 16 per epoch, fewer than batch_size \* world_size = 3"):
+        WindowSampler(store, "train", 16, 3, seed=0, mode="epoch")
+    with pytest.raises(ValueError, match=r"batch_size \* world_size = 4"):
+        WindowSampler(store, "train", 16, 2, seed=0, rank=1, world_size=2, mode="epoch")
+    sampler = WindowSampler(store, "train", 16, 2, seed=0, mode="epoch")
+    assert all(len(sampler.next_batch()[0]) == 2 for _ in range(20))
+
+
+def test_shards_shorter_than_a_window_leave_the_others_starts_alone(tmp_path):
+    """Shards of 10 tokens hold no window of 17: they count zero starts, not a negative number that
+    would shift or cut the range of the one shard that holds windows."""
+    store = sharded_store(tmp_path, [10] * 40 + [900] + [10] * 40, shard_tokens=10)
+    assert [len(s) for s in store.shards("train")] == [10] * 40 + [900] + [10] * 40
+    sampler = WindowSampler(store, "train", 16, 64, seed=0)
+    starts = [p for _ in range(30) for _, p in locate(store, "train", *sampler.next_batch())]
+    # 1920 uniform draws from the 884 starts reach both ends of the range.
+    assert min(starts) < 50 and max(starts) > 830
+
+
+def test_a_resume_with_a_larger_batch_near_an_epochs_end_starts_the_next_epoch(store):
+    """Fewer windows left than the new global batch: the resumed sampler rolls over and hands out a full
+    batch of the next epoch, not the short rest of this one."""
+    small = WindowSampler(store, "train", 16, 1, seed=2, mode="epoch")
+    windows = len(small._epoch_plan()[1])
+    for _ in range(windows - 3):
+        small.next_batch()
+    large = WindowSampler(store, "train", 16, 8, seed=2, mode="epoch")
+    large.load_state_dict(small.state_dict())
+    x, _ = large.next_batch()
+    assert x.shape == (8, 16) and (large.epoch, large.pos) == (1, 8)
 
 
 def test_fixed_batches_are_stable_and_split_across_ranks(store):
