@@ -172,6 +172,11 @@ def test_fit_micro_batch_keeps_divisors():
     assert fit_micro_batch(64, oom_above(64)) == 64
     assert fit_micro_batch(64, oom_above(20)) == 16
     assert fit_micro_batch(12, oom_above(4)) == 3  # 12 -> 6 -> 3: divisors, so 12/3 = 4 accumulation steps
+    # 20 -> 10 -> 5 -> 2: divisors of the candidate, not of the last micro-batch tried (5 has none but 1).
+    assert fit_micro_batch(20, oom_above(2)) == 2
+    cleanups = []
+    assert fit_micro_batch(64, oom_above(20), cleanup=lambda: cleanups.append(1)) == 16
+    assert len(cleanups) == 2  # after each OOM, so the next probe has the memory the failed one held
     with pytest.raises(RuntimeError, match="even at micro_batch=1"):
         fit_micro_batch(6, oom_above(0))
 
