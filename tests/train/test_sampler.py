@@ -309,6 +309,29 @@ def test_prefetcher_reraises_sampler_errors(store):
         Prefetcher(sampler, torch.device("cpu")).next()
 
 
+def test_after_a_sampler_error_next_starts_over_where_the_trainer_was(store):
+    """The error closes the prefetcher, so a later next() starts a new thread; left open, it waited
+    forever on the dead thread's queue."""
+    reference = WindowSampler(store, "train", 16, 4, seed=0)
+    want = [reference.next_batch() for _ in range(3)][2]
+    sampler = WindowSampler(store, "train", 16, 4, seed=0)
+    real, calls = sampler.next_batch, [0]
+
+    def fails_third_call():
+        calls[0] += 1
+        if calls[0] == 3:
+            raise ZeroDivisionError
+        return real()
+
+    sampler.next_batch = fails_third_call
+    pre = Prefetcher(sampler, torch.device("cpu"))
+    pre.next(), pre.next()
+    with pytest.raises(ZeroDivisionError):
+        pre.next()
+    assert torch.equal(pre.next()[0], want[0]) and pre.state_dict()["step"] == 3
+    pre.close()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_prefetcher_copies_pinned_batches_to_cuda(store):
