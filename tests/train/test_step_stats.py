@@ -11,7 +11,7 @@ from trainer_util import make_store, nan_forward, tiny_config
 
 from train import distributed as D
 from train.metrics import read_metrics
-from train.step_stats import StepStats
+from train.step_stats import StepStats, check_skips
 from train.trainer import Trainer, TrainingAborted
 
 
@@ -57,6 +57,29 @@ def test_state_round_trip_continues_the_log_window_and_the_run_of_skips():
         s.add(torch.tensor([0.3, 1.0, 0.0]))
     assert resumed.read() == stats.read()  # bit-identical float32 sums, and the run of 3 skips
     assert resumed.skipped == stats.skipped == 4
+
+
+
+def test_state_counts_skips_not_read_yet():
+    """A checkpoint between two reads must carry the skips since the last read, not only those read."""
+    stats = StepStats(torch.device("cpu"))
+    stats.add(torch.tensor([math.nan, 1.0, 1.0]))
+    stats.read()
+    stats.add(torch.tensor([math.nan, 1.0, 1.0]))
+    stats.add(torch.tensor([1.0, 1.0, 0.0]))
+    assert stats.state_dict() == {"skipped": 2, "consecutive": 0, "loss_sum": 1.0, "applied": 1}
+
+
+def test_check_skips_is_silent_without_skips_and_aborts_at_max_skips():
+    lines: list[str] = []
+    window = {"skipped": 0, "consecutive": 0, "longest": 0}
+    check_skips(window, 10, 10, 3, lines.append, lambda: None)
+    assert lines == []  # a log line on every read would only say nothing was skipped
+    check_skips({"skipped": 2, "consecutive": 2, "longest": 2}, 10, 20, 3, lines.append, lambda: None)
+    assert lines == ["step 20: non-finite loss or gradient norm on some rank; 2 of the last 10 step(s) skipped "
+                     "(2 in a row now, longest run 2, max_skips=3)"]
+    with pytest.raises(TrainingAborted, match="The last checkpoint is ckpt-9"):
+        check_skips({"skipped": 3, "consecutive": 0, "longest": 3}, 10, 30, 3, lines.append, lambda: "ckpt-9")
 
 
 def trainer_with_read_log(tmp_path, lines, **overrides):
