@@ -1,6 +1,7 @@
 import pickle
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -12,10 +13,11 @@ from train.text_dataset import TextDataset
 BOS = 5
 
 
-def make(tmp_path, lengths=(3, 9, 1, 6), max_len=5, vocab=300):
+def make(tmp_path, lengths=(3, 9, 1, 6), max_len=5, vocab=300, shard_tokens=1 << 28):
     rng = np.random.default_rng(0)
     docs = [rng.integers(6, vocab, size=n) for n in lengths]
-    store = write_store(tmp_path, {"train": docs, "val": docs[:1]}, vocab_size=vocab, bos_id=BOS)
+    store = write_store(tmp_path, {"train": docs, "val": docs[:1]}, vocab_size=vocab, bos_id=BOS,
+                        shard_tokens=shard_tokens)
     return docs, TextDataset(store, "train", max_len=max_len, pad_id=0)
 
 
@@ -28,6 +30,19 @@ def test_items_are_documents_truncated_to_max_len(tmp_path):
         assert item["input_ids"].dtype == torch.int64 and item["input_ids"].tolist() == want.tolist()
         assert item["attention_mask"].dtype == torch.bool and item["attention_mask"].all()
         assert len(item["attention_mask"]) == len(want)
+
+
+def test_documents_across_shards_are_whole_up_to_the_last_token(tmp_path):
+    """Each shard's last document ends at the shard's end, and a document is read from its own shard."""
+    docs, ds = make(tmp_path, lengths=(3, 9, 1, 6, 4), max_len=64, shard_tokens=12)
+    assert len(ds.store.shards("train")) > 2
+    assert [ds[i]["input_ids"].tolist() for i in range(len(ds))] == [[BOS, *d.tolist()] for d in docs]
+
+
+def test_max_len_below_1_is_refused(tmp_path):
+    store = write_store(tmp_path, {"train": [np.arange(6, 9)]}, vocab_size=300)
+    with pytest.raises(ValueError, match="max_len must be >= 1, got 0"):
+        TextDataset(store, "train", max_len=0)
 
 
 def test_collate_pads_right_and_shifts_labels(tmp_path):
