@@ -54,4 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Progress goes to stdout, errors and the Ctrl-C line to stderr. Block-buffered on a pipe (`| tee`,
+    # a job log), stdout held the last progress lines back until exit, after those messages.
+    sys.stdout.reconfigure(line_buffering=True)
     raise SystemExit(main())

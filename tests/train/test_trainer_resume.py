@@ -30,12 +30,15 @@ ARGS = [
 
 def run_train(store, out_dir, extra=()):
     cmd = [sys.executable, str(REPO / "bin/train.py"), f"data={store}", f"out_dir={out_dir}", *ARGS, *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every run: same float sums
+    # The same thread count in every run: same float sums. PYTHONUNBUFFERED out: stdout is a pipe, as
+    # under `| tee`, and must not depend on the caller's environment to keep its lines in order.
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_ctrl_c_is_one_line_saying_how_to_continue(tmp_path):
-    """Ctrl-C printed a KeyboardInterrupt traceback from deep in the prefetch thread's queue, exit 1."""
+    """Ctrl-C printed a KeyboardInterrupt traceback from deep in the prefetch thread's queue, exit 1. And
+    without PYTHONUNBUFFERED the block-buffered progress lines on stdout came out after the message."""
     store = tmp_path / "store"
     make_store(store, docs=20, doc_len=100)
     run = run_train(store, tmp_path / "run", ["max_steps=1000000"])  # never ends before the Ctrl-C, under any load
