@@ -1,6 +1,7 @@
 import argparse
 
 import pytest
+import torch
 
 from common.cli import number, resolve_device
 
@@ -35,3 +36,20 @@ def test_a_device_torch_cannot_use_is_a_value_error(spec, message):
         resolve_device(spec)
     assert str(err.value) == message
     assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda")
+
+
+def test_an_upper_bound_alone_reads_without_a_dangling_and(capsys):
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("--k", type=number(int, high=5))
+    assert p.parse_args(["--k", "-9"]).k == -9
+    assert _error(p, ["--k", "6"], capsys) == "x: error: argument --k: expected an integer <= 5, got '6'"
+
+
+def test_auto_and_cuda_follow_what_torch_sees(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    # Said before any allocation is tried, whose error would come from deep in torch's CUDA init.
+    with pytest.raises(ValueError, match=r"^--device cuda:1: this torch sees no CUDA device$"):
+        resolve_device("cuda:1")
