@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -230,3 +231,55 @@ def test_a_list_value_naming_an_existing_path_whole_is_one_path(tmp_path, monkey
     assert parse_cli(Outer, ["--paths", "my data/*.jsonl"]).paths == ["my data/*.jsonl"]  # a glob that matches
     # Make's DATA="a b" still means two paths when no path is named by the whole.
     assert parse_cli(Outer, ["--paths", "my data/b.jsonl c"]).paths == ["my", "data/b.jsonl", "c"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"lr": True}, "lr: expected float, got True"),  # a bool is an int to Python, not a number here
+        ({"model": {"n_layer": True}}, "model.n_layer: expected int, got True"),
+        ({"data": 3}, None),  # a number where a str | None goes: "3", below
+        ({"model": {"act": None}}, "model.act: expected str, got None"),
+    ],
+)
+def test_bools_are_not_numbers_and_none_only_fills_optional_fields(values, expected):
+    if expected is None:
+        assert from_dict(Outer, values).data == "3"
+        return
+    with pytest.raises(ConfigError, match=f"^config: {re.escape(expected)}$"):
+        from_dict(Outer, values)
+
+
+def test_none_where_a_union_has_no_none_is_an_error():
+    with pytest.raises(ConfigError, match="compile"):
+        from_dict(Flags, {"compile": None})
+
+
+def test_yaml_numbers_pyyaml_reads_as_strings_still_convert(tmp_path):
+    """PyYAML reads `1e-3` (no dot) as the string '1e-3', a natural way to write a learning rate."""
+    cfg_file = tmp_path / "c.yml"
+    cfg_file.write_text("lr: 1e-3\nmodel:\n  n_layer: '4'\n")
+    cfg = parse_cli(Outer, ["--config", str(cfg_file)])
+    assert cfg.lr == 0.001 and cfg.model.n_layer == 4
+    assert parse_cli(Outer, ["lr=5e-4"]).lr == 0.0005
+
+
+def test_an_empty_config_file_means_the_defaults(tmp_path):
+    cfg_file = tmp_path / "empty.yml"
+    cfg_file.write_text("# nothing set yet\n")
+    assert parse_cli(Outer, ["--config", str(cfg_file)]) == Outer()
+
+
+def test_none_on_the_command_line_is_the_word_for_a_plain_str_field():
+    assert parse_cli(Outer, ["model.act=none"]).model.act == "none"
+    assert parse_cli(Outer, ["data=null"]).data is None
+
+
+def test_several_unknown_keys_are_all_named_and_the_known_ones_listed():
+    with pytest.raises(ConfigError, match=r"^config: model\.actt, model\.n_layr: unknown keys for Inner; "
+                                          r"known: n_layer, act, flag$"):
+        from_dict(Outer, {"model": {"n_layr": 1, "actt": "x"}})
+
+
+def test_a_dotted_key_through_a_non_section_is_a_config_error(capsys):
+    assert "command line: 'lr' is not a config section of Outer" in _error(capsys, Outer, ["lr.x=1"])
