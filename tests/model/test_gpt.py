@@ -86,6 +86,11 @@ def test_logits_shapes_without_targets():
         (dict(pad_id=97), "pad_id"),
         (dict(dropout=1.0), "dropout"),
         (dict(n_layer=0), "n_layer"),
+        (dict(mlp_hidden=0), "mlp_hidden"),
+        (dict(dropout=-0.1), "dropout"),
+        (dict(pad_id=-1), "pad_id"),  # would index the embedding from its end
+        (dict(init_std=0.0), "init_std"),
+        (dict(rope_base=0.0), "rope_base"),
     ],
 )
 def test_config_rejects_bad_values(kw, match):
