@@ -224,7 +224,7 @@ def expected_params(cfg: GPTConfig) -> int:
     return cfg.n_layer * layer + norm + embed + wpe
 
 
-@pytest.mark.parametrize("family", ["rope", "everything_else", "swiglu", "qk_norm", "bias_layernorm"])
+@pytest.mark.parametrize("family", ["rope", "everything_else", "swiglu", "qk_norm", "bias_layernorm", "layernorm"])
 def test_param_count_formula(family):
     cfg = small(**FAMILIES[family])
     model = build(cfg)
@@ -252,6 +252,26 @@ def test_kv_cache_matches_full_forward(pos):
         torch.testing.assert_close(torch.cat(out, dim=1), full, atol=1e-4, rtol=1e-4)
         with pytest.raises(ValueError, match="KV cache"):
             model(idx[:, :1], kv_cache=model.new_kv_cache(batch_size=2, max_len=4), start_pos=4)
+
+
+def test_positions_past_block_size_and_a_cache_of_another_batch_are_value_errors():
+    model = build(small()).eval()
+    idx = tokens(3, 5)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="positions up to 35 exceed block_size=32"):
+            model(idx, start_pos=30)
+        # One row would broadcast silently into every row of a cache for three.
+        with pytest.raises(ValueError, match="KV cache holds batch 3 x 32 positions; got batch 1"):
+            model(idx[:1], kv_cache=model.new_kv_cache(batch_size=3))
+        cache = model.new_kv_cache(batch_size=3, dtype=torch.float64)
+        assert cache.batch_size == 3 and cache.k.dtype == cache.v.dtype == torch.float64
+        model.double()(idx, kv_cache=cache)
+
+
+def test_dropout_is_off_in_eval_mode():
+    model = build(small(dropout=0.5)).eval()
+    idx = tokens(2, 16)
+    assert torch.equal(model(idx, all_logits=True)[0], model(idx, all_logits=True)[0])
 
 
 def test_flops_per_token_matches_counted_matmuls():
@@ -289,6 +309,8 @@ def test_init_is_deterministic_and_scales_residual_projections():
     assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert block.attn.out.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
     assert block.mlp.down.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    biased = build(small(bias=True, norm="layernorm"))
+    assert all(not m.bias.any() for m in biased.modules() if getattr(m, "bias", None) is not None)
 
 
 def test_tiny_model_overfits_one_batch():
