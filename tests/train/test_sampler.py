@@ -302,6 +302,19 @@ def test_prefetcher_state_counts_consumed_batches_only(store, mode):
     pre.close()
 
 
+def test_loading_a_state_into_a_running_prefetcher_drops_the_batches_in_flight(store):
+    reference = WindowSampler(store, "train", 16, 4, seed=4)
+    want = [reference.next_batch() for _ in range(11)]
+    pre = Prefetcher(WindowSampler(store, "train", 16, 4, seed=4), torch.device("cpu"), depth=2)
+    pre.next()
+    while pre.sampler.step < 3:  # the second batch is queued
+        threading.Event().wait(0.01)
+    pre.load_state_dict({**pre.state_dict(), "step": 10})
+    x, y = pre.next()
+    assert torch.equal(x, want[10][0]) and torch.equal(y, want[10][1])
+    pre.close()
+
+
 def test_prefetcher_reraises_sampler_errors(store):
     sampler = WindowSampler(store, "train", 16, 4, seed=0)
     sampler.next_batch = lambda: 1 / 0
