@@ -272,7 +272,23 @@ def test_an_empty_config_file_means_the_defaults(tmp_path):
 
 def test_none_on_the_command_line_is_the_word_for_a_plain_str_field():
     assert parse_cli(Outer, ["model.act=none"]).model.act == "none"
-    assert parse_cli(Outer, ["data=null"]).data is None
+    assert parse_cli(Outer, ["data=null"]).data is None and parse_cli(Outer, ["data=None"]).data is None
+
+
+def test_a_str_or_none_field_takes_command_line_text_verbatim():
+    """Through YAML, `007` would become 7 and `on` True (then refused): a folder may be named either."""
+    assert [parse_cli(Outer, [f"data={text}"]).data for text in ("007", "on", "1e3")] == ["007", "on", "1e3"]
+
+
+@dataclass
+class Documented:
+    size: int = 1
+    """A docstring that
+    goes on for two lines."""
+
+
+def test_field_docs_are_one_line_each():
+    assert field_docs(Documented) == {"size": "A docstring that goes on for two lines."}
 
 
 def test_several_unknown_keys_are_all_named_and_the_known_ones_listed():
