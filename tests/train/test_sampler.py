@@ -215,6 +215,13 @@ def test_a_shard_of_block_size_plus_one_tokens_is_exactly_one_window(tmp_path):
         WindowSampler(store, "train", 17, 3, seed=0)
 
 
+def test_random_mode_draws_the_last_start_too(tmp_path):
+    store = write_store(tmp_path, {"train": [np.arange(6, 23)], "val": [np.arange(6, 23)]}, vocab_size=300)
+    shard = store.shards("train")[0]
+    x, _ = WindowSampler(store, "train", 16, 32, seed=0).next_batch()
+    assert set(x[:, 0].tolist()) == {shard[0], shard[1]}  # 18 tokens: starts 0 and 1
+
+
 def test_epoch_mode_needs_a_global_batch_at_the_worst_phase(tmp_path):
     """49 tokens hold 3 grid windows of 16 at phase 0 but 2 at phase 15: every phase an epoch may draw
     must fill one global batch, all ranks together, or that epoch would hand out short batches."""
