@@ -53,3 +53,6 @@ def test_auto_and_cuda_follow_what_torch_sees(monkeypatch):
     # Said before any allocation is tried, whose error would come from deep in torch's CUDA init.
     with pytest.raises(ValueError, match=r"^--device cuda:1: this torch sees no CUDA device$"):
         resolve_device("cuda:1")
+    # A valid name of a backend this build lacks: only allocating on it tells.
+    with pytest.raises(ValueError, match=r"^--device xla: not usable by this torch \(.*XLA"):
+        resolve_device("xla")
