@@ -59,7 +59,6 @@ def test_state_round_trip_continues_the_log_window_and_the_run_of_skips():
     assert resumed.skipped == stats.skipped == 4
 
 
-
 def test_state_counts_skips_not_read_yet():
     """A checkpoint between two reads must carry the skips since the last read, not only those read."""
     stats = StepStats(torch.device("cpu"))
