@@ -7,12 +7,11 @@ import math
 
 import pytest
 import torch
-from trainer_util import make_store, nan_forward, tiny_config
+from trainer_util import make_store, make_trainer, nan_forward, tiny_config
 
-from train import distributed as D
 from train.metrics import read_metrics
 from train.step_stats import StepStats, check_skips
-from train.trainer import Trainer, TrainingAborted
+from train.trainer import TrainingAborted
 
 
 def test_accumulates_applied_losses_and_counts_runs_of_skips():
@@ -84,7 +83,7 @@ def test_check_skips_is_silent_without_skips_and_aborts_at_max_skips():
 def trainer_with_read_log(tmp_path, lines, **overrides):
     make_store(tmp_path / "store")
     cfg = tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, **overrides)
-    trainer = Trainer(cfg, D.init_distributed(cfg.device), log=lines.append)
+    trainer = make_trainer(cfg, lines)
     reads = []
     real_read = StepStats.read
 

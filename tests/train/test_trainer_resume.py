@@ -11,12 +11,11 @@ import sys
 import time
 
 import pytest
-from trainer_util import REPO, make_store, nan_forward, tiny_config
+from trainer_util import REPO, make_store, make_trainer, nan_forward, tiny_config
 
-from train import distributed as D
 from train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from train.metrics import read_metrics
-from train.trainer import Trainer, TrainingAborted
+from train.trainer import TrainingAborted
 
 STEPS = 200
 # Dropout exercises the torch RNG, grad_accum the micro-step loop, epoch mode the sampler's
@@ -96,7 +95,7 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def fit(cfg, bad_calls=()):
-    trainer = Trainer(cfg, D.init_distributed(cfg.device), log=lambda _msg: None)
+    trainer = make_trainer(cfg)
     nan_forward(trainer.raw, set(bad_calls))
     try:
         return trainer.fit()

@@ -1,4 +1,5 @@
-"""Shared by the trainer tests and the DDP worker: a small learnable store and a tiny TrainConfig."""
+"""Shared by the trainer tests and the DDP worker: a small learnable store, a tiny TrainConfig, and a
+Trainer on this process alone."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 
 from common.config import from_dict
 from pipeline.store import write_store
+from train import distributed as D
 from train.config import TrainConfig
+from train.trainer import Trainer
 
 VOCAB = 64
 REPO = Path(__file__).resolve().parents[2]
@@ -58,3 +61,8 @@ def nan_forward(raw, bad_calls):
         return logits, loss * float("nan") if calls[0] in bad_calls else loss
 
     raw.forward = patched
+
+
+def make_trainer(cfg: TrainConfig, lines: list[str] | None = None) -> Trainer:
+    """A Trainer outside torchrun, logging into `lines` when given."""
+    return Trainer(cfg, D.init_distributed(cfg.device), log=(lines if lines is not None else []).append)
