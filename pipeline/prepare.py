@@ -207,7 +207,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     shard = parse_shard(cfg.shard)
     store = root / f"part-{shard[0]}-of-{shard[1]}" if shard else root
     paths = input_paths(cfg)
-    created = not store.exists()
+    created = [folder for folder in dict.fromkeys((store, root)) if not folder.exists()]  # the part's first
     store.mkdir(parents=True, exist_ok=True)
     try:
         # Locked from the start: a run that found the store busy only after training its tokenizer had
@@ -220,8 +220,8 @@ def prepare(cfg: PrepareConfig) -> Path:
             with unused_tokenizer_removed(src, root):
                 return _prepare_locked(cfg, root, store, shard, paths, src)
     except BaseException:
-        if created:  # a refused run leaves no folder behind (an empty part-i-of-n would confuse --merge)
-            _remove_if_unused(store)
+        for folder in created:  # a refused run leaves no folder behind (an empty part-i-of-n would confuse --merge)
+            _remove_if_unused(folder)
         raise
 
 

@@ -237,5 +237,8 @@ def test_a_refused_run_leaves_no_store_or_part_folder_behind(tmp_path, capsys):
     assert main(argv) == 1
     assert not (tmp_path / "out" / "s").exists()
     assert main([*argv, "--shard", "0/2"]) == 1
-    assert not (tmp_path / "out" / "s" / "part-0-of-2").exists()
-    assert capsys.readouterr().err.count("none.json: no such file") == 2
+    assert not (tmp_path / "out" / "s").exists()  # nor the store's folder the part was made in
+    (tmp_path / "out" / "s").mkdir()
+    assert main([*argv, "--shard", "0/2"]) == 1
+    assert list((tmp_path / "out" / "s").iterdir()) == []  # a folder it did not make stays
+    assert capsys.readouterr().err.count("none.json: no such file") == 3
