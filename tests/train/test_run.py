@@ -52,7 +52,7 @@ def test_cli_exit_codes(tmp_path, capsys):
 
     assert exit_code(["model.n_head=3"]) == 2  # the model's own check (512 % 3)
     assert exit_code(["max_steps=0"]) == 2
-    assert exit_code([f"data={tmp_path / 'missing'}", "max_steps=1"]) == 1
+    assert exit_code([f"data={tmp_path / 'missing'}", f"out_dir={tmp_path / 'run'}", "max_steps=1"]) == 1
     err = capsys.readouterr().err
     assert "not divisible" in err and "set max_steps or epochs" in err and "no manifest.json" in err
     with pytest.raises(SystemExit) as exc:
