@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 
 import pytest
 from script_loader import load_script
@@ -15,8 +16,10 @@ from common.config import ConfigError, from_dict, load_yaml, to_dict
 from pipeline.paths import expand_paths
 from pipeline.readers import BadFileError
 from pipeline.store import StoreError, TokenStore
+from train.checkpoint import save_checkpoint
 from train.config import TrainConfig
 from train.run import open_trainer, train
+from train.trainer import TrainingAborted
 
 
 @pytest.mark.parametrize("name", ["tiny", "gpt-45m", "gpt_d768_l12"])
@@ -59,6 +62,39 @@ def test_cli_exit_codes(tmp_path, capsys):
         cli.main(["--help"])
     assert exc.value.code == 0 and "--max-steps" in capsys.readouterr().out
     json.dumps(to_dict(TrainConfig()))  # the config is plain data all the way down
+
+
+def test_a_refused_resume_or_an_aborted_run_is_one_error_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    """Not a traceback: each says what to do next (the checkpoints to keep, another out_dir)."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    save_checkpoint(tmp_path / "run", "00000001", {"step": 1})  # resume=none reads only its marker
+    ok = [f"data={store.root}", f"out_dir={tmp_path / 'run'}", "max_steps=2", "model.n_layer=1", "init_batch=false"]
+    for change, message in (("resume=none", "already holds checkpoints"),
+                            (f"resume={tmp_path / 'nowhere'}", "no complete checkpoint")):
+        assert cli.main([*ok, change]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+    def aborted(cfg):
+        raise TrainingAborted("3 consecutive steps had a non-finite loss; stopping at step 7")
+
+    monkeypatch.setattr(cli, "train", aborted)
+    assert cli.main(ok) == 1
+    assert capsys.readouterr().err == "error: 3 consecutive steps had a non-finite loss; stopping at step 7\n"
+
+
+def test_out_dir_defaults_to_runs_slash_the_config_s_name(tmp_path, monkeypatch):
+    """Without it the run wrote its checkpoints into the current folder."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    (tmp_path / "mine.yml").write_text(f"data: {store.root}\nmax_steps: 1\n")
+    started: list[str] = []
+    monkeypatch.setattr(cli, "train", lambda cfg: started.append(cfg.out_dir))
+    assert cli.main(["--config", str(tmp_path / "mine.yml")]) == 0
+    assert cli.main([f"data={store.root}", "max_steps=1"]) == 0
+    assert cli.main(["--config", str(tmp_path / "mine.yml"), f"out_dir={tmp_path / 'x'}"]) == 0
+    assert started == ["runs/mine", "runs/default", str(tmp_path / "x")]
 
 
 def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_runs(tmp_path):
@@ -117,6 +153,15 @@ def test_a_run_with_nothing_to_do_leaves_no_empty_out_dir(tmp_path):
     again = tiny_config(tmp_path / "store", tmp_path / "again", max_steps=1, resume=str(tmp_path / "done"))
     assert train(again, log=lambda _: None) == {"step": 1}
     assert not (tmp_path / "again").exists()
+
+
+def test_train_stops_the_prefetch_thread_it_started(tmp_path):
+    """train() is also called in-process (notebooks, these tests): a thread left behind per run holds
+    its batches and the store's memory maps."""
+    make_store(tmp_path / "store")
+    threads = set(threading.enumerate())
+    train(tiny_config(tmp_path / "store", tmp_path / "run", max_steps=1, eval_batches=0), log=lambda _: None)
+    assert set(threading.enumerate()) <= threads
 
 
 def test_a_run_folder_s_metrics_jsonl_is_never_corpus_data(tmp_path):
