@@ -87,6 +87,24 @@ def test_keep_last_counts_epoch_checkpoints(tmp_path):
     assert len(list_checkpoints(tmp_path)) == 3
 
 
+def test_a_save_that_prunes_also_removes_crash_leftovers(tmp_path):
+    """With keep_last set, every save prunes a checkpoint: leftovers must go in that same save, or a
+    torn copy of a whole state would stay on disk for the rest of the run."""
+    save_checkpoint(tmp_path, "00000010", state(10), keep_last=1)
+    (tmp_path / "ckpt-00000015").mkdir()  # killed while saving
+    save_checkpoint(tmp_path, "00000020", state(20), keep_last=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000020"]
+
+
+@pytest.mark.parametrize("marker", ["", '{"step": "twenty"}', "[20]", "{}"])
+def test_an_unreadable_marker_counts_as_incomplete(tmp_path, marker):
+    """resume=auto lists every checkpoint: one bad marker must not stop the run with a traceback."""
+    save_checkpoint(tmp_path, "00000010", state(10))
+    (tmp_path / "ckpt-00000020").mkdir()
+    (tmp_path / "ckpt-00000020" / "COMPLETE").write_text(marker)
+    assert latest_checkpoint(tmp_path).name == "ckpt-00000010"
+
+
 class Payload:
     """Anything but plain data: full unpickling would construct (and could run) it."""
 
@@ -110,3 +128,4 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     expected = draw()
     set_rng_state(load_checkpoint(tmp_path)["rng"][0], CPU)
     assert draw() == expected
+
