@@ -1,5 +1,5 @@
 """Checkpoint files: marker written last, crash leftovers ignored and removed, pruning, weights_only
-loading, RNG states that survive it."""
+loading, RNG states that survive it; what a resume refuses, and the batch it keeps at another world size."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import json
 import os
 import pickle
 import random
+from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from train.checkpoint import (
+    ResumeRefused,
+    check_compatible,
     checkpoint_tag,
+    grad_accum_for_world,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -22,6 +27,7 @@ from train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from train.config import TrainConfig
 
 CPU = torch.device("cpu")
 
@@ -129,3 +135,45 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     set_rng_state(load_checkpoint(tmp_path)["rng"][0], CPU)
     assert draw() == expected
 
+
+def saved_by(world_size: int, micro_batch: int, grad_accum: int) -> dict:
+    return {"world_size": world_size, "config": {"micro_batch": micro_batch, "grad_accum": grad_accum}}
+
+
+def test_grad_accum_for_world_keeps_the_global_batch():
+    # 1 rank x 4 x 4 = 16 sequences a step, continued on 2 ranks and on 4.
+    assert grad_accum_for_world(saved_by(1, 4, 4), 2, 4, 4) == (
+        2, "2 rank(s) instead of 1: grad_accum 2 keeps the global batch of 16 sequences")
+    assert grad_accum_for_world(saved_by(1, 4, 4), 4, 2, 4)[0] == 2
+    assert grad_accum_for_world(saved_by(2, 4, 2), 2, 4, 2) == (2, "")  # nothing changed: nothing to say
+    accum, note = grad_accum_for_world(saved_by(1, 4, 4), 3, 4, 4)  # 12 does not divide 16
+    assert accum == 4 and note.startswith("warning: the checkpoint's global batch of 16 sequences")
+
+
+def resume_case(world_size: int = 1, **model_changes):
+    """A checkpoint state, the store it was trained on and the config it was trained with."""
+    cfg = TrainConfig(max_steps=1)
+    store = SimpleNamespace(root="store", tokenizer_sha256="t" * 64, manifest_sha256="m" * 64)
+    saved = {"tokenizer_sha256": store.tokenizer_sha256, "store_manifest_sha256": store.manifest_sha256,
+             "world_size": world_size, "model_config": asdict(replace(cfg.model, **model_changes)),
+             "sampler": [{"seed": cfg.seed, "mode": cfg.sampler_mode, "align_bos": cfg.align_bos}] * world_size}
+    return saved, store, cfg
+
+
+def test_a_resume_on_more_processes_is_refused_too():
+    """Refused both ways: grown from 1 to 2 processes, the run too would draw another data order and
+    other RNG streams from then on, which only allow_world_size_change agrees to."""
+    saved, store, cfg = resume_case(world_size=1)
+    with pytest.raises(ResumeRefused, match=r"written by 1 process\(es\), this run has 2"):
+        check_compatible(saved, store, cfg, 2)
+    cfg.allow_world_size_change = True
+    check_compatible(saved, store, cfg, 2)
+
+
+def test_dropout_may_change_on_resume():
+    """Dropout is a training choice, not part of the weights (one may lower it for the last steps)."""
+    saved, store, cfg = resume_case(dropout=0.1)  # configured: 0.0
+    check_compatible(saved, store, cfg, 1)
+    saved["model_config"]["n_layer"] += 1
+    with pytest.raises(ResumeRefused, match="model.n_layer"):
+        check_compatible(saved, store, cfg, 1)
