@@ -3,6 +3,7 @@
 Trains a tiny model with gradient accumulation, records the batches this rank consumed, makes the
 loss NaN on rank 1 alone at step 3, and saves what the test compares across ranks. init_batch's
 probe runs out of memory above 2 sequences on rank 1 alone (simulated): both ranks must train at 2.
+Also what the object collectives hand each rank when every rank offers its own rank number.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main(store: str, out_dir: str, result_dir: str) -> None:
         trainer.close()
         torch.save({"initial": initial, "final": flat_params(trainer.raw), "seen": seen,
                     "eval": [x for x, _ in trainer.eval_batches], "val_loss": summary["val_loss"],
-                    "skipped": trainer.stats.skipped, "micro_batch": cfg.micro_batch, "grad_accum": cfg.grad_accum},
+                    "skipped": trainer.stats.skipped, "micro_batch": cfg.micro_batch, "grad_accum": cfg.grad_accum,
+                    "broadcast": D.broadcast_object(dist.rank), "gathered": D.all_gather_objects(dist.rank)},
                    Path(result_dir) / f"rank{dist.rank}.pt")
     finally:
         D.teardown()

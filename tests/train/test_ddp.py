@@ -45,6 +45,13 @@ def test_init_batch_takes_the_smallest_micro_batch_any_rank_fits(ddp_run):
     assert [(r["micro_batch"], r["grad_accum"]) for r in ranks] == [(2, 4), (2, 4)]
 
 
+def test_rank_0_decides_and_gathers_come_in_rank_order(ddp_run):
+    """Rank 0 decides which checkpoint every rank resumes from and whether it may use the out_dir; a
+    checkpoint's per-rank sampler and RNG states are indexed by rank."""
+    _, ranks, _ = ddp_run
+    assert [(r["broadcast"], r["gathered"]) for r in ranks] == [(0, [0, 1]), (0, [0, 1])]
+
+
 def test_ranks_draw_different_windows(ddp_run):
     """Each rank trains on exactly its own sampler stream (seed, rank, step), and the two streams
     share no more windows than chance: compared window by window, not batch by batch."""
