@@ -28,6 +28,12 @@ def test_make_passes_name_and_tokenizer_as_one_value_each():
     assert argv[argv.index("--data") + 1] == "a b"  # split into two paths by bin/prepare.py, not by make
 
 
+def test_make_passes_source_and_vocab_and_args_last():
+    argv = _argv("prepare", "SOURCE=redpajama", "VOCAB=8192", "ARGS=--workers 2")
+    assert argv[1:] == ["bin/prepare.py", "--source", "redpajama", "--vocab-size", "8192", "--workers", "2"]
+    assert _argv("tokenizer", "VOCAB=8192")[1:] == ["bin/tokenizer.py", "--vocab-size", "8192"]
+
+
 def test_an_empty_config_passes_no_config_option():
     """`make train CONFIG=` ran `--config out_dir=...`: "config file not found: out_dir=..."."""
     assert _argv("train", "CONFIG=", "ARGS=out_dir=x")[1:] == ["bin/train.py", "out_dir=x"]
@@ -40,5 +46,6 @@ def test_ngpu_checks_the_config_once_before_torchrun():
     argv = _argv("train", "NGPU=2", "ARGS=out_dir=x")
     check, launch = argv[:argv.index("&&")], argv[argv.index("&&") + 1:]
     assert check[1:] == ["bin/train.py", "--check", "--config", "configs/tiny.yml", "out_dir=x"]
-    assert launch[0].endswith("torchrun") and "--nproc_per_node=2" in launch
+    # --standalone: a single-node job needs no rendezvous endpoint of its own.
+    assert launch[0].endswith("torchrun") and launch[1:3] == ["--standalone", "--nproc_per_node=2"]
     assert launch[launch.index("bin/train.py"):] == ["bin/train.py", "--config", "configs/tiny.yml", "out_dir=x"]
