@@ -9,6 +9,7 @@ import shutil
 import threading
 
 import pytest
+import torch
 from script_loader import load_script
 from trainer_util import REPO, make_store, tiny_config
 
@@ -16,7 +17,9 @@ from common.config import ConfigError, from_dict, load_yaml, to_dict
 from pipeline.paths import expand_paths
 from pipeline.readers import BadFileError
 from pipeline.store import StoreError, TokenStore
-from train.checkpoint import save_checkpoint
+from train import distributed as D
+from train import run
+from train.checkpoint import lock_run_dir, save_checkpoint
 from train.config import TrainConfig
 from train.run import open_trainer, train
 from train.trainer import TrainingAborted
@@ -108,6 +111,37 @@ def test_a_second_run_in_the_same_out_dir_is_refused_while_the_first_runs(tmp_pa
         assert train(tiny_config(tmp_path / "store", tmp_path / "other", max_steps=1), log=lambda _: None)
     # Released at the end of the run (and by the OS if the process dies): the next run may go on.
     assert train(tiny_config(tmp_path / "store", tmp_path / "run", max_steps=2), log=lambda _: None)["step"] == 2
+
+
+class NoTrainer:
+    """Stands in for the Trainer, which on a rank of a group this process is not in could not start."""
+
+    def __init__(self, cfg, dist, log):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_rank_0_alone_takes_the_out_dir_lock_and_its_refusal_stops_every_rank(tmp_path, monkeypatch):
+    """Rank 1 taking the lock as well could win the race for it, and rank 0 then refused the job's own
+    out_dir; rank 1 removing the out_dir it found missing would take rank 0's lock file with it; and
+    rank 1 deciding for itself that the lock was fine went on alone into the Trainer."""
+    make_store(tmp_path / "store")
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", max_steps=1)
+    monkeypatch.setattr(run.D, "init_distributed", lambda device: D.DistInfo(1, 1, 2, torch.device("cpu")))
+    monkeypatch.setattr(run, "Trainer", NoTrainer)
+    torn_down: list[bool] = []
+    monkeypatch.setattr(run.D, "teardown", lambda: torn_down.append(True))
+    with open_trainer(cfg):
+        rank_0 = lock_run_dir(tmp_path / "run")
+        assert rank_0 is not None
+    assert (tmp_path / "run" / ".lock").is_file()  # the out_dir is rank 0's to remove, under its lock
+    rank_0.close()
+    monkeypatch.setattr(run.D, "broadcast_object", lambda mine: False)  # rank 0's answer: the lock is taken
+    with pytest.raises(ConfigError, match="another training run is using this out_dir"):
+        open_trainer(cfg).__enter__()
+    assert torn_down == [True, True]  # the process group is left on the way out, refused or not
 
 
 def test_an_out_dir_holding_a_store_or_an_export_is_refused_before_anything_is_written(tmp_path):
