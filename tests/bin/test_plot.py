@@ -49,3 +49,8 @@ def test_a_log_without_losses_is_an_error_not_an_empty_plot(tmp_path, capsys, re
     assert plot.main([str(tmp_path / "run")]) == 1
     assert f"{tmp_path / 'run' / 'metrics.jsonl'}: no loss records to plot" in capsys.readouterr().err
     assert not (tmp_path / "run" / "loss.png").exists()
+
+
+def test_a_mistyped_run_dir_says_so(tmp_path, capsys):
+    assert plot.main([str(tmp_path / "nope")]) == 1
+    assert f"{tmp_path / 'nope'}: no such run directory" in capsys.readouterr().err

@@ -123,11 +123,6 @@ def test_plot_writes_png(trained, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_of_a_mistyped_run_dir_says_so(tmp_path, capsys):
-    assert load_script("plot").main([str(tmp_path / "nope")]) == 1
-    assert f"{tmp_path / 'nope'}: no such run directory" in capsys.readouterr().err
-
-
 class FixedBatches:
     """Stands in for the Prefetcher: hands out the given batches in order."""
 
