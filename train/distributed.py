@@ -63,9 +63,9 @@ def teardown() -> None:
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In-place all-reduce with op sum | max | min; returns the tensor for chaining."""
+    """In-place all-reduce with op sum | min; returns the tensor for chaining."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op])
     return tensor
 
 
