@@ -128,6 +128,8 @@ def test_custom_op_registrations_pass_torch_opcheck():
     torch.library.opcheck(cross_entropy._linear_cross_entropy, (x, weight, targets, IGNORE, True))
     no_grad_args = (x.detach(), weight.detach(), targets, IGNORE, False)
     torch.library.opcheck(cross_entropy._linear_cross_entropy, no_grad_args)
+    # bf16: the fake must say the loss is float32 all the same (inductor lays out buffers by it).
+    torch.library.opcheck(cross_entropy._linear_cross_entropy, (*inputs(6, 8, 30, torch.bfloat16), IGNORE, True))
     h = torch.randn(6, 10, device=DEVICE, requires_grad=True)
     torch.library.opcheck(torch.ops.smallgpt.swiglu.default, (h,))
     qkv = torch.randn(2, 5, 3, 2, 4, device=DEVICE, requires_grad=True)
