@@ -259,3 +259,35 @@ def test_kernel_benchmark_smoke():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for label in ("projection + loss", "loss kernel, one block", "loss kernel, streamed 64", "swiglu", "rope + qkv"):
         assert label in proc.stdout, proc.stdout
+
+
+def test_swiglu_reads_strided_inputs_and_gradients():
+    """h a slice of a wider buffer, and the upstream gradient transposed (the output used as .t()):
+    the kernels index as if contiguous, so the op must make them so."""
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(37, 2 * 200 + 8, generator=gen).to(DEVICE)[:, :400].requires_grad_()
+    grad_out_t = torch.randn(200, 37, generator=gen).to(DEVICE)
+    out = kernels.swiglu(h)
+    out.t().backward(grad_out_t)
+    ref, ref_grad = swiglu_reference(h, grad_out_t.t())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h.grad.double(), ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_rope_qkv_reads_strided_inputs_and_gradients_of_different_layouts():
+    """A padded qkv, column-major angle tables, and dq, dk, dv each in its own layout (the backward
+    kernel reads all three with dq's strides) give what contiguous ones give."""
+    B, T, heads, head_dim = 2, 7, 3, 12
+    gen = torch.Generator().manual_seed(4)
+    qkv = torch.randn(B, T, 3, heads, head_dim + 4, generator=gen).to(DEVICE)[..., :head_dim]
+    cos, sin = angles(T, head_dim)
+    col_major = [t.t().contiguous().t() for t in (cos, sin)]
+    for got, want in zip(kernels.rope_qkv(qkv, *col_major), kernels.rope_qkv(qkv.contiguous(), cos, sin), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    dq = torch.randn(B, heads, T, head_dim, generator=gen).to(DEVICE).transpose(1, 2)
+    dk = torch.randn(B, T, heads, head_dim, generator=gen).to(DEVICE)
+    dv = torch.randn(T, B, heads, head_dim, generator=gen).to(DEVICE).transpose(0, 1)
+    got = rope._rope_qkv_backward(dq, dk, dv, cos, sin)
+    want = rope._rope_qkv_backward(dq.contiguous(), dk, dv.contiguous(), cos, sin)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
