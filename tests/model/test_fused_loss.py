@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -153,14 +154,48 @@ def test_without_grad_the_loss_is_the_same_and_no_gradient_buffer_is_made(impl):
     assert all(g.numel() == 0 for g in grads)
 
 
-def test_a_frozen_weight_gets_no_gradient_and_x_the_right_one(impl):
+@pytest.mark.parametrize("frozen", ["weight", "x"])
+def test_a_frozen_input_gets_no_gradient_and_the_other_the_right_one(impl, frozen):
     x, weight, targets = inputs(9, 8, 40, torch.float32)
-    weight = weight.detach()
+    if frozen == "weight":
+        weight = weight.detach()
+    else:
+        x = x.detach()
     impl[0](x, weight, targets, IGNORE).backward()
-    ref_x = x.detach().double().requires_grad_()
-    reference_loss(ref_x, weight, targets).backward()
-    assert weight.grad is None
-    torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=1e-4, atol=1e-4)
+    ref_x, ref_weight = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    reference_loss(ref_x, ref_weight, targets).backward()
+    frozen_t, trained, ref = (weight, x, ref_x) if frozen == "weight" else (x, weight, ref_weight)
+    assert frozen_t.grad is None
+    torch.testing.assert_close(trained.grad.double(), ref.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_logits_beyond_float32_exp_range_give_the_right_loss(impl):
+    """Logits in the hundreds: exp() of them overflows float32 (above ~88), so the softmax must
+    subtract the row's max first; without it the loss and gradients come out inf/NaN."""
+    x, weight, targets = inputs(9, 8, 40, torch.float32)
+    weight = (weight.detach() * 100).requires_grad_()
+    got = grads_of(lambda a, b, t: impl[0](a, b, t, IGNORE), x, weight, targets)
+    want = grads_of(reference_loss, x.double(), weight.double(), targets)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-3)
+
+
+def test_strided_targets(impl):
+    """A 1-D targets view with stride 2 (flatten keeps it as is): the Triton kernel indexes targets
+    as contiguous, so the op must make them so."""
+    x, weight, targets = inputs(12, 16, 100, torch.float32)
+    strided = torch.stack((targets, targets.flip(0)), dim=1)[:, 0]
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(impl[0](x, weight, strided, IGNORE), impl[0](x, weight, targets, IGNORE))
+
+
+def test_no_kernel_without_triton_even_on_cuda(monkeypatch):
+    """A CUDA build of torch without Triton (Windows wheels) must take the chunked loss and plain
+    formulas: the kernel modules are None there."""
+    monkeypatch.setattr(kernels, "HAVE_TRITON", False)
+    assert not kernels.usable(SimpleNamespace(is_cuda=True))
+    monkeypatch.setattr(kernels, "HAVE_TRITON", True)
+    assert kernels.usable(SimpleNamespace(is_cuda=True))
 
 
 def test_autocast_runs_the_projection_in_the_autocast_dtype(impl):
