@@ -122,6 +122,19 @@ def _loop_link(path: Path) -> Path | None:
     return None
 
 
+def file_identities(paths: Iterable[Path]) -> list[list]:
+    """[path, size, mtime_ns] of each file ([path, None, None] if it cannot be read now: planning reports
+    it), for fingerprints of what was built from them."""
+    identities = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            identities.append([str(p), st.st_size, st.st_mtime_ns])
+        except OSError:
+            identities.append([str(p), None, None])
+    return identities
+
+
 def expand_paths(specs: Iterable[str | Path]) -> list[Path]:
     """Files, directories (searched recursively) and globs -> sorted, deduplicated absolute paths.
 

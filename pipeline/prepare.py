@@ -44,6 +44,7 @@ from pipeline.chunks import (
 from pipeline.config import PrepareConfig, check, clean_config, parse_shard, resolve_name
 from pipeline.fast_encode import Encoder
 from pipeline.merge import merge_parts, unmerge
+from pipeline.paths import file_identities
 from pipeline.pool import chunk_results
 from pipeline.sources import BadFileError, Chunk, plan_chunks
 from pipeline.store import (
@@ -76,16 +77,9 @@ def fingerprint(cfg: PrepareConfig, paths: list[Path], settings: Settings, parts
     With `parts`, the hash of the whole plan that each `--shard i/parts` job cuts its part from: the
     input list, chunk size and part count decide which chunks land in which part, so parts of one
     store must share it or a merge would hold some documents twice and others not at all."""
-    files = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            files.append([str(p), st.st_size, st.st_mtime_ns])
-        except OSError:
-            files.append([str(p), None, None])  # planning will report it
-    blob = {"format": FORMAT_VERSION, "work": settings.digest(), "files": files, "val_fraction": cfg.val_fraction,
-            "seed": cfg.seed, "shard_tokens": cfg.shard_tokens, "skip_bad_files": cfg.skip_bad_files,
-            "shard": [parts, cfg.chunk_bytes] if parts else None}
+    blob = {"format": FORMAT_VERSION, "work": settings.digest(), "files": file_identities(paths),
+            "val_fraction": cfg.val_fraction, "seed": cfg.seed, "shard_tokens": cfg.shard_tokens,
+            "skip_bad_files": cfg.skip_bad_files, "shard": [parts, cfg.chunk_bytes] if parts else None}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 

@@ -4,13 +4,18 @@ other inputs or a tokenizer that a finished store depends on without --overwrite
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import tokenizers
 
 from common.config import ConfigError, parse_cli
 from pipeline.assemble import PrepareError, store_and_parts_locked
@@ -18,6 +23,7 @@ from pipeline.config import PrepareConfig, check, clean_config, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
 from pipeline.merge import part_folders
+from pipeline.paths import file_identities
 from pipeline.sources import BadFileError, expand_paths, resolve_source
 from pipeline.store import StoreError, atomic_write_bytes, read_manifest, sha256_file
 from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
@@ -28,6 +34,10 @@ TOKENIZER = "tokenizer.json"
 NEXT_TOKENIZER = "tokenizer.next.json"
 """Where a run that replaces a store's tokenizer trains the new one: the old store stays whole, its
 tokenizer included, until the run has unmarked it (`install_tokenizer` then renames this over)."""
+TRAINED_FROM = "tokenizer.trained-from"
+"""Beside the tokenizers: the sha256 of the last one trained in this folder and a hash of what it was
+trained from, so that `make tokenizer` knows without training again (minutes on a large corpus) that
+the same inputs and options give the file already there. Not a data file name: a folder search skips it."""
 
 
 def input_paths(cfg: PrepareConfig) -> list[Path]:
@@ -49,7 +59,27 @@ def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None, f
                                  root / file, text_field=cfg.text_field, csv_column=cfg.csv_column,
                                  skip_bad_files=cfg.skip_bad_files))
     log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
+    record = {"sha256": sha256_file(path), "inputs": _training_inputs(cfg, paths)}
+    atomic_write_bytes(root / TRAINED_FROM, json.dumps(record).encode())
     return path
+
+
+def _training_inputs(cfg: PrepareConfig, paths: list[Path]) -> str:
+    """A hash of everything training depends on: the files as they are now, the options, the library."""
+    blob = {"files": file_identities(paths), "vocab_size": cfg.vocab_size or DEFAULT_VOCAB_SIZE,
+            "sample_bytes": cfg.tokenizer_sample_bytes, "clean": asdict(clean_config(cfg)), "seed": cfg.seed,
+            "text_field": cfg.text_field, "csv_column": cfg.csv_column, "skip_bad_files": cfg.skip_bad_files,
+            "tokenizers": tokenizers.__version__}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def trained_from(cfg: PrepareConfig, paths: list[Path], tokenizer: Path) -> bool:
+    """Whether `tokenizer` is the one these inputs and options trained (so training again gives it)."""
+    try:
+        record = json.loads((tokenizer.parent / TRAINED_FROM).read_bytes())
+        return (record["sha256"] == sha256_file(tokenizer) and record["inputs"] == _training_inputs(cfg, paths))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def refuse_foreign_store(cfg: PrepareConfig, store: Path, paths: list[Path]) -> bool:
@@ -181,11 +211,15 @@ def _retrain(cfg: PrepareConfig) -> None:
 
 def _retrain_unlocked(cfg: PrepareConfig, root: Path) -> None:
     tok = root / TOKENIZER
+    paths = input_paths(cfg)
+    if tok.is_file() and trained_from(cfg, paths, tok):  # make tokenizer after make prepare, say
+        print(f"{tok}: up to date (trained from these inputs and options)")
+        return
     users = stores_using(root, tok) if tok.is_file() and not cfg.overwrite else []
     if users:
-        # Trained beside it first: training is deterministic, so the same inputs and options (make
-        # tokenizer after make prepare, say) give the same file, which leaves every store as it was.
-        new = train_store_tokenizer(cfg, file=NEXT_TOKENIZER)
+        # Trained beside it first: training is deterministic, so the same inputs and options (with a
+        # tokenizer trained before TRAINED_FROM was kept) give the same file, which leaves every store as it was.
+        new = train_store_tokenizer(cfg, paths, NEXT_TOKENIZER)
         same = sha256_file(new) == sha256_file(tok)
         new.unlink()
         if not same:
@@ -197,5 +231,5 @@ def _retrain_unlocked(cfg: PrepareConfig, root: Path) -> None:
                                "another --name (make: NAME=...)")
         print(f"{tok}: up to date (retraining gives the same tokenizer)")
         return
-    path = train_store_tokenizer(cfg)
+    path = train_store_tokenizer(cfg, paths)
     print(f"{path}: vocabulary {Encoder(str(path)).vocab_size:,}, sha256 {sha256_file(path)}")

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 from prepare_helpers import sentences, write_jsonl
 
 from common.lock import exclusive_lock
+from pipeline import tokenizer_step
 from pipeline.prepare import main
 from pipeline.store import TokenStore, sha256_file
 from pipeline.tokenizer_step import tokenizer_main
@@ -75,6 +77,30 @@ def test_make_tokenizer_keeps_the_tokenizer_a_store_uses_unless_overwrite(tmp_pa
 
     assert tokenizer_main([*common, "--vocab-size", "320", "--overwrite"]) == 0
     assert sha256_file(store / "tokenizer.json") != before
+
+
+def test_make_tokenizer_after_make_prepare_does_not_train_again_to_say_it_is_up_to_date(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """It trained on the whole sample (minutes on a large corpus) only to find the same file. A changed
+    file (even just its mtime), option or tokenizer in place still trains."""
+    trained = []
+    real = tokenizer_step.train_from_paths
+    monkeypatch.setattr(tokenizer_step, "train_from_paths", lambda *a, **k: trained.append(1) or real(*a, **k))
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(4, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet",
+              "--vocab-size", "300"]
+    assert main(common) == 0 and len(trained) == 1  # prepare trains the missing tokenizer
+    capsys.readouterr()
+    assert tokenizer_main(common) == 0 and len(trained) == 1
+    assert "up to date (trained from these inputs and options)" in capsys.readouterr().out
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    assert tokenizer_main(common) == 0 and len(trained) == 2  # same bytes, so the same file: still up to date
+    assert "up to date (retraining gives the same tokenizer)" in capsys.readouterr().out
+    assert tokenizer_main(common) == 0 and len(trained) == 2  # ... and known to be from now on
+    assert tokenizer_main([*common, "--seed", "3"]) == 0 and len(trained) == 3
+    tok = tmp_path / "s" / "tokenizer.json"
+    tok.write_bytes(tok.read_bytes().replace(b'"version"', b' "version"', 1))  # not the file that was trained
+    assert tokenizer_main(common) == 0 and len(trained) == 4
 
 
 def test_a_vocab_size_mismatch_on_a_finished_store_advises_a_retrain_that_is_not_refused(tmp_path, capsys):
