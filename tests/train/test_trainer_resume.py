@@ -56,6 +56,15 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGSTOP `proc` and wait until it has stopped (the signal is delivered asynchronously) or ended."""
+    proc.send_signal(signal.SIGSTOP)
+    with open(f"/proc/{proc.pid}/stat") as stat:
+        while stat.read().rsplit(")", 1)[1].split()[0] not in ("T", "t", "Z", "X"):
+            time.sleep(0.001)
+            stat.seek(0)
+
+
 @pytest.mark.slow
 def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     store = tmp_path / "store"
@@ -63,12 +72,16 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     straight = run_train(store, tmp_path / "straight")
     killed_dir = tmp_path / "killed"
     victim = run_train(store, killed_dir)
-    # Kill a few steps past the first checkpoint, so the resumed run must also drop logged steps.
+    # Kill a few steps past a checkpoint, so the resumed run must also drop logged steps. The run is
+    # stopped while its files are read, so that the kill leaves what was read: running on, it once
+    # finished its next checkpoint between the read and the kill, leaving nothing to drop.
     deadline = time.monotonic() + 120
     while victim.poll() is None and time.monotonic() < deadline:
+        stop(victim)
         ckpt = latest_checkpoint(killed_dir)
         if ckpt and max(losses(killed_dir)) > int(ckpt.name[5:13]) + 3:
             break
+        victim.send_signal(signal.SIGCONT)
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
