@@ -14,6 +14,10 @@ from read_helpers import texts_of
 
 from pipeline.sources import BadFileError, expand_paths, iter_texts
 
+# A walk that loses its loop guard (links back up the tree) runs forever instead of failing: each test
+# here takes well under a second, so a minute says "hung" long before the suite's 600 s limit.
+pytestmark = pytest.mark.timeout(60)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
