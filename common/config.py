@@ -226,8 +226,9 @@ def _yaml_error(path: str | Path, err: yaml.YAMLError) -> str:
     return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}{where}"
 
 
-def _parse_value(raw: str, tp: Any) -> Any:
-    """Command-line text to a Python value: strings stay verbatim, everything else goes through YAML."""
+def parse_value(raw: str, tp: Any) -> Any:
+    """Command-line text to a Python value of type `tp`: strings stay verbatim, everything else goes through
+    YAML; an empty value for a non-text type is a ValueError (YAML would read it as null)."""
     if raw.lower() in ("none", "null") and type(None) in typing.get_args(tp):
         return None
     if _takes_text(tp):
@@ -313,7 +314,7 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
                     raise ConfigError(f"command line: {arg} needs a value")
                 raw, i = argv[i], i + 1
             try:
-                value = _parse_value(raw, tp)
+                value = parse_value(raw, tp)
             except ValueError as err:
                 raise ConfigError(f"command line: {arg!r}: {err}") from None
         section = out

@@ -5,12 +5,12 @@ from __future__ import annotations
 import glob
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from common.config import ConfigError, from_dict, to_dict
+from common.config import ConfigError, from_dict, parse_value, to_dict
 from pipeline.tokenizer import MIN_VOCAB_SIZE
 
 SOURCES = ("shakespeare", "redpajama")
@@ -147,12 +147,14 @@ def clean_config(cfg: PrepareConfig):
     except (KeyError, ValueError):
         raise ConfigError(f"--clean-preset: unknown preset {cfg.clean_preset!r}; choose auto, "
                           f"{', '.join(PRESETS)}") from None
-    overrides = {}
+    overrides, fields = {}, typing.get_type_hints(CleanConfig)
     for item in cfg.clean:
         key, eq, raw = item.partition("=")
         if not eq:
             raise ConfigError(f"--clean: expected key=value, got {item!r}")
-        if not raw.strip():  # YAML reads it as null, which switches that rule off: too easy as a typo
-            raise ConfigError(f"--clean: {item!r} gives no value (write {key.strip()}=null to switch that rule off)")
-        overrides[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        name = key.strip().replace("-", "_")
+        try:  # an unknown name is parsed as YAML here and refused by from_dict, which lists the known ones
+            overrides[name] = parse_value(raw, fields.get(name, Any))
+        except ValueError as err:
+            raise ConfigError(f"--clean: {item!r}: {err}") from None
     return from_dict(CleanConfig, {**to_dict(base), **overrides}, where="--clean")
