@@ -54,12 +54,13 @@ def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None, f
     vocab = cfg.vocab_size or DEFAULT_VOCAB_SIZE
     log.info("training a %d-token tokenizer on a sample of up to %.0f MB of %s", vocab,
              cfg.tokenizer_sample_bytes / 1e6, root.name)
+    inputs = _training_inputs(cfg, paths)  # before training: a file changed meanwhile must not count as read
     started = time.perf_counter()
     path = Path(train_from_paths(paths, vocab, cfg.tokenizer_sample_bytes, clean_config(cfg), cfg.seed,
                                  root / file, text_field=cfg.text_field, csv_column=cfg.csv_column,
                                  skip_bad_files=cfg.skip_bad_files))
     log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
-    record = {"sha256": sha256_file(path), "inputs": _training_inputs(cfg, paths)}
+    record = {"sha256": sha256_file(path), "inputs": inputs}
     atomic_write_bytes(root / TRAINED_FROM, json.dumps(record).encode())
     return path
 
@@ -73,7 +74,7 @@ def _training_inputs(cfg: PrepareConfig, paths: list[Path]) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def trained_from(cfg: PrepareConfig, paths: list[Path], tokenizer: Path) -> bool:
+def _trained_from(cfg: PrepareConfig, paths: list[Path], tokenizer: Path) -> bool:
     """Whether `tokenizer` is the one these inputs and options trained (so training again gives it)."""
     try:
         record = json.loads((tokenizer.parent / TRAINED_FROM).read_bytes())
@@ -212,7 +213,7 @@ def _retrain(cfg: PrepareConfig) -> None:
 def _retrain_unlocked(cfg: PrepareConfig, root: Path) -> None:
     tok = root / TOKENIZER
     paths = input_paths(cfg)
-    if tok.is_file() and trained_from(cfg, paths, tok):  # make tokenizer after make prepare, say
+    if tok.is_file() and _trained_from(cfg, paths, tok):  # make tokenizer after make prepare, say
         print(f"{tok}: up to date (trained from these inputs and options)")
         return
     users = stores_using(root, tok) if tok.is_file() and not cfg.overwrite else []

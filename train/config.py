@@ -143,10 +143,7 @@ class TrainConfig:
         if self.compile == "auto":
             self.compile = device_type == "cuda"
         if self.dtype == "auto":
-            if device_type != "cuda":
-                self.dtype = "float32"
-            else:
-                self.dtype = "bfloat16" if bf16_supported else "float16"
+            self.dtype = "float32" if device_type != "cuda" else "bfloat16" if bf16_supported else "float16"
 
     def resolve_out_dir(self, config_path: str | None) -> None:
         """Fill an empty out_dir with runs/<config file stem> (runs/default without a file)."""
