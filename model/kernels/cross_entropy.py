@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels.chunked_loss import check_backward, loss_inputs
+from model.kernels.chunked_loss import check_backward, loss_inputs, scaled
 
 # Rows up to this many logits are held in registers whole (one read); wider rows are streamed in
 # blocks of STREAM_BLOCK, and their second pass re-reads the row (mostly from L2).
@@ -145,8 +145,8 @@ def _backward(ctx, grad_loss_sum, _grad_of_grad):
     # The scale goes on the [V, C] and [N, C] operands, never on the [N, V] gradient (see the top).
     scale = grad_loss_sum.float()
     need_x, need_weight = ctx.needs_input_grad[:2]
-    grad_x = grad_logits @ (weight.float() * scale).to(weight.dtype) if need_x else None
-    grad_weight = grad_logits.t() @ (x.float() * scale).to(x.dtype) if need_weight else None
+    grad_x = grad_logits @ scaled(weight, scale) if need_x else None
+    grad_weight = grad_logits.t() @ scaled(x, scale) if need_weight else None
     return grad_x, grad_weight, None, None, None
 
 
