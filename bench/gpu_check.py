@@ -10,12 +10,13 @@ tiny model in seconds, so the one GPU run cannot die of a typo.
 
 Runs, in order: `compiled` (the defaults) and `eager` (the same without torch.compile), the two the
 issue asks for; then speed-only compiled runs: `plain` (the model's own Triton kernels off,
-model/kernels: their gain measured in the same call) and two shape candidates of the same size,
-`hd128` (4 heads of 128 instead of 8 of 64) and `wide128` (7 layers x 640 wide, 5 heads of 128),
-measured on every lent GPU because whether gpt-45m meets its MFU target at its 12 x 512 shape is the
-open question (bench/RESULTS.md); a preset change also needs a quality comparison, which these
-runs are too short for. `--variant 'NAME: key=value ...'` (repeatable) adds compiled runs after
-those, so several settings are compared on one lent machine in one call.
+model/kernels: their gain measured in the same call) and two shape candidates of about the same
+size with heads of 128, `wide128` (7 layers x 640, 5 heads; 45.2M) and `wide768` (5 layers x 768, 6
+heads; 48.0M), measured on every lent GPU because gpt-45m's 12 x 512 shape misses its MFU target on
+an H100 (39.8%, bench/RESULTS.md) where these reached 43.8-45.0% and 47.7%; a preset change also
+needs a quality comparison, which these runs are too short for. `--variant 'NAME: key=value ...'`
+(repeatable) adds compiled runs after those, so several settings are compared on one lent machine
+in one call.
 Upper-case keys (`TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1`) are set in the run's environment
 instead. Variant runs skip evaluation: they measure training speed only.
 
@@ -59,9 +60,10 @@ RUNS = {
     "compiled": [],
     "eager": [],
     "plain": ["model.fused_loss=false", "model.fused_swiglu=false", "model.fused_rope=false"],
-    "hd128": ["model.n_head=4"],
     "wide128": ["model.n_layer=7", "model.d_model=640", "model.n_head=5"],
+    "wide768": ["model.n_layer=5", "model.d_model=768", "model.n_head=6"],
 }
+SHAPE_CANDIDATES = ("wide128", "wide768")
 EVALUATED = ("compiled", "eager")
 
 
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if c.get("mfu") is not None:
         verdict = "met" if c["mfu"] >= 0.45 else "NOT met"
         print(f"MFU target >= 45% (set for an H100; this is {device}): {verdict} by the preset ({100 * c['mfu']:.1f}%)")
-        for name in ("hd128", "wide128"):
+        for name in SHAPE_CANDIDATES:
             if results.get(name, {}).get("mfu") is not None:
                 print(f"  shape candidate {name}: {100 * results[name]['mfu']:.1f}% (speed only, not quality)")
     print(f"summary: {out / 'gpu_check.json'}")

@@ -54,7 +54,7 @@ def test_gpu_check_smoke(tmp_path):
     assert extra["exit_code"] == 0 and extra["steps"] == 4 and extra["val_loss"] is None
     assert extra["overrides"][-1] == "eval_batches=0" and extra["env"] == {"SMALLGPT_CHECK_ENV": "1"}
     assert "bf16_residual: true" in (tmp_path / "out/train_bf16res.log").read_text()
-    # plain: the model's own kernels off, no evaluation; hd128: the same model with 4 heads.
+    # plain: the model's own kernels off, no evaluation.
     plain = summary["plain"]
     assert plain["exit_code"] == 0 and plain["steps"] == 6 and plain["val_loss"] is None
     assert "model.fused_loss=false" in plain["overrides"] and "model.fused_rope=false" in plain["overrides"]
@@ -69,7 +69,7 @@ def test_gpu_check_rejects_a_malformed_variant_or_run(tmp_path):
     assert proc.returncode == 2 and "new plain NAME" in proc.stderr
     proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--runs", "compiled,fast"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--runs takes compiled, eager, plain, hd128, wide128" in proc.stderr
+    assert proc.returncode == 2 and "--runs takes compiled, eager, plain, wide128, wide768" in proc.stderr
     assert not (tmp_path / "out").exists()  # a refused call makes no output folder
 
 
