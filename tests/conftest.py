@@ -21,3 +21,13 @@ def one_torch_thread():
     """Test models are tiny: intra-op threads only add sync cost, and under `pytest -n 2` on a 2-core
     machine they spin against the other worker. Subprocesses that tests start set OMP_NUM_THREADS=1."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def highest_float32_matmuls():
+    """float32 matmuls in full float32 for one test, as they were after: the in-process trainer tests
+    turn TF32 on for the whole process, and tests comparing a GPU with the CPU need it off."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(before)

@@ -248,3 +248,18 @@ def test_bits_per_byte_under_max_tokens_counts_the_bytes_covered(run_dir, store_
     assert every["dropped_by_cleaning"] == some["dropped_by_cleaning"] == 1 and every["documents"] == 1
     covered = len(TEXTS[2].encode()) * 10 / every["tokens"]
     assert some["bits_per_byte"] == pytest.approx(some["loss"] * 10 / math.log(2) / covered, rel=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_scores_the_store_as_the_cpu_does(run_dir, capsys, highest_float32_matmuls):
+    """On a GPU the loss comes from the Triton loss kernel, on the CPU from the chunked op: both in
+    float32 (without TF32), the same windows, the same numbers to float32 rounding."""
+    results = []
+    for device in ("cpu", "cuda"):
+        assert ev.main(["--checkpoint", str(run_dir), "--device", device, "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    on_cpu, on_gpu = results
+    assert on_gpu["tokens"] == on_cpu["tokens"] > 0
+    assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=1e-4)
+    assert on_gpu["bits_per_byte"] == pytest.approx(on_cpu["bits_per_byte"], rel=1e-4)

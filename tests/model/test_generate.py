@@ -240,3 +240,17 @@ def test_complete_streams_the_held_back_tail_and_reports_the_truncated_prompt():
     assert stats.new_tokens == 12 and first > 0
     complete(model, tok, ["AB"], 1, temperature=0, stats=stats)
     assert stats.new_tokens == 13 and stats.seconds > first
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pos_encoding", ["rope", "learned", "sinusoidal"])
+def test_kv_cache_on_cuda_matches_no_cache_and_the_cpu(pos_encoding, highest_float32_matmuls):
+    """The decode loop on CUDA (the cache on the device, CUDA's attention kernels, the RoPE kernel in
+    the full forwards of the uncached path) in float32 without TF32: the CPU's greedy tokens."""
+    model = build(pos_encoding=pos_encoding)
+    prompts = [[5, 9], [5, 20, 21, 22, 23, 24, 25], list(range(10, 40))]
+    on_cpu = generate(model, prompts, 30, temperature=0)
+    model.cuda()
+    assert generate(model, prompts, 30, temperature=0) == on_cpu
+    assert generate(model, prompts, 30, temperature=0, use_kv_cache=False) == on_cpu
