@@ -27,7 +27,7 @@ PIPE_ARGS := $(if $(DATA),--data "$(DATA)") $(if $(NAME),--name "$(NAME)") $(if 
 	$(if $(TOKENIZER),--tokenizer "$(TOKENIZER)") $(if $(VOCAB),--vocab-size $(VOCAB))
 LAUNCH := $(if $(NGPU),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPU),$(PY))
 
-.PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check gpu-test bench clean
+.PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check gpu-test gpu-session bench clean
 
 setup: $(STAMP)
 
@@ -78,6 +78,10 @@ GPU_TESTS := tests/model/test_kernels.py tests/model/test_fused_loss.py tests/mo
 gpu-test:
 	PYTHONPATH=$(CURDIR) $$(test -x $(PY) && echo $(PY) || echo python3) -m pytest -q -p no:cacheprovider \
 		-o addopts="" $(GPU_TESTS)
+
+# All of a lent GPU's checks in one call of the device tool: gpu-check, gpu-test, bench/sample.py.
+gpu-session:
+	bash bench/gpu_session.sh $(ARGS)
 
 bench: setup
 	$(PY) bench/prepare.py

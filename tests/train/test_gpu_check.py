@@ -1,5 +1,6 @@
 """bench/gpu_check.py --smoke: the GPU check's whole path (store, CLI overrides, metrics parsing,
-summary) on CPU, so the one run on a lent GPU cannot fail on a typo."""
+summary) on CPU, so the one run on a lent GPU cannot fail on a typo; and bench/gpu_session.sh, which
+runs it with the GPU tests and the sampling benchmark in one call."""
 
 from __future__ import annotations
 
@@ -140,3 +141,20 @@ def test_a_silent_stalled_run_is_killed_at_its_timeout(tmp_path, monkeypatch, gp
     code, seconds = gpu_check.run_training([], tmp_path / "log.txt", timeout=1.0, extra_env={})
     assert code != 0 and seconds < 20
     assert (tmp_path / "log.txt").read_text() == "started\n"
+
+
+def test_gpu_session_runs_the_check_tests_and_benchmark_each_in_its_time(tmp_path):
+    """The check passes; the tests and the benchmark (minutes on CPU) are stopped at their 3 s: each
+    is reported with its exit status, its summary after it, its log under $OUT, and the session fails."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "CHECK_S": "200", "TESTS_S": "3", "SAMPLE_S": "3"}
+    env.pop("PYTHONUNBUFFERED", None)  # the script sets it: a stopped step's output must not be lost
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_session.sh"), "--smoke", "--runs", "eager"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    heads = ["== make gpu-check: exit 0", "== gpu check on cpu", f"summary: {out / 'gpu_check.json'}",
+             "== make gpu-test: exit 124, stopped at its 3 s", "== bench/sample.py: exit 124, stopped at its 3 s"]
+    places = [proc.stdout.find(head) for head in heads]
+    assert -1 not in places and places == sorted(places), proc.stdout
+    assert {p.name for p in out.iterdir()} == {"gpu_check.json", "train_eager.log", "gpu_test.log", "sample.log"}
+    assert "| preset | params |" in (out / "sample.log").read_text()
