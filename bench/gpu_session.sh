@@ -14,18 +14,18 @@ mkdir -p "$out"
 check_log=$(mktemp)
 trap 'rm -f "$check_log"' EXIT
 
-bash bench/gpu_check.sh --budget "${CHECK_S:-310}" "$@" >"$check_log" 2>&1
+bash bench/gpu_check.sh --budget "${CHECK_S:-300}" "$@" >"$check_log" 2>&1
 check=$?
-timeout "${TESTS_S:-210}" make -s gpu-test >"$out/gpu_test.log" 2>&1
+timeout "${TESTS_S:-230}" make -s gpu-test >"$out/gpu_test.log" 2>&1
 tests=$?
-timeout "${SAMPLE_S:-60}" "$PY" bench/sample.py --reps 2 >"$out/sample.log" 2>&1
+timeout "${SAMPLE_S:-50}" "$PY" bench/sample.py --reps 2 >"$out/sample.log" 2>&1
 sample=$?
 
 stopped() { [[ $1 == 124 ]] && echo ", stopped at its $2 s"; }
 echo "== make gpu-check: exit $check"
 sed -n '/^== gpu check/,$p' "$check_log"
-echo "== make gpu-test: exit $tests$(stopped "$tests" "${TESTS_S:-210}") ($out/gpu_test.log)"
+echo "== make gpu-test: exit $tests$(stopped "$tests" "${TESTS_S:-230}") ($out/gpu_test.log)"
 tail -n 12 "$out/gpu_test.log"
-echo "== bench/sample.py: exit $sample$(stopped "$sample" "${SAMPLE_S:-60}") ($out/sample.log)"
+echo "== bench/sample.py: exit $sample$(stopped "$sample" "${SAMPLE_S:-50}") ($out/sample.log)"
 tail -n 6 "$out/sample.log"
 exit $((check || tests || sample))
