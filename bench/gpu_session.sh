@@ -9,23 +9,24 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 export PYTHONUNBUFFERED=1  # what a stopped step printed reaches its log
-out=${OUT:-runs/gpu-session}
+out=${OUT:-runs/gpu-session} check_s=${CHECK_S:-300} tests_s=${TESTS_S:-230} sample_s=${SAMPLE_S:-50}
 mkdir -p "$out"
 check_log=$(mktemp)
 trap 'rm -f "$check_log"' EXIT
 
-bash bench/gpu_check.sh --budget "${CHECK_S:-300}" "$@" >"$check_log" 2>&1
+bash bench/gpu_check.sh --budget "$check_s" "$@" >"$check_log" 2>&1
 check=$?
-timeout "${TESTS_S:-230}" make -s gpu-test >"$out/gpu_test.log" 2>&1
+timeout "$tests_s" make -s gpu-test >"$out/gpu_test.log" 2>&1
 tests=$?
-timeout "${SAMPLE_S:-50}" "$PY" bench/sample.py --reps 2 >"$out/sample.log" 2>&1
+timeout "$sample_s" "$PY" bench/sample.py --reps 2 >"$out/sample.log" 2>&1
 sample=$?
 
 stopped() { [[ $1 == 124 ]] && echo ", stopped at its $2 s"; }
 echo "== make gpu-check: exit $check"
-sed -n '/^== gpu check/,$p' "$check_log"
-echo "== make gpu-test: exit $tests$(stopped "$tests" "${TESTS_S:-230}") ($out/gpu_test.log)"
+# Its summary table, or where it ended when it printed none (no CUDA device, a refused option).
+if grep -q '^== gpu check' "$check_log"; then sed -n '/^== gpu check/,$p' "$check_log"; else tail -n 20 "$check_log"; fi
+echo "== make gpu-test: exit $tests$(stopped "$tests" "$tests_s") ($out/gpu_test.log)"
 tail -n 12 "$out/gpu_test.log"
-echo "== bench/sample.py: exit $sample$(stopped "$sample" "${SAMPLE_S:-50}") ($out/sample.log)"
+echo "== bench/sample.py: exit $sample$(stopped "$sample" "$sample_s") ($out/sample.log)"
 tail -n 6 "$out/sample.log"
 exit $((check || tests || sample))

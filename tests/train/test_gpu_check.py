@@ -158,3 +158,9 @@ def test_gpu_session_runs_the_check_tests_and_benchmark_each_in_its_time(tmp_pat
     assert -1 not in places and places == sorted(places), proc.stdout
     assert {p.name for p in out.iterdir()} == {"gpu_check.json", "train_eager.log", "gpu_test.log", "sample.log"}
     assert "| preset | params |" in (out / "sample.log").read_text()
+    # A check that ends before its table (here a refused option) shows where it ended instead.
+    env |= {"TESTS_S": "1", "SAMPLE_S": "1"}
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_session.sh"), "--smoke", "--runs", "fast"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "== make gpu-check: exit 2\n" in proc.stdout
+    assert "--runs takes compiled, eager" in proc.stdout
