@@ -13,8 +13,9 @@ issue asks for; then speed-only compiled runs: `plain` (the model's own Triton k
 model/kernels: their gain measured in the same call) and two shape candidates of about the same
 size with heads of 128, `wide128` (7 layers x 640, 5 heads; 45.2M) and `wide768` (5 layers x 768, 6
 heads; 48.0M), measured on every lent GPU because gpt-45m's 12 x 512 shape misses its MFU target on
-an H100 (39.8%, bench/RESULTS.md) where these reached 43.8-45.0% and 47.7%; a preset change also
-needs a quality comparison, which these runs are too short for. `--variant 'NAME: key=value ...'`
+an H100 (39.8%, bench/RESULTS.md) where these reached 43.8-45.0% and 47.7% (on the faster of two
+machines); a preset change also needs a quality comparison, which these runs are too short for.
+`--variant 'NAME: key=value ...'`
 (repeatable) adds compiled runs after those, so several settings are compared on one lent machine
 in one call.
 Upper-case keys (`TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1`) are set in the run's environment

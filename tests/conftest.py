@@ -23,11 +23,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
 
 
-@pytest.fixture
-def highest_float32_matmuls():
-    """float32 matmuls in full float32 for one test, as they were after: the in-process trainer tests
-    turn TF32 on for the whole process, and tests comparing a GPU with the CPU need it off."""
-    before = torch.get_float32_matmul_precision()
+@pytest.fixture(autouse=True)
+def default_float32_matmuls():
+    """Every test starts with torch's default float32 matmuls ("highest": no TF32) and leaves them so.
+    The Trainer turns TF32 on for its whole process, which in-process trainer tests would otherwise
+    pass on to the tests after them, such as the GPU tests comparing CUDA with the CPU."""
     torch.set_float32_matmul_precision("highest")
     yield
-    torch.set_float32_matmul_precision(before)
+    torch.set_float32_matmul_precision("highest")

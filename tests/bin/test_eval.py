@@ -252,7 +252,7 @@ def test_bits_per_byte_under_max_tokens_counts_the_bytes_covered(run_dir, store_
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_scores_the_store_as_the_cpu_does(run_dir, capsys, highest_float32_matmuls):
+def test_cuda_scores_the_store_as_the_cpu_does(run_dir, capsys):
     """On a GPU the loss comes from the Triton loss kernel, on the CPU from the chunked op: both in
     float32 (without TF32), the same windows, the same numbers to float32 rounding."""
     results = []

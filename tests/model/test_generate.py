@@ -245,7 +245,7 @@ def test_complete_streams_the_held_back_tail_and_reports_the_truncated_prompt():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("pos_encoding", ["rope", "learned", "sinusoidal"])
-def test_kv_cache_on_cuda_matches_no_cache_and_the_cpu(pos_encoding, highest_float32_matmuls):
+def test_kv_cache_on_cuda_matches_no_cache_and_the_cpu(pos_encoding):
     """The decode loop on CUDA (the cache on the device, CUDA's attention kernels, the RoPE kernel in
     the full forwards of the uncached path) in float32 without TF32: the CPU's greedy tokens."""
     model = build(pos_encoding=pos_encoding)
