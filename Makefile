@@ -71,10 +71,11 @@ gpu-check:
 	bash bench/gpu_check.sh $(ARGS)
 
 # On a GPU machine (its own python3 and torch; no venv needed): every test that does something
-# different with CUDA, the model's Triton kernels compiled rather than interpreted among them.
+# different with CUDA, the model's Triton kernels compiled rather than interpreted among them. The
+# slowest file (compiled training, ~40 s on an H100) last: a time limit cuts it rather than the rest.
 GPU_TESTS := tests/model/test_kernels.py tests/model/test_fused_loss.py tests/model/test_attention_backend.py \
-	tests/train/test_trainer_gpu.py tests/train/test_sampler.py tests/model/test_generate.py \
-	tests/bin/test_sample.py tests/bin/test_eval.py
+	tests/model/test_generate.py tests/bin/test_sample.py tests/bin/test_eval.py tests/train/test_sampler.py \
+	tests/train/test_trainer_gpu.py
 gpu-test:
 	PYTHONPATH=$(CURDIR) $$(test -x $(PY) && echo $(PY) || echo python3) -m pytest -q -p no:cacheprovider \
 		-o addopts="" $(GPU_TESTS)
