@@ -103,9 +103,10 @@ class Trainer:
         # A run with nothing left to do announces and writes nothing (fit() says so): its files stay as
         # its last real run left them, metrics.jsonl not even rewritten.
         finished = self._finished()
-        if dist.is_main and not finished:
+        writes = dist.is_main and not finished
+        if writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if dist.is_main and not finished else None
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if writes else None
         if not finished:
             self._announce(resumed)
 
