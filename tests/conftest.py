@@ -26,8 +26,8 @@ def one_torch_thread():
 @pytest.fixture(autouse=True)
 def default_float32_matmuls():
     """Every test starts with torch's default float32 matmuls ("highest": no TF32) and leaves them so.
-    The Trainer turns TF32 on for its whole process, which in-process trainer tests would otherwise
-    pass on to the tests after them, such as the GPU tests comparing CUDA with the CPU."""
+    The Trainer turns TF32 on until its close(); a test that fails before closing one would otherwise
+    pass TF32 on to the tests after it, such as the GPU tests comparing CUDA with the CPU."""
     torch.set_float32_matmul_precision("highest")
     yield
     torch.set_float32_matmul_precision("highest")

@@ -70,6 +70,7 @@ class Trainer:
         cfg.model = cfg.model_for_store(self.store.vocab_size)
         cfg.resolve_auto(self.device.type, self.device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.ptdtype = getattr(torch, cfg.dtype)
+        self._matmul_precision = torch.get_float32_matmul_precision()  # close() puts it back
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs outside autocast
         self.scaler = torch.amp.GradScaler(self.device.type) if self.ptdtype is torch.float16 else None
@@ -398,6 +399,7 @@ class Trainer:
         return last
 
     def close(self) -> None:
+        torch.set_float32_matmul_precision(self._matmul_precision)
         self.prefetcher.close()
         if self.metrics:
             self.metrics.close()

@@ -19,8 +19,10 @@ def test_compiled_mixed_precision_training_and_checkpoint(tmp_path, dtype):
     make_store(tmp_path / "store")
     cfg = tiny_config(tmp_path / "store", tmp_path / "run", device="auto", dtype=dtype, max_steps=30)
     trainer = Trainer(cfg, D.init_distributed(cfg.device), log=print)
+    assert torch.get_float32_matmul_precision() == "high"  # TF32 for the run...
     summary = trainer.fit()
     trainer.close()
+    assert torch.get_float32_matmul_precision() == "highest"  # ...and the process's own setting after it
     assert (cfg.device, cfg.compile) == ("cuda", True)
     if dtype == "auto":
         assert cfg.dtype == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
