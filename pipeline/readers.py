@@ -238,19 +238,66 @@ def text_stream(raw: BinaryIO, path: str) -> io.TextIOWrapper:
     return io.TextIOWrapper(decompressed(raw, path), "utf-8-sig", "surrogateescape", newline="")
 
 
+# What a file named .jsonl may hold instead, by its first bytes, and what to do about it: each of its
+# lines would count as one invalid_json record, and a file of nothing but them would pass as a file
+# of bad records.
+_SIGNATURES = {
+    b"\x1f\x8b": ("gzip data", "name it .jsonl.gz"),
+    b"\x28\xb5\x2f\xfd": ("zstd data", "name it .jsonl.zst"),
+    b"PAR1": ("a parquet file", "name it .parquet"),
+    b"BZh": ("bzip2 data", "decompress it first"),
+    b"\xfd7zXZ\x00": ("xz data", "decompress it first"),
+    b"PK\x03\x04": ("a zip archive", "unpack it first"),
+    b"\xff\xfe": ("UTF-16 text", "convert it to UTF-8"),
+    b"\xfe\xff": ("UTF-16 text", "convert it to UTF-8"),
+}
+# A file's first lines decide whether it is JSON lines at all: this many unparsable lines before any
+# that parses (or a first chunk with none that does) make it a bad file. A few broken records at the
+# start of a real crawl file stay bad records.
+_SNIFF_LINES = 20
+
+
+class _Sniffer:
+    """Refuses a file whose first chunk shows it is not JSON lines, before any line of it parsed."""
+
+    def __init__(self, path: str):
+        self.path, self.failed, self.first = path, 0, b""
+
+    def failed_line(self, line: bytes, line_no: int) -> None:
+        self.failed += 1
+        self.first = self.first or line
+        found = next((v for sig, v in _SIGNATURES.items() if line.startswith(sig)), None) if line_no == 1 else None
+        if found:
+            kind, hint = found
+            if compression(self.path) and hint.startswith("name it"):
+                kind, hint = f"{kind} inside its compression", "compressed twice?"
+            raise BadFileError(self.path, 0, f"holds {kind}, not JSON lines ({hint})")
+        if self.failed >= _SNIFF_LINES:
+            self.refuse(f"none of its first {self.failed} lines is JSON")
+
+    def refuse(self, why: str) -> None:
+        # JSON never holds a raw NUL byte; UTF-16 text without a byte order mark, or binary data, does.
+        binary = " binary data (NUL bytes) or UTF-16 text?" if b"\x00" in self.first else ""
+        raise BadFileError(self.path, None, f"{why} (line 1 begins {self.first[:60]!r}): not a JSON lines "
+                                            f"file{binary}")
+
+
 def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
-    """One JSON object per line; the chunk owns every line that starts in [start, end)."""
+    """One JSON object per line; the chunk owns every line that starts in [start, end).
+
+    The first chunk of a file also checks that it is JSON lines at all (`_Sniffer`)."""
     stream = decompressed(raw, chunk.path)
     if stream is raw:
         raw.seek(chunk.start)
         end = chunk.end
     else:
         end = None  # compressed files are never split
+    sniffer = _Sniffer(chunk.path) if chunk.start == 0 else None
     pos, line_no = chunk.start, chunk.first_line
     for line in stream:
-        at_file_start = pos == 0
         pos += len(line)  # counted with the BOM: chunk boundaries are byte offsets of the file
-        if at_file_start and line.startswith(BOM):
+        # At a file's start, or at a line start where files with one were concatenated.
+        if line.startswith(BOM):
             line = line[len(BOM) :]
         if line and not line.isspace():  # empty only where a BOM was all there was
             where = f"{chunk.path}:{line_no}"
@@ -258,14 +305,20 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
                 value, repaired = parse_json(line)
             except ValueError:
                 refuse_cr_line_ends(line, chunk.path, line_no)
+                if sniffer:
+                    sniffer.failed_line(line, line_no)
                 stats.note("invalid_json", where)
             else:
+                sniffer = None
                 text = text_of(value, key, repaired, where, stats)
                 if text is not None:
                     yield text, where
         line_no += 1
         if end is not None and pos >= end:
             break  # before reading the next chunk's first line, which may be huge
+    if sniffer and sniffer.failed:
+        sniffer.refuse("no line of it is JSON" if end is None or pos >= chunk.size else
+                       f"no line of its first {pos:,} bytes is JSON")
 
 
 def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iterator[Record]:
@@ -281,7 +334,11 @@ def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iter
             return
         names = [name.strip() for name in header]
         if column not in names:
-            raise BadFileError(chunk.path, 0, f"no column {column!r}; columns found: {', '.join(names)}")
+            found = f"columns found: {_shown(', '.join(names))}" if any(names) else "line 1, the header, is blank"
+            raise BadFileError(chunk.path, 0, f"no column {column!r}; {found}")
+        if names.count(column) > 1:
+            raise BadFileError(chunk.path, 0, f"{names.count(column)} columns named {column!r}: which one is the text "
+                                              "is unclear")
         index = names.index(column)
         line_no = reader.line_num + 1
         for row in reader:
@@ -299,6 +356,13 @@ def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iter
         raise BadFileError(chunk.path, None, f"the record starting at line {line_no}: {err}") from None
 
 
+def _shown(text: str, limit: int = 200) -> str:
+    """`text` for an error message: at most `limit` characters, control characters escaped (a binary
+    file's "header" would otherwise print NULs and escape codes to the terminal)."""
+    short = text if len(text) <= limit else text[:limit] + "..."
+    return short if short.isprintable() else repr(short)
+
+
 _PARQUET_TEXT_TYPES = (
     pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_binary, pa.types.is_large_binary
 )
@@ -310,7 +374,7 @@ def read_parquet(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Ite
     schema = pf.schema_arrow
     matches = schema.get_all_field_indices(key)
     if not matches:
-        raise BadFileError(chunk.path, None, f"no column {key!r}; columns found: {', '.join(schema.names)}")
+        raise BadFileError(chunk.path, None, f"no column {key!r}; columns found: {_shown(', '.join(schema.names))}")
     if len(matches) > 1:
         raise BadFileError(chunk.path, None, f"{len(matches)} columns named {key!r}: which one is the text is unclear")
     kind = schema.field(matches[0]).type

@@ -333,6 +333,10 @@ def _read_fault(path: str, fmt: str, err: Exception, raw: BinaryIO, where: str |
     # no place in the text: the last record read says where the good text ends.
     found = "found" if offset is None else f"found after reading {offset:,} compressed bytes"
     after = "before the first record" if where is None else f"past the record at line {where.rpartition(':')[2]}"
+    if any(word in str(err).lower() for word in ("crc", "checksum")):
+        # A checksum covers a whole gzip member or zstd frame and is checked at its end: the records
+        # read before it came from the damaged data too.
+        after += "; the checksum covers what came before, so the damage can be anywhere in it"
     return BadFileError(path, None, f"cannot read as {fmt} (compressed): {err} ({found}, {after})")
 
 

@@ -32,6 +32,8 @@ def test_empty_file_yields_nothing(tmp_path, name):
         ("r.json.gz", "cannot read as json \\(compressed\\)"),
         ("r.csv.zst", "cannot read as csv \\(compressed\\)"),
         ("r.csv", "no column 'text'"),
+        # Each line was one invalid_json record: a file of them passed, its loss only a count.
+        ("r.jsonl", "none of its first 20 lines is JSON .*: not a JSON lines file"),
     ],
 )
 def test_random_bytes_are_a_bad_file(tmp_path, name, match):
@@ -112,11 +114,78 @@ def test_csv_without_the_text_column_names_the_columns(tmp_path):
     bad_file(parquet, "column 'n' holds int64, not text", text_field="n")
 
 
+def test_csv_header_faults_are_named_plainly(tmp_path):
+    """A blank first line listed no columns at all; two text columns took the first silently (parquet
+    refuses them); a binary file's "header" printed its NULs and escape codes to the terminal."""
+    path = tmp_path / "c.csv"
+    path.write_text("\nid,text\n1,x\n")
+    bad_file(path, "no column 'text'; line 1, the header, is blank")
+    path.write_text("text,id,text\na,1,b\n")
+    bad_file(path, "2 columns named 'text': which one is the text is unclear")
+    path.write_bytes(bytes(range(256)) * 4 + b"\n")
+    message = str(bad_file(path, "no column 'text'; columns found: '"))
+    assert message.isprintable() and len(message) < len(str(path)) + 300
+
+
 def test_parquet_with_two_columns_of_the_text_name_is_a_bad_file(tmp_path):
     """pyarrow's schema.field raised a KeyError that escaped as a traceback, even with --skip-bad-files."""
     path = tmp_path / "dup.parquet"
     pq.write_table(pa.table([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), path)
     bad_file(path, "2 columns named 'text'")
+
+
+def test_a_file_of_another_format_named_jsonl_is_a_bad_file(tmp_path):
+    """Such a file's lines were each one invalid_json record: with other files beside it, all it held
+    vanished behind a count. Its first bytes say what it is."""
+    good = b"".join(b'{"text": "record %d"}\n' % i for i in range(30))
+    path, zipped = tmp_path / "x.jsonl", tmp_path / "x.jsonl.gz"
+    for data, what in [(gzip.compress(good), "holds gzip data, not JSON lines \\(name it .jsonl.gz\\)"),
+                       (zstandard.ZstdCompressor().compress(good), "holds zstd data"),
+                       (good.decode().encode("utf-16"), "holds UTF-16 text, not JSON lines \\(convert it to UTF-8\\)")]:
+        path.write_bytes(data)
+        assert bad_file(path, what).offset == 0
+    pq.write_table(pa.table({"text": ["a"]}), path)
+    bad_file(path, "holds a parquet file")
+    zipped.write_bytes(gzip.compress(gzip.compress(good)))
+    bad_file(zipped, "holds gzip data inside its compression, not JSON lines \\(compressed twice\\?\\)")
+    path.write_bytes(good.decode().encode("utf-16-le"))  # no byte order mark: NULs between the characters
+    bad_file(path, r"none of its first 20 lines is JSON \(line 1 begins b'\{\\x00.*binary data \(NUL bytes\) or UTF-16")
+    path.write_text("A play in five acts.\n\nACT I\n")  # fewer lines than the sniff needs: the file decides
+    bad_file(path, "no line of it is JSON")
+    path.write_bytes(good[:200] + b"\x00\x00\n")  # a good file with some damage keeps its good records
+    assert len(texts_of(path)) == good[:200].count(b"\n")
+
+
+def test_broken_records_at_a_file_start_stay_bad_records(tmp_path):
+    """Up to 19 unparsable lines before the first JSON one are bad records, not a bad file; and in a
+    file split into chunks, only its first chunk decides whether it is JSON lines at all."""
+    path = tmp_path / "a.jsonl"
+    good = [json.dumps({"text": f"record {i}"}) for i in range(200)]
+    path.write_text("\n".join(["{broken"] * 19 + good + ["{broken"] * 30) + "\n")
+    for chunk_bytes in (64 << 20, 300):
+        records, stats = read_all(path, chunk_bytes=chunk_bytes)
+        assert len(records) == 200 and stats.bad_records == {"invalid_json": 49}
+    path.write_text("\n".join(["{broken"] * 20 + good) + "\n")
+    bad_file(path, "none of its first 20 lines is JSON")
+    path.write_text("\n".join(good + ["not json"] * 100) + "\n")
+    assert len(read_all(path, chunk_bytes=300)[0]) == 200  # later chunks of nothing but bad lines
+
+
+def test_a_byte_order_mark_inside_a_jsonl_file_is_dropped(tmp_path):
+    """Files with a BOM concatenated (`cat a.jsonl b.jsonl`): the line that began with one was invalid_json."""
+    path = tmp_path / "cat.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
+    records, stats = read_all(path)
+    assert [t for t, _ in records] == ["a", "b"] and not stats.bad_records
+
+
+def test_a_checksum_fault_says_the_damage_can_be_before_the_records_read(tmp_path):
+    """gzip checks its CRC at the end: "past the record at line N" read as if lines 1..N were sound."""
+    data = bytearray(gzip.compress(b"".join(b'{"text": "r%d"}\n' % (i % 7) for i in range(5000))))
+    data[-8] ^= 0xFF  # the stored CRC itself: the text decodes whole, then fails the check
+    path = tmp_path / "crc.jsonl.gz"
+    path.write_bytes(bytes(data))
+    bad_file(path, "CRC check failed .*past the record at line 5000; the checksum covers what came before")
 
 
 def test_missing_and_unreadable_paths(tmp_path):
