@@ -12,6 +12,7 @@ renamed into place only when complete, so a rerun after `kill -9` reuses every f
 redoes the rest; phase 2 is always redone from the results, which is cheap (memory speed) and keeps
 the output byte-identical to an uninterrupted run. An identical rerun is a no-op: the manifest
 records a fingerprint of the inputs (paths, sizes, mtimes) and of every option that shapes the output.
+Only the files skipped as bad are read again, since mending one need not change its size or mtime.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from pipeline.fast_encode import Encoder
 from pipeline.merge import merge_parts, unmerge
 from pipeline.paths import file_identities
 from pipeline.pool import chunk_results
-from pipeline.sources import BadFileError, Chunk, plan_chunks
+from pipeline.sources import BadFileError, Chunk, ReadStats, plan_chunks, read_chunk
 from pipeline.store import (
     FORMAT_VERSION,
     StoreError,
@@ -83,13 +84,35 @@ def fingerprint(cfg: PrepareConfig, paths: list[Path], settings: Settings, parts
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def _up_to_date(store: Path, fp: str) -> dict[str, Any] | None:
-    """The manifest of a finished store built from exactly these inputs and options, else None."""
+def _up_to_date(store: Path, fp: str, cfg: PrepareConfig) -> dict[str, Any] | None:
+    """The manifest of a finished store built from exactly these inputs and options, else None; also
+    None when a file it skipped as bad reads now (fixed in a way the fingerprint does not see, such as
+    `chmod`, or the fault was passing), so that the rerun takes it in."""
     try:
         manifest = TokenStore(store).manifest
     except StoreError:
         return None
-    return manifest if manifest.get("inputs_fingerprint") == fp else None
+    if manifest.get("inputs_fingerprint") != fp:
+        return None
+    skipped = list(dict.fromkeys(bad["path"] for bad in manifest["stats"]["bad_files"]))
+    if skipped:
+        log.info("%s: reading again the %d file(s) it skipped as bad", store, len(skipped))
+    for path in skipped:
+        if _reads(path, cfg):
+            log.warning("%s reads now (it was skipped as bad): rebuilding %s to take it in", path, store)
+            return None
+    return manifest
+
+
+def _reads(path: str, cfg: PrepareConfig) -> bool:
+    """Whether every record of `path` reads (bad records aside), as phase 1 would read it."""
+    try:
+        for chunk in plan_chunks([path], cfg.chunk_bytes):
+            for _ in read_chunk(chunk, cfg.text_field, cfg.csv_column, ReadStats(quiet=True)):
+                pass
+    except BadFileError:
+        return False
+    return True
 
 
 def _plan(paths: list[Path], cfg: PrepareConfig) -> tuple[list[Chunk], list[dict[str, Any]]]:
@@ -235,7 +258,7 @@ def _prepare_locked(cfg: PrepareConfig, root: Path, store: Path, shard: tuple[in
     plan = fingerprint(cfg, paths, settings, shard[1] if shard else None)
     # A part's own fingerprint also says which part it is, so a part folder copied under another name is rebuilt.
     fp = hashlib.sha256(f"{plan} part {shard[0]}".encode()).hexdigest() if shard else plan
-    current = _up_to_date(store, fp)
+    current = _up_to_date(store, fp, cfg)
     # The encoder takes a second to load: an up-to-date store already says what the vocabulary is.
     encoder = None if current else Encoder(str(src))
     vocab = current["vocab_size"] if current else encoder.vocab_size

@@ -152,6 +152,37 @@ def test_a_skipped_bad_file_is_skipped_whole_whatever_the_chunk_size(tmp_path, t
     assert m["stats"]["documents_kept"] == 400
 
 
+def test_a_skipped_file_that_reads_now_is_taken_in_by_the_rerun(tmp_path, tokenizer, caplog):
+    """A file skipped as bad and then mended without a new size or mtime (`chmod`, a bad disk read, a
+    byte put back): the rerun said "up to date" on the fingerprint and left its documents out for good."""
+    corpus = tmp_path / "corpus"
+    write_jsonl(corpus / "a.jsonl", sentences(1, 50))
+    good = gzip.compress(("".join(json.dumps({"text": t}) + "\n" for t in sentences(2, 60))).encode())
+    damaged = bytearray(good)
+    damaged[-8] ^= 0xFF  # the stored CRC
+    bad = corpus / "b.jsonl.gz"
+    bad.write_bytes(bytes(damaged))
+    stamp = bad.stat().st_mtime_ns
+
+    def run() -> dict:
+        return TokenStore(build(tmp_path, tokenizer, data=[str(corpus)], name="s", clean_preset="minimal",
+                                skip_bad_files=True)).manifest
+
+    first = run()
+    assert [b["path"] for b in first["stats"]["bad_files"]] == [str(bad)] and first["stats"]["documents_kept"] == 50
+    with caplog.at_level("INFO", logger="pipeline"):
+        assert run() == first  # still bad: read again, and nothing rebuilt
+    assert "reading again the 1 file(s) it skipped as bad" in caplog.text and "up to date" in caplog.text
+    bad.write_bytes(good)
+    os.utime(bad, ns=(stamp, stamp))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline"):
+        mended = run()
+    assert f"{bad} reads now (it was skipped as bad): rebuilding" in caplog.text
+    assert mended["stats"]["bad_files"] == [] and mended["stats"]["documents_kept"] == 110
+    assert mended["inputs_fingerprint"] == first["inputs_fingerprint"]  # the fingerprint could not tell
+
+
 def test_the_store_keeps_its_tokenizer_until_a_rebuild_really_starts(tmp_path, tokenizer, capsys):
     """A --tokenizer was copied over the store's before the vocabulary check and the lock: a refused
     run left a finished store that no longer opened, or swapped the tokenizer of a build in progress."""
