@@ -69,7 +69,8 @@ class ReadStats:
     invalid_utf8: int = 0
     """Records yielded with invalid UTF-8 (or lone surrogates) replaced by U+FFFD."""
     bad_records: Counter = field(default_factory=Counter)
-    """Skipped records by kind: invalid_json, not_an_object, missing_text, null_text, non_string_text."""
+    """Skipped records by kind: invalid_json, not_an_object, missing_text, null_text, non_string_text,
+    record_too_long."""
     examples: list[str] = field(default_factory=list)
     """The first few `file:line: kind` problems, enough to go and look without flooding the log."""
     quiet: bool = False
@@ -282,6 +283,25 @@ class _Sniffer:
                                             f"file{binary}")
 
 
+# A longer JSON line is skipped as record_too_long while it streams past, never held whole: a worker
+# holding a 2 GiB line needed ~4.5 GB, and when that ran out, died with a traceback naming no file or
+# crashed inside orjson. 256 MiB is tens of millions of tokens, beyond any document worth training on.
+MAX_RECORD_BYTES = 1 << 28
+
+
+def _lines(stream: BinaryIO) -> Iterator[tuple[bytes | None, int]]:
+    """Each line of `stream` and its length in bytes; None for a line over MAX_RECORD_BYTES."""
+    limit = MAX_RECORD_BYTES
+    while line := stream.readline(limit + 1):
+        if len(line) <= limit:
+            yield line, len(line)
+            continue
+        size = len(line)
+        while not line.endswith(b"\n") and (line := stream.readline(BLOCK)):
+            size += len(line)
+        yield None, size
+
+
 def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
     """One JSON object per line; the chunk owns every line that starts in [start, end).
 
@@ -294,10 +314,11 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
         end = None  # compressed files are never split
     sniffer = _Sniffer(chunk.path) if chunk.start == 0 else None
     pos, line_no = chunk.start, chunk.first_line
-    for line in stream:
-        pos += len(line)  # counted with the BOM: chunk boundaries are byte offsets of the file
-        # At a file's start, or at a line start where files with one were concatenated.
-        if line.startswith(BOM):
+    for line, size in _lines(stream):
+        pos += size  # counted with the BOM: chunk boundaries are byte offsets of the file
+        if line is None:
+            stats.note("record_too_long", f"{chunk.path}:{line_no}")
+        elif line.startswith(BOM):  # at a file's start, or where files with one were concatenated
             line = line[len(BOM) :]
         if line and not line.isspace():  # empty only where a BOM was all there was
             where = f"{chunk.path}:{line_no}"

@@ -13,6 +13,7 @@ import pytest
 import zstandard
 from read_helpers import FORMATS, bad_file, read_all, texts_of
 
+from pipeline import readers
 from pipeline.sources import BadFileError, Chunk, plan_chunks, read_chunk
 
 
@@ -262,3 +263,22 @@ def test_a_parquet_file_without_row_groups_is_planned_and_checked(tmp_path):
         assert pq.ParquetFile(tmp_path / name).metadata.num_row_groups == 0
     assert texts_of(tmp_path / "ok.parquet") == []
     bad_file(tmp_path / "other.parquet", "no column 'text'; columns found: body")
+
+
+@pytest.mark.parametrize("name", ["long.jsonl", "long.jsonl.gz"])
+def test_a_line_over_the_record_limit_is_skipped_as_it_streams_past(tmp_path, monkeypatch, name):
+    """A 2 GiB line was read whole: ~4.5 GB in one worker, and a MemoryError naming no file (or a crash
+    inside orjson) where that was too much. Scaled down here: the limit is 64 bytes."""
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 64)
+    long = json.dumps({"text": "x" * 100})
+    lines = [json.dumps({"text": "a"}), long, json.dumps({"text": "b" * 40}), long + "  " * 3000,
+             json.dumps({"text": "c"})]
+    data = "\n".join(lines + [long]).encode()  # the last line has no newline
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    for chunk_bytes in (64 << 20, 50):
+        records, stats = read_all(path, chunk_bytes=chunk_bytes)
+        assert [t for t, _ in records] == ["a", "b" * 40, "c"]
+        assert [w for _, w in records] == [f"{path}:{n}" for n in (1, 3, 5)]
+        assert stats.bad_records == {"record_too_long": 3}
+        assert stats.examples == [f"{path}:{n}: record_too_long" for n in (2, 4, 6)]
