@@ -56,7 +56,7 @@ prepare: setup
 # followed by the launcher's own traceback.
 TRAIN_ARGS = $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
 train: setup
-	$(if $(NGPU),$(PY) bin/train.py --check $(TRAIN_ARGS) &&) $(LAUNCH) bin/train.py $(TRAIN_ARGS)
+	$(if $(NGPU),WORLD_SIZE=$(NGPU) $(PY) bin/train.py --check $(TRAIN_ARGS) &&) $(LAUNCH) bin/train.py $(TRAIN_ARGS)
 
 plot: setup
 	$(PY) bin/plot.py $(ARGS)

@@ -5,9 +5,9 @@ Under `torchrun --nproc_per_node=N` every process runs this same script as one D
 GPUs, gloo on CPU). The run directory (out_dir) receives checkpoints, metrics.jsonl, config.yml and
 the tokenizer; rerunning the same command continues from the newest complete checkpoint.
 
-`--check` only checks the config, the out_dir and the token store (not what resume would load), and
-exits with the code the run would give (0 if it could start): `make train NGPU=N` runs it before
-torchrun, so a typo is reported once.
+`--check` only checks the config, the out_dir and the token store (not what resume would load), for
+WORLD_SIZE processes (1 if unset), and exits with the code the run would give (0 if it could start):
+`make train NGPU=N` runs it before torchrun, so a typo is reported once.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if check_only:  # what the run would refuse at its start, with the same exit code
-            check_config(cfg)
+            print(check_config(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
             return 0
         train(cfg)
     except (ConfigError, StoreError, ResumeRefused, TrainingAborted, FileNotFoundError) as err:

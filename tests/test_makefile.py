@@ -45,7 +45,8 @@ def test_ngpu_checks_the_config_once_before_torchrun():
     """Under torchrun every rank printed a typo's error, followed by the launcher's own traceback."""
     argv = _argv("train", "NGPU=2", "ARGS=out_dir=x")
     check, launch = argv[:argv.index("&&")], argv[argv.index("&&") + 1:]
-    assert check[1:] == ["bin/train.py", "--check", "--config", "configs/tiny.yml", "out_dir=x"]
+    assert check[0] == "WORLD_SIZE=2"  # checked for the world the launch will have (epoch mode's batch)
+    assert check[2:] == ["bin/train.py", "--check", "--config", "configs/tiny.yml", "out_dir=x"]
     # --standalone: a single-node job needs no rendezvous endpoint of its own.
     assert launch[0].endswith("torchrun") and launch[1:3] == ["--standalone", "--nproc_per_node=2"]
     assert launch[launch.index("bin/train.py"):] == ["bin/train.py", "--config", "configs/tiny.yml", "out_dir=x"]

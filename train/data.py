@@ -24,6 +24,23 @@ def train_sampler(store: TokenStore, cfg: TrainConfig, rank: int, world_size: in
         raise ConfigError(f"{err}; lower {smaller}, or train on a store with more data") from None
 
 
+def _val_sampler(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int) -> WindowSampler:
+    try:
+        return WindowSampler(store, "val", cfg.model.block_size, cfg.micro_batch, cfg.seed, rank, world_size)
+    except ValueError as err:
+        raise ConfigError(f"{err}; set eval_batches=0 to train without evaluation, or lower model.block_size") \
+            from None
+
+
+def check_windows(store: TokenStore, cfg: TrainConfig, world_size: int) -> None:
+    """The samplers' refusals (a split too small for one window; in epoch mode, for one global batch
+    of micro_batch as configured) as ConfigErrors, before anything runs at that size: init_batch's
+    probe at a block_size the store cannot fill took all the memory before the sampler could say so."""
+    train_sampler(store, cfg, 0, world_size)
+    if cfg.eval_batches:
+        _val_sampler(store, cfg, 0, world_size)
+
+
 def eval_batches(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int, device: torch.device,
                  windows_per_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's share of the fixed validation set, in batches of micro_batch, on `device`; none if
@@ -31,10 +48,6 @@ def eval_batches(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int
     before init_batch fits it to a GPU, so the set is the same wherever the run goes on."""
     if not cfg.eval_batches:
         return []
-    try:
-        val = WindowSampler(store, "val", cfg.model.block_size, cfg.micro_batch, cfg.seed, rank, world_size)
-    except ValueError as err:
-        raise ConfigError(f"{err}; set eval_batches=0 to train without evaluation, or lower model.block_size") \
-            from None
+    val = _val_sampler(store, cfg, rank, world_size)
     windows = cfg.eval_batches * windows_per_batch
     return [(x.to(device), y.to(device)) for x, y in val.fixed_batches(windows, cfg.seed)]

@@ -15,6 +15,7 @@ from pipeline.store import TokenStore
 from train import distributed as D
 from train.checkpoint import lock_run_dir
 from train.config import TrainConfig
+from train.data import check_windows
 from train.export import HOLDS, held_by
 from train.trainer import Trainer
 
@@ -32,12 +33,17 @@ def check_out_dir(out_dir: Path) -> None:
         raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]}; pick a folder of the run's own")
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """What a run would refuse before its first step, found without starting one (no process group, no
-    model): `make train NGPU=N` asks this first, so a typo is one line instead of N copies of it among
-    torchrun's own traceback. Raises ConfigError or StoreError, as the run would."""
+def check_config(cfg: TrainConfig, world_size: int = 1) -> str:
+    """What a run of `world_size` ranks would refuse before its first step, found without starting one
+    (no process group, no model): `make train NGPU=N` asks this first, so a typo is one line instead of
+    N copies of it among torchrun's own traceback. Raises ConfigError or StoreError, as the run would;
+    returns a line saying what was checked."""
     check_out_dir(Path(cfg.out_dir))
-    cfg.model_for_store(TokenStore(cfg.data).vocab_size)
+    store = TokenStore(cfg.data)
+    cfg.model_for_store(store.vocab_size)
+    check_windows(store, cfg, world_size)
+    return (f"config ok: {world_size} process(es) can train on {cfg.data} ({store.num_tokens('train'):,} train tokens, "
+            f"vocab {store.vocab_size}) into {cfg.out_dir}")
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ from train.checkpoint import (
     tag_epoch,
 )
 from train.config import TrainConfig
-from train.data import eval_batches, train_sampler
+from train.data import check_windows, eval_batches, train_sampler
 from train.init_batch import fit_micro_batch
 from train.metrics import MetricsLog, eval_line, eval_record, peak_flops, progress_line
 from train.optim import build_optimizer, lr_at, set_lr
@@ -83,6 +83,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.raw, cfg)
         configured_micro_batch = cfg.micro_batch
         source, at_max_steps = self._resume_source()
+        check_windows(self.store, cfg, dist.world_size)
         if cfg.init_batch and not at_max_steps:
             self._init_batch()
 

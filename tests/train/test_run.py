@@ -31,20 +31,30 @@ def test_presets_are_valid_train_configs(name):
     cfg.validate()
 
 
-def test_check_reports_what_a_run_would_refuse_without_starting_one(tmp_path, capsys):
+def test_check_reports_what_a_run_would_refuse_without_starting_one(tmp_path, capsys, monkeypatch):
     """`make train NGPU=N` runs `--check` first: under torchrun a typo was printed by every rank, among
     the launcher's own ~35-line traceback."""
     cli = load_script("train")
     store = make_store(tmp_path / "store")
     ok = [f"data={store.root}", f"out_dir={tmp_path / 'run'}", "max_steps=1", "model.n_layer=1"]
     assert cli.main(["--check", *ok]) == 0 and not (tmp_path / "run").exists()  # nothing written
+    assert capsys.readouterr().out.startswith(f"config ok: 1 process(es) can train on {store.root} (")
+    # A store too small for the windows passed the check, so `make train NGPU=2` ended in torchrun's traceback.
     for change, message in ((f"data={tmp_path / 'nowhere'}", "no manifest.json"),
                             (f"out_dir={store.root}", "holds a token store"),
-                            ("model.pad_id=5000", "pad_id=5000 is not a token id")):  # past the store's 64 ids
-        assert cli.main(["--check", *ok, change]) == 1
+                            ("model.pad_id=5000", "pad_id=5000 is not a token id"),  # past the store's 64 ids
+                            ("model.block_size=100000", "split 'train' of "),
+                            ("eval_batches=1", "split 'val' of ")):
+        small_val = ["model.block_size=4000"] if change == "eval_batches=1" else []  # the val split is smaller
+        assert cli.main(["--check", *ok, *small_val, change]) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
-        assert cli.main([*ok, change]) == 1 and capsys.readouterr().err == err  # as the run itself says it
+        assert cli.main([*ok, *small_val, change]) == 1 and capsys.readouterr().err == err  # as the run says it
+    # Epoch mode needs one global batch per epoch: WORLD_SIZE (set by `make train NGPU=N`) counts.
+    epoch = [*ok, "sampler_mode=epoch", "model.block_size=512", "micro_batch=8"]  # ~8k tokens: 14 windows
+    assert cli.main(["--check", *epoch]) == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["--check", *epoch]) == 1 and "fewer than batch_size * world_size = 16" in capsys.readouterr().err
 
 
 def test_cli_exit_codes(tmp_path, capsys):
@@ -74,7 +84,7 @@ def test_a_refused_resume_or_an_aborted_run_is_one_error_line_and_exit_1(tmp_pat
     save_checkpoint(tmp_path / "run", "00000001", {"step": 1})  # resume=none reads only its marker
     ok = [f"data={store.root}", f"out_dir={tmp_path / 'run'}", "max_steps=2", "model.n_layer=1", "init_batch=false"]
     for change, message in (("resume=none", "already holds checkpoints"),
-                            (f"resume={tmp_path / 'nowhere'}", "no complete checkpoint")):
+                            (f"resume={tmp_path / 'nowhere'}", "nowhere: does not exist")):
         assert cli.main([*ok, change]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
