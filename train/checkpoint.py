@@ -130,6 +130,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if marker_step(path) is None:
             raise FileNotFoundError(f"{path}: incomplete checkpoint (no {MARKER} marker); it was cut off while saving")
         return path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: does not exist (expected a run directory, a ckpt-* folder in one or "
+                                f"its {STATE}; `make train` writes runs/tiny)")
     latest = latest_checkpoint(path)
     if latest is None:
         raise FileNotFoundError(f"{path}: no complete checkpoint (ckpt-*/{MARKER}) found")

@@ -214,7 +214,11 @@ def test_tokenizer_mismatch_is_refused(run, run_dir, tmp_path):
 
 
 def test_missing_checkpoint(run, tmp_path):
+    """A path that does not exist said "no complete checkpoint", as if it were a run cut off early."""
     code, _, err = run("--prompt", "x", checkpoint=tmp_path / "nothing")
+    assert code == 1 and "nothing: does not exist (expected a run directory" in err and "make train" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run("--prompt", "x", checkpoint=tmp_path / "empty")
     assert code == 1 and "no complete checkpoint" in err
 
 

@@ -247,8 +247,11 @@ def test_resume_refusals_and_world_size_change(trained, tmp_path):
         attempt(model=to_dict(cfg.model) | {"n_layer": 3})
     with pytest.raises(ResumeRefused, match="already holds checkpoints"):
         attempt(resume="none")
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    with pytest.raises(FileNotFoundError, match="nowhere: does not exist"):
         attempt(resume=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        attempt(resume=str(tmp_path / "empty"))
     # The data position belongs to one stream: seed, sampler_mode and align_bos must stay.
     for change, message in ((dict(seed=1), "seed: 1337 -> 1"), (dict(sampler_mode="epoch"), "sampler_mode: 'random'"),
                             (dict(align_bos=True), "align_bos: False -> True")):
