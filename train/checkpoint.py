@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -118,32 +119,46 @@ def _prune(run_dir: Path, keep_last: int, keep: Path) -> None:
     doomed += [p for p in run_dir.iterdir() if p.is_dir() and _DIR_RE.match(p.name) and p not in complete]
     for path in doomed:
         if path != keep:
+            # Marker first: rmtree may delete state.pt before it, and a kill in between would leave
+            # a "complete" checkpoint without its state.
+            (path / MARKER).unlink(missing_ok=True)
             shutil.rmtree(path, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a run dir (its newest complete one), a ckpt dir or its state.pt."""
     path = Path(path)
+    if not path.exists():  # before the name test: a pruned ckpt-* folder is no "cut off" checkpoint
+        raise FileNotFoundError(f"{path}: does not exist (expected a run directory, a ckpt-* folder in one or "
+                                f"its {STATE}; `make train` writes runs/tiny)")
     if path.is_file() and path.name == STATE:
         path = path.parent
     if (path / STATE).exists() or _DIR_RE.match(path.name):
         if marker_step(path) is None:
             raise FileNotFoundError(f"{path}: incomplete checkpoint (no {MARKER} marker); it was cut off while saving")
         return path
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: does not exist (expected a run directory, a ckpt-* folder in one or "
-                                f"its {STATE}; `make train` writes runs/tiny)")
     latest = latest_checkpoint(path)
     if latest is None:
         raise FileNotFoundError(f"{path}: no complete checkpoint (ckpt-*/{MARKER}) found")
     return latest
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: truncated or corrupt despite its marker, or holding objects
+    that weights_only loading refuses."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint (run dir -> its newest complete one). weights_only=True always: a checkpoint
     may come from anywhere, and full unpickling would run whatever code it names."""
     ckpt = resolve_checkpoint(path)
-    return torch.load(ckpt / STATE, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(ckpt / STATE, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{ckpt}: refused: it holds objects other than tensors and plain containers, and "
+                              f"loading those would run code from the file ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as err:  # truncated or corrupt despite its COMPLETE marker
+        raise CheckpointError(f"{ckpt}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
 
 
 def lock_run_dir(run_dir: str | Path) -> IO[str] | None:
@@ -170,16 +185,27 @@ def choose_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
                                 "another out_dir for a new one")
         return None
     source = resolve_checkpoint(resume)
+    held = list_checkpoints(run_dir)
+    if held and not is_inside(source, run_dir):
+        raise ResumeRefused(
+            f"{run_dir} holds checkpoints of another run ({', '.join(p.name for p in held)}): continuing {source} "
+            "there would mix two histories in its checkpoints and metrics.jsonl. Continue in another out_dir, or "
+            "delete those checkpoints first")
     # Branching from an older checkpoint into the same run dir would interleave two histories there,
     # and resume=auto (or a keep_last prune) would later pick among both.
     step = marker_step(source)
-    later = [p for p in list_checkpoints(run_dir) if (marker_step(p) or 0) > step]
+    later = [p for p in held if (marker_step(p) or 0) > step]
     if later:
         raise ResumeRefused(
             f"{run_dir} holds checkpoints past step {step} of {source} ({', '.join(p.name for p in later)}): "
             "continuing from it there would mix two histories, and resume=auto would later pick the old one's. "
             "Continue in another out_dir, or delete those checkpoints first")
     return source
+
+
+def is_inside(ckpt: Path, run_dir: str | Path) -> bool:
+    """Whether checkpoint folder `ckpt` is one of run_dir's own."""
+    return ckpt.resolve().parent == Path(run_dir).resolve()
 
 
 def grad_accum_for_world(state: dict[str, Any], world_size: int, micro_batch: int, grad_accum: int) -> tuple[int, str]:

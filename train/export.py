@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,13 +136,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | 
         loaded = _load_export(path)
     else:
         ckpt = resolve_checkpoint(path)
-        try:
-            state = load_checkpoint(ckpt)
-        except pickle.UnpicklingError as err:
-            raise ValueError(f"{ckpt}: refused: it holds objects other than tensors and plain containers, and "
-                             f"loading those would run code from the file ({str(err).splitlines()[0]})") from None
-        except (RuntimeError, EOFError, OSError) as err:  # truncated or corrupt despite its COMPLETE marker
-            raise ValueError(f"{ckpt}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+        state = load_checkpoint(ckpt)  # a CheckpointError (a ValueError) if unreadable
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise ValueError(f"{ckpt}: not a checkpoint: {STATE_FILE} holds no model state dict")
         try:

@@ -30,11 +30,13 @@ from model import GPT
 from pipeline.store import TokenStore
 from train import distributed as D
 from train.checkpoint import (
+    CheckpointError,
     ResumeRefused,
     check_compatible,
     checkpoint_tag,
     choose_checkpoint,
     grad_accum_for_world,
+    is_inside,
     latest_checkpoint,
     load_checkpoint,
     marker_step,
@@ -47,7 +49,7 @@ from train.config import TrainConfig
 from train.data import check_windows, eval_batches, train_sampler
 from train.init_batch import fit_micro_batch
 from train.metrics import MetricsLog, eval_line, eval_record, peak_flops, progress_line
-from train.optim import build_optimizer, lr_at, set_lr
+from train.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 from train.prefetch import Prefetcher
 from train.step_stats import StepStats, TrainingAborted, check_skips
 
@@ -108,7 +110,10 @@ class Trainer:
         writes = dist.is_main and not finished
         if writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resumed) if writes else None
+        # A branch from another run's checkpoint keeps none of the records in out_dir: no step up to the
+        # branch point was this history's there.
+        branched = self.resumed_from is not None and not is_inside(self.resumed_from, self.run_dir)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", -1 if branched else resumed) if writes else None
         if not finished:
             self._announce(resumed)
 
@@ -196,10 +201,13 @@ class Trainer:
         cfg = self.cfg
         if source is None:
             return -1
-        state = load_checkpoint(source)
+        try:
+            state = load_checkpoint(source)
+        except CheckpointError as err:
+            raise ResumeRefused(f"{err}; delete that folder to continue from the checkpoint before it") from None
         check_compatible(state, self.store, cfg, self.dist.world_size)
         self.raw.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])

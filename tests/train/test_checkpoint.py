@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -15,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from train import checkpoint
 from train.checkpoint import (
+    CheckpointError,
     ResumeRefused,
     check_compatible,
     checkpoint_tag,
@@ -102,6 +103,22 @@ def test_a_save_that_prunes_also_removes_crash_leftovers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000020"]
 
 
+def test_a_pruned_checkpoint_is_never_left_complete_without_its_state(tmp_path, monkeypatch):
+    """rmtree may delete state.pt before COMPLETE: a kill between them left a "complete" checkpoint
+    that resume=auto could not load. Here the removal stops after state.pt, as a kill would."""
+    save_checkpoint(tmp_path, "00000010", state(10), keep_last=1)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda path, **kw: (Path(path) / "state.pt").unlink())
+    save_checkpoint(tmp_path, "00000020", state(20), keep_last=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000020"]
+
+
+def test_a_checkpoint_path_that_does_not_exist_says_so(tmp_path):
+    """A pruned ckpt-* folder was reported as "incomplete ... cut off while saving"."""
+    for missing in (tmp_path / "ckpt-00000010", tmp_path / "run", tmp_path / "ckpt-00000010" / "state.pt"):
+        with pytest.raises(FileNotFoundError, match=f"{missing}: does not exist"):
+            load_checkpoint(missing)
+
+
 @pytest.mark.parametrize("marker", ["", '{"step": "twenty"}', "[20]", "{}"])
 def test_an_unreadable_marker_counts_as_incomplete(tmp_path, marker):
     """resume=auto lists every checkpoint: one bad marker must not stop the run with a traceback."""
@@ -118,7 +135,7 @@ class Payload:
 def test_loading_is_weights_only(tmp_path):
     path = save_checkpoint(tmp_path, "00000001", state(1))
     torch.save({"step": 1, "evil": Payload()}, path / "state.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="refused: it holds objects other than tensors"):
         load_checkpoint(tmp_path)
 
 

@@ -3,6 +3,7 @@ refusals, epochs and the plot (starting a run, the CLI: test_run.py; init_batch:
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -295,6 +296,25 @@ def test_branching_from_an_older_checkpoint_in_the_same_run_dir_is_refused(train
     make_trainer(from_dict(TrainConfig, base | {"resume": str(out / "ckpt-00000030")})).close()
     branch = base | {"resume": str(out / "ckpt-00000010"), "out_dir": str(tmp_path / "branch")}
     assert make_trainer(from_dict(TrainConfig, branch)).step == 10
+
+
+def test_a_branch_into_a_folder_of_another_run_is_refused_and_keeps_none_of_its_metrics(trained, tmp_path):
+    """Only checkpoints past the branch point were refused: an out_dir holding another run's ckpt-5 took
+    the branch from step 20, and its metrics.jsonl showed the other run's steps 1-5, then this one's."""
+    _, cfg, run_dir, _, _ = trained
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "ckpt-00000010", other / "ckpt-00000005")
+    base = to_dict(cfg) | {"resume": str(run_dir / "ckpt-00000020"), "max_steps": 22}
+    with pytest.raises(ResumeRefused, match=r"holds checkpoints of another run \(ckpt-00000005\): continuing"):
+        make_trainer(from_dict(TrainConfig, base | {"out_dir": str(other)}))
+    # A folder with only the metrics of a run that never saved: none of its records are this history's.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 21)))
+    trainer = make_trainer(from_dict(TrainConfig, base | {"out_dir": str(fresh)}))
+    trainer.fit()
+    trainer.close()
+    assert [r["step"] for r in read_metrics(fresh / "metrics.jsonl") if "loss" in r] == [21, 22]
 
 
 @pytest.mark.parametrize("grad_accum", [2, 3])

@@ -5,6 +5,7 @@ from a checkpoint inside a log window and a run of skipped steps."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 import pytest
 from trainer_util import REPO, make_store, make_trainer, nan_forward, tiny_config
 
-from train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from train.checkpoint import ResumeRefused, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from train.metrics import read_metrics
 from train.trainer import TrainingAborted
 
@@ -155,3 +156,35 @@ def test_a_run_of_skips_continues_across_a_resume(tmp_path):
     resume_copy(tmp_path / "straight/ckpt-00000006", tmp_path / "resumed")
     with pytest.raises(TrainingAborted, match="3 consecutive steps .* stopping at step 7"):
         fit(tiny_config(store, tmp_path / "resumed", **kw), bad_calls={1})
+
+
+def test_a_resume_takes_weight_decay_and_betas_from_its_config(tmp_path):
+    """The optimizer's saved param groups overrode them: the printed config said weight_decay=0.9 while
+    every step used the checkpoint's 0.1 (only the LR, set each step, followed the config)."""
+    store = tmp_path / "store"
+    make_store(store)
+    kw = dict(max_steps=4, ckpt_interval=2, eval_interval=0, init_batch=False)
+    fit(tiny_config(store, tmp_path / "run", **kw))
+    trainer = make_trainer(tiny_config(store, tmp_path / "run", **kw | dict(max_steps=6), weight_decay=0.9,
+                                       beta1=0.5, beta2=0.6))
+    assert trainer.step == 4 and trainer.optimizer.state  # resumed, moments and all
+    assert [(g["weight_decay"], g["betas"]) for g in trainer.optimizer.param_groups] == [(0.9, (0.5, 0.6)),
+                                                                                          (0.0, (0.5, 0.6))]
+    trainer.close()
+
+
+def test_a_corrupt_checkpoint_is_one_error_saying_what_to_do(tmp_path):
+    """Truncated despite its COMPLETE marker: sample and eval said "not a readable checkpoint", training
+    gave torch's traceback, and resume=<the one before> was refused as a branch behind a later one."""
+    store = tmp_path / "store"
+    make_store(store)
+    kw = dict(max_steps=4, ckpt_interval=2, eval_interval=0, init_batch=False)
+    fit(tiny_config(store, tmp_path / "run", **kw))
+    state = tmp_path / "run/ckpt-00000004/state.pt"
+    state.write_bytes(state.read_bytes()[:5000])
+    with pytest.raises(ResumeRefused, match=r"ckpt-00000004: not a readable checkpoint .*; delete that folder"):
+        make_trainer(tiny_config(store, tmp_path / "run", **kw | dict(max_steps=6)))
+    shutil.rmtree(state.parent)
+    trainer = make_trainer(tiny_config(store, tmp_path / "run", **kw | dict(max_steps=6)))
+    assert trainer.step == 2
+    trainer.close()
