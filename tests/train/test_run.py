@@ -4,9 +4,11 @@ its lock, what it must not already hold, and no empty folder left by a run that 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,6 +97,24 @@ def test_a_refused_resume_or_an_aborted_run_is_one_error_line_and_exit_1(tmp_pat
     monkeypatch.setattr(cli, "train", aborted)
     assert cli.main(ok) == 1
     assert capsys.readouterr().err == "error: 3 consecutive steps had a non-finite loss; stopping at step 7\n"
+
+
+def test_an_out_dir_that_cannot_be_created_or_written_is_one_error_line_in_check_and_run(tmp_path, capsys):
+    """--check passed both, and the run ended in a NotADirectoryError or PermissionError traceback."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    (tmp_path / "file").write_text("x")
+    unwritable = tmp_path / "read-only"
+    unwritable.mkdir(mode=0o555)
+    if os.access(unwritable, os.W_OK):  # root writes past permission bits, but not into /proc/sys
+        unwritable = Path("/proc/sys")
+    for out, message in ((tmp_path / "file" / "run", f"{tmp_path / 'file'} exists and is not a folder"),
+                         (unwritable / "run", f"{unwritable} is not writable")):
+        ok = [f"data={store.root}", f"out_dir={out}", "max_steps=1", "model.n_layer=1"]
+        for argv in (["--check", *ok], ok):
+            assert cli.main(argv) == 1
+            assert capsys.readouterr().err == f"error: out_dir {out}: {message}; pick another out_dir\n"
+    assert (tmp_path / "file").read_text() == "x" and not (unwritable / "run").exists()
 
 
 def test_out_dir_defaults_to_runs_slash_the_config_s_name(tmp_path, monkeypatch):
