@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from script_loader import load_script
-from trainer_util import REPO, make_store, tiny_config
+from trainer_util import REPO, FillsUp, make_store, tiny_config
 
 from common.config import ConfigError, from_dict, load_yaml, to_dict
 from pipeline.paths import expand_paths
@@ -115,6 +115,20 @@ def test_an_out_dir_that_cannot_be_created_or_written_is_one_error_line_in_check
             assert cli.main(argv) == 1
             assert capsys.readouterr().err == f"error: out_dir {out}: {message}; pick another out_dir\n"
     assert (tmp_path / "file").read_text() == "x" and not (unwritable / "run").exists()
+
+
+def test_a_disk_full_while_saving_a_checkpoint_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """It ended in torch's `[enforce fail at inline_container.cc:672] unexpected pos` traceback."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FillsUp(f, room=1000)))
+    out = tmp_path / "run"
+    assert cli.main([f"data={store.root}", f"out_dir={out}", "max_steps=1", "model.n_layer=1", "init_batch=false",
+                     "eval_batches=0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write checkpoint {out / 'ckpt-00000001'}: No space left on device; ")
+    assert err.count("\n") == 1 and not list(out.glob("ckpt-*"))
 
 
 def test_out_dir_defaults_to_runs_slash_the_config_s_name(tmp_path, monkeypatch):
