@@ -56,6 +56,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> str:
     N copies of it among torchrun's own traceback. Raises ConfigError or StoreError, as the run would;
     returns a line saying what was checked."""
     check_out_dir(Path(cfg.out_dir))
+    D.pick_device(cfg.device)
     store = TokenStore(cfg.data)
     cfg.model_for_store(store.vocab_size)
     check_windows(store, cfg, world_size)

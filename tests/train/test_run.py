@@ -131,6 +131,19 @@ def test_a_disk_full_while_saving_a_checkpoint_is_one_error_line(tmp_path, capsy
     assert err.count("\n") == 1 and not list(out.glob("ckpt-*"))
 
 
+def test_device_cuda_without_a_gpu_is_one_error_line_in_check_and_run(tmp_path, capsys, monkeypatch):
+    """--check passed it, and the run ended in a RuntimeError traceback."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine, had it no GPU
+    ok = [f"data={store.root}", f"out_dir={tmp_path / 'run'}", "max_steps=1", "model.n_layer=1", "device=cuda"]
+    for argv in (["--check", *ok], ok):
+        assert cli.main(argv) == 1
+        assert capsys.readouterr().err == ("error: device=cuda: this torch sees no CUDA device; use device=auto or "
+                                           "device=cpu\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_out_dir_defaults_to_runs_slash_the_config_s_name(tmp_path, monkeypatch):
     """Without it the run wrote its checkpoints into the current folder."""
     cli = load_script("train")
