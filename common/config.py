@@ -207,12 +207,33 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(_yaml_error(path, err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader refusing a key given twice in one mapping: PyYAML keeps the last one silently, so of
+    two `lr:` lines in a config the lower one won without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat, and its keys be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if seen is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _yaml_error(path: str | Path, err: yaml.YAMLError) -> str:
