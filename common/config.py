@@ -155,12 +155,8 @@ def _build(cls: type[T], values: Any, prefix: str = "") -> T:
     if not isinstance(values, dict):
         raise ConfigError(f"{section or 'top level'}: expected a mapping, got {values!r}")
     fields = fields_of(cls)
-    unknown = sorted((k for k in values if k not in fields), key=str)
-    if unknown:
-        names = ", ".join(f"{prefix}{k}" for k in unknown)
-        hint = difflib.get_close_matches(str(unknown[0]), fields, n=1) if len(unknown) == 1 else []
-        raise ConfigError(f"{names}: unknown key{'s' if len(unknown) > 1 else ''} for {cls.__name__}"
-                          + (f" (did you mean {prefix}{hint[0]}?)" if hint else f"; known: {', '.join(fields)}"))
+    if unknown := _unknown_keys(cls, values, prefix):
+        raise ConfigError("; ".join(unknown))
     out = {}
     for k, v in values.items():
         if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict):
@@ -170,6 +166,23 @@ def _build(cls: type[T], values: Any, prefix: str = "") -> T:
         return cls(**out)
     except ValueError as err:  # the dataclass's own checks (ConfigError or, as in GPTConfig, ValueError)
         raise ConfigError(f"{section}: {err}" if section else str(err)) from None
+
+
+def _unknown_keys(cls: type, values: dict[str, Any], prefix: str) -> list[str]:
+    """A message per section (nested ones too) naming the keys `cls` lacks there, so that a config
+    with several typos is put right in one go rather than one rerun each."""
+    fields = fields_of(cls)
+    unknown = sorted((k for k in values if k not in fields), key=str)
+    found = []
+    if unknown:
+        names = ", ".join(f"{prefix}{k}" for k in unknown)
+        hint = difflib.get_close_matches(str(unknown[0]), fields, n=1) if len(unknown) == 1 else []
+        found.append(f"{names}: unknown key{'s' if len(unknown) > 1 else ''} for {cls.__name__}"
+                     + (f" (did you mean {prefix}{hint[0]}?)" if hint else f"; known: {', '.join(fields)}"))
+    for k, v in values.items():
+        if dataclasses.is_dataclass(fields.get(k)) and isinstance(v, dict):
+            found += _unknown_keys(fields[k], v, f"{prefix}{k}.")
+    return found
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:

@@ -309,5 +309,12 @@ def test_several_unknown_keys_are_all_named_and_the_known_ones_listed():
         from_dict(Outer, {"model": {"n_layr": 1, "actt": "x"}})
 
 
+def test_unknown_keys_in_several_sections_are_named_in_one_message():
+    """Only the first section's were: a config with a typo in each took one rerun per typo."""
+    with pytest.raises(ConfigError, match=r"^config: lrr: unknown key for Outer \(did you mean lr\?\); model\.n_layr: "
+                                          r"unknown key for Inner \(did you mean model\.n_layer\?\)$"):
+        from_dict(Outer, {"lrr": 1, "model": {"n_layr": 1}})
+
+
 def test_a_dotted_key_through_a_non_section_is_a_config_error(capsys):
     assert "command line: 'lr' is not a config section of Outer" in _error(capsys, Outer, ["lr.x=1"])
