@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             print(check_config(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
             return 0
         train(cfg)
-    except (ConfigError, StoreError, ResumeRefused, TrainingAborted, FileNotFoundError) as err:
+    # OSError: a disk that fills up or goes read-only mid-run (save_checkpoint says which checkpoint and
+    # what to do), or a resume path that does not exist.
+    except (ConfigError, StoreError, ResumeRefused, TrainingAborted, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

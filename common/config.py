@@ -155,12 +155,8 @@ def _build(cls: type[T], values: Any, prefix: str = "") -> T:
     if not isinstance(values, dict):
         raise ConfigError(f"{section or 'top level'}: expected a mapping, got {values!r}")
     fields = fields_of(cls)
-    unknown = sorted((k for k in values if k not in fields), key=str)
-    if unknown:
-        names = ", ".join(f"{prefix}{k}" for k in unknown)
-        hint = difflib.get_close_matches(str(unknown[0]), fields, n=1) if len(unknown) == 1 else []
-        raise ConfigError(f"{names}: unknown key{'s' if len(unknown) > 1 else ''} for {cls.__name__}"
-                          + (f" (did you mean {prefix}{hint[0]}?)" if hint else f"; known: {', '.join(fields)}"))
+    if unknown := _unknown_keys(cls, values, prefix):
+        raise ConfigError("; ".join(unknown))
     out = {}
     for k, v in values.items():
         if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict):
@@ -170,6 +166,23 @@ def _build(cls: type[T], values: Any, prefix: str = "") -> T:
         return cls(**out)
     except ValueError as err:  # the dataclass's own checks (ConfigError or, as in GPTConfig, ValueError)
         raise ConfigError(f"{section}: {err}" if section else str(err)) from None
+
+
+def _unknown_keys(cls: type, values: dict[str, Any], prefix: str) -> list[str]:
+    """A message per section (nested ones too) naming the keys `cls` lacks there, so that a config
+    with several typos is put right in one go rather than one rerun each."""
+    fields = fields_of(cls)
+    unknown = sorted((k for k in values if k not in fields), key=str)
+    found = []
+    if unknown:
+        names = ", ".join(f"{prefix}{k}" for k in unknown)
+        hint = difflib.get_close_matches(str(unknown[0]), fields, n=1) if len(unknown) == 1 else []
+        found.append(f"{names}: unknown key{'s' if len(unknown) > 1 else ''} for {cls.__name__}"
+                     + (f" (did you mean {prefix}{hint[0]}?)" if hint else f"; known: {', '.join(fields)}"))
+    for k, v in values.items():
+        if dataclasses.is_dataclass(fields.get(k)) and isinstance(v, dict):
+            found += _unknown_keys(fields[k], v, f"{prefix}{k}.")
+    return found
 
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
@@ -207,12 +220,33 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(_yaml_error(path, err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader refusing a key given twice in one mapping: PyYAML keeps the last one silently, so of
+    two `lr:` lines in a config the lower one won without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat, and its keys be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if seen is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _yaml_error(path: str | Path, err: yaml.YAMLError) -> str:

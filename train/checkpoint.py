@@ -27,6 +27,7 @@ State keys, as the trainer writes them:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import pickle
@@ -68,20 +69,46 @@ def save_checkpoint(run_dir: str | Path, tag: str, state: dict[str, Any], keep_l
     ckpt = run_dir / f"ckpt-{tag}"
     if ckpt.exists():  # an older incomplete or superseded copy of this very tag
         shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True)
-    tmp = ckpt / f"{STATE}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt / STATE)
-    fsync_dir(ckpt)
-    marker = {"step": int(state["step"]), "tag": tag, "tokens_seen": int(state.get("tokens_seen", 0)),
-              "time": time.time()}
-    atomic_write_bytes(ckpt / MARKER, (json.dumps(marker) + "\n").encode())
+    try:
+        ckpt.mkdir(parents=True)
+        tmp = ckpt / f"{STATE}.tmp"
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, ckpt / STATE)
+        fsync_dir(ckpt)
+        marker = {"step": int(state["step"]), "tag": tag, "tokens_seen": int(state.get("tokens_seen", 0)),
+                  "time": time.time()}
+        atomic_write_bytes(ckpt / MARKER, (json.dumps(marker) + "\n").encode())
+    except BaseException as err:
+        # Nothing would load the partial copy, and on a full disk it holds the space the next try needs.
+        shutil.rmtree(ckpt, ignore_errors=True)
+        cause = _os_error_in(err)
+        if cause is None:  # not the disk (a state that does not pickle, Ctrl-C): as it was raised
+            raise
+        raise OSError(_write_failure(ckpt, cause)) from err
     fsync_dir(run_dir)
     _prune(run_dir, keep_last, keep=ckpt)
     return ckpt
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind `err`: torch.save reports a failed write as its own RuntimeError (`[enforce
+    fail at inline_container.cc:...] unexpected pos`), with the OSError only in the exception chain."""
+    seen: BaseException | None = err
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _write_failure(ckpt: Path, cause: OSError) -> str:
+    fix = "fix that"
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = ("free space there or lower keep_last (old checkpoints are removed only after a new one is complete, "
+               "so keep_last=K needs room for K+1)")
+    return (f"cannot write checkpoint {ckpt}: {cause.strerror or cause}; {fix}, then rerun the same command to "
+            "continue from the newest complete checkpoint")
 
 
 def marker_step(ckpt: Path) -> int | None:

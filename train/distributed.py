@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from common.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -35,8 +37,8 @@ class DistInfo:
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     """`auto` takes CUDA when present. Each rank owns the GPU of its LOCAL_RANK."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda but torch sees no CUDA device")
+        if not torch.cuda.is_available():  # a ConfigError: bin/train.py prints one line, as sample's --device does
+            raise ConfigError("device=cuda: this torch sees no CUDA device; use device=auto or device=cpu")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

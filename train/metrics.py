@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from pipeline.store import atomic_write_bytes
+
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' datasheets. Matched as
 # substrings of torch.cuda.get_device_name(), the longest match winning: a variant's name contains
 # its family's ("NVIDIA H200 NVL" contains "H200"), and an order-based rule mis-rated the variants
@@ -133,7 +135,8 @@ class MetricsLog:
         start): later ones belong to steps the resumed run will redo."""
         self.path = Path(path)
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_through]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        # Replaced whole, never truncated in place: a kill -9 in between lost the run's whole history.
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self._file = open(self.path, "a")
 
     def write(self, record: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ torchrun) and the attention kernel choice set up around the Trainer's whole life
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,18 @@ from train.trainer import Trainer
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Refuse a token store or an export folder as out_dir (train.export.held_by says why); checked on
-    every rank before anything is written, so a refusal needs no collective."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"out_dir {out_dir}: exists and is not a folder")
+    """Refuse an out_dir the run could not create or write in, or a token store or an export folder
+    (train.export.held_by says why); checked on every rank before anything is written, so a refusal
+    needs no collective."""
+    found = _nearest_existing(out_dir)
+    if not found.is_dir():
+        where = "exists" if found == out_dir else f"{found} exists"
+        raise ConfigError(f"out_dir {out_dir}: {where} and is not a folder; pick another out_dir")
+    # access() alone: creating a probe file would write into a folder --check must leave as it was.
+    # Root passes any permission bits, but a read-only mount still fails here.
+    if not os.access(found, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if os.statvfs(found).f_flag & os.ST_RDONLY else "is not writable"
+        raise ConfigError(f"out_dir {out_dir}: {found} {why}; pick another out_dir")
     held = held_by(out_dir)
     if held == "export" and any(out_dir.glob("ckpt-*")):  # exported into its own run folder before this check
         raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]} beside the run's checkpoints, which sample and "
@@ -33,12 +42,21 @@ def check_out_dir(out_dir: Path) -> None:
         raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]}; pick a folder of the run's own")
 
 
+def _nearest_existing(path: Path) -> Path:
+    """`path`, or the closest path above it that exists (a broken link counts: it is in the way of
+    creating out_dir just the same)."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_config(cfg: TrainConfig, world_size: int = 1) -> str:
     """What a run of `world_size` ranks would refuse before its first step, found without starting one
     (no process group, no model): `make train NGPU=N` asks this first, so a typo is one line instead of
     N copies of it among torchrun's own traceback. Raises ConfigError or StoreError, as the run would;
     returns a line saying what was checked."""
     check_out_dir(Path(cfg.out_dir))
+    D.pick_device(cfg.device)
     store = TokenStore(cfg.data)
     cfg.model_for_store(store.vocab_size)
     check_windows(store, cfg, world_size)

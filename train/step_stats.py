@@ -84,7 +84,8 @@ def check_skips(
     log(f"step {step}: non-finite loss or gradient norm on some rank; {skipped} of the last {steps} step(s) "
         f"skipped ({consecutive} in a row now, longest run {longest}, max_skips={max_skips})")
     if longest >= max_skips:
+        ckpt = last_checkpoint()
+        saved = f"The last checkpoint is {ckpt}." if ckpt is not None else "No checkpoint was written yet."
         raise TrainingAborted(
             f"{longest} consecutive steps had a non-finite loss or gradient norm (max_skips={max_skips}); "
-            f"stopping at step {step}. The last checkpoint is {last_checkpoint()}. "
-            "Lower lr, raise warmup_steps or check the data.")
+            f"stopping at step {step}. {saved} Lower lr, raise warmup_steps or check the data.")

@@ -165,6 +165,18 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
         load_yaml(bad)
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """PyYAML keeps the last one silently: of two `n_layer:` lines, the lower one won without a word."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text("lr: 1\nmodel:\n  n_layer: 2\n  act: relu\n  n_layer: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}:5:3: not valid YAML: duplicate key 'n_layer' "
+                                          r"\(first at line 3\); keep one$"):
+        load_yaml(bad)
+    # A merge key (`<<: *base`) is no duplicate, and the keys after it override the merged ones.
+    bad.write_text("base: &base {n_layer: 2, act: relu}\nmodel:\n  <<: *base\n  n_layer: 4\n")
+    assert load_yaml(bad)["model"] == {"n_layer": 4, "act": "relu"}
+
+
 def test_yaml_ints_0_1_are_booleans(tmp_path):
     cfg_file = tmp_path / "c.yml"
     cfg_file.write_text("init_batch: 0\nalign_bos: 1\ncompile: 0\n")
@@ -295,6 +307,13 @@ def test_several_unknown_keys_are_all_named_and_the_known_ones_listed():
     with pytest.raises(ConfigError, match=r"^config: model\.actt, model\.n_layr: unknown keys for Inner; "
                                           r"known: n_layer, act, flag$"):
         from_dict(Outer, {"model": {"n_layr": 1, "actt": "x"}})
+
+
+def test_unknown_keys_in_several_sections_are_named_in_one_message():
+    """Only the first section's were: a config with a typo in each took one rerun per typo."""
+    with pytest.raises(ConfigError, match=r"^config: lrr: unknown key for Outer \(did you mean lr\?\); model\.n_layr: "
+                                          r"unknown key for Inner \(did you mean model\.n_layer\?\)$"):
+        from_dict(Outer, {"lrr": 1, "model": {"n_layr": 1}})
 
 
 def test_a_dotted_key_through_a_non_section_is_a_config_error(capsys):

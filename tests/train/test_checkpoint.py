@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from trainer_util import FillsUp
 
 from train import checkpoint
 from train.checkpoint import (
@@ -84,6 +85,26 @@ def test_a_failed_save_leaves_no_marker_and_the_previous_checkpoint_latest(tmp_p
     assert not (tmp_path / "ckpt-00000020" / "COMPLETE").exists()
     assert latest_checkpoint(tmp_path).name == "ckpt-00000010"
     assert load_checkpoint(tmp_path)["step"] == 10
+
+
+def test_a_full_disk_names_the_checkpoint_and_what_to_do_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """torch.save said only `[enforce fail at inline_container.cc:672] unexpected pos ...` (ENOSPC was
+    further up the chained traceback), and its partial state.pt.tmp kept the space the next try needed."""
+    save_checkpoint(tmp_path, "00000010", state(10))
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FillsUp(f, room=300)))
+    with pytest.raises(OSError) as failed:
+        save_checkpoint(tmp_path, "00000020", state(20), keep_last=1)
+    assert str(failed.value) == (
+        f"cannot write checkpoint {tmp_path / 'ckpt-00000020'}: No space left on device; free space there or lower "
+        "keep_last (old checkpoints are removed only after a new one is complete, so keep_last=K needs room for "
+        "K+1), then rerun the same command to continue from the newest complete checkpoint")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-00000010"]
+    monkeypatch.undo()
+    # Not the disk: the error stays what it was, and no partial copy stays either.
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        save_checkpoint(tmp_path, "00000030", {"step": 30, "fn": lambda: None})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-00000010"]
 
 
 def test_keep_last_counts_epoch_checkpoints(tmp_path):

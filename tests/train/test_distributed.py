@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.config import ConfigError
 from train import distributed as D
 
 
@@ -49,6 +50,6 @@ def test_a_single_process_joins_no_group(gpus, monkeypatch):
 
 def test_device_cuda_without_cuda_is_an_error_not_a_cpu_run(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="device=cuda but torch sees no CUDA device"):
+    with pytest.raises(ConfigError, match="^device=cuda: this torch sees no CUDA device; use device=auto or "):
         D.pick_device("cuda")
     assert D.pick_device("auto") == torch.device("cpu")

@@ -71,3 +71,15 @@ def test_resumed_log_keeps_the_checkpoints_step_and_drops_a_torn_line(tmp_path):
     log.write({"step": 3, "loss": 0.5})
     log.close()
     assert read_metrics(path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 1.0}, {"step": 3, "loss": 0.5}]
+
+
+def test_the_resumed_log_replaces_the_file_whole_and_never_truncates_it_in_place(tmp_path):
+    """Cut back by truncating and rewriting, a kill -9 in between lost the run's whole logged history.
+    Replaced by rename, the old file stays intact until the new one is complete."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)))
+    with open(path) as before:  # the old file, as a reader (or a crash) in between sees it
+        log = MetricsLog(path, keep_through=1)
+        assert [json.loads(line)["step"] for line in before] == [1, 2, 3]
+    log.close()
+    assert read_metrics(path) == [{"step": 1, "loss": 1.0}] and [p.name for p in tmp_path.iterdir()] == [path.name]

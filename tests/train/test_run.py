@@ -4,14 +4,16 @@ its lock, what it must not already hold, and no empty folder left by a run that 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from script_loader import load_script
-from trainer_util import REPO, make_store, tiny_config
+from trainer_util import REPO, FillsUp, make_store, tiny_config
 
 from common.config import ConfigError, from_dict, load_yaml, to_dict
 from pipeline.paths import expand_paths
@@ -95,6 +97,51 @@ def test_a_refused_resume_or_an_aborted_run_is_one_error_line_and_exit_1(tmp_pat
     monkeypatch.setattr(cli, "train", aborted)
     assert cli.main(ok) == 1
     assert capsys.readouterr().err == "error: 3 consecutive steps had a non-finite loss; stopping at step 7\n"
+
+
+def test_an_out_dir_that_cannot_be_created_or_written_is_one_error_line_in_check_and_run(tmp_path, capsys):
+    """--check passed both, and the run ended in a NotADirectoryError or PermissionError traceback."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    (tmp_path / "file").write_text("x")
+    unwritable = tmp_path / "read-only"
+    unwritable.mkdir(mode=0o555)
+    if os.access(unwritable, os.W_OK):  # root writes past permission bits, but not into /proc/sys
+        unwritable = Path("/proc/sys")
+    for out, message in ((tmp_path / "file" / "run", f"{tmp_path / 'file'} exists and is not a folder"),
+                         (unwritable / "run", f"{unwritable} is not writable")):
+        ok = [f"data={store.root}", f"out_dir={out}", "max_steps=1", "model.n_layer=1"]
+        for argv in (["--check", *ok], ok):
+            assert cli.main(argv) == 1
+            assert capsys.readouterr().err == f"error: out_dir {out}: {message}; pick another out_dir\n"
+    assert (tmp_path / "file").read_text() == "x" and not (unwritable / "run").exists()
+
+
+def test_a_disk_full_while_saving_a_checkpoint_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """It ended in torch's `[enforce fail at inline_container.cc:672] unexpected pos` traceback."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FillsUp(f, room=1000)))
+    out = tmp_path / "run"
+    assert cli.main([f"data={store.root}", f"out_dir={out}", "max_steps=1", "model.n_layer=1", "init_batch=false",
+                     "eval_batches=0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write checkpoint {out / 'ckpt-00000001'}: No space left on device; ")
+    assert err.count("\n") == 1 and not list(out.glob("ckpt-*"))
+
+
+def test_device_cuda_without_a_gpu_is_one_error_line_in_check_and_run(tmp_path, capsys, monkeypatch):
+    """--check passed it, and the run ended in a RuntimeError traceback."""
+    cli = load_script("train")
+    store = make_store(tmp_path / "store")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine, had it no GPU
+    ok = [f"data={store.root}", f"out_dir={tmp_path / 'run'}", "max_steps=1", "model.n_layer=1", "device=cuda"]
+    for argv in (["--check", *ok], ok):
+        assert cli.main(argv) == 1
+        assert capsys.readouterr().err == ("error: device=cuda: this torch sees no CUDA device; use device=auto or "
+                                           "device=cpu\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_out_dir_defaults_to_runs_slash_the_config_s_name(tmp_path, monkeypatch):

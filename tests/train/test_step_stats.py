@@ -78,6 +78,9 @@ def test_check_skips_is_silent_without_skips_and_aborts_at_max_skips():
                      "(2 in a row now, longest run 2, max_skips=3)"]
     with pytest.raises(TrainingAborted, match="The last checkpoint is ckpt-9"):
         check_skips({"skipped": 3, "consecutive": 0, "longest": 3}, 10, 30, 3, lines.append, lambda: "ckpt-9")
+    # Before the first checkpoint it said "The last checkpoint is None."
+    with pytest.raises(TrainingAborted, match=r"stopping at step 30\. No checkpoint was written yet\. Lower lr"):
+        check_skips({"skipped": 3, "consecutive": 0, "longest": 3}, 10, 30, 3, lines.append, lambda: None)
 
 
 def trainer_with_read_log(tmp_path, lines, **overrides):

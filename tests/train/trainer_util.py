@@ -1,8 +1,10 @@
-"""Shared by the trainer tests and the DDP worker: a small learnable store, a tiny TrainConfig, and a
-Trainer on this process alone."""
+"""Shared by the trainer tests and the DDP worker: a small learnable store, a tiny TrainConfig, a
+Trainer on this process alone, and a file on a disk that fills up."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +68,19 @@ def nan_forward(raw, bad_calls):
 def make_trainer(cfg: TrainConfig, lines: list[str] | None = None) -> Trainer:
     """A Trainer outside torchrun, logging into `lines` when given."""
     return Trainer(cfg, D.init_distributed(cfg.device), log=(lines if lines is not None else []).append)
+
+
+class FillsUp:
+    """The checkpoint file as torch.save sees it, on a disk that fills after `room` more bytes."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
