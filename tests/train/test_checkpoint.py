@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 from dataclasses import asdict, replace
 from pathlib import Path
