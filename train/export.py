@@ -174,6 +174,7 @@ def _load_export(folder: Path) -> LoadedModel:
 
 # What a folder may already hold that a training run or an export must not write into (see held_by).
 HOLDS = {"store": f"a token store ({MANIFEST}, or the part-*-of-* folders of one)",
+         "stores": f"token stores in its folders (*/{MANIFEST}: a data cache such as data_cache/)",
          "export": f"an exported model ({WEIGHTS})",
          "run": "a training run's files (checkpoints, config.yml, metrics.jsonl)"}
 _RUN_FILES = (STATE_FILE, MARKER, "config.yml", "metrics.jsonl", ".lock")
@@ -187,6 +188,8 @@ def held_by(folder: Path) -> str | None:
     # The parts' names as pipeline/merge.py gives them (not imported: merge pulls in every reader).
     if (folder / MANIFEST).is_file() or any(folder.glob(f"part-*-of-*/{MANIFEST}")):
         return "store"
+    if any(folder.glob(f"*/{MANIFEST}")):  # checkpoints and exports do not belong among the stores
+        return "stores"
     if (folder / WEIGHTS).is_file():
         return "export"
     if any(folder.glob("ckpt-*")) or any((folder / name).exists() for name in _RUN_FILES):
@@ -200,7 +203,7 @@ def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
-    if (held := held_by(out)) in ("store", "run"):
+    if (held := held_by(out)) in ("store", "stores", "run"):
         raise ValueError(f"{out}: holds {HOLDS[held]}; export into a folder of its own")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"tokenizer_sha256": loaded.tokenizer_sha256, "source": str(loaded.source)}

@@ -38,7 +38,7 @@ def check_out_dir(out_dir: Path) -> None:
     if held == "export" and any(out_dir.glob("ckpt-*")):  # exported into its own run folder before this check
         raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]} beside the run's checkpoints, which sample and "
                           "eval would load instead of them; move model.safetensors and config.json out to go on")
-    if held in ("store", "export"):
+    if held in ("store", "stores", "export"):
         raise ConfigError(f"out_dir {out_dir}: holds {HOLDS[held]}; pick a folder of the run's own")
 
 

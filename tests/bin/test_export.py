@@ -167,7 +167,8 @@ def test_an_export_into_a_token_store_or_a_run_directory_is_refused(run_dir, sto
     folders = (store, run, started, ckpt)
     before = {p: p.read_bytes() for folder in folders for p in folder.rglob("*") if p.is_file()}
     for folder, held in ((store, "a token store (manifest.json"), (run, "a training run's files"),
-                         (started, "a training run's files"), (ckpt, "a training run's files")):
+                         (started, "a training run's files"), (ckpt, "a training run's files"),
+                         (tmp_path, "token stores in its folders")):
         assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(folder)]) == 1
         assert f"error: cannot export: {folder}: holds {held}" in capsys.readouterr().err
     assert {p: p.read_bytes() for folder in folders for p in folder.rglob("*") if p.is_file()} == before

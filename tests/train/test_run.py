@@ -217,7 +217,9 @@ def test_an_out_dir_holding_a_store_or_an_export_is_refused_before_anything_is_w
                          (tmp_path / "export", "holds an exported model (model.safetensors); pick a folder"),
                          (tmp_path / "both", "holds an exported model (model.safetensors) beside the run's "
                                              "checkpoints, which sample and eval would load instead of them"),
-                         (tmp_path / "file", "exists and is not a folder")):
+                         (tmp_path / "file", "exists and is not a folder"),
+                         # The folder of the stores (data_cache/): a run's files among them, taken for data.
+                         (tmp_path, "holds token stores in its folders (*/manifest.json: a data cache")):
         before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
         with pytest.raises(ConfigError, match=f"out_dir {out}: {re.escape(message)}"):
             train(tiny_config(tmp_path / "store", out, max_steps=1), log=lambda _: None)
