@@ -146,7 +146,9 @@ def _total_from(resp, offset: int) -> int | None:
 def _copy(resp, path: Path, mode: str, done: int, total: int | None, progress: Progress | None) -> int:
     """Append or write the response body to `path`; the byte count of the file afterwards."""
     with open(path, mode) as out:
-        while block := resp.read(BLOCK):
+        # read1: what has arrived, up to a block. read() waits for a whole MiB, and a timeout or Ctrl-C
+        # inside it lost everything it held, so a server stalling more often than once a MiB got nowhere.
+        while block := resp.read1(BLOCK):
             out.write(block)
             done += len(block)
             if progress:
@@ -316,12 +318,28 @@ def _sole_downloader(dest: Path, part: Path) -> Iterator[None]:
         yield
 
 
+def _check_unpinned(part: Path, dest: Path) -> None:
+    """What the bytes can tell when no size or digest is pinned and the server sent no length (it just
+    closed the connection): an empty body, or JSON lines ending inside a line, was cut short. Raises
+    _Incomplete, so the retry resumes from there. Such files were renamed into place as complete."""
+    have = part.stat().st_size
+    if not have:
+        raise _Incomplete("the server sent an empty file")
+    if dest.name.lower().endswith(".jsonl"):
+        with open(part, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                raise _Incomplete(f"cut short: the file ends inside a line, at byte {have}")
+
+
 def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: str | None,
                     progress: Progress | None, retries: int) -> None:
     """Bring `part` up to the whole file, verify it, and rename it to `dest` (the caller holds its lock)."""
     for attempt in range(retries + 1):
         try:
             _fetch(url, part, size, progress)
+            if size is None and sha256 is None:
+                _check_unpinned(part, dest)
             break
         except (_Incomplete, HTTPException, OSError) as err:  # OSError covers URLError and timeouts
             if attempt == retries:

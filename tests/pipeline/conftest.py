@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from download_helpers import serving
 
 # Texts that exercise the readers: newlines, quotes, commas, brackets, non-ASCII, a JSON-looking string.
 SAMPLE_TEXTS = [
@@ -86,3 +87,9 @@ def disk_fills_at() -> Callable[[int], contextlib.AbstractContextManager[None]]:
             signal.signal(signal.SIGXFSZ, handler)
 
     return limit
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server for the download tests (download_helpers.py)."""
+    yield from serving()
