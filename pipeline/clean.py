@@ -264,6 +264,9 @@ def clean_text(text: str, cfg: CleanConfig, stats: CleanStats | None = None) -> 
     Cheap document rules run first so that expensive ones see fewer documents: Gopher quality
     (word counts, also bounding the repetition work), Gopher repetition, then the C4 line filter,
     which edits the text. With `stats`, the outcome and C4's removed lines are counted into it.
+    The Gopher rules judge the document before C4 removes lines, as in FineWeb's pipeline, so a kept
+    document may fall under a Gopher threshold afterwards (`gopher_min_words`, say): cleaning is not
+    idempotent, and a second pass over kept text can drop some.
     """
     removed: Counter[str] = Counter()
     out: str | None = normalize(text, cfg)
