@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from itertools import count
 from typing import TYPE_CHECKING, BinaryIO
 
+from pipeline.json_lines import refuse_cr_line_ends
 from pipeline.readers import (
     BLOCK,
     BOM,
@@ -20,7 +21,6 @@ from pipeline.readers import (
     ReadStats,
     Record,
     parse_json,
-    refuse_cr_line_ends,
     text_of,
     text_stream,
 )

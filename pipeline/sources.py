@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from pipeline.json_array import json_layout, read_json_array
+from pipeline.json_lines import read_json_lines
 from pipeline.paths import SUFFIXES, expand_paths, format_of
 from pipeline.readers import (
     BLOCK,
@@ -37,7 +38,6 @@ from pipeline.readers import (
     compression,
     decompressed,
     read_csv,
-    read_json_lines,
     read_parquet,
     repair,
     text_stream,

@@ -13,7 +13,7 @@ import pytest
 import zstandard
 from read_helpers import FORMATS, bad_file, read_all, texts_of
 
-from pipeline import readers
+from pipeline import json_lines
 from pipeline.sources import BadFileError, Chunk, plan_chunks, read_chunk
 
 
@@ -269,7 +269,7 @@ def test_a_parquet_file_without_row_groups_is_planned_and_checked(tmp_path):
 def test_a_line_over_the_record_limit_is_skipped_as_it_streams_past(tmp_path, monkeypatch, name):
     """A 2 GiB line was read whole: ~4.5 GB in one worker, and a MemoryError naming no file (or a crash
     inside orjson) where that was too much. Scaled down here: the limit is 64 bytes."""
-    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 64)
+    monkeypatch.setattr(json_lines, "MAX_RECORD_BYTES", 64)
     long = json.dumps({"text": "x" * 100})
     lines = [json.dumps({"text": "a"}), long, json.dumps({"text": "b" * 40}), long + "  " * 3000,
              json.dumps({"text": "c"})]
