@@ -12,7 +12,9 @@ stops after that many predictions.
 Store: the default is the store the model was trained on (its val split). Text files go through
 the pipeline's own reader (.jsonl/.json/.csv/.parquet/.md, compressed or not; a .txt file is one
 document), its cleaning (--clean-preset) and the model's tokenizer: every document becomes [BOS] +
-ids, as in a store. Bits per byte = total nats / ln 2 / UTF-8 bytes of the cleaned text covered.
+ids, as in a store. Bits per byte = total nats / ln 2 / UTF-8 bytes of the cleaned text covered:
+the bytes of the predicted tokens themselves (a byte-level tokenizer's ids spell the text exactly),
+so under --max-tokens too it divides by the bytes actually scored.
 """
 
 from __future__ import annotations
@@ -63,15 +65,19 @@ def windows(arrays: Iterable[np.ndarray], size: int, max_tokens: int | None = No
 
 
 @torch.no_grad()
-def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int) -> tuple[float, int]:
-    """(total nats, number of predicted tokens) over the windows, batched by equal length."""
+def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int,
+          text_bytes: np.ndarray) -> tuple[float, int, int]:
+    """(total nats, predicted tokens, their bytes of text by `text_bytes[id]`) over the windows,
+    batched by equal length."""
     device = model.wte.weight.device
     model.eval()
-    nats, count = 0.0, 0
+    nats, count, covered = 0.0, 0, 0
     batch: list[np.ndarray] = []
 
     def flush() -> None:
-        nonlocal nats, count
+        nonlocal nats, count, covered
+        targets = np.stack(batch)[:, 1:]
+        covered += int(text_bytes[targets].sum())
         x = torch.from_numpy(np.stack(batch)).to(device)
         _, loss = model(x[:, :-1], x[:, 1:], return_logits=False)
         n = int((x[:, 1:] != model.cfg.pad_id).sum())  # the model's loss is the mean over these
@@ -84,11 +90,11 @@ def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int) -> tuple[floa
         batch.append(w)
     if batch:
         flush()
-    return nats, count
+    return nats, count, covered
 
 
-def report(nats: float, count: int, text_bytes: float | None) -> dict:
-    """Loss (nats/token), perplexity and bits per byte (None without byte counts)."""
+def report(nats: float, count: int, text_bytes: int) -> dict:
+    """Loss (nats/token), perplexity and bits per byte (None where the tokens held no text)."""
     if count == 0:
         raise ValueError("nothing to evaluate: fewer than two tokens")
     loss = nats / count
@@ -106,10 +112,8 @@ def eval_store(loaded: LoadedModel, root: str, split: str, max_tokens: int | Non
         built = " (built with --val-fraction 0)" if store.manifest.get("split", {}).get("val_fraction") == 0 else ""
         hint = f"{built}; evaluate on --split train, or on files with --text" if split == "val" else ""
         raise ValueError(f"{root}: its {split} split holds {info['tokens']} token(s), nothing to evaluate{hint}")
-    nats, count = score(loaded.model, windows(store.shards(split), loaded.model.cfg.block_size, max_tokens),
-                        batch_size)
-    # The predictions cover all tokens but the first, so scale the split's bytes by how many were made.
-    covered = info.get("text_bytes", 0) * count / max(info["tokens"] - 1, 1)
+    nats, count, covered = score(loaded.model, windows(store.shards(split), loaded.model.cfg.block_size, max_tokens),
+                                 batch_size, Encoder(loaded.tokenizer_path).text_bytes())
     return {"source": f"{root} {split}", **report(nats, count, covered)}
 
 
@@ -160,9 +164,9 @@ def eval_texts(loaded: LoadedModel, paths: list[str], clean: CleanConfig, max_to
     encoder = Encoder(loaded.tokenizer_path)
     ids, lengths = encoder.encode_to_array(docs)
     ids, _ = with_bos(ids, lengths, encoder.bos_id)
-    nats, count = score(loaded.model, windows([ids], loaded.model.cfg.block_size, max_tokens), batch_size)
-    text_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    result = report(nats, count, text_bytes * count / max(len(ids) - 1, 1))
+    nats, count, covered = score(loaded.model, windows([ids], loaded.model.cfg.block_size, max_tokens), batch_size,
+                                 encoder.text_bytes())
+    result = report(nats, count, covered)
     dropped = stats.documents_in - stats.documents_kept
     return {"source": " ".join(paths), "documents": len(docs), "dropped_by_cleaning": dropped, **result}
 

@@ -213,6 +213,13 @@ class Encoder:
         ids = np.fromiter(chain.from_iterable(encoded), self.dtype, int(lengths.sum()))
         return ids, lengths
 
+    def text_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of text that each id stands for (int64, by id): 0 for the specials, which mark
+        structure ([BOS]) and were never text. Summed over a document's ids, its text's length."""
+        lengths = np.array([len(b) for b in self._token_bytes], dtype=np.int64)
+        lengths[: len(SPECIALS)] = 0
+        return lengths
+
     def decode(self, ids) -> str:
         """Text for ids (specials appear as their names); bytes that are not valid UTF-8 become U+FFFD."""
         return b"".join(self._token_bytes[i] for i in ids).decode("utf-8", errors="replace")
