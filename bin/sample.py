@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=number(float, 0, above=True, high=1),
                    help="sample only among the most likely tokens whose probabilities sum to p (nucleus)")
     p.add_argument("--seed", type=number(int, 0, high=UINT64_MAX),
-                   help="seed of the sampler, 0 to 2**64-1: the same seed and options repeat the output exactly "
-                        "(default: a fresh seed, printed to stderr)")
+                   help="seed of the sampler, 0 to 2**64-1: the same seed and options repeat the output exactly; "
+                        "sample i (prompts x --num-samples, in order) draws from seed + i, so it is the same alone, "
+                        "in a batch or with --stream (default: a fresh seed, printed to stderr)")
     p.add_argument("--num-samples", type=number(int, 1), default=1, help="samples per prompt (default 1)")
     p.add_argument("--stop", action="append", default=[],
                    help="stop a sample where this text appears (it is not printed); repeatable; \\n and \\t "
@@ -116,22 +117,22 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     if args.compile:
         model = torch.compile(model, dynamic=True)
-    generator = torch.Generator(device)
-    seed = generator.manual_seed(args.seed).initial_seed() if args.seed is not None else generator.seed()
+    seed = args.seed if args.seed is not None else torch.Generator().seed()
     print(f"seed {seed}", file=sys.stderr)
-    options = dict(bos_id=BOS_ID, stop=[_unescape(s) for s in args.stop], temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, generator=generator, stop_ids=(BOS_ID, SEP_ID),
-                   use_kv_cache=not args.no_kv_cache)
-    tokenizer, stats = Encoder(loaded.tokenizer_path), CompletionStats()
     rows = [p for p in prompts for _ in range(args.num_samples)]
+    # One stream per sample, seeded seed + its index: a sample is the same alone, in a batch or streamed.
+    generators = [torch.Generator(device).manual_seed((seed + i) % (UINT64_MAX + 1)) for i in range(len(rows))]
+    options = dict(bos_id=BOS_ID, stop=[_unescape(s) for s in args.stop], temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, stop_ids=(BOS_ID, SEP_ID), use_kv_cache=not args.no_kv_cache)
+    tokenizer, stats = Encoder(loaded.tokenizer_path), CompletionStats()
     if args.stream:
         for i, prompt in enumerate(rows):
             print(("\n" + SEPARATOR + "\n" if i else "") + prompt, end="", flush=True)
-            complete(model, tokenizer, [prompt], args.max_new_tokens, stats=stats,
+            complete(model, tokenizer, [prompt], args.max_new_tokens, stats=stats, generator=generators[i : i + 1],
                      stream=lambda _row, piece: print(piece, end="", flush=True), **options)
         print()
     else:
-        done = complete(model, tokenizer, rows, args.max_new_tokens, stats=stats, **options)
+        done = complete(model, tokenizer, rows, args.max_new_tokens, stats=stats, generator=generators, **options)
         print(f"\n{SEPARATOR}\n".join(prompt + c.text for prompt, c in zip(rows, done, strict=True)))
     print(f"{stats.new_tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s "
           f"({'KV cache' if not args.no_kv_cache else 'no KV cache'}, batch {1 if args.stream else len(rows)})",

@@ -75,8 +75,21 @@ def next_tokens(
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+    # Shifted so the largest is 0 before dividing: a tiny temperature (1e-39) made it inf, and the
+    # softmax of inf - inf a NaN that multinomial refused. Now the rest go to -inf: the argmax.
+    shifted = logits - logits.max(dim=-1, keepdim=True).values
+    probs = filter_logits(shifted / temperature, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _draw(logits: torch.Tensor, rows: list[int], temperature: float, top_k: int | None, top_p: float | None,
+          generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """next_tokens for `rows` only, each from its own generator (the argmax elsewhere): so a row's
+    draws are its own, the same whatever else is in the batch or whether it is in one at all."""
+    out = logits.float().argmax(dim=-1)
+    for r in rows:
+        out[r] = next_tokens(logits[r : r + 1], temperature, top_k, top_p, generators[r])[0]
+    return out
 
 
 @torch.no_grad()
@@ -88,7 +101,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     stop_ids: Sequence[int] = (),
     use_kv_cache: bool = True,
     callback: TokenCallback | None = None,
@@ -97,7 +110,8 @@ def generate(
 
     A row ends after max_new_tokens, at a stop id, or when `callback` returns True. `model` may be a
     torch.compile'd GPT. See the module docstring for the context rule and how rows of different
-    lengths are batched.
+    lengths are batched. `generator`: one for the batch, or one per prompt, which makes each row's
+    sample independent of the others (a row draws only for the tokens it generates).
     """
     block = model.cfg.block_size
     keep = max(block // 2, 1)
@@ -108,7 +122,13 @@ def generate(
         return [[] for _ in prompts]
     device = model.wte.weight.device
     lens = [len(p) for p in prompts]
-    B, width = len(prompts), max(lens) + max_new_tokens
+    per_row = generator is not None and not isinstance(generator, torch.Generator)
+    if per_row and len(generator) != len(prompts):
+        raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts")
+    # Grown as generation goes: sized for max_new_tokens up front, a huge limit that a stop ends at
+    # once took gigabytes (or failed to allocate) before the first token.
+    B, full = len(prompts), max(lens) + max_new_tokens
+    width = min(full, max(lens) + block)
     tokens = torch.full((B, width), model.cfg.pad_id, dtype=torch.long, device=device)
     forced = torch.zeros(B, width, dtype=torch.bool, device=device)
     for r, p in enumerate(prompts):
@@ -124,6 +144,10 @@ def generate(
     pos, start, cached = min(lens), 0, 0  # tokens[:, :pos] are decided; the window is tokens[:, start:pos]
     try:
         while True:
+            if pos == tokens.size(1):
+                more = min(full, 2 * pos) - pos
+                tokens = torch.cat([tokens, tokens.new_full((B, more), model.cfg.pad_id)], dim=1)
+                forced = torch.cat([forced, forced.new_zeros(B, more)], dim=1)
             if pos - start > block:  # the context is full: slide (see the module docstring)
                 start = cached = pos - keep
             if cache is not None:
@@ -131,7 +155,11 @@ def generate(
                 cached = pos
             else:
                 logits, _ = model(tokens[:, start:pos])
-            sampled = next_tokens(logits[:, -1], temperature, top_k, top_p, generator)
+            if per_row:
+                drawing = [r for r in range(B) if pos >= lens[r] and not done[r]]
+                sampled = _draw(logits[:, -1], drawing, temperature, top_k, top_p, generator)
+            else:
+                sampled = next_tokens(logits[:, -1], temperature, top_k, top_p, generator)
             tokens[:, pos] = torch.where(forced[:, pos], tokens[:, pos], sampled)
             ids, is_stop = torch.stack([sampled, torch.isin(sampled, stops)]).tolist()  # one host sync per step
             pos += 1

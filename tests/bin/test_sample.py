@@ -94,6 +94,19 @@ def test_stream_prints_the_same_text(run):
     assert run(*args, "--stream")[1] == run(*args)[1]
 
 
+def test_a_seeded_sample_is_the_same_alone_batched_or_streamed(run):
+    """Sample i draws from seed + i: with one generator for the batch, --stream and a prompt alone each
+    gave other text than the batch for the same --seed (a reviewer's find)."""
+    args = ("--max-new-tokens", "20", "--temperature", "1.5")
+    batch = run("--prompt", "ROMEO:", "--prompt", "the dog", "--num-samples", "2", "--seed", "7", *args)[1]
+    samples = batch.rstrip("\n").split(SEP)
+    assert run("--prompt", "ROMEO:", "--prompt", "the dog", "--num-samples", "2", "--seed", "7", "--stream",
+               *args)[1] == batch
+    assert run("--prompt", "ROMEO:", "--seed", "7", *args)[1].rstrip("\n") == samples[0]
+    assert run("--prompt", "the dog", "--seed", "9", *args)[1].rstrip("\n") == samples[2]
+    assert samples[0] != samples[1]  # two samples of one prompt differ
+
+
 def test_prompt_from_stdin_and_file(run, tmp_path, monkeypatch):
     args = ("--max-new-tokens", "8", "--temperature", "0")
     expected = run("--prompt", "JULIET: O Romeo", *args)[1]

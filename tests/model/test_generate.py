@@ -124,6 +124,33 @@ def test_batch_rows_equal_each_prompt_alone():
                                                          for p in prompts]
 
 
+def test_with_a_generator_per_row_a_sample_is_the_same_batched_or_alone():
+    """One generator for the batch drew every row's token from it in turn, and a row still in its prompt
+    drew too: a seeded sample changed with the rows around it (a reviewer's find)."""
+    model = build(seed=1)
+    prompts = [[3], [4, 5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batched = generate(model, prompts, 30, temperature=1.5, generator=gens(7, 8, 9))
+    assert batched == [generate(model, [p], 30, temperature=1.5, generator=gens(s))[0]
+                       for p, s in zip(prompts, (7, 8, 9), strict=True)]
+    assert batched[0] != generate(model, [prompts[0]], 30, temperature=1.5, generator=gens(8))[0]
+    with pytest.raises(ValueError, match="2 generators for 3 prompts"):
+        generate(model, prompts, 5, generator=gens(1, 2))
+
+
+def test_a_tiny_temperature_is_the_argmax_and_a_huge_limit_costs_nothing_up_front():
+    """temperature=1e-39 made the logits inf and multinomial raise on the NaN softmax; max_new_tokens=10**12
+    allocated [B, 10**12] token buffers before the first step (8 TB: an allocation error)."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.25]]) * 100
+    assert next_tokens(logits, temperature=1e-39).tolist() == [1, 0]
+    model = build(seed=3)
+    out = generate(model, [[1, 2]], 10**12, temperature=0, callback=lambda row, ids: len(ids) == 40)
+    assert out == generate(model, [[1, 2]], 40, temperature=0)  # across the buffer's growth and a slide
+
+
 def test_long_prompt_keeps_its_last_block_size_tokens():
     model = build(seed=2)
     long = list(range(1, 50))
