@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -86,13 +87,20 @@ def _read(name: str) -> str:
         raise ValueError(f"{where}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
+def as_trained(prompt: str) -> str:
+    """The prompt in the form the store's cleaning gave the training text: NFC, and line ends as LF (a
+    CRLF prompt was fed a CR token the model never saw). The cleaning's other steps are left out: a
+    trailing space or a run of spaces in a prompt is meant."""
+    return unicodedata.normalize("NFC", prompt.replace("\r\n", "\n").replace("\r", "\n"))
+
+
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     for name in args.prompt_file or []:
         prompts.append(_read(name))
     if not prompts and not sys.stdin.isatty():
         prompts.append(_read("-"))
-    return prompts or [""]
+    return [as_trained(p) for p in prompts] or [""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,6 +120,15 @@ def test_prompt_from_stdin_and_file(run, tmp_path, monkeypatch):
     assert code == 2 and "cannot read prompt" in err
 
 
+def test_prompts_take_the_training_texts_line_ends_and_nfc(run):
+    """A CRLF prompt (stdin keeps it) fed a CR token the model never saw in its LF-only training text, and
+    a decomposed accent other ids than the composed one the store holds. A trailing space stays."""
+    args = ("--max-new-tokens", "8", "--temperature", "0")
+    expected = run("--prompt", "JULIET:\nO Rome\u00e9 ", *args)[1]
+    assert run("--prompt", "JULIET:\r\nO Romee\u0301 ", *args)[1] == expected
+    assert run("--prompt", "JULIET:\rO Rome\u00e9", *args)[1] != expected  # the space is meant
+
+
 def test_no_prompt_starts_from_bos(run, run_dir):
     assert run("--max-new-tokens", "6", "--temperature", "0")[1] == greedy(run_dir, "", 6) + "\n"
 
