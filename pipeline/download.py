@@ -168,15 +168,16 @@ def _settle_new(new: Path, part: Path, validator: str | None, keep: bool) -> Non
     _save_validator(part, validator)
 
 
-def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) -> None:
-    """One attempt: bring `part` up to the whole file, resuming from what it already holds."""
+def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) -> int | None:
+    """One attempt: bring `part` up to the whole file, resuming from what it already holds. Returns the
+    whole file's size as the server (or the pinned size) gave it, None where nothing said it."""
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset >= size:
         if offset > size:  # cannot be a prefix of the right file
             _discard(part)
             offset = 0
         else:
-            return
+            return size
     saved = _saved_validator(part) if offset else None
     headers = {}
     if offset:
@@ -190,7 +191,7 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
         if err.code == 416 and offset:  # nothing past our offset: done, or a bigger stale .part
             total = re.search(r"/(\d+)", err.headers.get("Content-Range", ""))
             if total and int(total.group(1)) == offset:
-                return
+                return offset
             _discard(part)
             raise _Incomplete("stale partial download discarded") from None
         if err.code == 429 or err.code >= 500:  # rate limited or server trouble: passes, unlike a 404 or 403
@@ -216,20 +217,20 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
             total = _total_from(resp, offset)
             done = _copy(resp, part, "ab", offset, total or size, progress)
         elif offset:
-            _refetch_whole(url, resp, part, offset, saved, current, size, progress)
-            return
+            return _refetch_whole(url, resp, part, offset, saved, current, size, progress)
         else:
             _save_validator(part, current)  # before the first byte, so every .part has its own validator
             total = _total_from(resp, 0)
             done = _copy(resp, part, "wb", 0, total or size, progress)
     if total is not None and done < total:
         raise _Incomplete(f"connection closed at byte {done} of {total}")
+    return total or size
 
 
 def _refetch_whole(
     url: str, resp, part: Path, offset: int, saved: str | None, current: str | None, size: int | None,
     progress: Progress | None,
-) -> None:
+) -> int | None:
     """A 200 to a resume request: the whole file again, into `.part.new`, replacing `part` only once complete.
 
     Until then `part` is untouched: the body may be cut short, or be no data file at all. Only a
@@ -256,6 +257,7 @@ def _refetch_whole(
             f"{part}; kept that (delete it to start over)"
         )
     _settle_new(new, part, current, keep=True)
+    return total or size
 
 
 def _verify(part: Path, size: int | None, sha256: str | None, url: str) -> str:
@@ -318,14 +320,15 @@ def _sole_downloader(dest: Path, part: Path) -> Iterator[None]:
         yield
 
 
-def _check_unpinned(part: Path, dest: Path) -> None:
-    """What the bytes can tell when no size or digest is pinned and the server sent no length (it just
-    closed the connection): an empty body, or JSON lines ending inside a line, was cut short. Raises
-    _Incomplete, so the retry resumes from there. Such files were renamed into place as complete."""
+def _check_unpinned(part: Path, dest: Path, vouched: int | None) -> None:
+    """What the bytes can tell where no size or digest is pinned: an empty body is no data file, and
+    JSON lines ending inside a line, from a server that gave no length (`vouched`) and just closed the
+    connection, were cut short. Raises _Incomplete, so a retry resumes; both were renamed into place
+    as complete, and a source went missing from the store."""
     have = part.stat().st_size
     if not have:
         raise _Incomplete("the server sent an empty file")
-    if dest.name.lower().endswith(".jsonl"):
+    if vouched is None and dest.name.lower().endswith(".jsonl"):
         with open(part, "rb") as f:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
@@ -337,9 +340,9 @@ def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: 
     """Bring `part` up to the whole file, verify it, and rename it to `dest` (the caller holds its lock)."""
     for attempt in range(retries + 1):
         try:
-            _fetch(url, part, size, progress)
+            vouched = _fetch(url, part, size, progress)
             if size is None and sha256 is None:
-                _check_unpinned(part, dest)
+                _check_unpinned(part, dest, vouched)
             break
         except (_Incomplete, HTTPException, OSError) as err:  # OSError covers URLError and timeouts
             if attempt == retries:
