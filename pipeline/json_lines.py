@@ -88,17 +88,12 @@ class _Sniffer:
 MAX_RECORD_BYTES = 1 << 28
 
 
-def _lines(stream: BinaryIO) -> Iterator[tuple[bytes | None, int]]:
-    """Each line of `stream` and its length in bytes; None for a line over MAX_RECORD_BYTES."""
-    limit = MAX_RECORD_BYTES
-    while line := stream.readline(limit + 1):
-        if len(line) <= limit:
-            yield line, len(line)
-            continue
-        size = len(line)
-        while not line.endswith(b"\n") and (line := stream.readline(BLOCK)):
-            size += len(line)
-        yield None, size
+def _rest_of_line(stream: BinaryIO, piece: bytes) -> int:
+    """Read past the line that `piece` began; its length in bytes."""
+    size = len(piece)
+    while not piece.endswith(b"\n") and (piece := stream.readline(BLOCK)):
+        size += len(piece)
+    return size
 
 
 def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
@@ -112,14 +107,17 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
     else:
         end = None  # compressed files are never split
     sniffer = _Sniffer(chunk.path) if chunk.start == 0 else None
-    pos, line_no = chunk.start, chunk.first_line
-    for line, size in _lines(stream):
-        pos += size  # counted with the BOM: chunk boundaries are byte offsets of the file
-        if line is None:
+    pos, line_no, limit = chunk.start, chunk.first_line, MAX_RECORD_BYTES
+    while line := stream.readline(limit + 1):
+        if len(line) > limit:
+            pos += _rest_of_line(stream, line)
             stats.note("record_too_long", f"{chunk.path}:{line_no}")
-        elif line.startswith(BOM):  # at a file's start, or where files with one were concatenated
+            line = b""
+        else:
+            pos += len(line)  # counted with the BOM: chunk boundaries are byte offsets of the file
+        if line.startswith(BOM):  # at a file's start, or where files with one were concatenated
             line = line[len(BOM) :]
-        if line and not line.isspace():  # empty only where a BOM was all there was
+        if line and not line.isspace():  # empty where a BOM was all there was, or the line was too long
             where = f"{chunk.path}:{line_no}"
             try:
                 value, repaired = parse_json(line)
