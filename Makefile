@@ -77,6 +77,8 @@ GPU_TESTS := tests/model/test_kernels.py tests/model/test_fused_loss.py tests/mo
 	tests/model/test_generate.py tests/bin/test_sample.py tests/bin/test_eval.py tests/train/test_sampler.py \
 	tests/train/test_trainer_gpu.py
 gpu-test:
+	@$$(test -x $(PY) && echo $(PY) || echo python3) -c "import torch; torch.cuda.is_available() or print('warning: \
+	no CUDA device: the GPU-only tests skip, and only the CPU halves of these files run')"
 	PYTHONPATH=$(CURDIR) $$(test -x $(PY) && echo $(PY) || echo python3) -m pytest -q -p no:cacheprovider \
 		-o addopts="" $(GPU_TESTS)
 

@@ -97,7 +97,9 @@ def pick_store(args: argparse.Namespace, work: Path) -> Path:
         except StoreError as err:
             print(f"not using {SHAKESPEARE}: {err}")
     t0 = time.perf_counter()
-    store = synthetic_store(work / "store", args.tokens, args.vocab)
+    # Named by its size and vocabulary: a store left by a --smoke run in the same --work-dir was reused
+    # whatever --tokens and --vocab said.
+    store = synthetic_store(work / f"store-{args.tokens}-v{args.vocab}", args.tokens, args.vocab)
     print(f"synthetic store {store.root}: {store.num_tokens('train'):,} train tokens, vocab {store.vocab_size} "
           f"({time.perf_counter() - t0:.1f}s)")
     return store.root
@@ -142,7 +144,8 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
 
 def train_args(args: argparse.Namespace, store: Path, out_dir: Path, compiled: bool) -> list[str]:
     common = [f"data={store}", f"out_dir={out_dir}", "resume=none", f"max_steps={args.steps}",
-              f"micro_batch={args.micro_batch}", "grad_accum=1", "warmup_steps=20", "eval_interval=0",
+              f"micro_batch={args.micro_batch}", "grad_accum=1", f"warmup_steps={min(20, args.steps // 2)}",
+              "eval_interval=0",
               f"eval_batches={args.eval_batches}", "ckpt_interval=0", "keep_last=1",
               f"log_interval={args.log_interval}", f"compile={str(compiled).lower()}"]
     if args.smoke:
@@ -248,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused call leaves no empty folder in runs/
     store = pick_store(args, args.work_dir)
+    # --smoke keeps every run at its tiny shape: the shape runs' overrides came after it, and the smoke
+    # trained two 35M-parameter models on the CPU (minutes, for a path that takes seconds).
+    shapes = {name: [] if args.smoke and name in SHAPE_CANDIDATES else overrides for name, overrides in RUNS.items()}
     plan = [(name, overrides if name in EVALUATED else [*overrides, "eval_batches=0"], {})
-            for name, overrides in RUNS.items() if name in chosen]
+            for name, overrides in shapes.items() if name in chosen]
     plan += [(name, [*overrides, "eval_batches=0"], env) for name, overrides, env in args.variant]
     runs, results = [name for name, _, _ in plan], {}
     for name, overrides, env in plan:

@@ -24,6 +24,8 @@ check=$?
 echo "== make gpu-check: $(status $check $((check_s + 30)))"
 # Its summary table, or where it ended when it printed none (no CUDA device, a refused option).
 if grep -q '^== gpu check' "$check_log"; then sed -n '/^== gpu check/,$p' "$check_log"; else tail -n 20 "$check_log"; fi
+# Without a GPU the tests would only run their CPU halves (and pass), and the benchmark time out.
+if grep -q '^error: no CUDA device' "$check_log"; then echo "== no CUDA device: gpu-test and bench/sample.py not run"; exit 2; fi
 
 timeout -k 10 "$tests_s" make -s gpu-test >"$out/gpu_test.log" 2>&1
 tests=$?

@@ -165,3 +165,15 @@ def test_gpu_session_runs_the_check_tests_and_benchmark_each_in_its_time(tmp_pat
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "== make gpu-check: exit 2\n" in proc.stdout
     assert "--runs takes compiled, eager" in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_gpu_session_without_cuda_stops_after_the_check(tmp_path):
+    """It went on to gpu-test (whose CPU halves passed, saying nothing of CUDA) and to the sampling
+    benchmark, killed at its limit: 97 s to learn there was no GPU (a reviewer's find)."""
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_session.sh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout.rstrip().endswith("== no CUDA device: gpu-test and bench/sample.py not run")
+    assert not (tmp_path / "out" / "gpu_test.log").exists()
