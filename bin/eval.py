@@ -76,9 +76,9 @@ def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int,
 
     def flush() -> None:
         nonlocal nats, count, covered
-        targets = np.stack(batch)[:, 1:]
-        covered += int(text_bytes[targets].sum())
-        x = torch.from_numpy(np.stack(batch)).to(device)
+        stacked = np.stack(batch)
+        covered += int(text_bytes[stacked[:, 1:]].sum())
+        x = torch.from_numpy(stacked).to(device)
         _, loss = model(x[:, :-1], x[:, 1:], return_logits=False)
         n = int((x[:, 1:] != model.cfg.pad_id).sum())  # the model's loss is the mean over these
         nats, count = nats + float(loss) * n, count + n
@@ -112,8 +112,9 @@ def eval_store(loaded: LoadedModel, root: str, split: str, max_tokens: int | Non
         built = " (built with --val-fraction 0)" if store.manifest.get("split", {}).get("val_fraction") == 0 else ""
         hint = f"{built}; evaluate on --split train, or on files with --text" if split == "val" else ""
         raise ValueError(f"{root}: its {split} split holds {info['tokens']} token(s), nothing to evaluate{hint}")
+    text_bytes = Encoder(loaded.tokenizer_path, engine="hf").text_bytes()  # nothing to encode: HF loads fastest
     nats, count, covered = score(loaded.model, windows(store.shards(split), loaded.model.cfg.block_size, max_tokens),
-                                 batch_size, Encoder(loaded.tokenizer_path).text_bytes())
+                                 batch_size, text_bytes)
     return {"source": f"{root} {split}", **report(nats, count, covered)}
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import unicodedata
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from common.cli import UINT64_MAX, number, resolve_device  # noqa: E402
 from model.generate import CompletionStats, complete  # noqa: E402
+from pipeline.clean import CleanConfig, normalize  # noqa: E402
 from pipeline.fast_encode import Encoder  # noqa: E402
 from pipeline.tokenizer import BOS_ID, SPECIALS  # noqa: E402
 from train.export import TokenizerMismatch, load  # noqa: E402
@@ -87,11 +87,9 @@ def _read(name: str) -> str:
         raise ValueError(f"{where}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
-def as_trained(prompt: str) -> str:
-    """The prompt in the form the store's cleaning gave the training text: NFC, and line ends as LF (a
-    CRLF prompt was fed a CR token the model never saw). The cleaning's other steps are left out: a
-    trailing space or a run of spaces in a prompt is meant."""
-    return unicodedata.normalize("NFC", prompt.replace("\r\n", "\n").replace("\r", "\n"))
+# The store's character normalisation (NFC, LF line ends, no control characters: a CRLF prompt fed a CR
+# token the model never saw), without its whitespace step: a trailing space or a run of them is meant.
+_AS_TRAINED = CleanConfig(normalize_whitespace=False)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -100,7 +98,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         prompts.append(_read(name))
     if not prompts and not sys.stdin.isatty():
         prompts.append(_read("-"))
-    return [as_trained(p) for p in prompts] or [""]
+    return [normalize(p, _AS_TRAINED) for p in prompts] or [""]
 
 
 def main(argv: list[str] | None = None) -> int:
