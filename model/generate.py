@@ -48,9 +48,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep.scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
         logits = logits.masked_fill(~keep, float("-inf"))
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_p is not None and top_p < 1.0:
-        if top_p <= 0.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         # Mass strictly before each token: a token stays while the set before it has not reached top_p.

@@ -67,6 +67,8 @@ def test_bad_filter_values():
         filter_logits(torch.zeros(1, 3), top_k=0)
     with pytest.raises(ValueError):
         filter_logits(torch.zeros(1, 3), top_p=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        filter_logits(torch.zeros(1, 3), top_p=1.5)
     with pytest.raises(ValueError):
         next_tokens(torch.zeros(1, 3), temperature=-0.1)
 
