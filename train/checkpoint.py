@@ -67,9 +67,9 @@ def save_checkpoint(run_dir: str | Path, tag: str, state: dict[str, Any], keep_l
     """Write `state` as run_dir/ckpt-<tag>, marker last; then prune to the newest keep_last (0 = all)."""
     run_dir = Path(run_dir)
     ckpt = run_dir / f"ckpt-{tag}"
-    if ckpt.exists():  # an older incomplete or superseded copy of this very tag
-        shutil.rmtree(ckpt)
     try:
+        if ckpt.exists():  # an older incomplete or superseded copy of this very tag
+            shutil.rmtree(ckpt)
         ckpt.mkdir(parents=True)
         tmp = ckpt / f"{STATE}.tmp"
         with open(tmp, "wb") as f:

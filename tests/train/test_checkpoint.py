@@ -108,6 +108,14 @@ def test_a_full_disk_names_the_checkpoint_and_what_to_do_and_leaves_nothing_half
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-00000010"]
 
 
+def test_a_file_where_the_checkpoint_goes_is_a_one_line_error_and_stays(tmp_path):
+    """It was a raw NotADirectoryError from rmtree, before the checkpoint's own error handling."""
+    (tmp_path / "ckpt-00000020").write_text("mine")
+    with pytest.raises(OSError, match=r"cannot write checkpoint .*ckpt-00000020: Not a directory; fix that"):
+        save_checkpoint(tmp_path, "00000020", state(20))
+    assert (tmp_path / "ckpt-00000020").read_text() == "mine"
+
+
 def test_keep_last_counts_epoch_checkpoints(tmp_path):
     for tag, step in (("00000010", 10), ("00000020_e1", 20), ("00000030", 30), ("00000040_e2", 40)):
         save_checkpoint(tmp_path, tag, state(step), keep_last=2)
