@@ -300,8 +300,10 @@ def main() -> int:
     mb = sum(p.stat().st_size for p in corpus) / 1e6
     tokenizer = args.out / "bench" / "tokenizer.json"
     if not tokenizer.is_file():
-        subprocess.run([sys.executable, str(ROOT / "bin" / "tokenizer.py"), "--data", str(corpus_dir), "--name",
-                        "bench", "--out", str(args.out), "--tokenizer-sample-bytes", str(64 << 20)], check=True)
+        cmd = [sys.executable, str(ROOT / "bin" / "tokenizer.py"), "--data", str(corpus_dir), "--name", "bench",
+               "--out", str(args.out), "--tokenizer-sample-bytes", str(64 << 20)]
+        if subprocess.run(cmd).returncode:  # it has said why (too small a --mb for its vocabulary, say)
+            raise SystemExit(f"tokenizer training failed: {' '.join(cmd)}")
     print(f"corpus: {mb:.1f} MB in {len(corpus)} files; {args.workers} workers", file=sys.stderr)
     load_before = os.getloadavg()[1]  # other processes on the machine make every figure slower
     from tokenizers import Tokenizer
