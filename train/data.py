@@ -12,16 +12,19 @@ import torch
 from common.config import ConfigError
 from pipeline.store import TokenStore
 from train.config import TrainConfig
-from train.sampler import WindowSampler
+from train.sampler import TooFewEpochWindows, WindowSampler
 
 
 def train_sampler(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int) -> WindowSampler:
     try:
         return WindowSampler(store, "train", cfg.model.block_size, cfg.micro_batch, cfg.seed, rank, world_size,
                              cfg.sampler_mode, cfg.align_bos)
+    except TooFewEpochWindows as err:
+        fewer = " or the number of processes" if world_size > 1 else ""
+        raise ConfigError(f"{err}; lower model.block_size or micro_batch{fewer}, or train on a store with more data") \
+            from None
     except ValueError as err:
-        smaller = "model.block_size or micro_batch" if cfg.sampler_mode == "epoch" else "model.block_size"
-        raise ConfigError(f"{err}; lower {smaller}, or train on a store with more data") from None
+        raise ConfigError(f"{err}; lower model.block_size, or train on a store with more data") from None
 
 
 def _val_sampler(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int) -> WindowSampler:

@@ -66,6 +66,10 @@ class _Starts:
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
+class TooFewEpochWindows(ValueError):
+    """Epoch mode's grid holds fewer windows than one global batch (a smaller batch would fit)."""
+
+
 class WindowSampler:
     """Batches (x, y) of int64 [batch_size, block_size] on CPU, y being x shifted left by one token."""
 
@@ -97,7 +101,7 @@ class WindowSampler:
             # The smallest grid any phase can give: an epoch must hold at least one global batch.
             worst = self._starts(first=0 if align_bos else block_size - 1, stride=block_size).total
             if worst < batch_size * world_size:
-                raise ValueError(
+                raise TooFewEpochWindows(
                     f"split {split!r}: epoch mode has only {worst} windows of {block_size} per epoch, fewer "
                     f"than batch_size * world_size = {batch_size * world_size}")
         self.step = 0  # batches drawn so far (both modes)

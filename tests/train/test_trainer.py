@@ -19,6 +19,7 @@ from model import GPT, GPTConfig
 from pipeline.store import TokenStore, write_store
 from train.checkpoint import ResumeRefused, list_checkpoints, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
+from train.data import check_windows
 from train.metrics import read_metrics
 from train.optim import lr_at
 from train.sampler import WindowSampler
@@ -347,6 +348,15 @@ def test_splits_too_small_are_config_errors_and_val_is_only_read_for_eval(tmp_pa
     with pytest.raises(ConfigError, match=r"split 'train': epoch mode has only .* lower model.block_size or micro_b"):
         make_trainer(tiny_config(tmp_path / "store", tmp_path / "run3", sampler_mode="epoch", micro_batch=200,
                                  eval_batches=0, **small))
+    # Advice that fits the fault: no batch size makes a window fit; fewer processes give more per rank.
+    epoch = dict(sampler_mode="epoch", eval_batches=0, **small)
+    with pytest.raises(ConfigError, match=r"too small.*block_size \+ 1 = 4097.*; lower model.block_size, or") as err:
+        check_windows(TokenStore(tmp_path / "store"), tiny_config(tmp_path / "store", tmp_path / "run5",
+                                                                  model={"block_size": 4096}, **epoch), 1)
+    assert "micro_batch" not in str(err.value)
+    with pytest.raises(ConfigError, match="epoch mode has only .*micro_batch or the number of processes, or"):
+        check_windows(TokenStore(tmp_path / "store"), tiny_config(tmp_path / "store", tmp_path / "run5",
+                                                                  micro_batch=100, **epoch), 2)
     cli = load_script("train")
     args = [f"data={tmp_path / 'store'}", f"out_dir={tmp_path / 'run4'}", "max_steps=1", "init_batch=false",
             "device=cpu", "model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.block_size=32"]
