@@ -8,6 +8,7 @@ start, saved as the run directory's config.yml and inside every checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -150,9 +151,13 @@ class TrainConfig:
         if not self.out_dir:
             self.out_dir = str(Path("runs") / (Path(config_path).stem if config_path else "default"))
 
-    def model_for_store(self, vocab_size: int) -> GPTConfig:
-        """The model config with the store's vocabulary (model.vocab_size always comes from the store).
+    def model_for_store(self, vocab_size: int, log: Callable[[str], None] | None = None) -> GPTConfig:
+        """The model config with the store's vocabulary (model.vocab_size always comes from the store;
+        a value set to neither the default nor the store's is replaced with a note to `log`).
         replace() reruns GPTConfig's checks, which a config-level error reports (pad_id must be an id)."""
+        asked = self.model.vocab_size
+        if log is not None and asked not in (vocab_size, GPTConfig.vocab_size):
+            log(f"warning: model.vocab_size={asked} is replaced by the vocabulary of {self.data}, {vocab_size}")
         try:
             return replace(self.model, vocab_size=vocab_size)
         except ValueError as err:

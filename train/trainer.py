@@ -69,7 +69,7 @@ class Trainer:
         self.log = log if dist.is_main else (lambda _msg: None)
         self.store = TokenStore(cfg.data)
         self.run_dir = Path(cfg.out_dir)
-        cfg.model = cfg.model_for_store(self.store.vocab_size)
+        cfg.model = cfg.model_for_store(self.store.vocab_size, self.log)
         cfg.resolve_auto(self.device.type, self.device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.ptdtype = getattr(torch, cfg.dtype)
         self._matmul_precision = torch.get_float32_matmul_precision()  # close() puts it back

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from script_loader import load_script
-from trainer_util import make_store, make_trainer, nan_forward, tiny_config
+from trainer_util import VOCAB, make_store, make_trainer, nan_forward, tiny_config
 
 from common.config import ConfigError, from_dict, to_dict
 from model import GPT, GPTConfig
@@ -197,6 +197,16 @@ def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path):
     make_trainer(tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, max_steps=4, warmup_steps=10),
                  lines).close()
     assert any(line.startswith("warning: warmup_steps 10 >= the run's 4 steps") for line in lines)
+
+
+def test_a_model_vocab_size_other_than_the_stores_is_replaced_with_a_warning(tmp_path):
+    make_store(tmp_path / "store")
+    lines: list[str] = []
+    trainer = make_trainer(tiny_config(tmp_path / "store", tmp_path / "run", init_batch=False, max_steps=1,
+                                       model={"vocab_size": 100}), lines)
+    trainer.close()
+    assert trainer.cfg.model.vocab_size == VOCAB
+    assert f"warning: model.vocab_size=100 is replaced by the vocabulary of {tmp_path / 'store'}, {VOCAB}" in lines
 
 
 def test_nonfinite_steps_skipped_on_every_rank_then_abort(tmp_path):
