@@ -287,6 +287,12 @@ def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: in
         raise ResumeRefused(f"the checkpoint's model differs from the configured one ({changes}); {fresh}")
 
 
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     """This process's RNG states in weights_only-loadable form (numpy's array becomes a list)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

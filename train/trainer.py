@@ -5,23 +5,19 @@ last, via no_sync), clips, and all-reduces one small tensor holding the loss and
 That flag decides on the device, identically on every rank, whether the step is applied or skipped,
 so ranks can never diverge on it, and no step waits for the host (train/step_stats.py).
 
-Exact resume rests on three things: the sampler state is that of the last batch consumed (the
-Prefetcher's), every RNG is saved per rank, and the LR is a pure function of the step. The skip
-counts and the open log window's sums are saved too, so a resumed run logs what the straight one does.
+What a checkpoint holds and how a run resumes exactly from it: train/resume.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import random
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -29,37 +25,17 @@ from common.config import to_dict
 from model import GPT
 from pipeline.store import TokenStore
 from train import distributed as D
-from train.checkpoint import (
-    CheckpointError,
-    ResumeRefused,
-    check_compatible,
-    checkpoint_tag,
-    choose_checkpoint,
-    grad_accum_for_world,
-    is_inside,
-    latest_checkpoint,
-    load_checkpoint,
-    marker_step,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    tag_epoch,
-)
+from train.checkpoint import checkpoint_tag, is_inside, latest_checkpoint, save_checkpoint, seed_all
 from train.config import TrainConfig
 from train.data import check_windows, eval_batches, train_sampler
 from train.init_batch import fit_micro_batch
 from train.metrics import MetricsLog, eval_line, eval_record, peak_flops, progress_line
-from train.optim import build_optimizer, load_optimizer_state, lr_at, set_lr
+from train.optim import build_optimizer, lr_at, set_lr
 from train.prefetch import Prefetcher
+from train.resume import checkpoint_state, restore, resume_source
 from train.step_stats import StepStats, TrainingAborted, check_skips
 
-__all__ = ["Trainer", "TrainingAborted", "seed_all"]
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+__all__ = ["Trainer", "TrainingAborted"]
 
 
 class Trainer:
@@ -84,7 +60,7 @@ class Trainer:
         self.model = torch.compile(self.raw, dynamic=False) if cfg.compile else self.raw
         self.optimizer = build_optimizer(self.raw, cfg)
         configured_micro_batch = cfg.micro_batch
-        source, at_max_steps = self._resume_source()
+        source, at_max_steps = resume_source(self)
         check_windows(self.store, cfg, dist.world_size)
         if cfg.init_batch and not at_max_steps:
             self._init_batch()
@@ -96,7 +72,7 @@ class Trainer:
 
         self.step, self.tokens_seen, self.stats = 0, 0, StepStats(self.device)
         self.resumed_from: Path | None = None
-        resumed = self._resume(source)
+        resumed = restore(self, source)
         self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
         self.total_steps = self._total_steps()  # after the resume: counted from the data position
         self._start_step = self.step
@@ -138,28 +114,6 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _resume_source(self) -> tuple[Path | None, bool]:
-        """The checkpoint `resume` names (None: a fresh start) and whether it already ends the run (at
-        max_steps, or at the end of the last of `epochs`, which its name says), known before
-        init_batch: a run with nothing left to do skips the probe, on a GPU the first compile, tens of
-        seconds spent only to say "nothing to do". Rank 0 decides and every rank gets its answer, an
-        error included: raised on rank 0 alone, it would leave the others waiting for the process
-        group's timeout."""
-        answer: tuple[Path | None, bool] | Exception = (None, False)
-        cfg = self.cfg
-        if self.dist.is_main:
-            try:
-                source = choose_checkpoint(self.run_dir, cfg.resume)
-                done = source is not None and (0 < cfg.max_steps <= (marker_step(source) or 0)
-                                               or 0 < cfg.epochs <= (tag_epoch(source) or 0))
-                answer = source, done
-            except (ResumeRefused, OSError) as err:
-                answer = err
-        answer = D.broadcast_object(answer)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
     def _init_batch(self) -> None:
         """Find the micro-batch that fits (minimum over ranks) and raise grad_accum to keep the global
         batch; then put back the initial weights and a fresh optimizer, as if no probe had run."""
@@ -196,42 +150,6 @@ class Trainer:
         micro_batches_left = self.prefetcher.sampler.batches_until(cfg.epochs)
         steps = self.step + -(-micro_batches_left // cfg.grad_accum)  # ceil: a partial step still runs
         return min(steps, cfg.max_steps) if cfg.max_steps else steps
-
-    def _resume(self, source: Path | None) -> int:
-        """Load the checkpoint `source` (from _resume_source, the same on every rank), if any; returns
-        its step (-1 for a fresh start)."""
-        cfg = self.cfg
-        if source is None:
-            return -1
-        try:
-            state = load_checkpoint(source)
-        except CheckpointError as err:
-            raise ResumeRefused(f"{err}; delete that folder to continue from the checkpoint before it") from None
-        check_compatible(state, self.store, cfg, self.dist.world_size)
-        self.raw.load_state_dict(state["model"])
-        load_optimizer_state(self.optimizer, state["optimizer"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        if "stats" in state:  # older checkpoints lack it: their skip count and log window start at zero
-            self.stats.load_state_dict(state["stats"])
-        # The sampler's state counts the global stream (random: step; epoch: windows handed out), so
-        # rank 0's continues it at any world size. Per-rank RNG streams cannot be mapped.
-        same_world = state["world_size"] == self.dist.world_size
-        try:
-            self.prefetcher.load_state_dict(state["sampler"][self.dist.rank if same_world else 0])
-        except ValueError as err:  # check_compatible compared the settings, so the state itself is off
-            raise ResumeRefused(f"{source}: its data position does not fit this run's sampler ({err})") from None
-        if same_world:
-            set_rng_state(state["rng"][self.dist.rank], self.device)
-        else:
-            seed_all(cfg.seed + 1 + self.dist.rank + 1_000_003 * self.step)
-            cfg.grad_accum, note = grad_accum_for_world(state, self.dist.world_size, cfg.micro_batch, cfg.grad_accum)
-            if note:
-                self.log(note)
-        self.log(f"resumed from {source} at step {self.step}")
-        self.resumed_from = source
-        return self.step
 
     def _announce(self, resumed: int) -> None:
         cfg = self.cfg
@@ -316,26 +234,10 @@ class Trainer:
         return rec
 
     def save(self, epoch_end: bool = False) -> Path | None:
-        """Checkpoint on rank 0, after gathering every rank's sampler and RNG state."""
-        samplers = D.all_gather_objects(self.prefetcher.state_dict())
-        rngs = D.all_gather_objects(rng_state(self.device))
-        if not self.dist.is_main:
+        """Checkpoint on rank 0; every rank takes part in gathering the state."""
+        state = checkpoint_state(self)
+        if state is None:
             return None
-        state = {
-            "model": self.raw.state_dict(),
-            "model_config": to_dict(self.cfg.model),
-            "config": to_dict(self.cfg),
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "sampler": samplers,
-            "rng": rngs,
-            "world_size": self.dist.world_size,
-            "tokenizer_sha256": self.store.tokenizer_sha256,
-            "store_manifest_sha256": self.store.manifest_sha256,
-            "stats": self.stats.state_dict(),  # as of the read that every checkpoint step makes
-        }
         tag = checkpoint_tag(self.step, self.epoch if epoch_end else None)
         path = save_checkpoint(self.run_dir, tag, state, self.cfg.keep_last)
         self.log(f"saved {path}")
