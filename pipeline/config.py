@@ -56,10 +56,11 @@ class PrepareConfig:
     seed: int = 0
     """Seed of the tokenizer's training sample and of the train/val hash."""
     chunk_bytes: int = 16 << 20
-    """Large uncompressed files are cut into chunks of about this many bytes (at line boundaries); a
-    chunk is the unit of parallel work and of resume. The store does not depend on it. 16 MiB takes a
-    worker a few seconds, so cores idle only briefly at the end of a run and a kill loses little, while
-    the per-chunk cost (one result file) stays negligible."""
+    """Large uncompressed JSON lines files are cut into chunks of about this many bytes (at line
+    boundaries), parquet files into runs of row groups of about as many compressed bytes; CSV, JSON
+    arrays and compressed files stay whole. A chunk is the unit of parallel work and of resume. The
+    store does not depend on it. 16 MiB takes a worker a few seconds, so cores idle only briefly at the
+    end of a run and a kill loses little, while the per-chunk cost (one result file) stays negligible."""
     workers: int = 0
     """Worker processes for tokenizing (0: one per available core)."""
     shard: str | None = None
