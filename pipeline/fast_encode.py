@@ -127,8 +127,8 @@ def _read_tokenizer_json(path: str | Path) -> dict:
 class Encoder:
     """Encode documents to ids with a trained tokenizer.json; identical ids from either engine.
 
-    engine="auto" picks tiktoken when it is proven equal to HF, else HF; "hf" forces HF; "tiktoken"
-    raises if tiktoken cannot be proven equal. Literal special strings in text encode as text.
+    engine="auto" picks tiktoken when the checks (module docstring) find it equal to HF, else HF; "hf"
+    forces HF; "tiktoken" raises if a check fails. Literal special strings in text encode as text.
     """
 
     def __init__(self, path: str | Path, engine: str = "auto", num_threads: int = 1):

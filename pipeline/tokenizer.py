@@ -2,7 +2,7 @@
 
 Training uses HF `tokenizers` (GPT-2's byte-level scheme: every byte is a base token, so no input
 is ever unknown). Bulk encoding goes through `pipeline.fast_encode.Encoder`, which runs the same
-vocabulary on tiktoken's faster engine when it can prove the two agree.
+vocabulary on tiktoken's faster engine when its checks find the two agree.
 
 Special tokens hold ids 0..5 but are deliberately NOT registered as HF "added tokens": HF matches
 added tokens inside raw text, so a document containing the string "[BOS]" would otherwise encode
