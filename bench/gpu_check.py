@@ -6,7 +6,7 @@ Made for a lent machine with no internet and no venv: it needs only torch, numpy
 synthetic token store on the spot unless data_cache/shakespeare exists, runs bin/train.py in
 subprocesses (a fresh process per run, so peak memory and compile caches are per run), and writes
 its logs and a JSON summary under $OUT when that is set. `--smoke` runs the same path on CPU with a
-tiny model in seconds, so the one GPU run cannot die of a typo.
+tiny model (about 2 minutes on 2 cores, most of it compiling), so the one GPU run cannot die of a typo.
 
 Runs, in order: `compiled` (the defaults) and `eager` (the same without torch.compile), the two the
 issue asks for; then speed-only compiled runs: `plain` (the model's own Triton kernels off,
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused call leaves no empty folder in runs/
     store = pick_store(args, args.work_dir)
     # --smoke keeps every run at its tiny shape: the shape runs' overrides came after it, and the smoke
-    # trained two 35M-parameter models on the CPU (minutes, for a path that takes seconds).
+    # trained two 35M-parameter models on the CPU (minutes more, for nothing the tiny shape does not test).
     shapes = {name: [] if args.smoke and name in SHAPE_CANDIDATES else overrides for name, overrides in RUNS.items()}
     plan = [(name, overrides if name in EVALUATED else [*overrides, "eval_batches=0"], {})
             for name, overrides in shapes.items() if name in chosen]
