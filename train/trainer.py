@@ -1,9 +1,10 @@
 """The training loop: one Trainer per process, the same code on a CPU, one GPU or many under torchrun.
 
 Per optimizer step every rank runs `grad_accum` micro-batches (DDP's gradient all-reduce only on the
-last, via no_sync), clips, and all-reduces one small tensor holding the loss and a non-finite flag.
-That flag decides on the device, identically on every rank, whether the step is applied or skipped,
-so ranks can never diverge on it, and no step waits for the host (train/step_stats.py).
+last, via no_sync), clips, and all-reduces one small tensor holding the loss, a non-finite flag and
+the gradient norm. That flag decides on the device, identically on every rank, whether the step is
+applied or skipped, so ranks can never diverge on it, and no step waits for the host
+(train/step_stats.py); under fp16 the GradScaler decides on the host instead, every step.
 
 What a checkpoint holds and how a run resumes exactly from it: train/resume.py.
 """
