@@ -45,7 +45,8 @@ class TrainConfig:
     lr: float = 6e-4
     """Peak learning rate, reached after warmup_steps."""
     min_lr: float = 6e-5
-    """Learning rate at the end of the cosine decay (reached at max_steps)."""
+    """Learning rate at the end of the cosine decay (reached at the last step: max_steps, or where the
+    last of `epochs` ends if that comes first)."""
     warmup_steps: int = 100
     """Steps of linear warmup from ~0 to lr."""
     weight_decay: float = 0.1
