@@ -13,8 +13,9 @@ GPT-2-style reference written below, at the same shape.
     F.cross_entropy: same architecture, different loss, so those rows' gain is partly the loss's.
     A last row runs our GPT-2-style model with its plain loss (model.fused_loss=false), like for
     like with the reference in both.
-Timings take turns (sampler / loop, and the three models step by step) so that load from other
-processes on a shared machine hits them alike; each figure is a median, with the best rep beside it.
+Timings take turns (sampler / loop, and the models, four unless --models names fewer, step by step,
+each rep starting one model later) so that load from other processes on a shared machine hits them
+alike; each figure is a median, with the best rep beside it.
 Each model's peak resident memory over two training steps is measured in a fresh process.
 
 Targets (issue 3): sampler >= 20x the loop and < 1% of a step; our model >= 1.0x the reference.
