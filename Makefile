@@ -18,7 +18,8 @@ SOURCE ?=
 TOKENIZER ?=
 VOCAB ?=
 ARGS ?=
-# CONFIG= (empty) passes no --config: the run takes bin/train.py's own defaults.
+# CONFIG= (empty) passes no --config: the run takes bin/train.py's own defaults, which leave max_steps
+# and epochs for ARGS to set.
 CONFIG ?= configs/tiny.yml
 NGPU ?=
 

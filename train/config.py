@@ -133,7 +133,9 @@ class TrainConfig:
         """Checks across fields. Not in __post_init__: a YAML file may set epochs and the command line
         sampler_mode, and the config built from the file alone must not fail in between."""
         if self.max_steps == 0 and self.epochs == 0:
-            raise ConfigError("TrainConfig: set max_steps or epochs (or both)")
+            # The dataclass defaults set neither: a preset or the command line says how long to train.
+            raise ConfigError("TrainConfig: set max_steps or epochs (or both), e.g. max_steps=1000, or start from a "
+                              "preset that does: --config configs/tiny.yml")
         if self.epochs and self.sampler_mode != "epoch":
             raise ConfigError("TrainConfig: epochs counts passes of sampler_mode=epoch; set sampler_mode=epoch")
         if not 0 <= self.min_lr <= self.lr:

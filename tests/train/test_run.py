@@ -72,7 +72,8 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert exit_code(["max_steps=0"]) == 2
     assert exit_code([f"data={tmp_path / 'missing'}", f"out_dir={tmp_path / 'run'}", "max_steps=1"]) == 1
     err = capsys.readouterr().err
-    assert "not divisible" in err and "set max_steps or epochs" in err and "no manifest.json" in err
+    assert "not divisible" in err and "no manifest.json" in err
+    assert "set max_steps or epochs (or both), e.g. max_steps=1000, or start from a preset that does: --config" in err
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
     assert exc.value.code == 0 and "--max-steps" in capsys.readouterr().out
