@@ -3,7 +3,7 @@
 
     python bin/export.py [--checkpoint runs/tiny] --out exports/tiny
 
-The folder holds model.safetensors (weights; metadata: tokenizer sha256, step, source checkpoint),
+The folder holds model.safetensors (weights; metadata: tokenizer sha256, step, source checkpoint, store),
 config.json (the GPTConfig fields) and tokenizer.json. Load it back with
 `train.export.load("exports/tiny")`, or sample from it with `bin/sample.py --checkpoint exports/tiny`.
 The checkpoint itself is read with torch.load(weights_only=True) only: it is untrusted input.
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="runs/tiny",
                    help="run directory (its newest complete checkpoint) or checkpoint directory (default runs/tiny)")
     p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the checkpoint)")
-    p.add_argument("--out", required=True, help="folder to write (created; an earlier export in it is replaced; a "
-                                                "token store or a training run's folder is refused)")
+    p.add_argument("--out", required=True, help="folder to write (created; an earlier export in it is replaced; "
+                                                "a token store, a folder of stores or a run's folder is refused)")
     args = p.parse_args(argv)
     try:
         loaded = load(args.checkpoint, "cpu", args.tokenizer)

@@ -2,7 +2,7 @@
 
 Besides the records, the reader judges the file as a whole where one line cannot: a first chunk in
 which no line is JSON is no JSON lines file (gzip, parquet or UTF-16 data under that name, random
-bytes), a file of CR-ended lines is one that splitting by "\n" would read as a single line, and a
+bytes), a file of CR-ended lines is one that splitting by LF would read as a single line, and a
 line too long to hold is skipped while it streams past.
 """
 
