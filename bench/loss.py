@@ -72,7 +72,7 @@ def main() -> None:
     print("| case | median (best) | vs plain |")
     print("|---|---|---|")
     for name, t in times.items():
-        print(f"| {name} | {med[name]:.2f} s ({min(t):.2f} s) | {med['plain loss'] / med[name]:.2f}x |")
+        print(f"| {name} | {med[name]:.3g} s ({min(t):.3g} s) | {med['plain loss'] / med[name]:.2f}x |")
 
 
 if __name__ == "__main__":
