@@ -1,9 +1,9 @@
 """JSON lines: one JSON object per line, the RedPajama layout, read line by line from a chunk.
 
-Besides the records, the reader judges the file as a whole where one line cannot: a first chunk in
-which no line is JSON is no JSON lines file (gzip, parquet or UTF-16 data under that name, random
-bytes), a file of CR-ended lines is one that splitting by LF would read as a single line, and a
-line too long to hold is skipped while it streams past.
+Besides the records, the reader judges the file as a whole where one line cannot: a file whose
+first lines are none of them JSON is no JSON lines file (gzip, parquet or UTF-16 data under that
+name, random bytes), a file of CR-ended lines is one that splitting by LF would read as a single
+line, and a line too long to hold is skipped while it streams past.
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ _SIGNATURES = {
     b"\xfe\xff": ("UTF-16 text", "convert it to UTF-8"),
 }
 # A file's first lines decide whether it is JSON lines at all: this many unparsable lines before any
-# that parses (or a first chunk with none that does) make it a bad file. A few broken records at the
+# that parses (or a file with none that does) make it a bad file. A few broken records at the
 # start of a real crawl file stay bad records.
 _SNIFF_LINES = 20
 
 
 class _Sniffer:
-    """Refuses a file whose first chunk shows it is not JSON lines, before any line of it parsed."""
+    """Refuses a file whose first lines show it is not JSON lines, before any line of it parsed."""
 
     def __init__(self, path: str):
         self.path, self.failed, self.first = path, 0, b""
@@ -74,6 +74,22 @@ class _Sniffer:
             raise BadFileError(self.path, 0, f"holds {kind}, not JSON lines ({hint})")
         if self.failed >= _SNIFF_LINES:
             self.refuse(f"none of its first {self.failed} lines is JSON")
+
+    def read_on(self, stream: BinaryIO, line_no: int) -> None:
+        """Judge by the lines after a chunk that ended before the verdict (the next chunk's, which that
+        chunk reads as its own): until one parses, the sniff's count of failures is reached, or the file
+        ends. A bigger chunk would have held them, and what the store holds must not depend on it."""
+        while self.failed and (line := stream.readline(MAX_RECORD_BYTES + 1)):
+            if len(line) > MAX_RECORD_BYTES:
+                _rest_of_line(stream, line)
+            elif (line := line.removeprefix(BOM)) and not line.isspace():
+                try:
+                    parse_json(line)
+                except ValueError:
+                    self.failed_line(line, line_no)
+                else:
+                    self.failed = 0
+            line_no += 1
 
     def refuse(self, why: str) -> None:
         # JSON never holds a raw NUL byte; UTF-16 text without a byte order mark, or binary data, does.
@@ -134,6 +150,7 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
         line_no += 1
         if end is not None and pos >= end:
             break  # before reading the next chunk's first line, which may be huge
+    if sniffer and sniffer.failed and end is not None and pos < chunk.size:
+        sniffer.read_on(stream, line_no)
     if sniffer and sniffer.failed:
-        sniffer.refuse("no line of it is JSON" if end is None or pos >= chunk.size else
-                       f"no line of its first {pos:,} bytes is JSON")
+        sniffer.refuse("no line of it is JSON")

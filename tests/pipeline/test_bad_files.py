@@ -172,6 +172,26 @@ def test_broken_records_at_a_file_start_stay_bad_records(tmp_path):
     assert len(read_all(path, chunk_bytes=300)[0]) == 200  # later chunks of nothing but bad lines
 
 
+@pytest.mark.parametrize("broken", [3, 25])
+def test_whether_a_file_is_json_lines_does_not_depend_on_the_chunk_size(tmp_path, broken):
+    """A first chunk holding only a few broken records (long ones, or a small --chunk-bytes) refused the
+    whole file, which a larger chunk read with those records counted as bad: the store depended on
+    --chunk-bytes, which its fingerprint leaves out."""
+    path = tmp_path / "a.jsonl"
+    good = [json.dumps({"text": f"record {i}"}) for i in range(200)]
+    path.write_text("\n".join(['{"text": "cut short' + "x" * 100] * broken + good) + "\n")
+    outcomes = []
+    for chunk_bytes in (64 << 20, 300, 250):  # the first chunk: 2 broken lines; 2 then the rest of a third
+        try:
+            records, stats = read_all(path, chunk_bytes=chunk_bytes)
+            outcomes.append((len(records), dict(stats.bad_records)))
+        except BadFileError as err:
+            outcomes.append(err.message)
+    assert outcomes[0] == ((200, {"invalid_json": 3}) if broken == 3 else
+                           "none of its first 20 lines is JSON (line 1 begins b'{\"text\": \"cut shortxxxxxxxxxxxxxx"
+                           "xxxxxxxxxxxxxxxxxxxxxxxxxxx'): not a JSON lines file")
+    assert outcomes[1:] == [outcomes[0]] * 2
+
 def test_a_byte_order_mark_inside_a_jsonl_file_is_dropped(tmp_path):
     """Files with a BOM concatenated (`cat a.jsonl b.jsonl`): the line that began with one was invalid_json."""
     path = tmp_path / "cat.jsonl"
