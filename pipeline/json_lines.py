@@ -61,11 +61,12 @@ class _Sniffer:
     """Refuses a file whose first lines show it is not JSON lines, before any line of it parsed."""
 
     def __init__(self, path: str):
-        self.path, self.failed, self.first = path, 0, b""
+        self.path, self.failed, self.first, self.first_no = path, 0, b"", 0
 
     def failed_line(self, line: bytes, line_no: int) -> None:
         self.failed += 1
-        self.first = self.first or line
+        if not self.first:  # not always line 1: blank or too long lines may come before it
+            self.first, self.first_no = line, line_no
         found = next((v for sig, v in _SIGNATURES.items() if line.startswith(sig)), None) if line_no == 1 else None
         if found:
             kind, hint = found
@@ -93,9 +94,9 @@ class _Sniffer:
 
     def refuse(self, why: str) -> None:
         # JSON never holds a raw NUL byte; UTF-16 text without a byte order mark, or binary data, does.
-        binary = " binary data (NUL bytes) or UTF-16 text?" if b"\x00" in self.first else ""
-        raise BadFileError(self.path, None, f"{why} (line 1 begins {self.first[:60]!r}): not a JSON lines "
-                                            f"file{binary}")
+        binary = "; binary data (NUL bytes) or UTF-16 text?" if b"\x00" in self.first else ""
+        raise BadFileError(self.path, None, f"{why} (line {self.first_no} begins {self.first[:60]!r}): not a JSON "
+                                            f"lines file{binary}")
 
 
 # A longer JSON line is skipped as record_too_long while it streams past, never held whole: a worker

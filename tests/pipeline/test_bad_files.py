@@ -157,6 +157,17 @@ def test_a_file_of_another_format_named_jsonl_is_a_bad_file(tmp_path):
     assert len(texts_of(path)) == good[:200].count(b"\n")
 
 
+def test_the_refusal_quotes_the_first_line_that_is_not_json_by_its_own_number(tmp_path):
+    """It said "line 1 begins" of whichever line failed first: after blank lines, the quote was another
+    line's; and its NUL hint ran on from "file" as if it were part of the sentence before."""
+    path = tmp_path / "notes.jsonl"
+    path.write_text("\n\nMeeting notes\nnothing decided\n")
+    assert str(bad_file(path, "no line of it is JSON")).endswith(
+        "no line of it is JSON (line 3 begins b'Meeting notes\\n'): not a JSON lines file")
+    path.write_bytes(b"\n" + "{}\n".join(["x"] * 30).encode("utf-16-le"))
+    bad_file(path, r"\(line 2 begins b'x\\x00.*: not a JSON lines file; binary data \(NUL bytes\) or UTF-16 text\?$")
+
+
 def test_broken_records_at_a_file_start_stay_bad_records(tmp_path):
     """Up to 19 unparsable lines before the first JSON one are bad records, not a bad file; and in a
     file split into chunks, only its first chunk decides whether it is JSON lines at all."""
