@@ -81,7 +81,7 @@ class _Sniffer:
         chunk reads as its own): until one parses, the sniff's count of failures is reached, or the file
         ends. A bigger chunk would have held them, and what the store holds must not depend on it."""
         while self.failed and (line := stream.readline(MAX_RECORD_BYTES + 1)):
-            if len(line) > MAX_RECORD_BYTES:
+            if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
                 _rest_of_line(stream, line)
             elif (line := line.removeprefix(BOM)) and not line.isspace():
                 try:
@@ -126,7 +126,7 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
     sniffer = _Sniffer(chunk.path) if chunk.start == 0 else None
     pos, line_no, limit = chunk.start, chunk.first_line, MAX_RECORD_BYTES
     while line := stream.readline(limit + 1):
-        if len(line) > limit:
+        if len(line) > limit and not line.endswith(b"\n"):  # the newline does not count against the limit
             pos += _rest_of_line(stream, line)
             stats.note("record_too_long", f"{chunk.path}:{line_no}")
             line = b""

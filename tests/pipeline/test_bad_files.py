@@ -313,3 +313,15 @@ def test_a_line_over_the_record_limit_is_skipped_as_it_streams_past(tmp_path, mo
         assert [w for _, w in records] == [f"{path}:{n}" for n in (1, 3, 5)]
         assert stats.bad_records == {"record_too_long": 3}
         assert stats.examples == [f"{path}:{n}: record_too_long" for n in (2, 4, 6)]
+
+
+def test_a_line_of_exactly_the_record_limit_is_read_with_or_without_its_newline(tmp_path, monkeypatch):
+    """The newline counted against the limit: a record of exactly MAX_RECORD_BYTES was skipped as too long,
+    except as a file's last line without one. Scaled down here: the limit is 64 bytes."""
+    monkeypatch.setattr(json_lines, "MAX_RECORD_BYTES", 64)
+    exact, over = json.dumps({"text": "x" * 52}), json.dumps({"text": "y" * 53})
+    assert (len(exact), len(over)) == (64, 65)
+    path = tmp_path / "edge.jsonl"
+    path.write_text("\n".join([exact, over, exact, exact]))
+    records, stats = read_all(path)
+    assert [w for _, w in records] == [f"{path}:{n}" for n in (1, 3, 4)] and stats.bad_records == {"record_too_long": 1}
