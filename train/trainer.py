@@ -49,11 +49,20 @@ class Trainer:
         cfg.model = cfg.model_for_store(self.store.vocab_size, self.log)
         cfg.resolve_auto(self.device.type, self.device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.ptdtype = getattr(torch, cfg.dtype)
+        self.prefetcher: Prefetcher | None = None
+        self.metrics: MetricsLog | None = None
         self._matmul_precision = torch.get_float32_matmul_precision()  # close() puts it back
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever runs outside autocast
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.ptdtype is torch.float16 else None
+        try:
+            self._setup()
+        except BaseException:  # a refused resume, a store too small, an OOM: nothing of it may outlive this
+            self.close()
+            raise
 
+    def _setup(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.ptdtype is torch.float16 else None
         started = time.perf_counter()
         seed_all(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         self.raw = GPT(cfg.model).to(self.device)
@@ -313,7 +322,9 @@ class Trainer:
         return last
 
     def close(self) -> None:
+        """Put back what the Trainer changed in the process; also after a failed construction."""
         torch.set_float32_matmul_precision(self._matmul_precision)
-        self.prefetcher.close()
+        if self.prefetcher:
+            self.prefetcher.close()
         if self.metrics:
             self.metrics.close()

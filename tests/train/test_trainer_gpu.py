@@ -6,6 +6,7 @@ import pytest
 import torch
 from trainer_util import make_store, tiny_config
 
+from common.config import ConfigError
 from train import distributed as D
 from train.checkpoint import load_checkpoint
 from train.metrics import peak_flops
@@ -33,6 +34,15 @@ def test_compiled_mixed_precision_training_and_checkpoint(tmp_path, dtype):
     assert not any(k.startswith("_orig_mod.") for k in state["model"])  # the raw module, not the compiled one
     assert state["rng"][0]["cuda"] is not None
     assert (state["scaler"] is not None) == (cfg.dtype == "float16")
+
+
+def test_a_trainer_that_fails_to_start_puts_the_matmul_precision_back(tmp_path):
+    """TF32 is switched on before setup can still fail (here: a store too small for the windows)."""
+    make_store(tmp_path / "store", docs=1, doc_len=10)
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", device="cuda", compile=False)
+    with pytest.raises(ConfigError, match="too small"):
+        Trainer(cfg, D.init_distributed(cfg.device), log=print)
+    assert torch.get_float32_matmul_precision() == "highest"
 
 
 def test_init_batch_survives_a_real_oom(tmp_path):
