@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+import yaml
 
 from common.lock import exclusive_lock
 from pipeline.store import atomic_write_bytes, fsync_dir
@@ -211,8 +212,12 @@ def choose_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
             raise ResumeRefused(f"{run_dir} already holds checkpoints; resume=auto continues that run, or pick "
                                 "another out_dir for a new one")
         return None
-    source = resolve_checkpoint(resume)
     held = list_checkpoints(run_dir)
+    if held and _last_run_resumed(run_dir, resume):
+        # An earlier try of this very command wrote them: rerunning a stopped run's command continues
+        # it, whatever became of the checkpoint it started from (pruned, or followed by later ones).
+        return held[-1]
+    source = resolve_checkpoint(resume)
     if held and not is_inside(source, run_dir):
         raise ResumeRefused(
             f"{run_dir} holds checkpoints of another run ({', '.join(p.name for p in held)}): continuing {source} "
@@ -228,6 +233,15 @@ def choose_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
             "continuing from it there would mix two histories, and resume=auto would later pick the old one's. "
             "Continue in another out_dir, or delete those checkpoints first")
     return source
+
+
+def _last_run_resumed(run_dir: Path, resume: str) -> bool:
+    """Whether the last run that trained in run_dir (its config.yml) was given the same resume path."""
+    try:
+        saved = yaml.safe_load((run_dir / "config.yml").read_text())
+        return os.path.abspath(saved["resume"]) == os.path.abspath(resume)
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return False
 
 
 def is_inside(ckpt: Path, run_dir: str | Path) -> bool:

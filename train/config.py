@@ -68,7 +68,8 @@ class TrainConfig:
     """Complete checkpoints kept in the run directory, epoch-end ones included; 0 keeps all."""
     resume: str = "auto"
     """auto: continue from the newest complete checkpoint in out_dir if there is one; none: start
-    afresh (refused if out_dir already holds checkpoints); or the path of a checkpoint or run dir."""
+    afresh (refused if out_dir already holds checkpoints); or the path of a checkpoint or run dir (a
+    rerun of that command, once it has checkpointed in out_dir, continues from those)."""
     log_interval: int = 10
     """Print a progress line and write a metrics.jsonl record every N steps (1 = every step)."""
     sampler_mode: str = "random"

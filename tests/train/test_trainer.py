@@ -309,6 +309,29 @@ def test_branching_from_an_older_checkpoint_in_the_same_run_dir_is_refused(train
     assert make_trainer(from_dict(TrainConfig, branch)).step == 10
 
 
+def test_rerunning_a_branch_command_continues_the_branch(trained, tmp_path):
+    """A branch (resume=<another run's checkpoint>) that stopped was refused on a rerun of its command, as
+    if its own checkpoints were another run's; the interrupted message says to rerun the command."""
+    _, cfg, run_dir, _, _ = trained
+    shutil.copytree(run_dir / "ckpt-00000010", tmp_path / "src" / "ckpt-00000010")
+    base = to_dict(cfg) | {"resume": str(tmp_path / "src" / "ckpt-00000010"), "out_dir": str(tmp_path / "branch"),
+                           "eval_interval": 0, "ckpt_interval": 0}
+    for max_steps in (12, 14):
+        trainer = make_trainer(from_dict(TrainConfig, base | {"max_steps": max_steps}))
+        assert trainer.fit()["step"] == max_steps
+        trainer.close()
+    assert trainer.resumed_from == tmp_path / "branch" / "ckpt-00000012"
+    shutil.rmtree(tmp_path / "src")  # the source may be pruned meanwhile: the branch goes on from its own
+    trainer = make_trainer(from_dict(TrainConfig, base | {"max_steps": 15}))
+    assert trainer.resumed_from == tmp_path / "branch" / "ckpt-00000014" and trainer.fit()["step"] == 15
+    trainer.close()
+    assert [r["step"] for r in read_metrics(tmp_path / "branch" / "metrics.jsonl") if "loss" in r] == [11, 12, 13, 14,
+                                                                                                        15]
+    # Another source into that folder is still refused.
+    with pytest.raises(ResumeRefused, match="holds checkpoints of another run"):
+        make_trainer(from_dict(TrainConfig, base | {"resume": str(run_dir / "ckpt-00000020"), "max_steps": 22}))
+
+
 def test_a_branch_into_a_folder_of_another_run_is_refused_and_keeps_none_of_its_metrics(trained, tmp_path):
     """Only checkpoints past the branch point were refused: an out_dir holding another run's ckpt-5 took
     the branch from step 20, and its metrics.jsonl showed the other run's steps 1-5, then this one's."""
