@@ -346,8 +346,9 @@ def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: 
             break
         except (_Incomplete, HTTPException, OSError) as err:  # OSError covers URLError and timeouts
             if attempt == retries:
-                kept = f"partial file kept at {part}; " if part.exists() else ""
-                raise DownloadError(f"{url}: {err} ({kept}run again to resume)") from None
+                have = part.stat().st_size if part.exists() else 0
+                kept = f"{have:,} bytes kept in {part}; run again to resume" if have else "run again"
+                raise DownloadError(f"{url}: {err} ({kept})") from None
             log.warning("%s: %s; retrying", url, err)
             time.sleep(max(min(2**attempt, 30), getattr(err, "wait", 0.0)))
     digest = _verify(part, size, sha256, url)
