@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.config import ConfigError
+from common.precision import DTYPES, resolve_dtype
 from model.attention_backend import ATTENTION_BACKENDS
 from model.config import GPTConfig
 
 SAMPLER_MODES = ("random", "epoch")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -147,8 +147,7 @@ class TrainConfig:
         self.device = device_type
         if self.compile == "auto":
             self.compile = device_type == "cuda"
-        if self.dtype == "auto":
-            self.dtype = "float32" if device_type != "cuda" else "bfloat16" if bf16_supported else "float16"
+        self.dtype = resolve_dtype(self.dtype, device_type, bf16_supported)
 
     def resolve_out_dir(self, config_path: str | None) -> None:
         """Fill an empty out_dir with runs/<config file stem> (runs/default without a file)."""

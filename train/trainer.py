@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from common.config import to_dict
+from common.precision import autocast, bf16_supported
 from model import GPT
 from pipeline.store import TokenStore
 from train import distributed as D
@@ -47,7 +48,7 @@ class Trainer:
         self.store = TokenStore(cfg.data)
         self.run_dir = Path(cfg.out_dir)
         cfg.model = cfg.model_for_store(self.store.vocab_size, self.log)
-        cfg.resolve_auto(self.device.type, self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        cfg.resolve_auto(self.device.type, bf16_supported(self.device))
         self.ptdtype = getattr(torch, cfg.dtype)
         self.prefetcher: Prefetcher | None = None
         self.metrics: MetricsLog | None = None
@@ -108,7 +109,7 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=self.ptdtype, enabled=self.ptdtype is not torch.float32)
+        return autocast(self.device.type, self.cfg.dtype)
 
     def _probe(self, micro_batch: int) -> None:
         """One full step at this micro-batch: forward, backward, optimizer (its state is allocated on
