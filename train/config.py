@@ -79,8 +79,8 @@ class TrainConfig:
     compile: bool | str = "auto"
     """torch.compile the model: true | false | auto (on for CUDA, off on CPU)."""
     dtype: str = "auto"
-    """Autocast dtype: auto (bfloat16 where the GPU supports it, else float16 with a GradScaler;
-    float32 on CPU) | float32 | bfloat16 | float16."""
+    """Autocast dtype: auto (bfloat16 where the GPU has it natively, Ampere on; else float16 with a
+    GradScaler; float32 on CPU) | float32 | bfloat16 | float16."""
     attention: str = "auto"
     """Attention kernel on CUDA: auto (torch's choice: cuDNN first on Hopper GPUs with cuDNN 9, else
     FlashAttention-2) | flash | cudnn | efficient | math. A named kernel is the only one allowed,

@@ -26,7 +26,8 @@ def test_compiled_mixed_precision_training_and_checkpoint(tmp_path, dtype):
     assert torch.get_float32_matmul_precision() == "highest"  # ...and the process's own setting after it
     assert (cfg.device, cfg.compile) == ("cuda", True)
     if dtype == "auto":
-        assert cfg.dtype == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+        # Native bf16 only (Ampere on): an older card, which torch says can emulate it, gets float16.
+        assert cfg.dtype == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16")
     assert (trainer.scaler is not None) == (cfg.dtype == "float16")  # fp16 needs loss scaling, bf16 does not
     assert summary["peak_mem_gb"] > 0 and summary["val_loss"] < 3.5
     assert (summary["mfu"] is not None) == (peak_flops(torch.device("cuda")) is not None)
