@@ -123,15 +123,20 @@ class GPT(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> KVCache:
-        """An empty cache for this model (max_len defaults to block_size; dtype/device to the weights')."""
+        """An empty cache for this model (max_len defaults to block_size, device to the weights'). dtype
+        defaults to what the keys and values come out in: the autocast dtype where autocast is on for
+        the weights' device (make the cache inside the same autocast as the forwards), else the weights'."""
         weight = self.wte.weight
+        if dtype is None:
+            on = torch.is_autocast_enabled(weight.device.type)
+            dtype = torch.get_autocast_dtype(weight.device.type) if on else weight.dtype
         return KVCache(
             self.cfg.n_layer,
             batch_size,
             self.cfg.n_head,
             max_len or self.cfg.block_size,
             self.cfg.head_dim,
-            dtype=dtype or weight.dtype,
+            dtype=dtype,
             device=device or weight.device,
         )
 

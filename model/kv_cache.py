@@ -36,7 +36,12 @@ class KVCache:
 
     def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v ([B, n_head, T, head_dim]) at positions start_pos.. and return keys and values of
-        positions 0..start_pos+T-1 (views into the buffers, no copy)."""
+        positions 0..start_pos+T-1 (views into the buffers, no copy). Keys of another dtype are refused:
+        storing float32 keys in a bf16 cache would round them silently, so cached and uncached forwards
+        would differ by more than their matmul shapes."""
+        if k.dtype != self.k.dtype or v.dtype != self.v.dtype:
+            raise ValueError(f"KV cache holds {self.k.dtype}, got keys/values in {k.dtype}/{v.dtype}: make the cache "
+                             "under the same autocast as the forward passes (or pass the forwards' dtype)")
         end = start_pos + k.size(2)
         self.k[layer, :, :, start_pos:end] = k
         self.v[layer, :, :, start_pos:end] = v

@@ -268,6 +268,25 @@ def test_positions_past_block_size_and_a_cache_of_another_batch_are_value_errors
         model.double()(idx, kv_cache=cache)
 
 
+def test_a_cache_takes_the_autocast_dtype_and_refuses_keys_of_another():
+    """Made under autocast, the cache holds the dtype the keys come out in. Keys of another dtype were
+    cast silently on the way in: float32 keys rounded into a bf16 cache (a cache made under autocast,
+    used outside it), or bf16 keys in a float32 cache (twice the memory, cast back at every read)."""
+    model = build(small()).eval()
+    idx = tokens(2, 5)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_cache = model.new_kv_cache(batch_size=2)
+            float_cache = model.new_kv_cache(batch_size=2, dtype=torch.float32)
+            model(idx, kv_cache=bf16_cache)
+            with pytest.raises(ValueError, match="KV cache holds torch.float32, got keys/values in torch.bfloat16"):
+                model(idx, kv_cache=float_cache)
+        assert bf16_cache.k.dtype == bf16_cache.v.dtype == torch.bfloat16
+        assert model.new_kv_cache(batch_size=2).k.dtype == torch.float32  # outside autocast: the weights'
+        with pytest.raises(ValueError, match="KV cache holds torch.bfloat16, got keys/values in torch.float32"):
+            model(idx, kv_cache=bf16_cache)
+
+
 def test_dropout_is_off_in_eval_mode():
     model = build(small(dropout=0.5)).eval()
     idx = tokens(2, 16)
