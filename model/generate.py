@@ -12,8 +12,10 @@ Context rule (the model sees at most block_size positions): a prompt longer than
 its last block_size tokens. When the context is full and one more token must be fed, the oldest
 tokens are dropped and generation continues from the newest block_size // 2 (re-encoded from
 position 0: one prefill every block_size / 2 tokens rather than a full recompute every token).
-With and without the KV cache the model sees exactly the same windows, so greedy output is the
-same token for token.
+With and without the KV cache the model sees exactly the same windows, so in float32 greedy output
+is the same token for token. Under bf16 or fp16 autocast (dtype=...) the cached forwards (one row
+at a time) and the full-window ones are other matmul shapes, which round differently: the logits
+agree to within that rounding (tests/model/test_generate.py) and a near tie may pick another token.
 
 Batches: rows advance in lock-step, all at the same position, so one KV cache with one `start_pos`
 serves them all (the model has no per-row positions). The shared prefill covers the shortest
@@ -23,6 +25,7 @@ prompt; a longer prompt's remaining tokens are then fed one per step in place of
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from typing import Protocol
 
 import torch
 
+from common.precision import autocast
 from model.gpt import GPT
 
 # A row's callback gets (row, its new ids so far) after each token and returns True to end that row.
@@ -106,13 +110,17 @@ def generate(
     stop_ids: Sequence[int] = (),
     use_kv_cache: bool = True,
     callback: TokenCallback | None = None,
+    dtype: str | None = None,
 ) -> list[list[int]]:
     """The new ids of each prompt (a stop id ends its row and is not included).
 
     A row ends after max_new_tokens, at a stop id, or when `callback` returns True. `model` may be a
     torch.compile'd GPT. See the module docstring for the context rule and how rows of different
     lengths are batched. `generator`: one for the batch, or one per prompt, which makes each row's
-    sample independent of the others (a row draws only for the tokens it generates).
+    sample independent of the others (a row draws only for the tokens it generates). `dtype`: the
+    autocast dtype of the model's forward passes (float32 | bfloat16 | float16; common/precision.py),
+    or None to run them as the caller has it (inside the caller's torch.autocast, if any). Sampling
+    works on the logits cast to float32 either way.
     """
     block = model.cfg.block_size
     keep = max(block // 2, 1)
@@ -136,7 +144,9 @@ def generate(
         tokens[r, : len(p)] = torch.tensor(p, dtype=torch.long)
         forced[r, : len(p)] = True
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    cache = model.new_kv_cache(B) if use_kv_cache else None
+    precision = autocast(device.type, dtype) if dtype is not None else contextlib.nullcontext()
+    with precision:  # the cache takes the dtype the keys and values come out in
+        cache = model.new_kv_cache(B) if use_kv_cache else None
     was_training = model.training
     model.eval()
 
@@ -151,11 +161,12 @@ def generate(
                 forced = torch.cat([forced, forced.new_zeros(B, more)], dim=1)
             if pos - start > block:  # the context is full: slide (see the module docstring)
                 start = cached = pos - keep
-            if cache is not None:
-                logits, _ = model(tokens[:, cached:pos], kv_cache=cache, start_pos=cached - start)
-                cached = pos
-            else:
-                logits, _ = model(tokens[:, start:pos])
+            with precision:
+                if cache is not None:
+                    logits, _ = model(tokens[:, cached:pos], kv_cache=cache, start_pos=cached - start)
+                    cached = pos
+                else:
+                    logits, _ = model(tokens[:, start:pos])
             if per_row:
                 drawing = [r for r in range(B) if pos >= lens[r] and not done[r]]
                 sampled = _draw(logits[:, -1], drawing, temperature, top_k, top_p, generator)
