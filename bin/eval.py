@@ -15,6 +15,10 @@ document), its cleaning (--clean-preset) and the model's tokenizer: every docume
 ids, as in a store. Bits per byte = total nats / ln 2 / UTF-8 bytes of the cleaned text covered:
 the bytes of the predicted tokens themselves (a byte-level tokenizer's ids spell the text exactly),
 so under --max-tokens too it divides by the bytes actually scored.
+
+--dtype: each forward runs under autocast in this dtype, with the trainer's rule and context
+(common/precision.py), so on a GPU the numbers are the trainer's val loss numerics: auto is bfloat16
+there, float32 on the CPU. The report names the dtype.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from common.cli import number, resolve_device  # noqa: E402
 from common.config import ConfigError, from_dict  # noqa: E402
+from common.precision import DTYPES, autocast, bf16_supported, resolve_dtype  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from pipeline.chunks import with_bos  # noqa: E402
 from pipeline.clean import PRESETS, CleanConfig, CleanStats, clean_text, full_clean  # noqa: E402
@@ -65,10 +70,10 @@ def windows(arrays: Iterable[np.ndarray], size: int, max_tokens: int | None = No
 
 
 @torch.no_grad()
-def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int,
-          text_bytes: np.ndarray) -> tuple[float, int, int]:
+def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int, text_bytes: np.ndarray,
+          dtype: str = "float32") -> tuple[float, int, int]:
     """(total nats, predicted tokens, their bytes of text by `text_bytes[id]`) over the windows,
-    batched by equal length."""
+    batched by equal length; each forward under `dtype` autocast, as the trainer's evaluation runs."""
     device = model.wte.weight.device
     model.eval()
     nats, count, covered = 0.0, 0, 0
@@ -79,7 +84,8 @@ def score(model: GPT, wins: Iterable[np.ndarray], batch_size: int,
         stacked = np.stack(batch)
         covered += int(text_bytes[stacked[:, 1:]].sum())
         x = torch.from_numpy(stacked).to(device)
-        _, loss = model(x[:, :-1], x[:, 1:], return_logits=False)
+        with autocast(device.type, dtype):
+            _, loss = model(x[:, :-1], x[:, 1:], return_logits=False)
         n = int((x[:, 1:] != model.cfg.pad_id).sum())  # the model's loss is the mean over these
         nats, count = nats + float(loss) * n, count + n
         batch.clear()
@@ -102,7 +108,8 @@ def report(nats: float, count: int, text_bytes: int) -> dict:
             "bits_per_byte": nats / math.log(2) / text_bytes if text_bytes else None}
 
 
-def eval_store(loaded: LoadedModel, root: str, split: str, max_tokens: int | None, batch_size: int) -> dict:
+def eval_store(loaded: LoadedModel, root: str, split: str, max_tokens: int | None, batch_size: int,
+               dtype: str = "float32") -> dict:
     store = TokenStore(root)
     if store.tokenizer_sha256 != loaded.tokenizer_sha256:
         raise TokenizerMismatch(f"{root} was tokenized with sha256 {store.tokenizer_sha256[:12]}..., the model "
@@ -114,7 +121,7 @@ def eval_store(loaded: LoadedModel, root: str, split: str, max_tokens: int | Non
         raise ValueError(f"{root}: its {split} split holds {info['tokens']} token(s), nothing to evaluate{hint}")
     text_bytes = Encoder(loaded.tokenizer_path, engine="hf").text_bytes()  # nothing to encode: HF loads fastest
     nats, count, covered = score(loaded.model, windows(store.shards(split), loaded.model.cfg.block_size, max_tokens),
-                                 batch_size, text_bytes)
+                                 batch_size, text_bytes, dtype)
     return {"source": f"{root} {split}", **report(nats, count, covered)}
 
 
@@ -144,7 +151,7 @@ def clean_config(preset: str, manifest: dict | None, looked: str) -> CleanConfig
 
 
 def eval_texts(loaded: LoadedModel, paths: list[str], clean: CleanConfig, max_tokens: int | None,
-               batch_size: int, text_field: str = "text", csv_column: str = "text") -> dict:
+               batch_size: int, text_field: str = "text", csv_column: str = "text", dtype: str = "float32") -> dict:
     stats = CleanStats()
     docs: list[str] = []
     for path in paths:
@@ -166,7 +173,7 @@ def eval_texts(loaded: LoadedModel, paths: list[str], clean: CleanConfig, max_to
     ids, lengths = encoder.encode_to_array(docs)
     ids, _ = with_bos(ids, lengths, encoder.bos_id)
     nats, count, covered = score(loaded.model, windows([ids], loaded.model.cfg.block_size, max_tokens), batch_size,
-                                 encoder.text_bytes())
+                                 encoder.text_bytes(), dtype)
     result = report(nats, count, covered)
     dropped = stats.documents_in - stats.documents_kept
     return {"source": " ".join(paths), "documents": len(docs), "dropped_by_cleaning": dropped, **result}
@@ -189,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=number(int, 1), help="stop after this many predicted tokens (default: all)")
     p.add_argument("--batch-size", type=number(int, 1), default=8, help="windows per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ... (default auto)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="autocast dtype of the forward passes, as in the trainer's evaluation: auto (bfloat16 on a "
+                        "GPU with native bf16, else float16; float32 on the CPU) | float32 | bfloat16 | float16; "
+                        "the loss itself is summed in float32 (default auto)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return p
 
@@ -203,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    dtype = resolve_dtype(args.dtype, torch.device(device).type, bf16_supported(device))
     try:
         loaded = load(args.checkpoint, device, args.tokenizer)
         data = args.data or loaded.data
@@ -213,20 +225,22 @@ def main(argv: list[str] | None = None) -> int:
             clean = clean_config(args.clean_preset, manifest, looked)
             result = eval_texts(loaded, args.text, clean, args.max_tokens, args.batch_size,
                                 text_field=args.text_field or (manifest or {}).get("text_field") or "text",
-                                csv_column=args.csv_column or (manifest or {}).get("csv_column") or "text")
+                                csv_column=args.csv_column or (manifest or {}).get("csv_column") or "text",
+                                dtype=dtype)
         else:
             if not data:
                 raise ValueError(f"{args.checkpoint} does not say which store it was trained on; pass --data")
-            result = eval_store(loaded, data, args.split or "val", args.max_tokens, args.batch_size)
+            result = eval_store(loaded, data, args.split or "val", args.max_tokens, args.batch_size, dtype)
     except (TokenizerMismatch, StoreError, BadFileError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    result = {"model": str(loaded.source), "step": loaded.step, **result}
+    result = {"model": str(loaded.source), "step": loaded.step, "dtype": dtype, **result}
     if args.json:
         print(json.dumps(result))
     else:
         bpb = "n/a" if result["bits_per_byte"] is None else f"{result['bits_per_byte']:.4f}"
-        print(f"{result['model']} (step {result['step']}) on {result['source']}: {result['tokens']:,} tokens\n"
+        print(f"{result['model']} (step {result['step']}) on {result['source']}: {result['tokens']:,} tokens, "
+              f"{dtype}\n"
               f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | bits/byte {bpb}")
     return 0
 

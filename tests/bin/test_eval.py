@@ -259,16 +259,40 @@ def test_bits_per_byte_under_max_tokens_counts_the_bytes_covered(run_dir, store_
         assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / covered, rel=1e-6)
 
 
+def test_dtype_bfloat16_scores_close_to_float32_and_the_report_names_it(run_dir, capsys):
+    """The default on the CPU is float32; bf16 autocast (as the trainer evaluates on a GPU) moves the
+    fixture's loss by ~6e-4 relative (float16: ~2e-4), well inside 5e-3, but does move it."""
+    results = {}
+    for dtype in (None, "bfloat16", "float16"):
+        assert ev.main(["--checkpoint", str(run_dir), "--device", "cpu", "--json",
+                        *(["--dtype", dtype] if dtype else [])]) == 0
+        results[dtype] = json.loads(capsys.readouterr().out)
+    plain = results.pop(None)
+    assert plain["dtype"] == "float32"
+    for dtype, result in results.items():
+        assert result["dtype"] == dtype and result["tokens"] == plain["tokens"]
+        assert result["loss"] != plain["loss"]
+        assert result["loss"] == pytest.approx(plain["loss"], rel=5e-3)
+        assert result["bits_per_byte"] == pytest.approx(plain["bits_per_byte"], rel=5e-3)
+    assert ev.main(["--checkpoint", str(run_dir), "--device", "cpu", "--dtype", "bfloat16", "--max-tokens", "9"]) == 0
+    assert "val: 9 tokens, bfloat16\nloss " in capsys.readouterr().out
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_scores_the_store_as_the_cpu_does(run_dir, capsys):
     """On a GPU the loss comes from the Triton loss kernel, on the CPU from the chunked op: both in
-    float32 (without TF32), the same windows, the same numbers to float32 rounding."""
+    float32 (without TF32), the same windows, the same numbers to float32 rounding. `auto` on the GPU
+    is bf16 autocast (float16 without native bf16), within 5e-3 of float32 as on the CPU."""
     results = []
     for device in ("cpu", "cuda"):
-        assert ev.main(["--checkpoint", str(run_dir), "--device", device, "--json"]) == 0
+        assert ev.main(["--checkpoint", str(run_dir), "--device", device, "--json", "--dtype", "float32"]) == 0
         results.append(json.loads(capsys.readouterr().out))
     on_cpu, on_gpu = results
     assert on_gpu["tokens"] == on_cpu["tokens"] > 0
     assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=1e-4)
     assert on_gpu["bits_per_byte"] == pytest.approx(on_cpu["bits_per_byte"], rel=1e-4)
+    assert ev.main(["--checkpoint", str(run_dir), "--device", "cuda", "--json"]) == 0
+    half = json.loads(capsys.readouterr().out)
+    assert half["dtype"] == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16")
+    assert half["loss"] == pytest.approx(on_cpu["loss"], rel=5e-3)
