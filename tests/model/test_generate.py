@@ -241,6 +241,17 @@ def test_generate_runs_its_forwards_under_the_given_autocast(dtype, monkeypatch)
         generate(model, prompts, 3, dtype="auto")
 
 
+def test_generate_casts_the_weights_once_per_call_not_once_per_token(monkeypatch):
+    """Autocast keeps its bf16 copies of the weights until the outermost context exits. An autocast
+    context per step cast every weight again for every token: bf16 `tiny` on this 2-core CPU decoded at
+    ~170 tokens/s that way, below float32's ~185, and at ~320 with one context per call."""
+    exits = []
+    real = torch.clear_autocast_cache
+    monkeypatch.setattr(torch, "clear_autocast_cache", lambda: exits.append(1) or real())
+    assert len(generate(build(), [[1, 2, 3]], 20, temperature=0, dtype="bfloat16")[0]) == 20
+    assert len(exits) == 1
+
+
 def test_a_seed_repeats_a_bf16_sample_exactly():
     model = build()
     prompts = [[1, 2, 3], [7, 8]]
