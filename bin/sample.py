@@ -9,7 +9,13 @@ line of dashes), the speed to stderr.
 
 Context rule: the model sees at most block_size tokens. A longer prompt keeps its last block_size
 tokens; once the context is full, generation drops the oldest tokens and continues from the newest
-block_size/2 (with or without the KV cache, so greedy output is the same either way).
+block_size/2 (with or without the KV cache, so greedy output in float32 is the same either way; in
+bfloat16 or float16 the two round differently, and a near tie may pick another token).
+
+--dtype: the forward passes run under autocast in this dtype, by the trainer's rule
+(common/precision.py); weights stay float32 and sampling works on float32 logits. auto is bfloat16
+on a GPU and float32 on the CPU, where bf16 is emulated, and slow, without AVX512-BF16 or AMX
+(bench/RESULTS.md has the numbers of a CPU with AVX512-BF16). The speed line names the dtype.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
 from common.cli import UINT64_MAX, number, resolve_device  # noqa: E402
+from common.precision import DTYPES, bf16_supported, resolve_dtype  # noqa: E402
 from model.generate import CompletionStats, complete  # noqa: E402
 from pipeline.clean import CleanConfig, normalize  # noqa: E402
 from pipeline.fast_encode import Encoder  # noqa: E402
@@ -65,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop a sample where this text appears (it is not printed); repeatable; \\n and \\t "
                         "are understood. Generation always ends at [BOS] or [SEP] (a new document).")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="autocast dtype of the model's forward passes: auto (bfloat16 on a GPU with native bf16, "
+                        "else float16; float32 on the CPU) | float32 | bfloat16 | float16. Sampling works on "
+                        "float32 logits whatever the dtype (default auto)")
     p.add_argument("--no-kv-cache", action="store_true",
                    help="re-encode the whole context for every token (slow; the reference the cache must match)")
     p.add_argument("--stream", action="store_true",
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     model = loaded.model
+    dtype = resolve_dtype(args.dtype, torch.device(device).type, bf16_supported(device))
     print(f"model {loaded.source} (step {loaded.step}, {model.num_params() / 1e6:.1f}M params) on {device}",
           file=sys.stderr)
     if args.compile:
@@ -129,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     # One stream per sample, seeded seed + its index: a sample is the same alone, in a batch or streamed.
     generators = [torch.Generator(device).manual_seed((seed + i) % (UINT64_MAX + 1)) for i in range(len(rows))]
     options = dict(bos_id=BOS_ID, stop=[_unescape(s) for s in args.stop], temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, stop_ids=(BOS_ID, SEP_ID), use_kv_cache=not args.no_kv_cache)
+                   top_k=args.top_k, top_p=args.top_p, stop_ids=(BOS_ID, SEP_ID), use_kv_cache=not args.no_kv_cache,
+                   dtype=dtype)
     tokenizer, stats = Encoder(loaded.tokenizer_path), CompletionStats()
     if args.stream:
         for i, prompt in enumerate(rows):
@@ -141,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         done = complete(model, tokenizer, rows, args.max_new_tokens, stats=stats, generator=generators, **options)
         print(f"\n{SEPARATOR}\n".join(prompt + c.text for prompt, c in zip(rows, done, strict=True)))
     print(f"{stats.new_tokens} tokens in {stats.seconds:.2f} s: {stats.tokens_per_s:.1f} tokens/s "
-          f"({'KV cache' if not args.no_kv_cache else 'no KV cache'}, batch {1 if args.stream else len(rows)})",
-          file=sys.stderr)
+          f"({'KV cache' if not args.no_kv_cache else 'no KV cache'}, batch {1 if args.stream else len(rows)}, "
+          f"{dtype})", file=sys.stderr)
     return 0
 
 

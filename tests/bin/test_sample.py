@@ -301,12 +301,42 @@ def test_no_kv_cache_reaches_generate_and_an_unseeded_run_draws_a_fresh_seed(run
     assert run(*args, "--seed", seed1)[1] == first
 
 
+def test_dtype_auto_is_float32_on_the_cpu_and_the_speed_line_names_it(run, monkeypatch):
+    seen = []
+    real = sample.complete
+    monkeypatch.setattr(sample, "complete", lambda *a, **kw: seen.append(kw["dtype"]) or real(*a, **kw))
+    assert sample.build_parser().parse_args([]).dtype == "auto"
+    code, _, err = run("--prompt", "x", "--max-new-tokens", "2")
+    assert code == 0 and err.rstrip("\n").endswith("(KV cache, batch 1, float32)")
+    code, _, err = run("--prompt", "x", "--max-new-tokens", "2", "--dtype", "bfloat16", "--no-kv-cache")
+    assert code == 0 and err.rstrip("\n").endswith("(no KV cache, batch 1, bfloat16)")
+    assert seen == ["float32", "bfloat16"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_an_explicit_half_dtype_runs_on_the_cpu_and_a_seed_repeats_its_sample(run, dtype):
+    """CPU autocast takes both; a seeded sample repeats in them exactly, as in float32."""
+    args = ("--prompt", "JULIET:", "--max-new-tokens", "30", "--temperature", "1.5", "--num-samples", "2",
+            "--dtype", dtype)
+    first, second, other = run(*args, "--seed", "3"), run(*args, "--seed", "3"), run(*args, "--seed", "4")
+    assert first[0] == 0 and f"{dtype})" in first[2]
+    assert first[1] == second[1] != other[1]
+    code, out, _ = run("--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0", "--dtype", dtype)
+    assert code == 0 and out.startswith("ROMEO: But soft")  # the fitted text, in half precision too
+
+
+def test_an_unknown_dtype_is_refused(run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run("--dtype", "int8")
+    assert exc.value.code == 2 and "argument --dtype: invalid choice: 'int8'" in capsys.readouterr().err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_greedy_matches_the_cpu_cached_uncached_and_compiled(run):
     """bin/sample.py on a GPU in float32 without TF32 writes the CPU's greedy text, also with
     --compile (dynamic shapes over a growing cache), and a seeded sample on the GPU repeats."""
-    args = ("--prompt", "ROMEO:", "--max-new-tokens", "20", "--temperature", "0")
+    args = ("--prompt", "ROMEO:", "--max-new-tokens", "20", "--temperature", "0", "--dtype", "float32")
     on_cpu = run(*args)[1]
     code, on_gpu, err = run(*args, "--device", "cuda")
     assert code == 0 and "on cuda" in err and on_gpu == on_cpu
@@ -317,5 +347,19 @@ def test_cuda_greedy_matches_the_cpu_cached_uncached_and_compiled(run):
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert run(*args, "--device", "cuda", "--compile")[1] == on_cpu
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+    seeded = ("--prompt", "JULIET:", "--max-new-tokens", "30", "--temperature", "1.5", "--device", "cuda",
+              "--dtype", "float32")
+    assert run(*seeded, "--seed", "3")[1] == run(*seeded, "--seed", "3")[1] != run(*seeded, "--seed", "4")[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_defaults_to_bf16_autocast_and_a_seed_repeats(run):
+    """On a GPU `auto` is bfloat16 (float16 on a card without native bf16): the speed line says which,
+    greedy output is still the fitted text, and a seeded sample repeats."""
+    want = "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16"
+    code, out, err = run("--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0", "--device", "cuda")
+    assert code == 0 and err.rstrip("\n").endswith(f"(KV cache, batch 1, {want})")
+    assert out.startswith("ROMEO: But soft")
     seeded = ("--prompt", "JULIET:", "--max-new-tokens", "30", "--temperature", "1.5", "--device", "cuda")
     assert run(*seeded, "--seed", "3")[1] == run(*seeded, "--seed", "3")[1] != run(*seeded, "--seed", "4")[1]
