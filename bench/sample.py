@@ -1,10 +1,13 @@
 """Sampling benchmark: tokens/s of model/generate.py with the KV cache against without it.
 
     .venv/bin/python bench/sample.py [--presets tiny gpt-45m] [--prompt-tokens 16] [--new-tokens 512] [--reps 3]
+                                     [--dtype float32]
 
 Per preset (configs/<preset>.yml, random weights, the default 16384-token vocabulary): greedy
-generation of --new-tokens after a random --prompt-tokens prompt, batch 1, float32, on whatever
-device torch picks (CPU here). Greedy, so both runs must produce the same tokens, which is checked.
+generation of --new-tokens after a random --prompt-tokens prompt, batch 1, on whatever device torch
+picks (CPU here), the forwards under --dtype autocast (default float32; `auto` as bin/sample.py
+resolves it). Greedy, so in float32 both runs must produce the same tokens, which is checked; in
+bf16 or fp16 the cached and uncached forwards round differently and may part at a near tie.
 Without the cache every step re-encodes the whole window; with it, a step encodes one position.
 tiny's context is 256, so past it both follow generate's sliding-window rule (see model/generate.py).
 The two runs take turns --reps times (default 3); tokens/s and the speed-up are given as the median
@@ -33,13 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.config import from_dict, load_yaml  # noqa: E402
+from common.precision import DTYPES, bf16_supported, resolve_dtype  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from model.generate import generate  # noqa: E402
 
 
-def timed(model: GPT, prompt: list[int], new_tokens: int, use_kv_cache: bool) -> tuple[float, list[int]]:
+def timed(model: GPT, prompt: list[int], new_tokens: int, use_kv_cache: bool,
+          dtype: str) -> tuple[float, list[int]]:
     t0 = time.perf_counter()
-    out = generate(model, [prompt], new_tokens, temperature=0, use_kv_cache=use_kv_cache)[0]
+    out = generate(model, [prompt], new_tokens, temperature=0, use_kv_cache=use_kv_cache, dtype=dtype)[0]
     return time.perf_counter() - t0, out
 
 
@@ -49,11 +54,13 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3, help="turns of the two runs; median and best are shown")
+    ap.add_argument("--dtype", default="float32", choices=DTYPES, help="autocast dtype of the forwards")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = resolve_dtype(args.dtype, device, bf16_supported(device))
     command = " ".join(["python bench/sample.py", *sys.argv[1:]])
     print(f"{date.today()} | {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads | "
-          f"load average {os.getloadavg()[0]:.1f} | torch {torch.__version__} | {device} | {args.reps} reps "
+          f"load average {os.getloadavg()[0]:.1f} | torch {torch.__version__} | {device}, {dtype} | {args.reps} reps "
           f"| `{command}`")
     print()
     print("| preset | params | block | prompt + new | no cache tok/s, median (best) | KV cache tok/s, median (best) "
@@ -65,12 +72,12 @@ def main() -> None:
         model = GPT(cfg).to(device).eval()
         prompt = torch.randint(6, cfg.vocab_size, (args.prompt_tokens,)).tolist()
         for use_cache in (True, False):  # warm-up: allocator, kernels, lazy init
-            timed(model, prompt, 8, use_cache)
+            timed(model, prompt, 8, use_cache, dtype)
         times: dict[bool, list[float]] = {True: [], False: []}
         outputs = set()
         for _ in range(args.reps):
             for use_cache in (True, False):
-                seconds, out = timed(model, prompt, args.new_tokens, use_cache)
+                seconds, out = timed(model, prompt, args.new_tokens, use_cache, dtype)
                 times[use_cache].append(seconds)
                 outputs.add(tuple(out))
         med = {k: statistics.median(v) for k, v in times.items()}
