@@ -6,7 +6,8 @@
 `generate` works on ids; `complete` wraps it with a tokenizer (anything with `encode(str) ->
 list[int]` and `decode(list[int]) -> str`), stop strings and streaming. bin/sample.py is a thin
 command line over `complete`, so a notebook gets the CLI's behaviour (the CLI adds only the prompts'
-normalisation to NFC and LF line ends, and one generator per sample, seeded seed + i).
+normalisation to NFC and LF line ends, one generator per sample, seeded seed + i, and its --dtype,
+`auto` resolved for the device, as dtype=).
 
 Context rule (the model sees at most block_size positions): a prompt longer than block_size keeps
 its last block_size tokens. When the context is full and one more token must be fed, the oldest
