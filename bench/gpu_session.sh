@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make gpu-session`: what a lent GPU machine runs, in one call of the device tool (600 s a command):
-# `make gpu-check`, then `make gpu-test`, then bench/sample.py on the GPU, each stopped at its own
-# time (CHECK_S, TESTS_S, SAMPLE_S seconds; the defaults add up to 580). Arguments go to gpu_check.py
+# `make gpu-check`, then `make gpu-test`, then bench/sample.py on the GPU (float32, then bf16), each
+# stopped at its own time (CHECK_S, TESTS_S, SAMPLE_S seconds; the defaults add up to 580). Arguments go to gpu_check.py
 # (a --budget there overrides CHECK_S). Logs land under $OUT (else runs/gpu-session and
 # runs/gpu-check): the check's own, gpu_test.log and sample.log, 8 files with the check's five runs,
 # the most the device tool brings back (each --variant adds one more). Each step's summary is printed
@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 export PYTHONUNBUFFERED=1  # what a stopped step printed reaches its log
-out=${OUT:-runs/gpu-session} check_s=${CHECK_S:-300} tests_s=${TESTS_S:-230} sample_s=${SAMPLE_S:-50}
+out=${OUT:-runs/gpu-session} check_s=${CHECK_S:-300} tests_s=${TESTS_S:-220} sample_s=${SAMPLE_S:-60}
 mkdir -p "$out"
 check_log=$(mktemp)
 trap 'rm -f "$check_log"' EXIT
@@ -32,8 +32,10 @@ tests=$?
 echo "== make gpu-test: $(status $tests "$tests_s") ($out/gpu_test.log)"
 tail -n 12 "$out/gpu_test.log"
 
-timeout -k 10 "$sample_s" "$PY" bench/sample.py --reps 2 >"$out/sample.log" 2>&1
+# float32, then what bin/sample.py runs on a GPU by default (bf16 autocast): two tables in one log.
+timeout -k 10 "$sample_s" bash -c '"$0" bench/sample.py --reps 2 --dtype float32 && "$0" bench/sample.py --reps 2 \
+  --dtype auto' "$PY" >"$out/sample.log" 2>&1
 sample=$?
 echo "== bench/sample.py: $(status $sample "$sample_s") ($out/sample.log)"
-tail -n 6 "$out/sample.log"
+tail -n 12 "$out/sample.log"
 exit $((check || tests || sample))
