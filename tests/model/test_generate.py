@@ -136,9 +136,12 @@ def test_with_a_generator_per_row_a_sample_is_the_same_batched_or_alone():
     def gens(*seeds):
         return [torch.Generator().manual_seed(s) for s in seeds]
 
+    # The rows' distributions are filtered as one batch: a row's must not depend on the others.
+    for top_k, top_p in ((None, None), (20, None), (None, 0.9), (20, 0.8)):
+        batched = generate(model, prompts, 30, temperature=1.5, top_k=top_k, top_p=top_p, generator=gens(7, 8, 9))
+        assert batched == [generate(model, [p], 30, temperature=1.5, top_k=top_k, top_p=top_p, generator=gens(s))[0]
+                           for p, s in zip(prompts, (7, 8, 9), strict=True)]
     batched = generate(model, prompts, 30, temperature=1.5, generator=gens(7, 8, 9))
-    assert batched == [generate(model, [p], 30, temperature=1.5, generator=gens(s))[0]
-                       for p, s in zip(prompts, (7, 8, 9), strict=True)]
     assert batched[0] != generate(model, [prompts[0]], 30, temperature=1.5, generator=gens(8))[0]
     with pytest.raises(ValueError, match="2 generators for 3 prompts"):
         generate(model, prompts, 5, generator=gens(1, 2))
