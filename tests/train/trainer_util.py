@@ -84,3 +84,12 @@ class FillsUp:
 
     def flush(self) -> None:
         self.f.flush()
+
+
+def run(cfg: TrainConfig, lines: list[str] | None = None) -> dict:
+    """Train to the end in a Trainer outside torchrun; its last records."""
+    trainer = make_trainer(cfg, lines)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
