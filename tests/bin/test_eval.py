@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEXTS, make_run
+from bin_util import TEXTS, make_run
 from script_loader import load_script
 from tokenizers import Tokenizer
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_run
+from bin_util import make_run
 from safetensors import safe_open
 from safetensors.torch import save_model
 from script_loader import load_script
