@@ -62,6 +62,7 @@ class Trainer:
             raise
 
     def _setup(self) -> None:
+        """Model, optimizer, init_batch, data and resume: everything that may still refuse the run."""
         cfg, dist = self.cfg, self.dist
         self.scaler = torch.amp.GradScaler(self.device.type) if self.ptdtype is torch.float16 else None
         started = time.perf_counter()
