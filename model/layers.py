@@ -102,7 +102,9 @@ class Attention(nn.Module):
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4)
             if self.q_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
+                # In the projection's dtype, as the CUDA kernel returns it: the CPU formula's float32 gain
+                # promoted bf16 keys to float32, which a KV cache made under autocast refuses.
+                q, k = self.q_norm(q).type_as(q), self.k_norm(k).type_as(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 

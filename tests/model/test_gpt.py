@@ -268,11 +268,14 @@ def test_positions_past_block_size_and_a_cache_of_another_batch_are_value_errors
         model.double()(idx, kv_cache=cache)
 
 
-def test_a_cache_takes_the_autocast_dtype_and_refuses_keys_of_another():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_a_cache_takes_the_autocast_dtype_and_refuses_keys_of_another(qk_norm):
     """Made under autocast, the cache holds the dtype the keys come out in. Keys of another dtype were
     cast silently on the way in: float32 keys rounded into a bf16 cache (a cache made under autocast,
-    used outside it), or bf16 keys in a float32 cache (twice the memory, cast back at every read)."""
-    model = build(small()).eval()
+    used outside it), or bf16 keys in a float32 cache (twice the memory, cast back at every read).
+    qk_norm: the CPU RMSNorm's float32 gain made the keys float32 under bf16 autocast, so its own cache
+    refused them."""
+    model = build(small(qk_norm=qk_norm)).eval()
     idx = tokens(2, 5)
     with torch.no_grad():
         with torch.autocast("cpu", dtype=torch.bfloat16):
