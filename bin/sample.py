@@ -65,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample only among the most likely tokens whose probabilities sum to p (nucleus)")
     p.add_argument("--seed", type=number(int, 0, high=UINT64_MAX),
                    help="seed of the sampler, 0 to 2**64-1: the same seed and options repeat the output exactly; "
-                        "sample i (prompts x --num-samples, in order) draws from seed + i, so it is the same alone, "
-                        "in a batch or with --stream (default: a fresh seed, printed to stderr)")
+                        "sample i (prompts x --num-samples, in order) draws from seed + i, so in float32 it is the "
+                        "same alone, in a batch or with --stream (in bfloat16 or float16 a batch's other matmul shapes "
+                        "round differently, and a near tie may draw another token) (default: a fresh seed, printed "
+                        "to stderr)")
     p.add_argument("--num-samples", type=number(int, 1), default=1, help="samples per prompt (default 1)")
     p.add_argument("--stop", action="append", default=[],
                    help="stop a sample where this text appears (it is not printed); repeatable; \\n and \\t "
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else torch.Generator().seed()
     print(f"seed {seed}", file=sys.stderr)
     rows = [p for p in prompts for _ in range(args.num_samples)]
-    # One stream per sample, seeded seed + its index: a sample is the same alone, in a batch or streamed.
+    # One stream per sample, seeded seed + its index: a sample is the same alone, in a batch or streamed
+    # (in float32; a half dtype's rounding depends on the batch's matmul shapes).
     generators = [torch.Generator(device).manual_seed((seed + i) % (UINT64_MAX + 1)) for i in range(len(rows))]
     options = dict(bos_id=BOS_ID, stop=[_unescape(s) for s in args.stop], temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, stop_ids=(BOS_ID, SEP_ID), use_kv_cache=not args.no_kv_cache,
