@@ -80,7 +80,7 @@ class _Sniffer:
         """Judge by the lines after a chunk that ended before the verdict (the next chunk's, which that
         chunk reads as its own): until one parses, the sniff's count of failures is reached, or the file
         ends. A bigger chunk would have held them, and what the store holds must not depend on it."""
-        while self.failed and (line := stream.readline(MAX_RECORD_BYTES + 1)):
+        while line := stream.readline(MAX_RECORD_BYTES + 1):
             if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
                 _rest_of_line(stream, line)
             elif (line := line.removeprefix(BOM)) and not line.isspace():
@@ -90,6 +90,7 @@ class _Sniffer:
                     self.failed_line(line, line_no)
                 else:
                     self.failed = 0
+                    return
             line_no += 1
 
     def refuse(self, why: str) -> None:
@@ -151,7 +152,8 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
         line_no += 1
         if end is not None and pos >= end:
             break  # before reading the next chunk's first line, which may be huge
-    if sniffer and sniffer.failed and end is not None and pos < chunk.size:
+    # Also after a chunk of blank lines only, which failed none: the lines after them decide.
+    if sniffer and end is not None and pos < chunk.size:
         sniffer.read_on(stream, line_no)
     if sniffer and sniffer.failed:
         sniffer.refuse("no line of it is JSON")

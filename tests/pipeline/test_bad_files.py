@@ -203,6 +203,17 @@ def test_whether_a_file_is_json_lines_does_not_depend_on_the_chunk_size(tmp_path
                            "xxxxxxxxxxxxxxxxxxxxxxxxxxx'): not a JSON lines file")
     assert outcomes[1:] == [outcomes[0]] * 2
 
+def test_a_first_chunk_of_blank_lines_does_not_skip_the_sniff(tmp_path):
+    """A first chunk of blank lines only failed no line, so the sniff did not read on: a text file named
+    .jsonl that a big chunk refused passed under a small --chunk-bytes, its lines counted invalid_json."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n" * 400 + "".join(f"plain text line {i}\n" for i in range(200)))
+    for chunk_bytes in (64 << 20, 300):
+        bad_file(path, r"none of its first 20 lines is JSON \(line 401 begins", chunk_bytes=chunk_bytes)
+    path.write_text("\n" * 400 + json.dumps({"text": "kept"}) + "\n")  # and a JSON line after them reads
+    assert texts_of(path, chunk_bytes=300) == ["kept"]
+
+
 def test_a_byte_order_mark_inside_a_jsonl_file_is_dropped(tmp_path):
     """Files with a BOM concatenated (`cat a.jsonl b.jsonl`): the line that began with one was invalid_json."""
     path = tmp_path / "cat.jsonl"
