@@ -41,6 +41,14 @@ from model.gpt import GPT
 TokenCallback = Callable[[int, list[int]], bool]
 
 
+def check_filters(top_k: int | None, top_p: float | None) -> None:
+    """Refuse a top_k below 1 or a top_p outside (0, 1], as the CLI does."""
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """logits [B, V] with every token outside the top_k, and outside the top_p nucleus, set to -inf.
 
@@ -48,14 +56,11 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     smallest set of most likely tokens whose probability reaches top_p (always at least the most
     likely one); it is applied after top_k, to the renormalised top-k distribution.
     """
+    check_filters(top_k, top_p)
     if top_k is not None and top_k < logits.size(-1):
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep.scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
         logits = logits.masked_fill(~keep, float("-inf"))
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
@@ -138,6 +143,7 @@ def generate(
     or None to run them as the caller has it (inside the caller's torch.autocast, if any). Sampling
     works on the logits cast to float32 either way.
     """
+    check_filters(top_k, top_p)  # here too: greedy decoding never filters, and took any value unchecked
     block = model.cfg.block_size
     keep = max(block // 2, 1)
     prompts = [list(p)[-block:] for p in prompts]

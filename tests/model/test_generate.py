@@ -72,6 +72,10 @@ def test_bad_filter_values():
         filter_logits(torch.zeros(1, 3), top_p=1.5)
     with pytest.raises(ValueError):
         next_tokens(torch.zeros(1, 3), temperature=-0.1)
+    # Greedy decoding never filters: generate() took these silently at temperature 0, where the CLI refuses them.
+    for bad in (dict(top_p=1.5), dict(top_p=0.0), dict(top_k=0)):
+        with pytest.raises(ValueError, match="top_p must be in|top_k must be"):
+            generate(build(), [[1, 2]], 3, temperature=0, **bad)
 
 
 def test_temperature_zero_is_argmax_without_nan():
