@@ -220,9 +220,9 @@ def choose_checkpoint(run_dir: str | Path, resume: str) -> Path | None:
     source = resolve_checkpoint(resume)
     if held and not is_inside(source, run_dir):
         raise ResumeRefused(
-            f"{run_dir} holds checkpoints of another run ({', '.join(p.name for p in held)}): continuing {source} "
-            "there would mix two histories in its checkpoints and metrics.jsonl. Continue in another out_dir, or "
-            "delete those checkpoints first")
+            f"{run_dir} holds checkpoints of another history ({', '.join(p.name for p in held)}): continuing "
+            f"{source} there would mix two in its checkpoints and metrics.jsonl. resume=auto continues the folder's "
+            "own; for this branch pick another out_dir, or delete those checkpoints first")
     # Branching from an older checkpoint into the same run dir would interleave two histories there,
     # and resume=auto (or a keep_last prune) would later pick among both.
     step = marker_step(source)

@@ -105,7 +105,7 @@ def test_rerunning_a_branch_command_continues_the_branch(trained, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "branch" / "metrics.jsonl") if "loss" in r] == [11, 12, 13, 14,
                                                                                                         15]
     # Another source into that folder is still refused.
-    with pytest.raises(ResumeRefused, match="holds checkpoints of another run"):
+    with pytest.raises(ResumeRefused, match="holds checkpoints of another history"):
         make_trainer(from_dict(TrainConfig, base | {"resume": str(run_dir / "ckpt-00000020"), "max_steps": 22}))
 
 
@@ -116,7 +116,8 @@ def test_a_branch_into_a_folder_of_another_run_is_refused_and_keeps_none_of_its_
     other = tmp_path / "other"
     shutil.copytree(run_dir / "ckpt-00000010", other / "ckpt-00000005")
     base = to_dict(cfg) | {"resume": str(run_dir / "ckpt-00000020"), "max_steps": 22}
-    with pytest.raises(ResumeRefused, match=r"holds checkpoints of another run \(ckpt-00000005\): continuing"):
+    refusal = r"holds checkpoints of another history \(ckpt-00000005\): continuing .*resume=auto continues the"
+    with pytest.raises(ResumeRefused, match=refusal):
         make_trainer(from_dict(TrainConfig, base | {"out_dir": str(other)}))
     # A folder with only the metrics of a run that never saved: none of its records are this history's.
     fresh = tmp_path / "fresh"
