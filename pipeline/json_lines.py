@@ -114,6 +114,16 @@ def _rest_of_line(stream: BinaryIO, piece: bytes) -> int:
     return size
 
 
+def _wrapper_key(value: object, key: str) -> str | None:
+    """The key under which a file's first object holds the records (`{"data": [{"text": ...}, ...]}`)
+    instead of being one: read as a record, all of them would go as one missing_text."""
+    if isinstance(value, dict) and key not in value:
+        for name, inner in value.items():
+            if isinstance(inner, list) and inner and isinstance(inner[0], dict) and key in inner[0]:
+                return name
+    return None
+
+
 def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> Iterator[Record]:
     """One JSON object per line; the chunk owns every line that starts in [start, end).
 
@@ -145,6 +155,10 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
                     sniffer.failed_line(line, line_no)
                 stats.note("invalid_json", where)
             else:
+                if sniffer and (name := _wrapper_key(value, key)):
+                    raise BadFileError(chunk.path, None, f"line {line_no} is one object holding records under "
+                                       f"{name!r}, not a record: write them one per line (jq -c '.{name}[]' "
+                                       "FILE > FILE.jsonl) or as an array")
                 sniffer = None
                 text = text_of(value, key, repaired, where, stats)
                 if text is not None:

@@ -214,6 +214,18 @@ def test_a_first_chunk_of_blank_lines_does_not_skip_the_sniff(tmp_path):
     assert texts_of(path, chunk_bytes=300) == ["kept"]
 
 
+@pytest.mark.parametrize("name", ["wrapped.json", "wrapped.jsonl"])
+def test_records_wrapped_in_one_object_are_a_bad_file_not_one_missing_text(tmp_path, name):
+    """`{"data": [{"text": ...}, ...]}` on one line was read as one record without text: the whole file
+    went as a single missing_text count, beside other files without a word."""
+    path = tmp_path / name
+    records = [{"text": f"document {i}", "id": i} for i in range(50)]
+    path.write_text(json.dumps({"version": "1", "data": records}) + "\n")
+    bad_file(path, r"line 1 is one object holding records under 'data', not a record: .*jq -c '\.data\[\]'")
+    path.write_text(json.dumps({"text": "kept", "sections": records}) + "\n")  # a record that holds such a list
+    assert texts_of(path) == ["kept"]
+
+
 def test_a_byte_order_mark_inside_a_jsonl_file_is_dropped(tmp_path):
     """Files with a BOM concatenated (`cat a.jsonl b.jsonl`): the line that began with one was invalid_json."""
     path = tmp_path / "cat.jsonl"
