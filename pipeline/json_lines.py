@@ -76,14 +76,12 @@ class _Sniffer:
         if self.failed >= _SNIFF_LINES:
             self.refuse(f"none of its first {self.failed} lines is JSON")
 
-    def read_on(self, stream: BinaryIO, line_no: int) -> None:
+    def read_on(self, stream: BinaryIO, first_line: int) -> None:
         """Judge by the lines after a chunk that ended before the verdict (the next chunk's, which that
         chunk reads as its own): until one parses, the sniff's count of failures is reached, or the file
         ends. A bigger chunk would have held them, and what the store holds must not depend on it."""
-        while line := stream.readline(MAX_RECORD_BYTES + 1):
-            if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
-                _rest_of_line(stream, line)
-            elif (line := line.removeprefix(BOM)) and not line.isspace():
+        for line_no, (_, line) in enumerate(_lines(stream), start=first_line):
+            if line and not line.isspace():
                 try:
                     parse_json(line)
                 except ValueError:
@@ -91,7 +89,6 @@ class _Sniffer:
                 else:
                     self.failed = 0
                     return
-            line_no += 1
 
     def refuse(self, why: str) -> None:
         # JSON never holds a raw NUL byte; UTF-16 text without a byte order mark, or binary data, does.
@@ -106,12 +103,18 @@ class _Sniffer:
 MAX_RECORD_BYTES = 1 << 28
 
 
-def _rest_of_line(stream: BinaryIO, piece: bytes) -> int:
-    """Read past the line that `piece` began; its length in bytes."""
-    size = len(piece)
-    while not piece.endswith(b"\n") and (piece := stream.readline(BLOCK)):
-        size += len(piece)
-    return size
+def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """Each line's size in bytes and its bytes without a BOM (at a file's start, or where files with one
+    were concatenated); None for a line over MAX_RECORD_BYTES, read past without being held (the
+    newline does not count against the limit)."""
+    while line := stream.readline(MAX_RECORD_BYTES + 1):
+        if len(line) <= MAX_RECORD_BYTES or line.endswith(b"\n"):
+            yield len(line), line.removeprefix(BOM)
+            continue
+        size = len(line)
+        while not line.endswith(b"\n") and (line := stream.readline(BLOCK)):
+            size += len(line)
+        yield size, None
 
 
 def _wrapper_key(value: object, key: str) -> str | None:
@@ -135,17 +138,12 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
     else:
         end = None  # compressed files are never split
     sniffer = _Sniffer(chunk.path) if chunk.start == 0 else None
-    pos, line_no, limit = chunk.start, chunk.first_line, MAX_RECORD_BYTES
-    while line := stream.readline(limit + 1):
-        if len(line) > limit and not line.endswith(b"\n"):  # the newline does not count against the limit
-            pos += _rest_of_line(stream, line)
+    pos, line_no = chunk.start, chunk.first_line - 1
+    for line_no, (size, line) in enumerate(_lines(stream), start=chunk.first_line):
+        pos += size  # counted with the BOM: chunk boundaries are byte offsets of the file
+        if line is None:
             stats.note("record_too_long", f"{chunk.path}:{line_no}")
-            line = b""
-        else:
-            pos += len(line)  # counted with the BOM: chunk boundaries are byte offsets of the file
-        if line.startswith(BOM):  # at a file's start, or where files with one were concatenated
-            line = line[len(BOM) :]
-        if line and not line.isspace():  # empty where a BOM was all there was, or the line was too long
+        elif line and not line.isspace():  # empty where a BOM was all there was
             where = f"{chunk.path}:{line_no}"
             try:
                 value, repaired = parse_json(line)
@@ -163,11 +161,10 @@ def read_json_lines(raw: BinaryIO, chunk: Chunk, key: str, stats: ReadStats) -> 
                 text = text_of(value, key, repaired, where, stats)
                 if text is not None:
                     yield text, where
-        line_no += 1
         if end is not None and pos >= end:
             break  # before reading the next chunk's first line, which may be huge
     # Also after a chunk of blank lines only, which failed none: the lines after them decide.
     if sniffer and end is not None and pos < chunk.size:
-        sniffer.read_on(stream, line_no)
+        sniffer.read_on(stream, line_no + 1)
     if sniffer and sniffer.failed:
         sniffer.refuse("no line of it is JSON")
