@@ -41,8 +41,10 @@ from model.gpt import GPT
 TokenCallback = Callable[[int, list[int]], bool]
 
 
-def check_filters(top_k: int | None, top_p: float | None) -> None:
-    """Refuse a top_k below 1 or a top_p outside (0, 1], as the CLI does."""
+def check_sampling(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Refuse a negative temperature, a top_k below 1 or a top_p outside (0, 1], as the CLI does."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -56,7 +58,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     smallest set of most likely tokens whose probability reaches top_p (always at least the most
     likely one); it is applied after top_k, to the renormalised top-k distribution.
     """
-    check_filters(top_k, top_p)
+    check_sampling(top_k=top_k, top_p=top_p)
     if top_k is not None and top_k < logits.size(-1):
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep.scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
@@ -93,8 +95,7 @@ def next_tokens(
 ) -> torch.Tensor:
     """One token id per row of logits [B, V]: the argmax at temperature 0, else a draw from
     softmax(logits / temperature) restricted by top_k / top_p."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    check_sampling(temperature)
     if temperature == 0:
         return logits.float().argmax(dim=-1)
     probs = sampling_probs(logits, temperature, top_k, top_p)
@@ -107,9 +108,8 @@ def _draw(logits: torch.Tensor, rows: list[int], temperature: float, top_k: int 
     draws are its own, the same whatever else is in the batch or whether it is in one at all. The
     distributions are made for all those rows at once (row by row inside each op); only the draws
     go one row at a time, as a generator serves one draw (filtering row by row cost ~30% of a batch
-    of 32's generation on a CPU, and far more in kernel launches on a GPU)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    of 32's generation on a CPU, and far more in kernel launches on a GPU). generate() has checked the
+    options."""
     out = logits.float().argmax(dim=-1)
     if rows and temperature > 0:
         probs = sampling_probs(logits[rows], temperature, top_k, top_p)
@@ -143,7 +143,7 @@ def generate(
     or None to run them as the caller has it (inside the caller's torch.autocast, if any). Sampling
     works on the logits cast to float32 either way.
     """
-    check_filters(top_k, top_p)  # here too: greedy decoding never filters, and took any value unchecked
+    check_sampling(temperature, top_k, top_p)  # up front: greedy decoding never filters, and took any value
     block = model.cfg.block_size
     keep = max(block // 2, 1)
     prompts = [list(p)[-block:] for p in prompts]

@@ -76,6 +76,8 @@ def test_bad_filter_values():
     for bad in (dict(top_p=1.5), dict(top_p=0.0), dict(top_k=0)):
         with pytest.raises(ValueError, match="top_p must be in|top_k must be"):
             generate(build(), [[1, 2]], 3, temperature=0, **bad)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):  # with a generator per row too
+        generate(build(), [[1, 2]], 3, temperature=-1.0, generator=[torch.Generator()])
 
 
 def test_temperature_zero_is_argmax_without_nan():
