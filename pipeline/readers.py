@@ -230,7 +230,12 @@ def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iter
             return
         names = [name.strip() for name in header]
         if column not in names:
-            found = f"columns found: {_shown(', '.join(names))}" if any(names) else "line 1, the header, is blank"
+            if any(names):
+                found = f"columns found: {_shown(', '.join(names))}"
+            elif len(names) > 1:  # a row of commas: columns, every one without a name
+                found = f"line 1, the header, names {len(names)} columns, all empty"
+            else:
+                found = "line 1, the header, is blank"
             raise BadFileError(chunk.path, 0, f"no column {column!r}; {found}")
         if names.count(column) > 1:
             raise BadFileError(chunk.path, 0, f"{names.count(column)} columns named {column!r}: which one is the text "

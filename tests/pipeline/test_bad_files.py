@@ -121,6 +121,8 @@ def test_csv_header_faults_are_named_plainly(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("\nid,text\n1,x\n")
     bad_file(path, "no column 'text'; line 1, the header, is blank")
+    path.write_text(" , ,\n1,2,3\n")  # the names of a header of commas only were called blank
+    bad_file(path, "no column 'text'; line 1, the header, names 3 columns, all empty")
     path.write_text("text,id,text\na,1,b\n")
     bad_file(path, "2 columns named 'text': which one is the text is unclear")
     path.write_bytes(bytes(range(256)) * 4 + b"\n")
