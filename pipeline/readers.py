@@ -70,7 +70,7 @@ class ReadStats:
     """Records yielded with invalid UTF-8 (or lone surrogates) replaced by U+FFFD."""
     bad_records: Counter = field(default_factory=Counter)
     """Skipped records by kind: invalid_json, not_an_object, missing_text, null_text, non_string_text,
-    record_too_long."""
+    record_too_long, too_many_fields (a CSV row with more non-empty fields than its header)."""
     examples: list[str] = field(default_factory=list)
     """The first few `file:line: kind` problems, enough to go and look without flooding the log."""
     quiet: bool = False
@@ -248,6 +248,12 @@ def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iter
             if index >= len(row):
                 if row:  # a blank line is no record at all
                     stats.note("missing_text", where)
+                continue
+            if any(row[len(names) :]):
+                # More fields than the header names (empty ones, a trailing comma, are harmless): a comma
+                # in unquoted text split it, or the columns shifted, so the field in the text column's
+                # place is a fragment of the text or another column, and kept it would pass as a document.
+                stats.note("too_many_fields", where)
                 continue
             text, replaced = repair(row[index])
             if replaced:

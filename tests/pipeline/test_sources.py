@@ -226,6 +226,17 @@ def test_csv_header_padding_short_rows_parquet_large_strings_and_quiet_stats(tmp
     assert quiet.examples == ["f.jsonl:3: invalid_json"] and caplog.text == ""
 
 
+def test_csv_row_with_more_fields_than_the_header_is_a_counted_bad_record(tmp_path):
+    """An unquoted comma in the text splits it: the text column then holds a fragment ("Hello"), which
+    was kept as a document, uncounted. Empty extra fields (a trailing comma) hide nothing."""
+    path = tmp_path / "ragged.csv"
+    path.write_text("id,text\n1,Hello, world.\n2,fine,\n3,a,,b\n4,ok\n")
+    records, stats = read_all(path)
+    assert [t for t, _ in records] == ["fine", "ok"]
+    assert stats.bad_records == {"too_many_fields": 2}
+    assert stats.examples == [f"{path}:2: too_many_fields", f"{path}:4: too_many_fields"]
+
+
 def test_invalid_utf8_and_lone_surrogates_are_replaced(tmp_path):
     path = tmp_path / "u.jsonl"
     path.write_bytes(b'{"text": "caf\xff!"}\n{"text": "lone \\ud800 surrogate"}\n{"text": "fine \xc3\xa9"}\n')
