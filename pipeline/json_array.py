@@ -17,6 +17,7 @@ from pipeline.json_lines import refuse_cr_line_ends
 from pipeline.readers import (
     BLOCK,
     BOM,
+    MAX_RECORD_BYTES,
     BadFileError,
     ReadStats,
     Record,
@@ -116,6 +117,9 @@ class _ArrayScanner:
             m = _STRUCTURE.search(self.buf, i)
             end = _string_end(self.buf, m.end()) if m and m.group() == '"' else 0
             if m is None or end < 0:
+                if len(self.buf) - self.pos > MAX_RECORD_BYTES:  # never held whole (see readers.py)
+                    raise _Malformed(f"line {self.line}: the element starting here runs over {MAX_RECORD_BYTES:,} "
+                                     "characters (a quote that never closes?)")
                 i = len(self.buf) if m is None else m.start()  # rescan an unfinished string from its quote
                 shift = self._more()
                 if shift < 0:

@@ -11,7 +11,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
-from pipeline.readers import BLOCK, BOM, BadFileError, ReadStats, Record, compression, decompressed, parse_json, text_of
+from pipeline.readers import (
+    BLOCK,
+    BOM,
+    MAX_RECORD_BYTES,
+    BadFileError,
+    ReadStats,
+    Record,
+    compression,
+    decompressed,
+    parse_json,
+    text_of,
+)
 
 if TYPE_CHECKING:
     from pipeline.sources import Chunk
@@ -95,12 +106,6 @@ class _Sniffer:
         binary = "; binary data (NUL bytes) or UTF-16 text?" if b"\x00" in self.first else ""
         raise BadFileError(self.path, None, f"{why} (line {self.first_no} begins {self.first[:60]!r}): not a JSON "
                                             f"lines file{binary}")
-
-
-# A longer JSON line is skipped as record_too_long while it streams past, never held whole: a worker
-# holding a 2 GiB line needed ~4.5 GB, and when that ran out, died with a traceback naming no file or
-# crashed inside orjson. 256 MiB is tens of millions of tokens, beyond any document worth training on.
-MAX_RECORD_BYTES = 1 << 28
 
 
 def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,8 +41,12 @@ MAX_EXAMPLES = 5
 BLOCK = 1 << 20
 BOM = b"\xef\xbb\xbf"
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# sys.maxsize overflows the C long that field_size_limit takes on some platforms.
-_CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
+# A longer record is never held whole: a worker holding a 2 GiB line needed ~4.5 GB, and when that ran
+# out, died with a traceback naming no file or crashed inside orjson. 256 MiB is tens of millions of
+# tokens, beyond any document worth training on. JSON lines skip such a line as record_too_long while it
+# streams past; a CSV field or a JSON array element that long is a bad file (a quote that never closes
+# makes the rest of the file one field, which the csv module held at ~4.5 bytes a character).
+MAX_RECORD_BYTES = 1 << 28
 
 Record = tuple[str, str]
 
@@ -219,7 +222,7 @@ def text_stream(raw: BinaryIO, path: str) -> io.TextIOWrapper:
 
 def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iterator[Record]:
     """CSV with a header row; the location is the line where each record starts."""
-    csv.field_size_limit(_CSV_FIELD_LIMIT)  # idempotent; documents may be tens of MB
+    csv.field_size_limit(MAX_RECORD_BYTES)  # set on each call: the limit is global to the csv module
     # strict: a quote that never closes is an error, not a field that silently swallows every
     # later row up to the end of the file.
     reader = csv.reader(text_stream(raw, chunk.path), strict=True)
@@ -260,7 +263,10 @@ def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iter
                 stats.note("invalid_utf8", where)
             yield text, where
     except csv.Error as err:
-        raise BadFileError(chunk.path, None, f"the record starting at line {line_no}: {err}") from None
+        why = str(err)
+        if why.startswith("field larger than field limit"):
+            why = f"a field runs over {MAX_RECORD_BYTES:,} characters (a quote that never closes?)"
+        raise BadFileError(chunk.path, None, f"the record starting at line {line_no}: {why}") from None
 
 
 def _shown(text: str, limit: int = 200) -> str:

@@ -13,7 +13,7 @@ import pytest
 import zstandard
 from read_helpers import FORMATS, bad_file, read_all, texts_of
 
-from pipeline import json_lines
+from pipeline import json_array, json_lines, readers
 from pipeline.sources import BadFileError, Chunk, plan_chunks, read_chunk
 
 
@@ -338,6 +338,28 @@ def test_a_line_over_the_record_limit_is_skipped_as_it_streams_past(tmp_path, mo
         assert [w for _, w in records] == [f"{path}:{n}" for n in (1, 3, 5)]
         assert stats.bad_records == {"record_too_long": 3}
         assert stats.examples == [f"{path}:{n}: record_too_long" for n in (2, 4, 6)]
+
+
+@pytest.mark.parametrize("name", ["quote.csv", "quote.json"])
+def test_a_quote_that_never_closes_stops_at_the_record_limit(tmp_path, monkeypatch, name):
+    """A stray quote makes the rest of the file one CSV field or JSON array element, which was held whole
+    (a 100 MB CSV took 460 MB in one worker) before the file was called bad at its end: a big file
+    killed the worker, with an error naming no file. Now the same bad file, once past the limit (64
+    bytes here, read 16 at a time). Fields and elements under it read as before."""
+    for module in (readers, json_array):
+        monkeypatch.setattr(module, "MAX_RECORD_BYTES", 64)
+    monkeypatch.setattr(json_array, "BLOCK", 16)
+    ok, rest = "x" * 40, "more text, and more\n" * 20
+    if name.endswith(".csv"):
+        good, bad, where = f'text\n"{ok}"\n', f'text\n"{ok}"\n"stray\n{rest}', "the record starting at line 3"
+    else:
+        good = f'[{{"text": "{ok}"}}]'
+        bad, where = f'[{{"text": "{ok}"}},\n{{"text": "stray\n{rest}', "line 2: the element starting here"
+    path = tmp_path / name
+    path.write_text(good)
+    assert texts_of(path) == [ok]
+    path.write_text(bad)
+    bad_file(path, f"{where}.* runs over 64 characters \\(a quote that never closes\\?\\)")
 
 
 def test_a_line_of_exactly_the_record_limit_is_read_with_or_without_its_newline(tmp_path, monkeypatch):
