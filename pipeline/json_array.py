@@ -43,6 +43,8 @@ def json_layout(stream: BinaryIO, path: str) -> str:
     line_no, first = _first_line(stream)
     if first[:1] != b"{":
         return "json" if first else "jsonl"  # a blank file is no error either way
+    if len(first) > MAX_RECORD_BYTES:
+        return "jsonl"  # one line, too long to judge here: the JSON lines reader skips it as record_too_long
     try:
         parse_json(first)
     except ValueError:
@@ -54,13 +56,15 @@ def json_layout(stream: BinaryIO, path: str) -> str:
 
 
 def _first_line(stream: BinaryIO) -> tuple[int, bytes]:
-    """The first line that is not blank, and its number; read whole only if it starts an object."""
+    """The first line that is not blank, and its number; read whole only if it starts an object, and only
+    up to just past MAX_RECORD_BYTES: a one-line file of GBs (`{"data": [...]}`) was read whole, then
+    parsed, in the process that plans the chunks (1 GB for a 300 MB file)."""
     line_no, piece = 1, stream.readline(BLOCK).removeprefix(BOM)
     while piece:
         start = piece.lstrip()
         if start:
             if start[:1] == b"{" and not piece.endswith(b"\n"):
-                start += stream.readline()
+                start += stream.readline(MAX_RECORD_BYTES + 1 - len(start))
             return line_no, start
         if piece.endswith(b"\n"):  # else a long blank line goes on in the next piece
             line_no += 1

@@ -1,11 +1,12 @@
 """The .json reader: a streamed top-level array of objects, or JSON lines under a .json name."""
 
+import io
 import json
 
 import pytest
 from read_helpers import bad_file, read_all, texts_of
 
-from pipeline import json_array
+from pipeline import json_array, json_lines
 
 
 def test_json_array_scanner_across_tiny_reads(tmp_path, monkeypatch):
@@ -21,6 +22,22 @@ def test_json_array_scanner_across_tiny_reads(tmp_path, monkeypatch):
     texts, stats = read_all(path)
     assert [t for t, _ in texts] == ["ok", "end"]
     assert stats.bad_records == {"not_an_object": 1, "missing_text": 1}
+
+
+def test_a_first_line_over_the_record_limit_is_not_read_whole(tmp_path, monkeypatch):
+    """Which layout a .json file has was judged from its first line read whole: a one-line file of GBs
+    was held (and parsed) by the process planning the chunks. Past the limit (64 bytes here) it is a
+    JSON lines file, whose reader skips the line as it streams past (record_too_long)."""
+    monkeypatch.setattr(json_array, "MAX_RECORD_BYTES", 64)
+    monkeypatch.setattr(json_lines, "MAX_RECORD_BYTES", 64)
+    monkeypatch.setattr(json_array, "BLOCK", 8)
+    data = json.dumps({"data": [{"text": f"doc {i}"} for i in range(100)]}).encode() + b"\n"
+    stream = io.BytesIO(data)
+    assert json_array.json_layout(stream, "one.json") == "jsonl" and stream.tell() <= 8 + 64 + 1
+    path = tmp_path / "one.json"
+    path.write_bytes(data + b'{"text": "next"}\n')
+    texts, stats = read_all(path)
+    assert [t for t, _ in texts] == ["next"] and stats.bad_records == {"record_too_long": 1}
 
 
 def test_an_element_that_is_not_json_makes_the_array_a_bad_file(tmp_path):
