@@ -60,18 +60,43 @@ def train_store_tokenizer(cfg: PrepareConfig, paths: list[Path] | None = None, f
                                  root / file, text_field=cfg.text_field, csv_column=cfg.csv_column,
                                  skip_bad_files=cfg.skip_bad_files))
     log.info("%s: trained in %.1f s", path, time.perf_counter() - started)
-    record = {"sha256": sha256_file(path), "inputs": inputs}
+    record = {"sha256": sha256_file(path), "inputs": inputs, "options": _training_options(cfg)}
     atomic_write_bytes(root / TRAINED_FROM, json.dumps(record).encode())
     return path
 
 
+def _training_options(cfg: PrepareConfig) -> dict[str, Any]:
+    """The options training depends on, as JSON values."""
+    return {"vocab_size": cfg.vocab_size or DEFAULT_VOCAB_SIZE, "sample_bytes": cfg.tokenizer_sample_bytes,
+            "clean": asdict(clean_config(cfg)), "seed": cfg.seed, "text_field": cfg.text_field,
+            "csv_column": cfg.csv_column, "skip_bad_files": cfg.skip_bad_files}
+
+
 def _training_inputs(cfg: PrepareConfig, paths: list[Path]) -> str:
     """A hash of everything training depends on: the files as they are now, the options, the library."""
-    blob = {"files": file_identities(paths), "vocab_size": cfg.vocab_size or DEFAULT_VOCAB_SIZE,
-            "sample_bytes": cfg.tokenizer_sample_bytes, "clean": asdict(clean_config(cfg)), "seed": cfg.seed,
-            "text_field": cfg.text_field, "csv_column": cfg.csv_column, "skip_bad_files": cfg.skip_bad_files,
-            "tokenizers": tokenizers.__version__}
+    blob = {"files": file_identities(paths), **_training_options(cfg), "tokenizers": tokenizers.__version__}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _options_changed(cfg: PrepareConfig, tokenizer: Path) -> list[str]:
+    """The training options under which `tokenizer` (the one last trained in its folder) was trained
+    otherwise than `cfg` says; none when that is unknown."""
+    try:
+        record = json.loads((tokenizer.parent / TRAINED_FROM).read_bytes())
+        if record["sha256"] != sha256_file(tokenizer):
+            return []
+        then = record["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    now = json.loads(json.dumps(_training_options(cfg)))  # as JSON gives it back: tuples are lists there
+    return [flag for key, flag in _OPTION_FLAGS.items() if then.get(key) != now[key]]
+
+
+# The training options by the flags that set them. Not --vocab-size: prepare refuses one other than the
+# tokenizer's, and none given means the tokenizer's own.
+_OPTION_FLAGS = {"sample_bytes": "--tokenizer-sample-bytes", "clean": "cleaning (--clean-preset, --clean)",
+                 "seed": "--seed", "text_field": "--text-field", "csv_column": "--csv-column",
+                 "skip_bad_files": "--skip-bad-files"}
 
 
 def _trained_from(cfg: PrepareConfig, paths: list[Path], tokenizer: Path) -> bool:
@@ -138,6 +163,12 @@ def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded:
         return train_store_tokenizer(cfg, paths, NEXT_TOKENIZER)
     if not dest.is_file():
         train_store_tokenizer(cfg, paths)
+    elif changed := _options_changed(cfg, dest):
+        # Kept (its ids are what the store and any model trained on it mean), but the store then depends
+        # on the folder's history: the same command in an empty folder trains another tokenizer.
+        log.warning("%s was trained under other values of %s and is kept: the store is encoded with it. To train it "
+                    "anew under these options, run bin/tokenizer.py with them and --overwrite (make tokenizer "
+                    "ARGS=\"... --overwrite\"), then this command again", dest, ", ".join(changed))
     return dest
 
 

@@ -286,3 +286,27 @@ def test_a_refused_shard_job_leaves_no_part_folder(tmp_path, capsys):
     assert tokenizer_main(common) == 0
     assert main([*common, "--shard", "0/2"]) == 0 and main([*common, "--shard", "1/2"]) == 0
     assert main([*common, "--merge"]) == 0
+
+
+def test_prepare_says_when_it_keeps_a_tokenizer_trained_under_other_options(tmp_path, caplog):
+    """prepare --seed 1 (or other cleaning, sample size, ...) over a store kept the tokenizer trained with
+    seed 0 without a word, so the store depended on the folder's history: the same command in an empty
+    folder trains another tokenizer. It is still kept (a grown corpus keeps its ids), with a warning
+    naming the options; a file added under the same options says nothing."""
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(4, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet"]
+    assert main([*common, "--vocab-size", "300"]) == 0
+    tokenizer = tmp_path / "s" / "tokenizer.json"
+    before = sha256_file(tokenizer)
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert main([*common, "--seed", "1", "--tokenizer-sample-bytes", "100000"]) == 0
+    assert sha256_file(tokenizer) == before
+    assert [r.getMessage() for r in caplog.records if "trained under" in r.getMessage()] == [
+        f"{tokenizer} was trained under other values of --tokenizer-sample-bytes, --seed and is kept: the store "
+        "is encoded with it. To train it anew under these options, run bin/tokenizer.py with them and "
+        '--overwrite (make tokenizer ARGS="... --overwrite"), then this command again']
+    caplog.clear()
+    more = write_jsonl(tmp_path / "d" / "b.jsonl", sentences(5, 50))
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert main([*common, "--data", str(more)]) == 0  # no --vocab-size: the tokenizer's own, no warning
+    assert "trained under" not in caplog.text and sha256_file(tokenizer) == before
