@@ -191,7 +191,16 @@ class _ZstdStream(io.RawIOBase):
                     raise EOFError("zstd stream ends inside a frame (truncated file?)")
                 return 0
             self._mid_frame = True
-            self._out, self._pos = self._dobj.decompress(data), 0
+            try:
+                self._out, self._pos = self._dobj.decompress(data), 0
+            except zstandard.ZstdError as err:
+                if "too much memory" not in str(err):
+                    raise
+                # zstd's own words say neither why (a window over the 128 MiB the library allows by
+                # default) nor what to do; the window is not raised here, as each worker would hold it.
+                raise zstandard.ZstdError(
+                    "its frames need a decoding window over 128 MiB (written with `zstd --long`?): decompress "
+                    "it first (`zstd -d --long=31 FILE`) or recompress it without --long") from None
         n = min(len(buf), len(self._out) - self._pos)
         buf[:n] = memoryview(self._out)[self._pos : self._pos + n]
         self._pos += n

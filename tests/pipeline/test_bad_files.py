@@ -65,6 +65,17 @@ def test_truncated_compressed_file(tmp_path, name):
     assert records[-1][0] == texts[int(found[2]) - 1 - (".csv" in name)]
 
 
+def test_a_zstd_file_needing_a_long_window_is_a_bad_file_that_says_what_to_do(tmp_path):
+    """`zstd --long=31` writes frames that need a 2 GiB window; zstd's own "Frame requires too much memory
+    for decoding" said neither why nor what to do about a file that is not broken."""
+    writer = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
+        window_log=31, enable_ldm=True)).compressobj()
+    path = tmp_path / "long.jsonl.zst"
+    path.write_bytes(writer.compress(b'{"text": "a"}\n' * 100) + writer.flush())
+    bad_file(path, r"its frames need a decoding window over 128 MiB \(written with `zstd --long`\?\): decompress "
+                   r"it first \(`zstd -d --long=31 FILE`\) or recompress it without --long")
+
+
 def test_zstd_is_decompressed_a_bounded_amount_at_a_time(tmp_path):
     """64 KiB of compressed input went to one decompress call: 11 KB of repetitive zstd gave 128 MiB at once."""
     path = tmp_path / "blank.jsonl.zst"
