@@ -305,7 +305,9 @@ def _resolve(cls: type, key: str, arg: str) -> tuple[list[str], Any]:
         return parts, fields[leaf]
     if leaf.startswith("no_") and _takes_bool(fields.get(leaf[3:])):
         return parts, None
-    hint = difflib.get_close_matches(leaf, fields, n=1)
+    # Spelled as typed, section included (`--model.nlayer` was told "n_layer", itself an unknown option).
+    hint = [".".join([*parts[:-1], h]) for h in difflib.get_close_matches(leaf, fields, n=1)]
+    hint = ["--" + hint[0].replace("_", "-") if arg.startswith("--") else hint[0]] if hint else []
     raise ConfigError(f"command line: unknown option {arg!r} for {cls.__name__}"
                       + (f" (did you mean {hint[0]}?)" if hint else " (see --help)"))
 

@@ -120,6 +120,18 @@ def test_cli_errors_still_say_command_line(tmp_path, capsys):
     assert "command line: lr: expected float, got 'abc'" in _error(capsys, Outer, ["--config", str(good), "lr=abc"])
 
 
+@pytest.mark.parametrize(
+    ("arg", "hint"),
+    [("--model.n-layr", "--model.n-layer"), ("--model.n_layr", "--model.n-layer"), ("model.n_layr=3", "model.n_layer"),
+     ("--lrr", "--lr"), ("lrr=1", "lr")],
+)
+def test_an_unknown_option_is_told_the_close_one_as_it_would_be_typed(capsys, arg, hint):
+    """`--model.nlayer` was told "did you mean n_layer?": pasted back, that is itself an unknown option."""
+    argv = [arg, "3"] if "=" not in arg else [arg]
+    assert f"unknown option {arg!r} for {'Inner' if 'model' in arg else 'Outer'} (did you mean {hint}?)" in _error(
+        capsys, Outer, argv)
+
+
 def test_a_second_config_file_is_an_error_not_a_replacement(tmp_path, capsys):
     """The second --config silently replaced the first, dropping every key it set (out_dir too)."""
     for name in ("a", "b"):
