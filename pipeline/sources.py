@@ -29,7 +29,7 @@ import zstandard
 
 from pipeline.json_array import json_layout, read_json_array
 from pipeline.json_lines import read_json_lines
-from pipeline.paths import SUFFIXES, expand_paths, format_of
+from pipeline.paths import SUFFIXES, expand_paths, format_of, unsupported_type
 from pipeline.readers import (
     BLOCK,
     BadFileError,
@@ -247,7 +247,7 @@ def plan_chunks(paths: Iterable[str | Path], chunk_bytes: int = DEFAULT_CHUNK_BY
     for path in map(str, paths):
         fmt = format_of(path)
         if fmt is None:
-            raise BadFileError(path, None, f"unsupported file type; supported: {', '.join(SUFFIXES)}")
+            raise unsupported_type(path)
         try:
             st = os.stat(path)
             if stat.S_ISDIR(st.st_mode):

