@@ -242,8 +242,10 @@ class TokenStore:
     def __init__(self, root: str | Path, verify: bool = False):
         self.root = Path(root)
         path = self.root / MANIFEST
-        if not path.is_file():
-            raise StoreError(f"{self.root}: no {MANIFEST}; not a finished token store (run `make prepare`)")
+        if not path.is_file():  # bare `make prepare` builds the plays only: data=data_cache/mine was sent there
+            what = f"no {MANIFEST}; not a finished token store" if self.root.is_dir() else "no such folder"
+            make = "make prepare" + ("" if self.root.name == "shakespeare" else f" NAME={self.root.name} DATA=...")
+            raise StoreError(f"{self.root}: {what} (build it: {make}; rerun it if it was stopped)")
         raw = path.read_bytes()
         try:
             self.manifest: dict[str, Any] = json.loads(raw)

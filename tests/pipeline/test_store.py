@@ -73,6 +73,17 @@ def test_validation_catches_missing_truncated_and_corrupt(tmp_path):
         TokenStore(tmp_path)
 
 
+def test_a_missing_store_is_told_the_make_line_that_builds_it(tmp_path):
+    """data=data_cache/mydata (never built, or a typo) was told "run `make prepare`", which builds the
+    Shakespeare store only, and said "no manifest.json" of a folder that does not exist."""
+    with pytest.raises(StoreError, match=r"mydata: no such folder \(build it: make prepare NAME=mydata DATA=\.\.\.;"):
+        TokenStore(tmp_path / "mydata")
+    (tmp_path / "shakespeare").mkdir()  # the default source's store: the bare command builds it
+    with pytest.raises(StoreError, match=r"shakespeare: no manifest.json; not a finished token store \(build it: "
+                                         r"make prepare; rerun"):
+        TokenStore(tmp_path / "shakespeare")
+
+
 def test_verify_checks_the_index_files_too(tmp_path):
     """A corrupt .idx moves document starts (align_bos sampling, documents()) without a size change."""
     write_store(tmp_path, {"train": [np.full(5, 7)] * 4, "val": [np.full(3, 9)] * 2}, vocab_size=100)

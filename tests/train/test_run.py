@@ -42,7 +42,7 @@ def test_check_reports_what_a_run_would_refuse_without_starting_one(tmp_path, ca
     assert cli.main(["--check", *ok]) == 0 and not (tmp_path / "run").exists()  # nothing written
     assert capsys.readouterr().out.startswith(f"config ok: 1 process(es) can train on {store.root} (")
     # A store too small for the windows passed the check, so `make train NGPU=2` ended in torchrun's traceback.
-    for change, message in ((f"data={tmp_path / 'nowhere'}", "no manifest.json"),
+    for change, message in ((f"data={tmp_path / 'nowhere'}", "nowhere: no such folder"),
                             (f"out_dir={store.root}", "holds a token store"),
                             ("model.pad_id=5000", "pad_id=5000 is not a token id"),  # past the store's 64 ids
                             ("model.block_size=100000", "split 'train' of "),
@@ -72,7 +72,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert exit_code(["max_steps=0"]) == 2
     assert exit_code([f"data={tmp_path / 'missing'}", f"out_dir={tmp_path / 'run'}", "max_steps=1"]) == 1
     err = capsys.readouterr().err
-    assert "not divisible" in err and "no manifest.json" in err
+    assert "not divisible" in err and "missing: no such folder" in err
     assert "set max_steps or epochs (or both), e.g. max_steps=1000, or start from a preset that does: --config" in err
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
