@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
-from common.cli import number, resolve_device  # noqa: E402
+from common.cli import number, quiet_ctrl_c, resolve_device  # noqa: E402
 from common.config import ConfigError, from_dict  # noqa: E402
 from common.precision import DTYPES, autocast, bf16_supported, resolve_dtype  # noqa: E402
 from model.gpt import GPT  # noqa: E402
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@quiet_ctrl_c
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

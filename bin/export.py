@@ -17,9 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
+from common.cli import quiet_ctrl_c  # noqa: E402
 from train.export import TokenizerMismatch, export, load  # noqa: E402
 
 
+@quiet_ctrl_c
 def main(argv: list[str] | None = None) -> int:
     head, tail = __doc__.split("\n\n", 1)
     p = argparse.ArgumentParser(prog="bin/export.py", description=head, epilog=tail,

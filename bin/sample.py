@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
-from common.cli import UINT64_MAX, number, resolve_device  # noqa: E402
+from common.cli import UINT64_MAX, number, quiet_ctrl_c, resolve_device  # noqa: E402
 from common.precision import DTYPES, bf16_supported, resolve_dtype  # noqa: E402
 from model.generate import CompletionStats, complete  # noqa: E402
 from pipeline.clean import CleanConfig, normalize  # noqa: E402
@@ -114,6 +114,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return [normalize(p, _AS_TRAINED) for p in prompts] or [""]
 
 
+@quiet_ctrl_c
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

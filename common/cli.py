@@ -9,7 +9,9 @@ a one-line error instead of torch's RuntimeError traceback at the first tensor m
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import sys
 from collections.abc import Callable
 
 UINT64_MAX = (1 << 64) - 1  # torch.Generator.manual_seed takes seeds up to this
@@ -59,3 +61,17 @@ def resolve_device(spec: str) -> str:
         reason = (str(err).strip() or type(err).__name__).splitlines()[0].split(". ")[0][:120]
         raise ValueError(f"--device {spec}: not usable by this torch ({reason})") from None
     return spec
+
+
+
+def quiet_ctrl_c(main: Callable[..., int]) -> Callable[..., int]:
+    """`main` with Ctrl-C ending it in one line on stderr and exit code 130 (the shell's 128 + SIGINT):
+    sample and eval printed a KeyboardInterrupt traceback from deep inside torch, as if they had failed."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    return wrapper

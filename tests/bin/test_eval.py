@@ -296,3 +296,12 @@ def test_cuda_scores_the_store_as_the_cpu_does(run_dir, capsys):
     half = json.loads(capsys.readouterr().out)
     assert half["dtype"] == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16")
     assert half["loss"] == pytest.approx(on_cpu["loss"], rel=5e-3)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(run_dir, monkeypatch, capsys):
+    """Ctrl-C in the middle of scoring printed a KeyboardInterrupt traceback from inside torch."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ev, "eval_store", interrupted)
+    assert ev.main(["--checkpoint", str(run_dir), "--device", "cpu"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

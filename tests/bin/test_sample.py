@@ -363,3 +363,13 @@ def test_cuda_defaults_to_bf16_autocast_and_a_seed_repeats(run):
     assert out.startswith("ROMEO: But soft")
     seeded = ("--prompt", "JULIET:", "--max-new-tokens", "30", "--temperature", "1.5", "--device", "cuda")
     assert run(*seeded, "--seed", "3")[1] == run(*seeded, "--seed", "3")[1] != run(*seeded, "--seed", "4")[1]
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_ctrl_c_is_one_line_and_exit_130(run, monkeypatch, stream):
+    """Ctrl-C during generation printed a KeyboardInterrupt traceback from inside the model."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sample, "complete", interrupted)
+    code, _, err = run("--prompt", "a", *stream)
+    assert code == 130 and err.endswith("\ninterrupted\n") and "Traceback" not in err
