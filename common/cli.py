@@ -63,7 +63,6 @@ def resolve_device(spec: str) -> str:
     return spec
 
 
-
 def quiet_ctrl_c(main: Callable[..., int]) -> Callable[..., int]:
     """`main` with Ctrl-C ending it in one line on stderr and exit code 130 (the shell's 128 + SIGINT):
     sample and eval printed a KeyboardInterrupt traceback from deep inside torch, as if they had failed."""
