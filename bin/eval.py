@@ -232,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
             if not data:
                 raise ValueError(f"{args.checkpoint} does not say which store it was trained on; pass --data")
             result = eval_store(loaded, data, args.split or "val", args.max_tokens, args.batch_size, dtype)
-    except (TokenizerMismatch, StoreError, BadFileError, FileNotFoundError, ValueError) as err:
+    except (TokenizerMismatch, StoreError, BadFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a --text file missing, a folder, unreadable: `error: notes.txt: No such file ...`
+        print(f"error: {err.filename}: {err.strerror}" if err.filename else f"error: {err}", file=sys.stderr)
         return 1
     result = {"model": str(loaded.source), "step": loaded.step, "dtype": dtype, **result}
     if args.json:

@@ -134,6 +134,16 @@ def test_empty_inputs_get_advice_that_does_not_go_in_circles(run_dir, tokenizer_
     assert ev.main(["--checkpoint", str(run_dir), "--data", str(store), "--split", "train", "--device", "cpu"]) == 0
 
 
+def test_a_text_file_that_cannot_be_read_is_one_line_naming_it(run_dir, tmp_path, capsys):
+    """A missing --text file printed Python's `[Errno 2] No such file or directory: 'nope.txt'`; a folder
+    named like a text file was a traceback."""
+    folder = tmp_path / "folder.txt"
+    folder.mkdir()
+    for path, why in ((tmp_path / "nope.txt", "No such file or directory"), (folder, "Is a directory")):
+        assert ev.main(["--checkpoint", str(run_dir), "--text", str(path), "--device", "cpu"]) == 1
+        assert capsys.readouterr().err.endswith(f"\nerror: {path}: {why}\n")
+
+
 def test_cli_store_default_and_max_tokens(run_dir, capsys):
     assert ev.main(["--checkpoint", str(run_dir), "--max-tokens", "20", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
