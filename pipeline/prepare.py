@@ -341,7 +341,8 @@ def summary(store: Path, manifest: dict[str, Any], asm: Assembler, counts: dict[
     done = counts["bytes_tokenized"] / 1e6  # the rate of this run's own work, not of chunks found finished
     rate = f"{done / max(seconds, 1e-9):.1f} MB/s"
     tail = f"{reused} finished by an earlier run; {done:,.1f} MB tokenized now at {rate}" if reused else rate
-    lines.append(f"{mb:,.1f} MB of input in {seconds:.1f} s, {counts['chunks']} chunks ({tail})")
+    chunks = f"{counts['chunks']} chunk{'s' * (counts['chunks'] != 1)}"
+    lines.append(f"{mb:,.1f} MB of input in {seconds:.1f} s, {chunks} ({tail})")
     return "\n".join(lines)
 
 
