@@ -48,5 +48,7 @@ def test_ngpu_checks_the_config_once_before_torchrun():
     assert check[0] == "WORLD_SIZE=2"  # checked for the world the launch will have (epoch mode's batch)
     assert check[2:] == ["bin/train.py", "--check", "--config", "configs/tiny.yml", "out_dir=x"]
     # --standalone: a single-node job needs no rendezvous endpoint of its own.
-    assert launch[0].endswith("torchrun") and launch[1:3] == ["--standalone", "--nproc_per_node=2"]
+    # OMP_NUM_THREADS as torchrun would set it, without its banner; one in the environment wins.
+    assert launch[0] == "OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"
+    assert launch[1].endswith("torchrun") and launch[2:4] == ["--standalone", "--nproc_per_node=2"]
     assert launch[launch.index("bin/train.py"):] == ["bin/train.py", "--config", "configs/tiny.yml", "out_dir=x"]
