@@ -261,6 +261,9 @@ def grad_accum_for_world(state: dict[str, Any], world_size: int, micro_batch: in
                             f"{world_size * micro_batch * grad_accum} sequences per step")
     if accum == grad_accum:
         return accum, ""
+    if world_size == state["world_size"]:
+        return accum, (f"grad_accum {accum} instead of {grad_accum}: allow_world_size_change=true keeps the "
+                       f"checkpoint's global batch of {saved} sequences")
     return accum, (f"{world_size} rank(s) instead of {state['world_size']}: grad_accum {accum} keeps the global "
                    f"batch of {saved} sequences")
 

@@ -93,7 +93,9 @@ class TrainConfig:
     allow_world_size_change: bool = False
     """Allow resuming with another number of processes (the data order then differs from the
     uninterrupted run's). grad_accum is then set to keep the checkpoint's global batch where
-    micro_batch * world_size divides it; where not, the global batch changes and a warning says so."""
+    micro_batch * world_size divides it; where not, the global batch changes and a warning says so.
+    It does so on every resume, at the same world size too: a rerun of the same command after a kill
+    goes on with the global batch of the checkpoints it wrote."""
     device: str = "auto"
     """auto (cuda when available, else cpu) | cpu | cuda. Under torchrun each rank takes cuda:LOCAL_RANK."""
 

@@ -108,6 +108,10 @@ def restore(trainer: Trainer, source: Path | None) -> int:
         set_rng_state(state["rng"][trainer.dist.rank], trainer.device)
     else:
         seed_all(cfg.seed + 1 + trainer.dist.rank + 1_000_003 * trainer.step)
+    # Also at the same world size: once a run went on at another one, its checkpoints hold a grad_accum
+    # that the rerun command does not say, and taking the command's changed the global batch of a
+    # rerun after a kill (another loss curve and LR schedule than the run that was not stopped).
+    if not same_world or cfg.allow_world_size_change:
         cfg.grad_accum, note = grad_accum_for_world(state, trainer.dist.world_size, cfg.micro_batch, cfg.grad_accum)
         if note:
             trainer.log(note)

@@ -193,6 +193,9 @@ def test_grad_accum_for_world_keeps_the_global_batch():
         2, "2 rank(s) instead of 1: grad_accum 2 keeps the global batch of 16 sequences")
     assert grad_accum_for_world(saved_by(1, 4, 4), 4, 2, 4)[0] == 2
     assert grad_accum_for_world(saved_by(2, 4, 2), 2, 4, 2) == (2, "")  # nothing changed: nothing to say
+    assert grad_accum_for_world(saved_by(1, 4, 4), 1, 4, 1) == (  # a rerun's command after a change
+        4, "grad_accum 4 instead of 1: allow_world_size_change=true keeps the checkpoint's global batch of 16 "
+        "sequences")
     accum, note = grad_accum_for_world(saved_by(1, 4, 4), 3, 4, 4)  # 12 does not divide 16
     assert accum == 4 and note.startswith("warning: the checkpoint's global batch of 16 sequences")
 

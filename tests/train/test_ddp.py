@@ -142,3 +142,31 @@ def test_a_world_size_change_keeps_the_global_batch_where_it_can(ddp_run, tmp_pa
     assert cfg.grad_accum == 1 and trainer.tokens_per_step == 3 * 32
     assert any(line.startswith("warning: the checkpoint's global batch of 16 sequences") for line in lines)
     trainer.close()
+
+
+def test_a_rerun_after_a_world_size_change_keeps_its_global_batch(ddp_run, tmp_path):
+    """Resumed on 1 rank from the 2-rank run and killed before its last checkpoint, the rerun of the
+    same command resumed from a 1-rank checkpoint, so at the 'same' world size with the command's
+    grad_accum: 4 sequences a step instead of the 16 the run that was not stopped kept."""
+    root, _, _ = ddp_run  # 2 ranks x 16 sequences per step, checkpointed at step 6
+
+    def run(out_dir):  # the same command every time
+        cfg = tiny_config(root / "store", out_dir, max_steps=8, micro_batch=4, ckpt_interval=1,
+                          allow_world_size_change=True)
+        trainer = Trainer(cfg, D.init_distributed("cpu"), lambda _: None)
+        try:
+            trainer.fit()
+        finally:
+            trainer.close()
+        return cfg.grad_accum
+
+    def losses(out_dir):
+        return [(r["step"], r["tokens"], r["loss"]) for r in read_metrics(out_dir / "metrics.jsonl") if "loss" in r]
+
+    for name in ("straight", "killed"):
+        shutil.copytree(root / "run", tmp_path / name)
+    assert run(tmp_path / "straight") == 4
+    run(tmp_path / "killed")
+    shutil.rmtree(tmp_path / "killed/ckpt-00000008")  # killed before it was written: step 7's is the newest
+    assert run(tmp_path / "killed") == 4
+    assert losses(tmp_path / "killed") == losses(tmp_path / "straight")
