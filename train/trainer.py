@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -173,6 +174,13 @@ class Trainer:
         if cfg.warmup_steps >= self.total_steps:
             self.log(f"warning: warmup_steps {cfg.warmup_steps} >= the run's {self.total_steps} steps: the LR "
                      f"never reaches lr {cfg.lr:g} nor decays to min_lr")
+        # The optimizer's LR is the checkpoint's last step's: a longer run's cosine is another curve.
+        last = resumed - 1
+        if resumed > 0 and not math.isclose(ran := self.optimizer.param_groups[0]["lr"],
+                                            now := lr_at(last, cfg, self.total_steps), rel_tol=1e-9):
+            self.log(f"warning: the LR schedule is not the checkpoint's (max_steps, epochs, lr, min_lr or "
+                     f"warmup_steps changed): step {last} ran at lr {ran:.3g}, which it puts at {now:.3g}, "
+                     f"so the LR jumps there")
         if not self.dist.is_main:
             return
         (self.run_dir / "config.yml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -16,6 +16,7 @@ from trainer_util import REPO, make_store, make_trainer, nan_forward, tiny_confi
 
 from train.checkpoint import ResumeRefused, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from train.metrics import read_metrics
+from train.optim import lr_at
 from train.trainer import TrainingAborted
 
 STEPS = 200
@@ -171,6 +172,28 @@ def test_a_resume_takes_weight_decay_and_betas_from_its_config(tmp_path):
     assert [(g["weight_decay"], g["betas"]) for g in trainer.optimizer.param_groups] == [(0.9, (0.5, 0.6)),
                                                                                           (0.0, (0.5, 0.6))]
     trainer.close()
+
+
+def test_a_resume_under_another_lr_schedule_says_the_lr_jumps(tmp_path):
+    """Raising max_steps after a run ended recomputes the cosine over the new length: the LR went from
+    min_lr back up to near its peak without a word. The same command resumed says nothing."""
+    store = tmp_path / "store"
+    make_store(store)
+    kw = dict(max_steps=12, warmup_steps=2, ckpt_interval=6, eval_interval=0, init_batch=False)
+    fit(tiny_config(store, tmp_path / "run", **kw))
+    resume_copy(tmp_path / "run/ckpt-00000006", tmp_path / "again")
+    for run_dir, max_steps in ((tmp_path / "again", 12), (tmp_path / "run", 24)):
+        lines: list[str] = []
+        cfg = tiny_config(store, run_dir, **kw | dict(max_steps=max_steps))
+        make_trainer(cfg, lines).close()
+        warnings = [line for line in lines if "LR schedule" in line]
+        if max_steps == 12:
+            assert warnings == []
+        else:
+            ran, now = lr_at(11, tiny_config(store, run_dir, **kw), 12), lr_at(11, cfg, 24)
+            assert warnings == [f"warning: the LR schedule is not the checkpoint's (max_steps, epochs, lr, min_lr "
+                                f"or warmup_steps changed): step 11 ran at lr {ran:.3g}, which it puts at "
+                                f"{now:.3g}, so the LR jumps there"] and now > 3 * ran
 
 
 def test_a_corrupt_checkpoint_is_one_error_saying_what_to_do(tmp_path):
