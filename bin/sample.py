@@ -148,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                    top_k=args.top_k, top_p=args.top_p, stop_ids=(BOS_ID, SEP_ID), use_kv_cache=not args.no_kv_cache,
                    dtype=dtype)
     tokenizer, stats = Encoder(loaded.tokenizer_path), CompletionStats()
+    block = loaded.model.cfg.block_size
+    for i, prompt in enumerate(prompts):  # as documented, but easy to miss: a long file prompt is mostly unseen
+        if (n := 1 + len(tokenizer.encode(prompt))) > block:
+            print(f"note: prompt {i + 1} is {n:,} tokens with its [BOS]; the model sees the last {block:,} "
+                  "(its block_size)", file=sys.stderr)
     if args.stream:
         for i, prompt in enumerate(rows):
             print(("\n" + SEPARATOR + "\n" if i else "") + prompt, end="", flush=True)

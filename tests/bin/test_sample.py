@@ -175,7 +175,9 @@ def test_long_prompt_keeps_its_last_block_size_tokens(run, run_dir):
     assert len(ids) > 32
     tail = enc.decode(ids[-32:])
     assert enc.encode(tail) == ids[-32:]  # the tail round-trips, so it is a fair comparison
-    out_long = run("--prompt", long_prompt, "--max-new-tokens", "40", "--temperature", "0")[1]
+    _, out_long, err = run("--prompt", long_prompt, "--max-new-tokens", "40", "--temperature", "0")
+    assert f"note: prompt 1 is {len(ids)} tokens with its [BOS]; the model sees the last 32 (its block_size)" in err
+    assert "note:" not in run("--prompt", "ROMEO:", "--max-new-tokens", "1")[2]
     cont = out_long[len(long_prompt):]
     # The tail alone (no [BOS] in front) must give the same continuation as the long prompt.
     loaded = load(run_dir)
