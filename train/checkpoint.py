@@ -22,6 +22,7 @@ State keys, as the trainer writes them:
     tokenizer_sha256, store_manifest_sha256   what the ids mean and which store they came from
     stats                  skip total, current run of skips and the open log window's loss sums
                            (train/step_stats.py); absent from older checkpoints, which resume with zeros
+    eval_windows           the size of the run's fixed eval set, which a resume keeps (absent from older ones)
 """
 
 from __future__ import annotations

@@ -45,12 +45,12 @@ def check_windows(store: TokenStore, cfg: TrainConfig, world_size: int) -> None:
 
 
 def eval_batches(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int, device: torch.device,
-                 windows_per_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share of the fixed validation set, in batches of micro_batch, on `device`; none if
-    eval is off. The set is eval_batches x `windows_per_batch` windows: the micro-batch as configured,
-    before init_batch fits it to a GPU, so the set is the same wherever the run goes on."""
+                 windows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of the fixed validation set of `windows` windows, in batches of micro_batch, on
+    `device`; none if eval is off. The trainer sizes the set eval_batches x micro_batch as configured,
+    before init_batch fits it to a GPU, and a resume keeps its checkpoint's size (train/resume.py), so
+    the set is the same wherever and however the run goes on."""
     if not cfg.eval_batches:
         return []
     val = _val_sampler(store, cfg, rank, world_size)
-    windows = cfg.eval_batches * windows_per_batch
     return [(x.to(device), y.to(device)) for x, y in val.fixed_batches(windows, cfg.seed)]

@@ -76,6 +76,7 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any] | None:
         "tokenizer_sha256": trainer.store.tokenizer_sha256,
         "store_manifest_sha256": trainer.store.manifest_sha256,
         "stats": trainer.stats.state_dict(),  # as of the read that every checkpoint step makes
+        "eval_windows": trainer.eval_windows,
     }
 
 
@@ -115,6 +116,23 @@ def restore(trainer: Trainer, source: Path | None) -> int:
         cfg.grad_accum, note = grad_accum_for_world(state, trainer.dist.world_size, cfg.micro_batch, cfg.grad_accum)
         if note:
             trainer.log(note)
+    _keep_eval_set(trainer, state)
     trainer.log(f"resumed from {source} at step {trainer.step}")
     trainer.resumed_from = source
     return trainer.step
+
+
+def _keep_eval_set(trainer: Trainer, state: dict[str, Any]) -> None:
+    """The checkpoint's eval set size, unless eval_batches changed: sized by this command's micro_batch,
+    a resume with another one evaluated other windows, and val_loss jumped where the run went on."""
+    saved, cfg = state.get("eval_windows"), trainer.cfg
+    if saved is None or saved == trainer.eval_windows or not cfg.eval_batches:  # older checkpoints lack it
+        return
+    if state["config"].get("eval_batches") == cfg.eval_batches:
+        trainer.eval_windows = saved
+        trainer.log(f"eval: the checkpoint's set of {saved} windows (eval_batches x micro_batch as the run "
+                    "began), so val_loss stays comparable")
+    else:
+        trainer.log(f"warning: eval_batches {cfg.eval_batches} (was {state['config'].get('eval_batches')}): a new "
+                    f"eval set of {trainer.eval_windows} windows; val_loss before and after step {trainer.step} "
+                    "is over different windows")

@@ -80,12 +80,12 @@ class Trainer:
 
         seed_all(cfg.seed + 1 + dist.rank)  # dropout etc. differ per rank; a resume overwrites these
         self.prefetcher = Prefetcher(train_sampler(self.store, cfg, dist.rank, dist.world_size), self.device)
-        self.eval_batches = eval_batches(self.store, cfg, dist.rank, dist.world_size, self.device,
-                                         configured_micro_batch)
+        self.eval_windows = cfg.eval_batches * configured_micro_batch
 
         self.step, self.tokens_seen, self.stats = 0, 0, StepStats(self.device)
         self.resumed_from: Path | None = None
-        resumed = restore(self, source)
+        resumed = restore(self, source)  # may keep the checkpoint's eval_windows
+        self.eval_batches = eval_batches(self.store, cfg, dist.rank, dist.world_size, self.device, self.eval_windows)
         self.tokens_per_step = cfg.micro_batch * cfg.grad_accum * dist.world_size * cfg.model.block_size
         self.total_steps = self._total_steps()  # after the resume: counted from the data position
         self._start_step = self.step

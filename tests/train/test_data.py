@@ -25,8 +25,8 @@ def test_each_rank_evaluates_its_share_of_the_fixed_set(tmp_path):
     store = make_store(tmp_path / "store")
     cfg = tiny_config(tmp_path / "store", tmp_path / "run", eval_batches=3, micro_batch=4)
     cpu = torch.device("cpu")
-    whole = eval_batches(store, cfg, 0, 1, cpu, windows_per_batch=4)
-    shares = [eval_batches(store, cfg, rank, 2, cpu, windows_per_batch=4) for rank in range(2)]
+    whole = eval_batches(store, cfg, 0, 1, cpu, windows=12)
+    shares = [eval_batches(store, cfg, rank, 2, cpu, windows=12) for rank in range(2)]
     assert [len(x) for x, _ in whole] == [4, 4, 4] and [len(s) for s in shares] == [2, 1]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(shares[0] + shares[1], whole[0::2] + whole[1::2], strict=True))
-    assert eval_batches(store, tiny_config(tmp_path / "store", tmp_path / "run", eval_batches=0), 0, 1, cpu, 4) == []
+    assert eval_batches(store, tiny_config(tmp_path / "store", tmp_path / "run", eval_batches=0), 0, 1, cpu, 12) == []

@@ -26,7 +26,7 @@ from train.sampler import WindowSampler
 from train.trainer import Trainer, TrainingAborted
 
 STATE_KEYS = {"model", "model_config", "config", "step", "tokens_seen", "optimizer", "scaler", "sampler", "rng",
-              "world_size", "tokenizer_sha256", "store_manifest_sha256", "stats"}
+              "world_size", "tokenizer_sha256", "store_manifest_sha256", "stats", "eval_windows"}
 
 
 def test_metrics_every_step_and_eval(trained):

@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 from trainer_util import REPO, make_store, make_trainer, nan_forward, tiny_config
 
 from train.checkpoint import ResumeRefused, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -194,6 +195,36 @@ def test_a_resume_under_another_lr_schedule_says_the_lr_jumps(tmp_path):
             assert warnings == [f"warning: the LR schedule is not the checkpoint's (max_steps, epochs, lr, min_lr "
                                 f"or warmup_steps changed): step 11 ran at lr {ran:.3g}, which it puts at "
                                 f"{now:.3g}, so the LR jumps there"] and now > 3 * ran
+
+
+def test_a_resume_with_another_micro_batch_keeps_the_eval_set(tmp_path):
+    """The set was eval_batches x this command's micro_batch windows: resumed at micro_batch 4 instead of 8,
+    val_loss was taken over half as many windows from there on, and jumped. A changed eval_batches
+    still gets a set of its own size, with a warning."""
+    store = tmp_path / "store"
+    make_store(store)
+    kw = dict(max_steps=6, ckpt_interval=6, eval_interval=0, eval_batches=4, init_batch=False)
+    fit(tiny_config(store, tmp_path / "run", **kw))
+
+    def eval_set(lines, **changes):
+        trainer = make_trainer(tiny_config(store, tmp_path / "run", **kw | dict(max_steps=8) | changes), lines)
+        try:
+            # The same windows: each batch comes sorted by start, so their order follows the batch size.
+            return [len(x) for x, _ in trainer.eval_batches], sorted(torch.cat([x for x, _ in trainer.eval_batches])
+                                                                    .tolist())
+        finally:
+            trainer.close()
+
+    lines: list[str] = []
+    sizes, straight = eval_set(lines)
+    assert sizes == [8] * 4 and not any(line.startswith("eval:") for line in lines)
+    sizes, smaller = eval_set(lines, micro_batch=4, grad_accum=2)
+    assert sizes == [4] * 8 and smaller == straight
+    assert "eval: the checkpoint's set of 32 windows (eval_batches x micro_batch as the run began), so " \
+           "val_loss stays comparable" in lines
+    sizes, _ = eval_set(lines, micro_batch=4, grad_accum=2, eval_batches=2)
+    assert sizes == [4, 4] and ("warning: eval_batches 2 (was 4): a new eval set of 8 windows; val_loss before "
+                                "and after step 6 is over different windows") in lines
 
 
 def test_a_corrupt_checkpoint_is_one_error_saying_what_to_do(tmp_path):
