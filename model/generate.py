@@ -69,6 +69,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         # Mass strictly before each token: a token stays while the set before it has not reached top_p.
         before = probs.cumsum(dim=-1) - probs
         drop_sorted = before >= top_p
+        # The most likely token always stays: a top_p below float32's smallest number (1e-46) compares
+        # as 0, and 0 >= 0 dropped every token (a NaN softmax that multinomial refused).
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -80,6 +83,9 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None =
     float32; temperature > 0. Every step works row by row, so a row's result does not depend on the
     other rows in the batch."""
     logits = logits.float()
+    # Not below float32's smallest normal number: a smaller temperature (1e-46) is 0 in float32, and
+    # 0 / 0 a NaN. The result is the same: every token short of the largest logit still gets probability 0.
+    temperature = max(temperature, torch.finfo(torch.float32).tiny)
     # Shifted so the largest is 0 before dividing: a tiny temperature (1e-39) made it inf, and the
     # softmax of inf - inf a NaN that multinomial refused. Now the rest go to -inf: the argmax.
     shifted = logits - logits.max(dim=-1, keepdim=True).values

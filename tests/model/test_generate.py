@@ -163,6 +163,17 @@ def test_a_tiny_temperature_is_the_argmax_and_a_huge_limit_costs_nothing_up_fron
     assert out == generate(model, [[1, 2]], 40, temperature=0)  # across the buffer's growth and a slide
 
 
+def test_a_temperature_or_top_p_below_float32_range_is_the_argmax_not_a_nan():
+    """Both are positive (the CLI takes them) but 0 in float32: temperature 1e-46 made 0 / 0 a NaN, and
+    top_p 1e-46 dropped every token; either way multinomial raised on the NaN softmax."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.25]])
+    g = torch.Generator().manual_seed(0)
+    for tiny in (1e-46, 1e-300):
+        assert next_tokens(logits, temperature=tiny, generator=g).tolist() == [1, 0]
+        assert next_tokens(logits, temperature=1.0, top_p=tiny, generator=g).tolist() == [1, 0]
+        assert torch.isfinite(filter_logits(logits, top_p=tiny)).sum(-1).tolist() == [1, 1]
+
+
 def test_long_prompt_keeps_its_last_block_size_tokens():
     model = build(seed=2)
     long = list(range(1, 50))
