@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from common.config import from_dict
 from model.config import GPTConfig
 from model.gpt import GPT
 from pipeline.store import MANIFEST, StoreError, TokenStore, sha256_file
@@ -157,11 +158,14 @@ def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | 
 
 
 def _load_export(folder: Path) -> LoadedModel:
+    where = f"{folder / CONFIG}: not a model config"
     try:
-        cfg = GPTConfig(**json.loads((folder / CONFIG).read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{folder / CONFIG}: not a model config: {err}") from None
-    model = GPT(cfg)
+        values = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # missing, not UTF-8, not JSON
+        raise ValueError(f"{where}: {err}") from None
+    # Typed as a YAML config is: GPTConfig(**values) took a block_size of 8.0 (generate then failed on
+    # it), let GPT() raise a TypeError traceback on a float width, and its own checks named no file.
+    model = GPT(from_dict(GPTConfig, values, where))
     # load_model re-ties what save_model stored once, and is strict about missing/unexpected names.
     _fill(model, lambda: load_model(model, folder / WEIGHTS), folder)
     with safe_open(folder / WEIGHTS, framework="pt") as f:

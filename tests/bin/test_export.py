@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -87,6 +89,18 @@ def test_bad_export_config_is_an_error(run_dir, tmp_path):
     out = export(load(run_dir), tmp_path / "out")
     (out / "config.json").write_text(json.dumps({"n_layer": 2, "evil": 1}))
     with pytest.raises(ValueError, match="not a model config"):
+        load(out)
+    # Checked as a YAML config is, naming the file: a float size loaded and failed later (in generate, or
+    # as a TypeError traceback in GPT()), and GPTConfig's own checks named no file; bytes not UTF-8 neither.
+    good, named = dataclasses.asdict(load(run_dir).model.cfg), re.escape(f"{out / 'config.json'}: not a model config: ")
+    for bad, message in (({"block_size": 8.0}, "block_size: expected int, got 8.0"),
+                         ({"d_model": 33.5}, "d_model: expected int"),
+                         ({"n_head": 5}, "not divisible by n_head=5")):
+        (out / "config.json").write_text(json.dumps({**good, **bad}))
+        with pytest.raises(ValueError, match=f"^{named}.*{message}"):
+            load(out)
+    (out / "config.json").write_bytes(b"\xff{}")
+    with pytest.raises(ValueError, match=f"^{named}.*utf-8"):
         load(out)
 
 
