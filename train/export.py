@@ -8,6 +8,9 @@ An export folder holds no pickle at all:
     config.json         the GPTConfig fields: GPTConfig(**json.load(f))
     tokenizer.json      the tokenizer the ids come from
 
+The weights are what makes a folder an export, and are renamed into place last (the old ones removed
+first): a crash while an export is replaced leaves no export, never one file of each.
+
 Checkpoints and exports may come from anyone, so neither is ever unpickled: checkpoints go through
 train/checkpoint.py's weights_only loader, exports through safetensors and JSON. Whatever the
 source, the tokenizer file used must have the sha256 the model was trained with, or loading
@@ -20,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,15 @@ from safetensors.torch import load_model, save_model
 from common.config import from_dict
 from model.config import GPTConfig
 from model.gpt import GPT
-from pipeline.store import MANIFEST, StoreError, TokenStore, sha256_file
+from pipeline.store import (
+    MANIFEST,
+    StoreError,
+    TokenStore,
+    atomic_write_bytes,
+    fsync_dir,
+    fsync_path,
+    sha256_file,
+)
 from train.checkpoint import MARKER, load_checkpoint, resolve_checkpoint
 from train.checkpoint import STATE as STATE_FILE
 
@@ -215,12 +225,24 @@ def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
         meta["step"] = str(loaded.step)
     if loaded.data is not None and (Path(loaded.data) / "manifest.json").is_file():
         meta["data"] = os.path.abspath(loaded.data)  # a store that exists, so bin/eval.py finds it from anywhere
-    # save_model, not save_file: it stores tied tensors (wte / lm_head) once instead of refusing them.
-    save_model(loaded.model, str(out / WEIGHTS), metadata=meta)
-    (out / CONFIG).write_text(json.dumps(dataclasses.asdict(loaded.model.cfg), indent=2) + "\n")
-    # safetensors writes 0600; the folder is meant to be shared, so the weights get config.json's mode.
-    os.chmod(out / WEIGHTS, (out / CONFIG).stat().st_mode & 0o777)
-    # Re-exporting an export into its own folder: the tokenizer is already in place (copyfile would refuse).
-    if not ((out / TOKENIZER).exists() and os.path.samefile(loaded.tokenizer_path, out / TOKENIZER)):
-        shutil.copyfile(loaded.tokenizer_path, out / TOKENIZER)
+    # The weights make a folder an export (load looks for them): the old ones go first and the new ones
+    # come last, so a crash in between leaves no export rather than a new config beside old weights,
+    # which loads as the wrong model wherever the shapes agree (another norm, position encoding, ...).
+    tmp = out / f".{WEIGHTS}.tmp{os.getpid()}"
+    try:
+        # save_model, not save_file: it stores tied tensors (wte / lm_head) once instead of refusing them.
+        save_model(loaded.model, str(tmp), metadata=meta)
+        fsync_path(tmp)
+        tokenizer = loaded.tokenizer_path.read_bytes()  # before anything is replaced: it may be out's own
+        (out / WEIGHTS).unlink(missing_ok=True)
+        fsync_dir(out)
+        atomic_write_bytes(out / CONFIG, (json.dumps(dataclasses.asdict(loaded.model.cfg), indent=2) + "\n").encode())
+        atomic_write_bytes(out / TOKENIZER, tokenizer)
+        # safetensors writes 0600; the folder is meant to be shared, so the weights get config.json's mode.
+        os.chmod(tmp, (out / CONFIG).stat().st_mode & 0o777)
+        os.replace(tmp, out / WEIGHTS)
+        fsync_dir(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out

@@ -157,6 +157,24 @@ def test_reexport_into_its_own_folder(run_dir, tmp_path, capsys):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_crash_while_an_export_is_replaced_leaves_no_export_rather_than_a_mix(run_dir, tmp_path, monkeypatch):
+    """The three files were overwritten one after the other: stopped after the new config.json, the
+    folder held it beside the old weights, which load as another model wherever the shapes agree."""
+    out = export(load(run_dir), tmp_path / "out")
+
+    def stopped(cfg):  # the config is made once the weights are written: the crash comes between them
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dataclasses, "asdict", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        export(load(run_dir), out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "tokenizer.json"]  # no weights, no temp file
+    with pytest.raises((ValueError, FileNotFoundError)):
+        load(out)
+    monkeypatch.undo()
+    assert load(export(load(run_dir), out)).step == load(run_dir).step  # a rerun puts it right
+
+
 def test_bad_out_and_tokenizer_paths_are_one_line_errors(run_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert export_cli.main(["--checkpoint", str(run_dir), "--out", str(tmp_path / "file")]) == 1
