@@ -89,14 +89,22 @@ def _options_changed(cfg: PrepareConfig, tokenizer: Path) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return []
     now = json.loads(json.dumps(_training_options(cfg)))  # as JSON gives it back: tuples are lists there
-    return [flag for key, flag in _OPTION_FLAGS.items() if then.get(key) != now[key]]
+    # Only what this run sets: `make tokenizer ARGS="--tokenizer-sample-bytes ..."` then a plain `make
+    # prepare` is the documented way to train the tokenizer apart, not a mistake to warn about.
+    set_here = {name for name, default in asdict(PrepareConfig()).items() if getattr(cfg, name) != default}
+    return [flag for key, (flag, names) in _OPTION_FLAGS.items() if set_here & names and then.get(key) != now[key]]
 
 
-# The training options by the flags that set them. Not --vocab-size: prepare refuses one other than the
-# tokenizer's, and none given means the tokenizer's own.
-_OPTION_FLAGS = {"sample_bytes": "--tokenizer-sample-bytes", "clean": "cleaning (--clean-preset, --clean)",
-                 "seed": "--seed", "text_field": "--text-field", "csv_column": "--csv-column",
-                 "skip_bad_files": "--skip-bad-files"}
+# The training options: the flags that name them, the PrepareConfig fields that set them. Not
+# --vocab-size: prepare refuses one other than the tokenizer's, and none given means the tokenizer's own.
+_OPTION_FLAGS = {
+    "sample_bytes": ("--tokenizer-sample-bytes", {"tokenizer_sample_bytes"}),
+    "clean": ("cleaning (--clean-preset, --clean)", {"clean_preset", "clean"}),
+    "seed": ("--seed", {"seed"}),
+    "text_field": ("--text-field", {"text_field"}),
+    "csv_column": ("--csv-column", {"csv_column"}),
+    "skip_bad_files": ("--skip-bad-files", {"skip_bad_files"}),
+}
 
 
 def _trained_from(cfg: PrepareConfig, paths: list[Path], tokenizer: Path) -> bool:

@@ -310,3 +310,8 @@ def test_prepare_says_when_it_keeps_a_tokenizer_trained_under_other_options(tmp_
     with caplog.at_level("WARNING", logger="pipeline"):
         assert main([*common, "--data", str(more)]) == 0  # no --vocab-size: the tokenizer's own, no warning
     assert "trained under" not in caplog.text and sha256_file(tokenizer) == before
+    # Trained apart with its own options (make tokenizer ARGS=...), then a plain prepare: as documented.
+    assert tokenizer_main([*common, "--vocab-size", "300", "--seed", "5", "--overwrite"]) == 0
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert main(common) == 0
+    assert "trained under" not in caplog.text
