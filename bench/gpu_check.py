@@ -46,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.cli import number  # noqa: E402
 from pipeline.store import StoreError, TokenStore, write_store  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
 
@@ -212,15 +213,18 @@ def fmt(value, spec: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, a few steps: tests this script")
-    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 200; smoke 6)")
-    parser.add_argument("--micro-batch", type=int, default=None, help="sequences of 1024 per step (default 64)")
-    parser.add_argument("--tokens", type=int, default=50_000_000, help="synthetic store size in tokens")
-    parser.add_argument("--vocab", type=int, default=16384, help="synthetic store vocabulary")
-    parser.add_argument("--eval-batches", type=int, default=8)
-    parser.add_argument("--log-interval", type=int, default=10)
-    parser.add_argument("--timeout", type=float, default=150.0,
+    # Refused here, on the CPU: `--steps 0` and `--micro-batch 0` silently became the defaults (the
+    # `or` below), and other bad numbers failed in every training run on the lent GPU.
+    parser.add_argument("--steps", type=number(int, 1), default=None, help="steps per run (default 200; smoke 6)")
+    parser.add_argument("--micro-batch", type=number(int, 1), default=None,
+                        help="sequences of 1024 per step (default 64)")
+    parser.add_argument("--tokens", type=number(int, 1), default=50_000_000, help="synthetic store size in tokens")
+    parser.add_argument("--vocab", type=number(int, 7), default=16384, help="synthetic store vocabulary")
+    parser.add_argument("--eval-batches", type=number(int, 0), default=8)
+    parser.add_argument("--log-interval", type=number(int, 1), default=10)
+    parser.add_argument("--timeout", type=number(float, 0, above=True), default=150.0,
                         help="seconds allowed per training run (one takes ~60 s on an H200)")
-    parser.add_argument("--budget", type=float, default=540.0,
+    parser.add_argument("--budget", type=number(float, 0), default=540.0,
                         help="seconds for the whole call, store included (default %(default)s)")
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"which built-in runs, comma-separated, from {', '.join(RUNS)} (default: all)")

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.gpu_check import STEADY_FROM, cuda_missing, pick_store  # noqa: E402
+from common.cli import number  # noqa: E402
 from common.config import parse_cli  # noqa: E402
 
 # First matching pattern names a kernel's kind (lower-cased substrings of the kernel name).
@@ -47,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU: tests this script")
     # As many as gpu_check.py leaves out of its steady-state rates, so the two describe the same steps.
-    parser.add_argument("--warmup", type=int, default=STEADY_FROM,
+    # --steps 0 divided by zero on the GPU after the warm-up's compile: refused here instead.
+    parser.add_argument("--warmup", type=number(int, 0), default=STEADY_FROM,
                         help="steps before profiling, compile included (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=5, help="profiled steps")
-    parser.add_argument("--micro-batch", type=int, default=64)
-    parser.add_argument("--tokens", type=int, default=50_000_000, help="synthetic store size in tokens")
-    parser.add_argument("--vocab", type=int, default=16384)
-    parser.add_argument("--top", type=int, default=20, help="kernels listed")
+    parser.add_argument("--steps", type=number(int, 1), default=5, help="profiled steps")
+    parser.add_argument("--micro-batch", type=number(int, 1), default=64)
+    parser.add_argument("--tokens", type=number(int, 1), default=50_000_000, help="synthetic store size in tokens")
+    parser.add_argument("--vocab", type=number(int, 7), default=16384)
+    parser.add_argument("--top", type=number(int, 1), default=20, help="kernels listed")
     parser.add_argument("--trace", action="store_true", help="also write trace.json.gz (Chrome/Perfetto)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/smallgpt-gpu-profile"))
     args, overrides = parser.parse_known_args(argv)

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.gpu_check import cuda_missing  # noqa: E402
+from common.cli import number  # noqa: E402
 
 
 def timer(device):
@@ -59,8 +60,9 @@ def timer(device):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="toy sizes on CPU in Triton's interpreter")
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
+    # --reps 0 divided by zero on the GPU, after every compile: refused here instead.
+    parser.add_argument("--reps", type=number(int, 1), default=20)
+    parser.add_argument("--warmup", type=number(int, 0), default=5)
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before model.kernels defines its kernels

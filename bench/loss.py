@@ -22,16 +22,19 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.train import interleaved  # noqa: E402
+from common.cli import number  # noqa: E402
 from model.kernels import chunked_loss  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=16384, help="tokens (B x T): tiny.yml at batch 64")
-    ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--vocab", type=int, default=16384)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--chunk-mib", type=int, nargs="+", default=[chunked_loss.CHUNK_BYTES >> 20])
+    # A zero or negative size failed deep in torch, and --reps 0 in statistics.median after the warm-up.
+    size = number(int, 1)
+    ap.add_argument("--rows", type=size, default=16384, help="tokens (B x T): tiny.yml at batch 64")
+    ap.add_argument("--dim", type=size, default=256)
+    ap.add_argument("--vocab", type=size, default=16384)
+    ap.add_argument("--reps", type=size, default=3)
+    ap.add_argument("--chunk-mib", type=size, nargs="+", default=[chunked_loss.CHUNK_BYTES >> 20])
     args = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)

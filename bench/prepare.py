@@ -55,7 +55,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # run as a script: import the repository's packages, not bench/*
 
-from pipeline.clean import CleanConfig, clean_text, doc_hash, full_clean  # noqa: E402
+from common.cli import number  # noqa: E402
+from pipeline.clean import PRESETS, CleanConfig, clean_text, doc_hash, full_clean  # noqa: E402
 from pipeline.fast_encode import Encoder  # noqa: E402
 from pipeline.sources import iter_texts, plan_chunks, read_chunk, shakespeare_plays  # noqa: E402
 
@@ -287,11 +288,14 @@ def stage_rates(path: Path, tokenizer: Path) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mb", type=int, default=220, help="corpus size in MB (>= 200 for the issue's target)")
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    # Checked before the corpus and tokenizer are made: a bad preset failed in (a)'s pool after them,
+    # --repeat 0 with an UnboundLocalError after cleaning the corpus, --workers 0 in multiprocessing.
+    ap.add_argument("--mb", type=number(int, 1), default=220, help="corpus size in MB (>= 200 for the issue's target)")
+    ap.add_argument("--workers", type=number(int, 1), default=len(os.sched_getaffinity(0)))
     ap.add_argument("--out", type=Path, default=ROOT / "data_cache" / "bench-prepare")
-    ap.add_argument("--presets", nargs="+", default=["web", "minimal"], help="cleaning presets to run prepare with")
-    ap.add_argument("--repeat", type=int, default=3, help="turns of prepare, (a) and (b): medians and bests")
+    ap.add_argument("--presets", nargs="+", choices=PRESETS, default=["web", "minimal"],
+                    help="cleaning presets to run prepare with")
+    ap.add_argument("--repeat", type=number(int, 1), default=3, help="turns of prepare, (a) and (b): medians and bests")
     args = ap.parse_args()
     corpus_dir = args.out / "corpus"
     corpus, web, rebuilt = make_corpus(corpus_dir, args.mb)

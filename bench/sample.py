@@ -35,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.cli import number  # noqa: E402
 from common.config import from_dict, load_yaml  # noqa: E402
 from common.precision import DTYPES, bf16_supported, resolve_dtype  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -51,11 +52,16 @@ def timed(model: GPT, prompt: list[int], new_tokens: int, use_kv_cache: bool,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "gpt-45m"])
-    ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=512)
-    ap.add_argument("--reps", type=int, default=3, help="turns of the two runs; median and best are shown")
+    # Checked here, not by the first preset's run: --reps 0 failed in statistics.median, --new-tokens 0
+    # printed a speed-up of 0/0 timings, and a bad second preset only after the first's whole benchmark.
+    ap.add_argument("--prompt-tokens", type=number(int, 1), default=16)
+    ap.add_argument("--new-tokens", type=number(int, 1), default=512)
+    ap.add_argument("--reps", type=number(int, 1), default=3, help="turns of the two runs; median and best are shown")
     ap.add_argument("--dtype", default="float32", choices=DTYPES, help="autocast dtype of the forwards")
     args = ap.parse_args()
+    missing = [p for p in args.presets if not (ROOT / "configs" / f"{p}.yml").is_file()]
+    if missing:
+        ap.error(f"--presets: no {ROOT / 'configs' / missing[0]}.yml")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = resolve_dtype(args.dtype, device, bf16_supported(device))
     command = " ".join(["python bench/sample.py", *sys.argv[1:]])

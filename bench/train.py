@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # shadow the `train` package: put the repository root there instead.
 sys.path[0] = str(ROOT)
 
+from common.cli import number  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from pipeline.store import FORMAT_VERSION, ShardWriter, TokenStore, write_manifest  # noqa: E402
 from train.sampler import WindowSampler  # noqa: E402
@@ -186,15 +187,24 @@ def peak_rss_mib(kind: str, shape: dict, x: torch.Tensor, y: torch.Tensor) -> fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", type=int, default=50_000_000, help="train tokens in the synthetic store")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--block", type=int, default=256)
-    ap.add_argument("--vocab", type=int, default=16384, help="the pipeline's default BPE vocabulary")
-    ap.add_argument("--reps", type=int, default=5, help="timed training steps per model (after 2 warmup steps)")
+    # Checked before any work: --reps 0 failed in statistics.median after every model had been timed,
+    # and a --vocab past uint16 (the synthetic store's dtype) in numpy while writing the store.
+    ap.add_argument("--tokens", type=number(int, 1), default=50_000_000, help="train tokens in the synthetic store")
+    ap.add_argument("--batch", type=number(int, 1), default=64)
+    ap.add_argument("--block", type=number(int, 1), default=256)
+    ap.add_argument("--vocab", type=number(int, 7, high=1 << 16), default=16384,
+                    help="the pipeline's default BPE vocabulary (ids 6 and up; a uint16 store)")
+    ap.add_argument("--reps", type=number(int, 1), default=5,
+                    help="timed training steps per model (after 2 warmup steps)")
     ap.add_argument("--config", default=str(ROOT / "configs/tiny.yml"))
     ap.add_argument("--models", nargs="+", choices=KINDS, default=list(KINDS),
                     help="which models to time (the reference always); fewer share the process with fewer others")
     args = ap.parse_args()
+    # Read before the store is written and the sampler timed: a missing file used to end the run there.
+    try:
+        shape = yaml.safe_load(Path(args.config).read_text())["model"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        ap.error(f"--config {args.config}: no model section to read ({type(err).__name__}: {err})")
     torch.set_num_threads(2)
     torch.manual_seed(0)
     B, T = args.batch, args.block
@@ -210,7 +220,6 @@ def main() -> None:
                             "loop": (lambda: per_row_loop_batch(first_shard, T, B), 20)}, reps=7, warmup=1)
         x, y = sampler.next_batch()
 
-    shape = yaml.safe_load(Path(args.config).read_text())["model"]
     shape.update(vocab_size=args.vocab, block_size=T)
     ours = f"ours ({Path(args.config).stem}.yml), chunked loss"
     labels = {"ours": ours, "gpt2-style": "ours GPT-2-style, chunked loss",
