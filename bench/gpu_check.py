@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="'NAME: key=value ...': an extra compiled run with these overrides (repeatable)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/smallgpt-gpu-check"))
     args = parser.parse_args(argv)
+    names = [name for name, _, _ in args.variant]
+    if len(set(names)) < len(names):  # the second run's results, log and row replaced the first's
+        parser.error(f"--variant: {sorted({n for n in names if names.count(n) > 1})[0]!r} named twice")
     deadline = time.monotonic() + args.budget
     if args.smoke:
         args.steps, args.micro_batch = args.steps or 6, args.micro_batch or 4
@@ -313,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     unsteady = [name for name in runs if results[name].get("steady") is False]
     if unsteady:
         print(f"  no rates for {', '.join(unsteady)}: no step >= {steady_from} logged (not steady)")
-    legend = [(name, RUNS[name], {}) for name in RUNS if name in chosen and RUNS[name]]
+    # What each run was given: --smoke ran the shape candidates at its tiny shape, not RUNS' shapes.
+    legend = [(name, shapes[name] or ["(--smoke: the tiny shape)"], {})
+              for name in RUNS if name in chosen and RUNS[name]]
     for name, overrides, env in [*legend, *args.variant]:
         print(f"  {name}: {' '.join([*(f'{k}={v}' for k, v in env.items()), *overrides])}")
     print(f"compile time (compiled minus eager, init + first step): {fmt(results.get('compile_s'), '.1f')} s")

@@ -177,3 +177,23 @@ def test_gpu_session_without_cuda_stops_after_the_check(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout.rstrip().endswith("== no CUDA device: gpu-test and bench/sample.py not run")
     assert not (tmp_path / "out" / "gpu_test.log").exists()
+
+
+def test_a_variant_named_twice_is_refused(gpu_check, capsys, monkeypatch, tmp_path):
+    """The second run's results, log and table row replaced the first's."""
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    with pytest.raises(SystemExit) as stop:
+        gpu_check.main(["--smoke", "--variant", "a: lr=1e-3", "--variant", "a: lr=2e-3", "--budget", "0",
+                        "--work-dir", str(tmp_path / "work")])
+    assert stop.value.code == 2 and "--variant: 'a' named twice" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_smoke_legend_says_the_shape_runs_kept_its_tiny_shape(gpu_check, capsys, monkeypatch, tmp_path):
+    """--smoke runs wide128 at its tiny shape; the legend said 7 layers x 640 all the same."""
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    argv = ["--smoke", "--runs", "plain,wide128", "--budget", "0", "--work-dir", str(tmp_path / "work")]
+    assert gpu_check.main(argv) == 1  # both skipped: nothing trains
+    out = capsys.readouterr().out
+    assert "  wide128: (--smoke: the tiny shape)" in out and "model.n_layer=7" not in out
+    assert "  plain: model.fused_loss=false" in out
