@@ -10,8 +10,8 @@ line of dashes), the speed to stderr.
 Context rule: the model sees at most block_size tokens. A longer prompt keeps its last block_size
 tokens; once the context is full, generation drops the oldest tokens and continues from the newest
 block_size/2 (with or without the KV cache, so greedy output in float32 is the same either way, short of
-a tie within float32's rounding; in
-bfloat16 or float16 the two round differently, and a near tie may pick another token).
+a tie within float32's rounding; in bfloat16 or float16 the two round differently, and a near tie may
+pick another token).
 
 --dtype: the forward passes run under autocast in this dtype, by the trainer's rule
 (common/precision.py); weights stay float32 and sampling works on float32 logits. auto is bfloat16
