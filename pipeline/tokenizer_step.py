@@ -97,13 +97,15 @@ def _options_changed(cfg: PrepareConfig, tokenizer: Path) -> list[str]:
 
 # The training options: the flags that name them, the PrepareConfig fields that set them. Not
 # --vocab-size: prepare refuses one other than the tokenizer's, and none given means the tokenizer's own.
+# Not --skip-bad-files: training without it met no bad file (one stops it), so with it training gives the
+# same tokenizer; and a bad file it left out would stop a prepare without it. Warning there told the
+# user following a bad file's own advice (rerun with --skip-bad-files) to retrain, changing the ids.
 _OPTION_FLAGS = {
     "sample_bytes": ("--tokenizer-sample-bytes", {"tokenizer_sample_bytes"}),
     "clean": ("cleaning (--clean-preset, --clean)", {"clean_preset", "clean"}),
     "seed": ("--seed", {"seed"}),
     "text_field": ("--text-field", {"text_field"}),
     "csv_column": ("--csv-column", {"csv_column"}),
-    "skip_bad_files": ("--skip-bad-files", {"skip_bad_files"}),
 }
 
 

@@ -315,3 +315,19 @@ def test_prepare_says_when_it_keeps_a_tokenizer_trained_under_other_options(tmp_
     with caplog.at_level("WARNING", logger="pipeline"):
         assert main(common) == 0
     assert "trained under" not in caplog.text
+
+
+def test_skip_bad_files_after_a_bad_file_keeps_the_tokenizer_without_a_warning(tmp_path, caplog):
+    """A bad file added to a store's corpus stops prepare, whose error says to rerun with --skip-bad-files;
+    that rerun was warned the tokenizer was trained under another --skip-bad-files and told to retrain it
+    (new ids), though training without the flag met no bad file and so gives the same tokenizer with it."""
+    folder = tmp_path / "d"
+    write_jsonl(folder / "a.jsonl", sentences(4, 300))
+    common = ["--data", str(folder), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet"]
+    assert main([*common, "--vocab-size", "300"]) == 0
+    before = sha256_file(tmp_path / "s" / "tokenizer.json")
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n')[:20])  # cut short
+    assert main(common) == 1
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert main([*common, "--skip-bad-files"]) == 0
+    assert "trained under" not in caplog.text and sha256_file(tmp_path / "s" / "tokenizer.json") == before
