@@ -26,10 +26,11 @@ NGPU ?=
 # Quoted: NAME="my store" or a TOKENIZER path with a space is one value (DATA is split by bin/prepare.py).
 PIPE_ARGS := $(if $(DATA),--data "$(DATA)") $(if $(NAME),--name "$(NAME)") $(if $(SOURCE),--source $(SOURCE)) \
 	$(if $(TOKENIZER),--tokenizer "$(TOKENIZER)") $(if $(VOCAB),--vocab-size $(VOCAB))
-# torchrun sets OMP_NUM_THREADS=1 per process where it is unset, with a four-line banner saying so each
-# launch: set here, the same 1 without the banner (a value in the environment still wins).
-LAUNCH := $(if $(NGPU),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/torchrun --standalone \
-	--nproc_per_node=$(NGPU),$(PY))
+# torchrun sets OMP_NUM_THREADS=1 per process where it is unset and it starts more than one, with a
+# four-line banner saying so each launch: set here, the same 1 without the banner (a value in the
+# environment still wins). Not for NGPU=1, which torchrun leaves on all cores.
+LAUNCH := $(if $(NGPU),$(if $(filter-out 1,$(NGPU)),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} )$(VENV)/bin/torchrun \
+	--standalone --nproc_per_node=$(NGPU),$(PY))
 
 .PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check gpu-test gpu-session bench clean
 

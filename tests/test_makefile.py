@@ -52,3 +52,11 @@ def test_ngpu_checks_the_config_once_before_torchrun():
     assert launch[0] == "OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"
     assert launch[1].endswith("torchrun") and launch[2:4] == ["--standalone", "--nproc_per_node=2"]
     assert launch[launch.index("bin/train.py"):] == ["bin/train.py", "--config", "configs/tiny.yml", "out_dir=x"]
+
+
+def test_ngpu_1_leaves_omp_num_threads_as_torchrun_does():
+    """torchrun sets OMP_NUM_THREADS=1 only when it starts more than one process: `make train NGPU=1`
+    ran its one rank on one core, where torchrun alone gives it all of them."""
+    argv = _argv("train", "NGPU=1", "ARGS=out_dir=x")
+    launch = argv[argv.index("&&") + 1:]
+    assert launch[0].endswith("torchrun") and launch[1:3] == ["--standalone", "--nproc_per_node=1"]
