@@ -125,11 +125,17 @@ def run_timeout(left: float, per_run: float) -> float | None:
     return min(per_run, left)
 
 
+SUMMARY_KEYS = ("kernels_speedup", "compile_s", "device", "torch", "store", "steps", "steady_from", "block_size")
+"""The keys of gpu_check.json that are not a run's name (main sets them after the runs)."""
+
+
 def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
     """'NAME: key=value ENV_VAR=value ...' -> (name, overrides, environment)."""
     name, sep, rest = text.partition(":")
     name = name.strip()
-    if not sep or not name.replace("_", "").replace("-", "").isalnum() or name in RUNS:
+    # Not a built-in run's name, nor a key gpu_check.json keeps beside the runs' results: a variant named
+    # block_size had its result replaced by 1024 at the end, and the table then crashed on it.
+    if not sep or not name.replace("_", "").replace("-", "").isalnum() or name in RUNS or name in SUMMARY_KEYS:
         raise argparse.ArgumentTypeError(f"--variant wants 'NAME: key=value ...' with a new plain NAME; got {text!r}")
     overrides, env = [], {}
     for token in rest.split():
@@ -296,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if None not in startup:
         # Both runs do the same probe and first step; what the compiled one spends beyond that is compiling.
         results["compile_s"] = round(startup[0] - startup[1], 1)
-    results.update(device=device, torch=torch.__version__, store=str(store), steps=args.steps,
+    results.update(device=device, torch=torch.__version__, store=str(store), steps=args.steps,  # SUMMARY_KEYS
                    steady_from=steady_from, block_size=1024 if not args.smoke else 64)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
 

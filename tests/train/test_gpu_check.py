@@ -197,3 +197,17 @@ def test_the_smoke_legend_says_the_shape_runs_kept_its_tiny_shape(gpu_check, cap
     out = capsys.readouterr().out
     assert "  wide128: (--smoke: the tiny shape)" in out and "model.n_layer=7" not in out
     assert "  plain: model.fused_loss=false" in out
+
+
+def test_a_variant_named_like_a_summary_key_is_refused(gpu_check, capsys, monkeypatch, tmp_path):
+    """A variant named block_size (or steps, device, ...) had its result replaced by gpu_check.json's
+    own value of that key at the end of the session, and the table crashed on it (TypeError)."""
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    argv = ["--smoke", "--runs", "plain", "--variant", "v: lr=1e-3", "--budget", "0", "--work-dir", str(tmp_path)]
+    assert gpu_check.main(argv) == 1  # all skipped; the keys beside the runs' are the ones refused as names
+    assert set(json.loads((tmp_path / "out/gpu_check.json").read_text())) - {"plain", "v"} <= set(
+        gpu_check.SUMMARY_KEYS)
+    for name in gpu_check.SUMMARY_KEYS:
+        with pytest.raises(SystemExit):
+            gpu_check.main(["--smoke", "--variant", f"{name}: lr=1e-3", "--budget", "0"])
+        assert "with a new plain NAME" in capsys.readouterr().err
