@@ -261,8 +261,8 @@ def read_csv(raw: BinaryIO, chunk: Chunk, column: str, stats: ReadStats) -> Iter
                 if row:  # a blank line is no record at all
                     stats.note("missing_text", where)
                 continue
-            if any(row[len(names) :]):
-                # More fields than the header names (empty ones, a trailing comma, are harmless): a comma
+            if len(row) > len(names) and any(extra.strip() for extra in row[len(names) :]):
+                # More fields than the header names (blank ones, a trailing comma, are harmless): a comma
                 # in unquoted text split it, or the columns shifted, so the field in the text column's
                 # place is a fragment of the text or another column, and kept it would pass as a document.
                 stats.note("too_many_fields", where)
