@@ -126,7 +126,8 @@ def _keep_eval_set(trainer: Trainer, state: dict[str, Any]) -> None:
     """The checkpoint's eval set size, unless eval_batches changed: sized by this command's micro_batch,
     a resume with another one evaluated other windows, and val_loss jumped where the run went on."""
     saved, cfg = state.get("eval_windows"), trainer.cfg
-    if saved is None or saved == trainer.eval_windows or not cfg.eval_batches:  # older checkpoints lack it
+    # Older checkpoints lack it; a run that evaluated nothing so far has no set to keep.
+    if not saved or saved == trainer.eval_windows or not cfg.eval_batches:
         return
     if state["config"].get("eval_batches") == cfg.eval_batches:
         trainer.eval_windows = saved

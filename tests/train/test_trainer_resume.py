@@ -225,6 +225,11 @@ def test_a_resume_with_another_micro_batch_keeps_the_eval_set(tmp_path):
     sizes, _ = eval_set(lines, micro_batch=4, grad_accum=2, eval_batches=2)
     assert sizes == [4, 4] and ("warning: eval_batches 2 (was 4): a new eval set of 8 windows; val_loss before "
                                 "and after step 6 is over different windows") in lines
+    # A run that evaluated nothing (eval_batches=0) had no val_loss to compare with: nothing to say.
+    fit(tiny_config(store, tmp_path / "off", **kw | dict(eval_batches=0)))
+    lines.clear()
+    make_trainer(tiny_config(store, tmp_path / "off", **kw | dict(max_steps=8)), lines).close()
+    assert [line for line in lines if "eval set" in line or line.startswith("eval:")] == []
 
 
 def test_a_corrupt_checkpoint_is_one_error_saying_what_to_do(tmp_path):
