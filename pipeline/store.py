@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import reprlib
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -244,8 +245,10 @@ class TokenStore:
         path = self.root / MANIFEST
         if not path.is_file():  # bare `make prepare` builds the plays only: data=data_cache/mine was sent there
             what = f"no {MANIFEST}; not a finished token store" if self.root.is_dir() else "no such folder"
-            make = "make prepare" + ("" if self.root.name == "shakespeare" else f" NAME={self.root.name} DATA=...")
-            raise StoreError(f"{self.root}: {what} (build it: {make}; rerun it if it was stopped)")
+            name = "" if self.root.name == "shakespeare" else f" NAME={shlex.quote(self.root.name)} DATA=..."
+            out = "" if self.root.parent.resolve() == Path("data_cache").resolve() else \
+                f' ARGS="--out {shlex.quote(str(self.root.parent))}"'  # make prepare builds under data_cache/
+            raise StoreError(f"{self.root}: {what} (build it: make prepare{name}{out}; rerun it if it was stopped)")
         raw = path.read_bytes()
         try:
             self.manifest: dict[str, Any] = json.loads(raw)

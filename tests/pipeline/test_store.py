@@ -73,15 +73,20 @@ def test_validation_catches_missing_truncated_and_corrupt(tmp_path):
         TokenStore(tmp_path)
 
 
-def test_a_missing_store_is_told_the_make_line_that_builds_it(tmp_path):
+def test_a_missing_store_is_told_the_make_line_that_builds_it(tmp_path, monkeypatch):
     """data=data_cache/mydata (never built, or a typo) was told "run `make prepare`", which builds the
     Shakespeare store only, and said "no manifest.json" of a folder that does not exist."""
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(StoreError, match=r"mydata: no such folder \(build it: make prepare NAME=mydata DATA=\.\.\.;"):
-        TokenStore(tmp_path / "mydata")
-    (tmp_path / "shakespeare").mkdir()  # the default source's store: the bare command builds it
+        TokenStore("data_cache/mydata")
+    (tmp_path / "data_cache" / "shakespeare").mkdir(parents=True)  # the default source's: the bare command builds it
     with pytest.raises(StoreError, match=r"shakespeare: no manifest.json; not a finished token store \(build it: "
                                          r"make prepare; rerun"):
-        TokenStore(tmp_path / "shakespeare")
+        TokenStore(tmp_path / "data_cache" / "shakespeare")
+    # Elsewhere than data_cache/ (where make prepare writes), and a name with a space: a line that works.
+    with pytest.raises(StoreError) as err:
+        TokenStore(tmp_path / "my stores" / "my data")
+    assert f"""(build it: make prepare NAME='my data' DATA=... ARGS="--out '{tmp_path}/my stores'";""" in str(err.value)
 
 
 def test_verify_checks_the_index_files_too(tmp_path):
