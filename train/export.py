@@ -229,6 +229,8 @@ def export(loaded: LoadedModel, out_dir: str | Path) -> Path:
     # come last, so a crash in between leaves no export rather than a new config beside old weights,
     # which loads as the wrong model wherever the shapes agree (another norm, position encoding, ...).
     tmp = out / f".{WEIGHTS}.tmp{os.getpid()}"
+    for stale in out.glob(f".{WEIGHTS}.tmp*"):  # an export killed (-9) before its rename left it
+        stale.unlink(missing_ok=True)
     try:
         # save_model, not save_file: it stores tied tensors (wte / lm_head) once instead of refusing them.
         save_model(loaded.model, str(tmp), metadata=meta)

@@ -172,7 +172,9 @@ def test_a_crash_while_an_export_is_replaced_leaves_no_export_rather_than_a_mix(
     with pytest.raises((ValueError, FileNotFoundError)):
         load(out)
     monkeypatch.undo()
+    (out / ".model.safetensors.tmp99999").write_bytes(b"weights of an export killed with -9")
     assert load(export(load(run_dir), out)).step == load(run_dir).step  # a rerun puts it right
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
 
 
 def test_bad_out_and_tokenizer_paths_are_one_line_errors(run_dir, tmp_path, capsys):
