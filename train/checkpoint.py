@@ -250,11 +250,16 @@ def is_inside(ckpt: Path, run_dir: str | Path) -> bool:
     return ckpt.resolve().parent == Path(run_dir).resolve()
 
 
+def global_batch(state: dict[str, Any]) -> int:
+    """Sequences per optimizer step in the run that wrote checkpoint `state`."""
+    return state["world_size"] * state["config"]["micro_batch"] * state["config"]["grad_accum"]
+
+
 def grad_accum_for_world(state: dict[str, Any], world_size: int, micro_batch: int, grad_accum: int) -> tuple[int, str]:
     """The grad_accum that keeps the checkpoint's global batch (sequences per optimizer step), so the
     optimizer and LR schedule see the same batch at another world size; and what to log about it.
     Where `world_size` x `micro_batch` does not divide that batch, `grad_accum` stays, with a warning."""
-    saved = state["world_size"] * state["config"]["micro_batch"] * state["config"]["grad_accum"]
+    saved = global_batch(state)
     accum, rest = divmod(saved, world_size * micro_batch)
     if not accum or rest:
         return grad_accum, (f"warning: the checkpoint's global batch of {saved} sequences is not a multiple of "

@@ -18,6 +18,7 @@ from train.checkpoint import (
     ResumeRefused,
     check_compatible,
     choose_checkpoint,
+    global_batch,
     grad_accum_for_world,
     load_checkpoint,
     marker_step,
@@ -116,6 +117,10 @@ def restore(trainer: Trainer, source: Path | None) -> int:
         cfg.grad_accum, note = grad_accum_for_world(state, trainer.dist.world_size, cfg.micro_batch, cfg.grad_accum)
         if note:
             trainer.log(note)
+    elif (saved := global_batch(state)) != (now := trainer.dist.world_size * cfg.micro_batch * cfg.grad_accum):
+        # Allowed (a deliberate change), but not silently: the run then differs from the one not stopped.
+        trainer.log(f"warning: {now} sequences per step (ranks x micro_batch x grad_accum), the checkpoint's run "
+                    f"took {saved}: the run goes on at another batch (allow_world_size_change=true keeps {saved})")
     _keep_eval_set(trainer, state)
     trainer.log(f"resumed from {source} at step {trainer.step}")
     trainer.resumed_from = source

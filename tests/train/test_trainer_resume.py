@@ -232,6 +232,21 @@ def test_a_resume_with_another_micro_batch_keeps_the_eval_set(tmp_path):
     assert [line for line in lines if "eval set" in line or line.startswith("eval:")] == []
 
 
+def test_a_resume_at_another_global_batch_says_so(tmp_path):
+    """micro_batch or grad_accum changed on a resume changed the batch of every later step without a
+    word; the same batch in another split (4 x 2 for 8 x 1) is no change."""
+    store = tmp_path / "store"
+    make_store(store)
+    kw = dict(max_steps=4, ckpt_interval=4, eval_interval=0, init_batch=False)
+    fit(tiny_config(store, tmp_path / "run", **kw))
+    for changes, warned in ((dict(micro_batch=4, grad_accum=2), False), (dict(micro_batch=4), True)):
+        lines: list[str] = []
+        make_trainer(tiny_config(store, tmp_path / "run", **kw | dict(max_steps=6) | changes), lines).close()
+        warning = ("warning: 4 sequences per step (ranks x micro_batch x grad_accum), the checkpoint's run took 8: "
+                   "the run goes on at another batch (allow_world_size_change=true keeps 8)")
+        assert [line for line in lines if "sequences per step" in line] == ([warning] if warned else [])
+
+
 def test_a_corrupt_checkpoint_is_one_error_saying_what_to_do(tmp_path):
     """Truncated despite its COMPLETE marker: sample and eval said "not a readable checkpoint", training
     gave torch's traceback, and resume=<the one before> was refused as a branch behind a later one."""
