@@ -1,9 +1,11 @@
 """Downloads with no size or digest pinned (the RedPajama table has none) from a server that may send
 no Content-Length either: what the bytes themselves tell about a body cut short, and a stalling server."""
 
+import gzip
 import threading
 
 import pytest
+import zstandard
 from download_helpers import PAYLOAD
 
 from pipeline import download as dl
@@ -54,3 +56,16 @@ def test_a_stalled_read_keeps_what_had_arrived(server, tmp_path, monkeypatch):
         server.gate.set()
     assert dest.read_bytes() == PAYLOAD
     assert server.requests[1][1] == f"bytes={len(PAYLOAD) // 2}-"  # the half that had arrived was kept
+
+
+@pytest.mark.parametrize("suffix", ["gz", "zst"])
+def test_compressed_file_cut_short_without_a_length_is_resumed(server, tmp_path, suffix):
+    """No Content-Length and the connection closed early: a cut-short .gz/.zst got its final name, and
+    every later prepare stopped on it as a truncated file, since a rerun finds it there."""
+    packed = gzip.compress(LINES) if suffix == "gz" else zstandard.ZstdCompressor().compress(LINES)
+    name = f"c4_sample.jsonl.{suffix}"
+    server.files[name] = packed
+    server.no_length, server.cut_after = True, len(packed) // 2
+    dest = download(server.url + name, tmp_path / name, retries=1)
+    assert dest.read_bytes() == packed
+    assert [r for _, r in server.requests] == [None, f"bytes={len(packed) // 2}-"]
