@@ -128,12 +128,19 @@ def merge_parts(root: Path) -> Path:
 def _merge(root: Path, parts: list[Path]) -> Path:
     stores = []
     for d in parts:
+        # Not TokenStore's own advice for a missing manifest: its `make prepare NAME=part-i-of-n` would
+        # build a whole store (no --shard) in the part's folder.
+        if not (d / MANIFEST).is_file():
+            raise PrepareError(f"{d}: not a finished part (no {MANIFEST}: its job was stopped, or is yet to "
+                               f"run); rerun {_rerun([d])}")
         try:
             stores.append(TokenStore(d))
         except StoreError as err:
             raise PrepareError(f"{d}: not a finished part ({err}); rerun its --shard job") from None
     for d, store in zip(parts, stores, strict=True):
-        part = store.manifest["part"]
+        part = store.manifest.get("part")
+        if not isinstance(part, dict):  # a store built without --shard (or copied) into a part's folder
+            raise PrepareError(f"{d}: holds a store built without --shard, not a part; rerun {_rerun([d])}")
         if f"part-{part['index']}-of-{part['count']}" != d.name:
             raise PrepareError(f"{d}: holds part {part['index']}/{part['count']}, not the one its name says; "
                                f"rerun its --shard job")

@@ -120,3 +120,21 @@ def test_merge_refuses_a_missing_part_mixed_splits_and_a_renamed_part(tmp_path, 
     assert TokenStore(root / "part-1-of-2").manifest["part"]["index"] == 1
     shutil.rmtree(root / "away")
     TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
+
+
+def test_merge_names_the_rerun_for_a_stopped_part_and_refuses_a_whole_store_in_a_part_folder(tmp_path, tokenizer):
+    """A part killed before its manifest was met with TokenStore's advice, `make prepare NAME=part-1-of-2
+    ... --out <root>`: that builds a whole store (no --shard) in the part's folder, which the merge then
+    met with a KeyError traceback on its missing "part" section."""
+    _, opts = two_parts(tmp_path, tokenizer, files=2, docs=10, first=90)
+    root = tmp_path / "sh" / "m"
+    (root / "part-1-of-2" / "manifest.json").unlink()  # as a kill -9 before the end of --shard 1/2 leaves it
+    with pytest.raises(PrepareError, match=r"part-1-of-2: not a finished part \(no manifest.json.*rerun --shard 1/2") \
+            as err:
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    assert "NAME=" not in str(err.value)
+    build(root, tokenizer, **{**opts, "name": "part-1-of-2"})  # the old advice, followed
+    with pytest.raises(PrepareError, match=r"part-1-of-2: holds a store built without --shard.*rerun --shard 1/2"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    build(tmp_path / "sh", tokenizer, shard="1/2", **opts)
+    TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
