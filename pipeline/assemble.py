@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from common.files import fsync_dir
 from common.lock import exclusive_lock
 from pipeline.chunks import ChunkData
 from pipeline.clean import CleanStats
 from pipeline.readers import ReadStats
-from pipeline.store import MANIFEST, SPLITS, ShardWriter, dtype_for_vocab, fsync_dir
+from pipeline.store import MANIFEST, SPLITS, ShardWriter, dtype_for_vocab
 
 SPLIT_HASH = "splitmix64"
 SPLIT_RULE = "val if splitmix64(doc_hash(text) ^ splitmix64(seed)) < val_fraction * 2**64, else train"

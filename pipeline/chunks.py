@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from common.files import sha256_file
 from pipeline.clean import CleanConfig, CleanStats, clean_text, doc_hash, utf8_len
 from pipeline.fast_encode import Encoder
 from pipeline.readers import BadFileError, ReadStats
 from pipeline.sources import Chunk, read_chunk
-from pipeline.store import dtype_for_vocab, sha256_file
+from pipeline.store import dtype_for_vocab
 from pipeline.tokenizer import TokenizerError
 
 WORK_FORMAT = 2

@@ -31,9 +31,9 @@ from pathlib import Path
 import zstandard
 from tqdm import tqdm
 
+from common.files import atomic_write_bytes, fsync_dir, fsync_path, sha256_file
 from common.lock import exclusive_lock
 from pipeline.readers import compression, decompressed
-from pipeline.store import atomic_write_bytes, fsync_dir, fsync_path, sha256_file
 
 log = logging.getLogger("pipeline")
 

@@ -31,17 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from common.files import fsync_dir, sha256_file
 from pipeline.assemble import HashSet, PrepareError, reset_store, store_and_parts_locked
-from pipeline.store import (
-    MANIFEST,
-    SPLITS,
-    StoreError,
-    TokenStore,
-    fsync_dir,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
+from pipeline.store import MANIFEST, SPLITS, StoreError, TokenStore, read_manifest, write_manifest
 
 log = logging.getLogger("pipeline")
 

@@ -33,6 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from common.config import parse_cli
+from common.files import atomic_write_bytes, sha256_file
 from pipeline.assemble import SPLIT_HASH, SPLIT_RULE, Assembler, PrepareError, reset_store, store_locked
 from pipeline.chunks import (
     WORK_FORMAT,
@@ -48,15 +49,7 @@ from pipeline.merge import merge_parts, unmerge
 from pipeline.paths import file_identities
 from pipeline.pool import chunk_results
 from pipeline.sources import BadFileError, Chunk, ReadStats, plan_chunks, read_chunk
-from pipeline.store import (
-    FORMAT_VERSION,
-    StoreError,
-    TokenStore,
-    atomic_write_bytes,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
+from pipeline.store import FORMAT_VERSION, StoreError, TokenStore, read_manifest, write_manifest
 from pipeline.tokenizer_step import (
     TOKENIZER,
     input_paths,

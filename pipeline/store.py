@@ -26,6 +26,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from common.files import atomic_write_bytes, fsync_dir, sha256_file, sha256_of
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
@@ -39,48 +41,6 @@ class StoreError(Exception):
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
     """uint16 halves the bytes of every read while the vocabulary fits in it; uint32 beyond that."""
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
-
-
-def sha256_file(path: str | Path, bufsize: int = 1 << 22) -> str:
-    with open(path, "rb") as f:
-        return _sha256_of(f, bufsize)
-
-
-def _sha256_of(f: BinaryIO, bufsize: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    while block := f.read(bufsize):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory given by its path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (a crash after rename must not resurrect the old name)."""
-    fsync_path(path)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp name, fsync, rename: readers see the old file or the whole new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not also leave a stray temp file beside the user's
-        raise
-    fsync_dir(path.parent)
 
 
 def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
@@ -229,6 +189,19 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _how_to_build(root: Path) -> str:
+    """What a folder without a manifest lacks, and the command that makes it a store."""
+    if any(root.glob("part-*-of-*/")):  # --shard parts waiting for (or rebuilt since) their --merge
+        return (f"no {MANIFEST}: its --shard parts are not merged (bin/prepare.py --out "
+                f"{shlex.quote(str(root.parent))} --name {shlex.quote(root.name)} --merge)")
+    what = f"no {MANIFEST}; not a finished token store" if root.is_dir() else "no such folder"
+    # Bare `make prepare` builds the plays only (data=data_cache/mine was sent there), under data_cache/.
+    name = "" if root.name == "shakespeare" else f" NAME={shlex.quote(root.name)} DATA=..."
+    out = "" if root.parent.resolve() == Path("data_cache").resolve() else \
+        f' ARGS="--out {shlex.quote(str(root.parent))}"'
+    return f"{what} (build it: make prepare{name}{out}; rerun it if it was stopped)"
+
+
 class TokenStore:
     """Read-only view of a finished store: validated manifest, shard memmaps and document index.
 
@@ -243,12 +216,8 @@ class TokenStore:
     def __init__(self, root: str | Path, verify: bool = False):
         self.root = Path(root)
         path = self.root / MANIFEST
-        if not path.is_file():  # bare `make prepare` builds the plays only: data=data_cache/mine was sent there
-            what = f"no {MANIFEST}; not a finished token store" if self.root.is_dir() else "no such folder"
-            name = "" if self.root.name == "shakespeare" else f" NAME={shlex.quote(self.root.name)} DATA=..."
-            out = "" if self.root.parent.resolve() == Path("data_cache").resolve() else \
-                f' ARGS="--out {shlex.quote(str(self.root.parent))}"'  # make prepare builds under data_cache/
-            raise StoreError(f"{self.root}: {what} (build it: make prepare{name}{out}; rerun it if it was stopped)")
+        if not path.is_file():
+            raise StoreError(f"{self.root}: {_how_to_build(self.root)}")
         raw = path.read_bytes()
         try:
             self.manifest: dict[str, Any] = json.loads(raw)
@@ -298,7 +267,7 @@ class TokenStore:
             st = os.fstat(f.fileno())
             if st.st_size != size:
                 raise StoreError(f"{f.name}: {st.st_size} bytes, manifest says {size}")
-            if sha256 and _sha256_of(f) != sha256:
+            if sha256 and sha256_of(f) != sha256:
                 raise StoreError(f"{f.name}: sha256 differs from the manifest's (corrupt shard)")
             self._checked[Path(f.name)] = _identity(st)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from common.files import atomic_write_bytes
 from pipeline.clean import CleanConfig, CleanStats, clean_text
-from pipeline.store import atomic_write_bytes
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]"]
 PAD_ID = SPECIALS.index("[PAD]")

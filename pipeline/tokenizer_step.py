@@ -18,6 +18,7 @@ from typing import Any
 import tokenizers
 
 from common.config import ConfigError, parse_cli
+from common.files import atomic_write_bytes, sha256_file
 from pipeline.assemble import PrepareError, store_and_parts_locked
 from pipeline.config import PrepareConfig, check, clean_config, resolve_name
 from pipeline.download import DownloadError
@@ -25,7 +26,7 @@ from pipeline.fast_encode import Encoder
 from pipeline.merge import part_folders
 from pipeline.paths import file_identities
 from pipeline.sources import BadFileError, expand_paths, resolve_source
-from pipeline.store import StoreError, atomic_write_bytes, read_manifest, sha256_file
+from pipeline.store import StoreError, read_manifest
 from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
 
 log = logging.getLogger("pipeline")

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 import yaml
 
+from common.files import atomic_write_bytes, fsync_dir
 from common.lock import exclusive_lock
-from pipeline.store import atomic_write_bytes, fsync_dir
 
 MARKER = "COMPLETE"
 # Model fields that may differ on resume: dropout is a training choice, not part of the weights; the

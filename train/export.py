@@ -32,17 +32,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from common.config import from_dict
+from common.files import atomic_write_bytes, fsync_dir, fsync_path, sha256_file
 from model.config import GPTConfig
 from model.gpt import GPT
-from pipeline.store import (
-    MANIFEST,
-    StoreError,
-    TokenStore,
-    atomic_write_bytes,
-    fsync_dir,
-    fsync_path,
-    sha256_file,
-)
+from pipeline.store import MANIFEST, StoreError, TokenStore
 from train.checkpoint import MARKER, load_checkpoint, resolve_checkpoint
 from train.checkpoint import STATE as STATE_FILE
 

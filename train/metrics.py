@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipeline.store import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in FLOP/s, from the vendors' datasheets. Matched as
 # substrings of torch.cuda.get_device_name(), the longest match winning: a variant's name contains

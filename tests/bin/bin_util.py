@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.files import sha256_file
 from model import GPT, GPTConfig
 from pipeline.fast_encode import Encoder
-from pipeline.store import TokenStore, sha256_file
+from pipeline.store import TokenStore
 from train.checkpoint import save_checkpoint
 
 LINES = [

@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save_model
 from script_loader import load_script
 
+from common.files import sha256_file
 from model import GPT, GPTConfig
-from pipeline.store import sha256_file
 from train.checkpoint import save_checkpoint
 from train.export import TokenizerMismatch, export, load
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from prepare_helpers import sentences, tiny_tokenizer, write_jsonl
 
+from common.files import sha256_file
 from pipeline.chunks import MAGIC, Settings, build_chunk, load_result, result_meta
 from pipeline.clean import CleanConfig
 from pipeline.fast_encode import Encoder
 from pipeline.readers import BadFileError
 from pipeline.sources import plan_chunks
-from pipeline.store import sha256_file
 from pipeline.tokenizer import BOS_ID
 
 

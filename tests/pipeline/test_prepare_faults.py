@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
 
+from common.files import sha256_file
 from common.lock import exclusive_lock
 from pipeline.assemble import reset_store
 from pipeline.clean import CleanConfig
 from pipeline.prepare import _input_bytes, main
 from pipeline.sources import Chunk, shakespeare_plays
-from pipeline.store import StoreError, TokenStore, sha256_file, write_store
+from pipeline.store import StoreError, TokenStore, write_store
 from pipeline.tokenizer import train_from_paths
 
 

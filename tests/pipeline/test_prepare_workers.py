@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 from prepare_helpers import ROOT, build, sentences, store_files, tiny_tokenizer, write_jsonl
 
+from common.files import sha256_file
 from pipeline.chunks import Settings, init_worker
 from pipeline.clean import CleanConfig
 from pipeline.pool import _sigint_deferred, chunk_results
 from pipeline.sources import plan_chunks
-from pipeline.store import TokenStore, sha256_file
+from pipeline.store import TokenStore
 from pipeline.tokenizer import TokenizerError
 
 

@@ -5,7 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from pipeline.store import ShardWriter, StoreError, TokenStore, atomic_write_bytes, dtype_for_vocab, write_store
+from common.files import atomic_write_bytes
+from pipeline.store import ShardWriter, StoreError, TokenStore, dtype_for_vocab, write_store
 
 
 def _docs(rng, n, vocab):
@@ -87,6 +88,11 @@ def test_a_missing_store_is_told_the_make_line_that_builds_it(tmp_path, monkeypa
     with pytest.raises(StoreError) as err:
         TokenStore(tmp_path / "my stores" / "my data")
     assert f"""(build it: make prepare NAME='my data' DATA=... ARGS="--out '{tmp_path}/my stores'";""" in str(err.value)
+    # --shard parts waiting for their --merge (or a part rebuilt since): a whole build would be the wrong advice.
+    (tmp_path / "data_cache" / "web" / "part-0-of-2").mkdir(parents=True)
+    with pytest.raises(StoreError, match=r"web: no manifest.json: its --shard parts are not merged \(bin/prepare.py "
+                                         r"--out data_cache --name web --merge\)"):
+        TokenStore("data_cache/web")
 
 
 def test_verify_checks_the_index_files_too(tmp_path):

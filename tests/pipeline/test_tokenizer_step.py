@@ -10,10 +10,11 @@ import os
 
 from prepare_helpers import sentences, write_jsonl
 
+from common.files import sha256_file
 from common.lock import exclusive_lock
 from pipeline import tokenizer_step
 from pipeline.prepare import main
-from pipeline.store import TokenStore, sha256_file
+from pipeline.store import TokenStore
 from pipeline.tokenizer_step import tokenizer_main
 
 
