@@ -201,6 +201,10 @@ def _merge(root: Path, parts: list[Path]) -> Path:
         "splits": splits, "sources": [{"path": p, "size": s} for p, (_, s) in sources], "stats": stats,
         "parts": [d.name for d in parts], "inputs_fingerprint": fp,
     })
+    old = read_manifest(root)
+    if old is not None and "parts" not in old:  # as a rebuild that replaces a store says
+        log.warning("%s: replacing the store built there without --shard; a training run on it cannot resume "
+                    "on the merged one", root)
     reset_store(root)
     write_manifest(root, manifest)
     log.info("%s: merged %d parts (%d documents seen in more than one part are kept: see cross_part_duplicates)",

@@ -138,3 +138,14 @@ def test_merge_names_the_rerun_for_a_stopped_part_and_refuses_a_whole_store_in_a
         build(tmp_path / "sh", tokenizer, merge=True, **opts)
     build(tmp_path / "sh", tokenizer, shard="1/2", **opts)
     TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
+
+
+def test_a_merge_over_a_store_built_without_shard_says_it_replaces_it(tmp_path, tokenizer, caplog):
+    """A rebuild that replaces a store warns that runs on it cannot resume; a --merge deleted a whole
+    single-job store in the same folder without a word."""
+    _, opts = two_parts(tmp_path, tokenizer, files=4, docs=30, first=60)
+    root = build(tmp_path / "sh", tokenizer, **opts)  # a whole store where the parts will be merged
+    with caplog.at_level("WARNING", logger="pipeline"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    assert f"{root}: replacing the store built there without --shard" in caplog.text
+    TokenStore(root, verify=True)
