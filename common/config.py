@@ -20,11 +20,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
-import glob
 import inspect
 import itertools
-import os
-import shlex
 import sys
 import textwrap
 import types
@@ -33,6 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from common.list_items import list_items
 
 T = TypeVar("T")
 
@@ -64,36 +63,6 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _words(value: Any) -> list[Any]:
-    """A list value as a list. One given as a string (`DATA="a.jsonl b/"`) is split like a shell would,
-    so an item with spaces can be quoted (`"'my data/a.jsonl' b/"`), unless the whole string names an
-    existing path or a glob matching one; any other single value is one item."""
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if not isinstance(value, str):
-        return [value]
-    if any(c.isspace() for c in value) and _names_a_path(value):
-        # The shell has split this already (`--data "my data/a.jsonl"`): a value naming something that
-        # exists as a whole is that one path, not the words `my` and `data/a.jsonl`.
-        return [value]
-    # POSIX quoting but no backslash escapes (a path may hold backslashes); an unbalanced quote (a
-    # name like O'Brien.jsonl) means the text was not quoted at all.
-    lexer = shlex.shlex(value, posix=True)
-    lexer.whitespace_split, lexer.escape = True, ""
-    try:
-        return list(lexer)
-    except ValueError:
-        return value.split()
-
-
-def _names_a_path(value: str) -> bool:
-    """Whether `value` is an existing file or folder (even a broken link), or a glob matching one. Not
-    a `**` glob: with no match, finding that out would walk the whole tree just to split the value."""
-    if os.path.lexists(value):
-        return True
-    return glob.has_magic(value) and "**" not in value and next(glob.iglob(value), None) is not None
-
-
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Convert `value` (from YAML or the command line) to the field type `tp`, or raise ConfigError.
 
@@ -111,7 +80,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 errors.append(str(err))
         raise ConfigError("; ".join(errors))
     if origin in (list, tuple):
-        value = _words(value)
+        value = list_items(value)
         item = args[0] if args else Any
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is Any:
@@ -268,7 +237,7 @@ def parse_value(raw: str, tp: Any) -> Any:
     if _takes_text(tp):
         return raw
     if typing.get_origin(tp) in (list, tuple) and not raw.lstrip().startswith("["):
-        return raw  # split by _words; YAML would strip the quotes that group an item with spaces
+        return raw  # split by list_items; YAML would strip the quotes that group an item with spaces
     if not raw.strip():  # YAML reads it as null, which would quietly switch an optional setting off
         raise ValueError("no value given" + (" (write null for none)" if type(None) in typing.get_args(tp) else ""))
     try:
@@ -360,7 +329,7 @@ def parse_overrides(cls: type, argv: list[str]) -> tuple[str | None, dict[str, A
             section = section[part]
         if parts[-1] in section and typing.get_origin(tp) in (list, tuple):
             # A list option given twice (`--data a --data b`, or make's DATA plus ARGS) takes both.
-            value = [*_words(section[parts[-1]]), *_words(value)]
+            value = [*list_items(section[parts[-1]]), *list_items(value)]
         section[parts[-1]] = value
     return config_path, out
 
