@@ -118,19 +118,33 @@ def fields_of(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
-def _build(cls: type[T], values: Any, prefix: str = "") -> T:
-    """from_dict without the source label: messages carry the dotted key path (`prefix` + key) only."""
+def _is_section(tp: Any) -> bool:
+    """Whether a field of type `tp` is a nested section (`model: GPTConfig`): a mapping in YAML,
+    dotted keys (`model.n_layer`) on the command line."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _sections(fields: dict[str, Any], values: dict[str, Any]) -> dict[Any, type]:
+    """The keys of `values` that set a nested section by a mapping, with the section's dataclass: the
+    walk down the tree that the unknown-key check and the build share."""
+    return {k: fields[k] for k, v in values.items() if _is_section(fields.get(k)) and isinstance(v, dict)}
+
+
+def _build(cls: type[T], values: Any, prefix: str = "", keys_checked: bool = False) -> T:
+    """from_dict without the source label: messages carry the dotted key path (`prefix` + key) only.
+    `keys_checked`: the unknown keys of `values` were already named, with those of the section above."""
     section = prefix.removesuffix(".")
     if not isinstance(values, dict):
         raise ConfigError(f"{section or 'top level'}: expected a mapping, got {values!r}")
     fields = fields_of(cls)
-    if unknown := _unknown_keys(cls, values, prefix):
+    if not keys_checked and (unknown := _unknown_keys(cls, values, prefix)):
         raise ConfigError("; ".join(unknown))
-    out = {}
+    sections, out = _sections(fields, values), {}
     for k, v in values.items():
-        if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict):
-            v = _merge(to_dict(fields[k]()), v)
-        out[k] = _coerce(f"{prefix}{k}", v, fields[k])
+        if k in sections:  # a mapping sets only the keys it names: the section's defaults fill the rest
+            out[k] = _build(sections[k], _merge(to_dict(sections[k]()), v), f"{prefix}{k}.", keys_checked=True)
+        else:
+            out[k] = _coerce(f"{prefix}{k}", v, fields[k])
     try:
         return cls(**out)
     except ValueError as err:  # the dataclass's own checks (ConfigError or, as in GPTConfig, ValueError)
@@ -148,9 +162,8 @@ def _unknown_keys(cls: type, values: dict[str, Any], prefix: str) -> list[str]:
         hint = difflib.get_close_matches(str(unknown[0]), fields, n=1) if len(unknown) == 1 else []
         found.append(f"{names}: unknown key{'s' if len(unknown) > 1 else ''} for {cls.__name__}"
                      + (f" (did you mean {prefix}{hint[0]}?)" if hint else f"; known: {', '.join(fields)}"))
-    for k, v in values.items():
-        if dataclasses.is_dataclass(fields.get(k)) and isinstance(v, dict):
-            found += _unknown_keys(fields[k], v, f"{prefix}{k}.")
+    for k, nested in _sections(fields, values).items():
+        found += _unknown_keys(nested, values[k], f"{prefix}{k}.")
     return found
 
 
@@ -266,7 +279,7 @@ def _resolve(cls: type, key: str, arg: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     for part in parts[:-1]:
         nested = fields_of(cls).get(part)
-        if not (isinstance(nested, type) and dataclasses.is_dataclass(nested)):
+        if not _is_section(nested):
             raise ConfigError(f"command line: {part!r} is not a config section of {cls.__name__}")
         cls = nested
     fields, leaf = fields_of(cls), parts[-1]
@@ -339,7 +352,7 @@ def _option_lines(cls: type, prefix: str = "") -> list[str]:
     defaults = cls()
     lines = []
     for name, tp in fields_of(cls).items():
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if _is_section(tp):
             lines += _option_lines(tp, f"{prefix}{name}.")
             continue
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))

@@ -330,3 +330,18 @@ def test_unknown_keys_in_several_sections_are_named_in_one_message():
 
 def test_a_dotted_key_through_a_non_section_is_a_config_error(capsys):
     assert "command line: 'lr' is not a config section of Outer" in _error(capsys, Outer, ["lr.x=1"])
+
+
+@dataclass
+class MaybeInner:
+    model: Inner | None = None
+
+
+def test_unknown_keys_anywhere_are_named_before_any_value_is_converted():
+    """The walk for unknown keys covers every nested section once, before the build; a section behind
+    a union (`Inner | None`) is not on that walk, and is checked when the union tries it."""
+    with pytest.raises(ConfigError, match=r"^config: model\.n_layr: unknown key for Inner \(did you mean model\.n_la"):
+        from_dict(Outer, {"lr": "abc", "model": {"n_layr": 1}})
+    with pytest.raises(ConfigError, match=r"^config: model\.n_layr: unknown key for Inner \(did you mean model\.n_la"):
+        from_dict(MaybeInner, {"model": {"n_layr": 1}})
+    assert from_dict(MaybeInner, {"model": {"n_layer": 3}}).model == Inner(n_layer=3)
