@@ -35,13 +35,15 @@ def _val_sampler(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int
             from None
 
 
-def check_windows(store: TokenStore, cfg: TrainConfig, world_size: int) -> None:
+def check_windows(store: TokenStore, cfg: TrainConfig, world_size: int, rank: int = 0) -> WindowSampler:
     """The samplers' refusals (a split too small for one window; in epoch mode, for one global batch
     of micro_batch as configured) as ConfigErrors, before anything runs at that size: init_batch's
-    probe at a block_size the store cannot fill took all the memory before the sampler could say so."""
-    train_sampler(store, cfg, 0, world_size)
+    probe at a block_size the store cannot fill took all the memory before the sampler could say so.
+    Returns rank `rank`'s train sampler, for the trainer to keep rather than build again."""
+    sampler = train_sampler(store, cfg, rank, world_size)
     if cfg.eval_batches:
         _val_sampler(store, cfg, 0, world_size)
+    return sampler
 
 
 def eval_batches(store: TokenStore, cfg: TrainConfig, rank: int, world_size: int, device: torch.device,

@@ -30,7 +30,7 @@ from pipeline.store import TokenStore
 from train import distributed as D
 from train.checkpoint import checkpoint_tag, is_inside, latest_checkpoint, save_checkpoint, seed_all
 from train.config import TrainConfig
-from train.data import check_windows, eval_batches, train_sampler
+from train.data import check_windows, eval_batches
 from train.init_batch import fit_micro_batch
 from train.metrics import MetricsLog, eval_line, eval_record, peak_flops, progress_line
 from train.optim import build_optimizer, lr_at, set_lr
@@ -74,12 +74,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.raw, cfg)
         configured_micro_batch = cfg.micro_batch
         source, at_max_steps = resume_source(self)
-        check_windows(self.store, cfg, dist.world_size)
+        # Built once, here: with align_bos the train sampler reads the split's whole document index.
+        sampler = check_windows(self.store, cfg, dist.world_size, dist.rank)
         if cfg.init_batch and not at_max_steps:
             self._init_batch()
+            # The batch size only says how many windows each draw takes (the stream's position is kept
+            # in steps and windows), so this is the sampler that the fitted micro_batch would build.
+            sampler.batch_size = cfg.micro_batch
 
         seed_all(cfg.seed + 1 + dist.rank)  # dropout etc. differ per rank; a resume overwrites these
-        self.prefetcher = Prefetcher(train_sampler(self.store, cfg, dist.rank, dist.world_size), self.device)
+        self.prefetcher = Prefetcher(sampler, self.device)
         self.eval_windows = cfg.eval_batches * configured_micro_batch
 
         self.step, self.tokens_seen, self.stats = 0, 0, StepStats(self.device)
