@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, from_dict, parse_value, to_dict
+from common.config import ConfigError, from_dict, load_yaml, parse_overrides, parse_value, to_dict
 from pipeline.tokenizer import MIN_VOCAB_SIZE
 
 SOURCES = ("shakespeare", "redpajama")
@@ -97,6 +97,13 @@ def resolve_name(cfg: PrepareConfig) -> str:
     if Path(*parts).is_file():
         stem = stem.split(".")[0]  # `x.jsonl.zst` -> `x`: the name reads like the corpus
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "custom"
+
+
+def given_options(argv: list[str]) -> frozenset[str]:
+    """The options (field names) a command line that parse_cli accepted gives, itself or in its --config
+    file: what the user chose, even where that is the default value, as the config alone cannot tell."""
+    config_path, overrides = parse_overrides(PrepareConfig, argv)
+    return frozenset(overrides) | frozenset(load_yaml(config_path) if config_path else ())
 
 
 def check(cfg: PrepareConfig) -> None:

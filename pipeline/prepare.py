@@ -43,7 +43,7 @@ from pipeline.chunks import (
     load_result,
     result_meta,
 )
-from pipeline.config import PrepareConfig, check, clean_config, parse_shard, resolve_name
+from pipeline.config import PrepareConfig, check, clean_config, given_options, parse_shard, resolve_name
 from pipeline.fast_encode import Encoder
 from pipeline.merge import merge_parts, unmerge
 from pipeline.paths import file_identities
@@ -208,8 +208,10 @@ def _prune_work(work: Path, keep: set[str], keep_work: bool) -> None:
             f.unlink()  # results of inputs or options that are gone: nothing will ask for them again
 
 
-def prepare(cfg: PrepareConfig) -> Path:
-    """Build (or confirm up to date) the store <out>/<name>/ or, with --shard, one part of it."""
+def prepare(cfg: PrepareConfig, given: frozenset[str] | None = None) -> Path:
+    """Build (or confirm up to date) the store <out>/<name>/ or, with --shard, one part of it. `given`:
+    the options the user gave (given_options), which a tokenizer already there is checked against;
+    None, as for a config built in code, takes every option of `cfg` as given."""
     check(cfg)
     root = Path(cfg.out) / resolve_name(cfg)
     if cfg.merge:
@@ -226,7 +228,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         with store_locked(store):
             # A --shard job would also replace the store its parts merge into.
             foreign = [refuse_foreign_store(cfg, built, paths) for built in {root, store}]
-            src = tokenizer_source(cfg, root, paths, shard is not None, any(foreign))
+            src = tokenizer_source(cfg, root, paths, shard is not None, any(foreign), given)
             with unused_tokenizer_removed(src, root):
                 return _prepare_locked(cfg, root, store, shard, paths, src)
     except BaseException:
@@ -341,5 +343,7 @@ def summary(store: Path, manifest: dict[str, Any], asm: Assembler, counts: dict[
 
 def main(argv: list[str] | None = None) -> int:
     """bin/prepare.py: exit 0 when the store is built, 1 on a bad input file or store, 2 on bad options."""
+    argv = sys.argv[1:] if argv is None else argv
     cfg = parse_cli(PrepareConfig, argv, prog="bin/prepare.py", description=__doc__.split("\n\n")[0])
-    return run_cli(cfg, lambda: prepare(cfg), "finished chunks are kept, so the same command resumes")
+    given = given_options(argv)
+    return run_cli(cfg, lambda: prepare(cfg, given), "finished chunks are kept, so the same command resumes")

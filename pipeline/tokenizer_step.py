@@ -79,9 +79,10 @@ def _training_inputs(cfg: PrepareConfig, paths: list[Path]) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def _options_changed(cfg: PrepareConfig, tokenizer: Path) -> list[str]:
-    """The training options under which `tokenizer` (the one last trained in its folder) was trained
-    otherwise than `cfg` says; none when that is unknown."""
+def _options_changed(cfg: PrepareConfig, tokenizer: Path, given: frozenset[str] | None) -> list[str]:
+    """The training options among `given` (PrepareConfig field names; None: all of them) under which
+    `tokenizer` (the one last trained in its folder) was trained otherwise than `cfg` says; none when
+    that is unknown."""
     try:
         record = json.loads((tokenizer.parent / TRAINED_FROM).read_bytes())
         if record["sha256"] != sha256_file(tokenizer):
@@ -89,11 +90,13 @@ def _options_changed(cfg: PrepareConfig, tokenizer: Path) -> list[str]:
         then = record["options"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    now = json.loads(json.dumps(_training_options(cfg)))  # as JSON gives it back: tuples are lists there
-    # Only what this run sets: `make tokenizer ARGS="--tokenizer-sample-bytes ..."` then a plain `make
-    # prepare` is the documented way to train the tokenizer apart, not a mistake to warn about.
-    set_here = {name for name, default in asdict(PrepareConfig()).items() if getattr(cfg, name) != default}
-    return [flag for key, (flag, names) in _OPTION_FLAGS.items() if set_here & names and then.get(key) != now[key]]
+    # Resolved values (the cleaning auto stands for), as JSON gives them back: tuples are lists there.
+    now = json.loads(json.dumps(_training_options(cfg)))
+    # Only what this run gives: `make tokenizer ARGS="--tokenizer-sample-bytes ..."` then a plain `make
+    # prepare` is the documented way to train the tokenizer apart, not a mistake to warn about. Given, not
+    # "other than the default": `--seed 0` over a tokenizer of seed 5 asks for what it does not get.
+    given = set(asdict(cfg)) if given is None else given
+    return [flag for key, (flag, names) in _OPTION_FLAGS.items() if given & names and then.get(key) != now[key]]
 
 
 # The training options: the flags that name them, the PrepareConfig fields that set them. Not
@@ -147,11 +150,12 @@ def _size(path: Path) -> int | None:
         return None  # planning reports it
 
 
-def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool, foreign: bool) -> Path:
+def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded: bool, foreign: bool,
+                     given: frozenset[str] | None) -> Path:
     """The tokenizer this run encodes with: --tokenizer, else the store's own, trained now if missing or
-    `foreign` (the replaced corpus's; see refuse_foreign_store). Nothing in an existing store changes
-    here: what is new is copied or renamed in only once the run has unmarked the old store
-    (`install_tokenizer`)."""
+    `foreign` (the replaced corpus's; see refuse_foreign_store), with a warning when the options `given`
+    (see `prepare`) are not those it was trained under. Nothing in an existing store changes here: what
+    is new is copied or renamed in only once the run has unmarked the old store (`install_tokenizer`)."""
     dest = root / TOKENIZER
     if cfg.tokenizer:
         src = Path(cfg.tokenizer)
@@ -174,7 +178,7 @@ def tokenizer_source(cfg: PrepareConfig, root: Path, paths: list[Path], sharded:
         return train_store_tokenizer(cfg, paths, NEXT_TOKENIZER)
     if not dest.is_file():
         train_store_tokenizer(cfg, paths)
-    elif changed := _options_changed(cfg, dest):
+    elif changed := _options_changed(cfg, dest, given):
         # Kept (its ids are what the store and any model trained on it mean), but the store then depends
         # on the folder's history: the same command in an empty folder trains another tokenizer.
         log.warning("%s was trained under other values of %s and is kept: the store is encoded with it. To train it "

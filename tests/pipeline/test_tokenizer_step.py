@@ -8,12 +8,14 @@ import gzip
 import json
 import os
 
+import pytest
 from prepare_helpers import sentences, write_jsonl
 
 from common.files import sha256_file
 from common.lock import exclusive_lock
 from pipeline import tokenizer_step
-from pipeline.prepare import main
+from pipeline.config import PrepareConfig
+from pipeline.prepare import main, prepare
 from pipeline.store import TokenStore
 from pipeline.tokenizer_step import tokenizer_main
 
@@ -316,6 +318,49 @@ def test_prepare_says_when_it_keeps_a_tokenizer_trained_under_other_options(tmp_
     with caplog.at_level("WARNING", logger="pipeline"):
         assert main(common) == 0
     assert "trained under" not in caplog.text
+
+
+def _kept_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "trained under" in r.getMessage()]
+
+
+@pytest.mark.parametrize("how", ["--seed 0", "seed=0", "--config", "in code"])
+def test_an_option_given_at_its_default_value_is_checked_against_the_tokenizer(tmp_path, caplog, how):
+    """Whether prepare checked an option against the tokenizer's was judged by its value differing from
+    the default, so `--seed 0` (or seed: 0 in a --config file) over a tokenizer trained with seed 5 kept
+    it without a word, though the same command in an empty folder trains another tokenizer. A config
+    built in code states every option (nothing tells which were meant), so each is checked."""
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", sentences(4, 300))
+    common = ["--data", str(data), "--out", str(tmp_path), "--name", "s", "--clean-preset", "minimal", "--quiet"]
+    assert tokenizer_main([*common, "--vocab-size", "300", "--seed", "5"]) == 0
+    config = tmp_path / "prepare.yml"
+    config.write_text("seed: 0\n")
+    given = ["--config", str(config)] if how == "--config" else how.split()
+    with caplog.at_level("WARNING", logger="pipeline"):
+        if how == "in code":
+            prepare(PrepareConfig(data=[str(data)], out=str(tmp_path), name="s", clean_preset="minimal", quiet=True))
+        else:
+            assert main([*common, *given]) == 0
+    assert len(warned := _kept_warnings(caplog)) == 1 and "other values of --seed and is kept" in warned[0]
+
+
+def test_clean_preset_auto_is_checked_as_the_preset_it_stands_for(tmp_path, caplog):
+    """`--clean-preset auto` is the default's spelling, so it was never checked: over a tokenizer trained
+    under `minimal`, a run cleaning with `web` (auto, for files) kept it without a word. Over one trained
+    under `web`, auto is that same preset: nothing to say."""
+    # Full stops, so that half the documents pass the web preset's C4 and Gopher rules.
+    data = write_jsonl(tmp_path / "d" / "a.jsonl", [t.replace(" (", ". (") + "." for t in sentences(4, 300)])
+    common = ["--data", str(data), "--out", str(tmp_path), "--quiet", "--vocab-size", "300"]
+    assert tokenizer_main([*common, "--name", "m", "--clean-preset", "minimal"]) == 0
+    assert tokenizer_main([*common, "--name", "w", "--clean-preset", "web"]) == 0
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert main([*common, "--name", "m", "--clean-preset", "auto"]) == 0
+    assert len(warned := _kept_warnings(caplog)) == 1
+    assert "other values of cleaning (--clean-preset, --clean) and is kept" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert main([*common, "--name", "w", "--clean-preset", "auto"]) == 0
+    assert _kept_warnings(caplog) == []
 
 
 def test_skip_bad_files_after_a_bad_file_keeps_the_tokenizer_without_a_warning(tmp_path, caplog):
