@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,24 +32,23 @@ import numpy as np
 
 from common.files import fsync_dir, sha256_file
 from pipeline.assemble import HashSet, PrepareError, reset_store, store_and_parts_locked
-from pipeline.store import MANIFEST, SPLITS, StoreError, TokenStore, read_manifest, write_manifest
+from pipeline.store import MANIFEST, PART, SPLITS, StoreError, TokenStore, read_manifest, rerun_shard, write_manifest
 
 log = logging.getLogger("pipeline")
 
-_PART = re.compile(r"part-(\d+)-of-(\d+)")
 # Keys every part must agree on, or their shards do not belong in one store.
 _SAME = ("format_version", "dtype", "vocab_size", "bos_id", "clean", "text_field", "csv_column", "split")
 
 
 def part_folders(root: Path) -> list[Path]:
     """The `--shard` part folders (part-i-of-n) in `root`, sorted by name, whatever their n."""
-    return sorted(d for d in root.glob("part-*-of-*") if _PART.fullmatch(d.name) and d.is_dir())
+    return sorted(d for d in root.glob("part-*-of-*") if PART.fullmatch(d.name) and d.is_dir())
 
 
 def _parts(root: Path) -> list[Path]:
     found = {}
     for d in part_folders(root):
-        m = _PART.fullmatch(d.name)
+        m = PART.fullmatch(d.name)
         found[int(m[1]), int(m[2])] = d
     counts = {n for _, n in found}
     if not counts:
@@ -63,12 +61,6 @@ def _parts(root: Path) -> list[Path]:
     if missing:
         raise PrepareError(f"{root}: parts {', '.join(f'{i}/{n}' for i in missing)} missing; run --shard for them")
     return [found[i, n] for i in range(n)]
-
-
-def _rerun(parts: list[Path]) -> str:
-    """The --shard options that rebuild `parts`, e.g. `--shard 1/4 and --shard 3/4`."""
-    specs = [f"--shard {m[1]}/{m[2]}" for m in (_PART.fullmatch(d.name) for d in parts)]
-    return " and ".join(specs) + " (same --data and options as the other jobs)"
 
 
 def _check_same_plan(root: Path, parts: list[Path], stores: list[TokenStore]) -> None:
@@ -89,7 +81,7 @@ def _check_same_plan(root: Path, parts: list[Path], stores: list[TokenStore]) ->
                        f"copies of the corpus at other paths or with other modification times: every job must see "
                        f"the same paths with the same mtimes), so merging them would lose some documents and repeat "
                        f"others. Stale, built before {', '.join(current)}: {', '.join(d.name for d in stale)}; "
-                       f"rerun {_rerun(stale)}")
+                       f"rerun {rerun_shard(stale)}")
 
 
 def _sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -120,11 +112,10 @@ def merge_parts(root: Path) -> Path:
 def _merge(root: Path, parts: list[Path]) -> Path:
     stores = []
     for d in parts:
-        # Not TokenStore's own advice for a missing manifest: its `make prepare NAME=part-i-of-n` would
-        # build a whole store (no --shard) in the part's folder.
+        # Said before TokenStore would: its advice for a part goes on to the --merge that is running now.
         if not (d / MANIFEST).is_file():
             raise PrepareError(f"{d}: not a finished part (no {MANIFEST}: its job was stopped, or is yet to "
-                               f"run); rerun {_rerun([d])}")
+                               f"run); rerun {rerun_shard([d])}")
         try:
             stores.append(TokenStore(d))
         except StoreError as err:
@@ -132,7 +123,7 @@ def _merge(root: Path, parts: list[Path]) -> Path:
     for d, store in zip(parts, stores, strict=True):
         part = store.manifest.get("part")
         if not isinstance(part, dict):  # a store built without --shard (or copied) into a part's folder
-            raise PrepareError(f"{d}: holds a store built without --shard, not a part; rerun {_rerun([d])}")
+            raise PrepareError(f"{d}: holds a store built without --shard, not a part; rerun {rerun_shard([d])}")
         if f"part-{part['index']}-of-{part['count']}" != d.name:
             raise PrepareError(f"{d}: holds part {part['index']}/{part['count']}, not the one its name says; "
                                f"rerun its --shard job")
@@ -142,7 +133,7 @@ def _merge(root: Path, parts: list[Path]) -> Path:
     if unknown:
         raise PrepareError(f"{', '.join(map(str, unknown))}: built by an older version that did not record which "
                            f"plan of the inputs the part was cut from, so the merge cannot check that the parts "
-                           f"fit together; rebuild with {_rerun(unknown)}")
+                           f"fit together; rebuild with {rerun_shard(unknown)}")
     first = stores[0].manifest
     for store in stores[1:]:
         m = store.manifest

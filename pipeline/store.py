@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import reprlib
 import shlex
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 INDEX_DTYPE = np.dtype("<i8")
+PART = re.compile(r"part-(\d+)-of-(\d+)")  # the folder of a `--shard i/n` part, inside its store's
 
 
 class StoreError(Exception):
@@ -189,11 +191,25 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def rerun_shard(parts: list[Path]) -> str:
+    """The --shard options that rebuild `parts`, e.g. `--shard 1/4 and --shard 3/4`."""
+    specs = [f"--shard {m[1]}/{m[2]}" for m in (PART.fullmatch(d.name) for d in parts)]
+    return " and ".join(specs) + " (same --data and options as the other jobs)"
+
+
+def _prepare_line(root: Path) -> str:  # the start of the bin/prepare.py line that writes the store in `root`
+    return f"bin/prepare.py --out {shlex.quote(str(root.parent))} --name {shlex.quote(root.name)}"
+
+
 def _how_to_build(root: Path) -> str:
     """What a folder without a manifest lacks, and the command that makes it a store."""
+    if PART.fullmatch(root.name):  # `make prepare NAME=part-i-of-n` would build a whole store (no --shard) there
+        store = _prepare_line(root.parent)
+        return (f"no {MANIFEST}: not a finished --shard part (its job was stopped, or is yet to run); rerun "
+                f"{store} {rerun_shard([root])}, then merge the parts ({store} --merge) and train on the merged "
+                f"store, {root.parent}")
     if any(root.glob("part-*-of-*/")):  # --shard parts waiting for (or rebuilt since) their --merge
-        return (f"no {MANIFEST}: its --shard parts are not merged (bin/prepare.py --out "
-                f"{shlex.quote(str(root.parent))} --name {shlex.quote(root.name)} --merge)")
+        return f"no {MANIFEST}: its --shard parts are not merged ({_prepare_line(root)} --merge)"
     what = f"no {MANIFEST}; not a finished token store" if root.is_dir() else "no such folder"
     # Bare `make prepare` builds the plays only (data=data_cache/mine was sent there), under data_cache/.
     name = "" if root.name == "shakespeare" else f" NAME={shlex.quote(root.name)} DATA=..."

@@ -149,3 +149,19 @@ def test_a_merge_over_a_store_built_without_shard_says_it_replaces_it(tmp_path, 
         build(tmp_path / "sh", tokenizer, merge=True, **opts)
     assert f"{root}: replacing the store built there without --shard" in caplog.text
     TokenStore(root, verify=True)
+
+
+def test_a_part_without_its_manifest_is_told_to_rerun_its_shard_job(tmp_path, tokenizer):
+    """TokenStore's advice for a part folder without a manifest (its job killed, or the trainer pointed at
+    a part) was `make prepare NAME=part-1-of-2`, which builds a whole store (no --shard) in it."""
+    _, opts = two_parts(tmp_path, tokenizer, files=2, docs=10, first=90)
+    part = tmp_path / "sh" / "m" / "part-1-of-2"
+    (part / "manifest.json").unlink()
+    out = tmp_path / "sh"
+    with pytest.raises(StoreError) as err:
+        TokenStore(part)
+    assert f"rerun bin/prepare.py --out {out} --name m --shard 1/2 (same --data and options as the other jobs), " \
+           f"then merge the parts (bin/prepare.py --out {out} --name m --merge)" in str(err.value)
+    assert "NAME=" not in str(err.value)
+    build(out, tokenizer, shard="1/2", **opts)  # the advice, followed
+    TokenStore(part, verify=True)
