@@ -150,8 +150,13 @@ def _merge(root: Path, parts: list[Path]) -> Path:
     if not tokenizer.is_file() or sha256_file(tokenizer) != first["tokenizer"]["sha256"]:
         raise PrepareError(f"{tokenizer} is missing or is not the tokenizer the parts were built with")
     fp = hashlib.sha256(json.dumps([s.manifest["inputs_fingerprint"] for s in stores]).encode()).hexdigest()
+    # Up to date only over the very parts merged (the sha256 of each one's manifest): a part rebuilt
+    # elsewhere and copied in (rsync) keeps its inputs_fingerprint when only its content differs (a copy
+    # of a file edited at the same size and mtime, another version of the code), and its shards may keep
+    # their sizes. A manifest merged before part_manifests was recorded is merged again.
+    merged = {d.name: store.manifest_sha256 for d, store in zip(parts, stores, strict=True)}
     try:
-        if TokenStore(root).manifest.get("inputs_fingerprint") == fp:
+        if TokenStore(root).manifest.get("part_manifests") == merged:
             log.info("%s: merge is up to date", root)
             return root
     except StoreError:
@@ -190,7 +195,7 @@ def _merge(root: Path, parts: list[Path]) -> Path:
     manifest.update({
         "tokenizer": {"path": "tokenizer.json", "sha256": first["tokenizer"]["sha256"]},
         "splits": splits, "sources": [{"path": p, "size": s} for p, (_, s) in sources], "stats": stats,
-        "parts": [d.name for d in parts], "inputs_fingerprint": fp,
+        "parts": [d.name for d in parts], "part_manifests": merged, "inputs_fingerprint": fp,
     })
     old = read_manifest(root)
     if old is not None and "parts" not in old:  # as a rebuild that replaces a store says

@@ -201,6 +201,10 @@ def _prepare_line(root: Path) -> str:  # the start of the bin/prepare.py line th
     return f"bin/prepare.py --out {shlex.quote(str(root.parent))} --name {shlex.quote(root.name)}"
 
 
+def _merge_again(root: Path) -> str:
+    return f"merge the parts again once they are finished ({_prepare_line(root)} --merge)"
+
+
 def _how_to_build(root: Path) -> str:
     """What a folder without a manifest lacks, and the command that makes it a store."""
     if PART.fullmatch(root.name):  # `make prepare NAME=part-i-of-n` would build a whole store (no --shard) there
@@ -265,6 +269,16 @@ class TokenStore:
     def _validate(self, verify: bool) -> None:
         m = self.manifest
         self.dtype = _check_manifest(self.root / MANIFEST, m)
+        # A part rebuilt here unmarks the merged store first (merge.unmerge); one rebuilt elsewhere and
+        # copied in (rsync) replaces its files behind the merged manifest's back, maybe at the old sizes.
+        for part, sha256 in _field(self.root / MANIFEST, m, "part_manifests", dict, default={}).items():
+            try:
+                same = sha256_file(self.root / part / MANIFEST) == sha256
+            except OSError:
+                same = False
+            if not same:
+                raise StoreError(f"{self.root / part}: rebuilt or replaced since the merge (its {MANIFEST} is "
+                                 f"missing or not the one merged); {_merge_again(self.root)}")
         for split in SPLITS:
             for shard in m["splits"][split]["shards"]:
                 self._check(shard["file"], shard["size"], shard["sha256"] if verify else None)
@@ -299,7 +313,9 @@ class TokenStore:
             raise StoreError(f"{path}: listed in the manifest but unreadable ({err.strerror}{hint})") from None
         if expect is not None and _identity(os.fstat(f.fileno())) != expect:
             f.close()
-            raise StoreError(f"{self.root}: rebuilt since it was opened (a new {path.name}); open it again")
+            merged = Path(name).parts[0] in self.manifest.get("part_manifests", {})
+            again = f"{_merge_again(self.root)}, then open it again" if merged else "open it again"
+            raise StoreError(f"{self.root}: rebuilt since it was opened (a new {name}); {again}")
         return f
 
     def _split_files(self, split: str, key: str) -> Iterator[tuple[dict[str, Any], BinaryIO]]:

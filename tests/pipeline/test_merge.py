@@ -3,6 +3,7 @@ and per part, and a merged manifest never points at shards that have changed und
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,3 +166,54 @@ def test_a_part_without_its_manifest_is_told_to_rerun_its_shard_job(tmp_path, to
     assert "NAME=" not in str(err.value)
     build(out, tokenizer, shard="1/2", **opts)  # the advice, followed
     TokenStore(part, verify=True)
+
+
+def _part_rebuilt_elsewhere_and_copied_in(tmp_path: Path, tokenizer: Path, opts: dict) -> Path:
+    """Part 1 rebuilt on another machine whose copy of f1 differs in content only (same size and mtime,
+    which rsync -a's quick check leaves alone), then copied over this machine's part as rsync -a does
+    (new files, mtimes kept). Its inputs_fingerprint is the old one; only its content differs."""
+    f1 = Path(opts["data"][0]) / "f1.jsonl"  # in part 1 (one chunk per file, dealt out in turn)
+    st = f1.stat()
+    f1.write_text(f1.read_text().replace("(61.3)", "(61.4)"))
+    os.utime(f1, ns=(st.st_atime_ns, st.st_mtime_ns))
+    built = build(tmp_path / "elsewhere", tokenizer, shard="1/2", **opts)
+    part = tmp_path / "sh" / "m" / "part-1-of-2"
+    shutil.rmtree(part)
+    shutil.copytree(built, part)
+    return part
+
+
+def test_a_part_replaced_by_a_copy_is_merged_again_and_a_store_open_on_it_says_to_merge(tmp_path, tokenizer):
+    """The merge took the parts' inputs_fingerprint for their content: a part rebuilt elsewhere and copied
+    in, with the same fingerprint and shard sizes, left the merged manifest "up to date", vouching with its
+    old checksums and counts for the new shards; a store open on it said only "open it again"."""
+    folder, opts = two_parts(tmp_path, tokenizer, files=4, docs=30, first=60)
+    root = build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    opened = TokenStore(root)
+    old = TokenStore(root / "part-1-of-2").manifest
+    new = TokenStore(_part_rebuilt_elsewhere_and_copied_in(tmp_path, tokenizer, opts)).manifest
+    # What the old check and the shard sizes see of the change: nothing.
+    assert new["inputs_fingerprint"] == old["inputs_fingerprint"]
+    sizes = lambda m: [(s["size"], s["documents"]) for split in ("train", "val") for s in m["splits"][split]["shards"]]
+    assert sizes(new) == sizes(old) and new["splits"] != old["splits"]
+    merge_line = rf"bin/prepare.py --out {tmp_path / 'sh'} --name m --merge"
+    with pytest.raises(StoreError, match=rf"part-1-of-2/train-00000.bin\).*{merge_line}"):
+        opened.shards("train")
+    with pytest.raises(StoreError, match=rf"{root / 'part-1-of-2'}: rebuilt or replaced since the merge.*{merge_line}"):
+        TokenStore(root)
+    merged = TokenStore(build(tmp_path / "sh", tokenizer, merge=True, **opts), verify=True)
+    encoder = Encoder(str(tokenizer))
+    texts = [encoder.decode(d[1:].tolist()) for split in ("train", "val") for d in merged.documents(split)]
+    assert any("(61.4)" in t for t in texts) and not any("(61.3)" in t for t in texts)
+
+
+def test_a_merged_manifest_without_part_manifests_is_merged_again(tmp_path, tokenizer):
+    """A store merged by the version before part_manifests was recorded: stale, not a KeyError."""
+    _, opts = two_parts(tmp_path, tokenizer, files=2, docs=10, first=70)
+    root = build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["part_manifests"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    TokenStore(root, verify=True)  # still a store the trainer reads
+    build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    assert set(TokenStore(root, verify=True).manifest["part_manifests"]) == {"part-0-of-2", "part-1-of-2"}
