@@ -63,25 +63,46 @@ def _parts(root: Path) -> list[Path]:
     return [found[i, n] for i in range(n)]
 
 
-def _check_same_plan(root: Path, parts: list[Path], stores: list[TokenStore]) -> None:
-    """Refuse parts cut from different plans of the inputs, naming the stale ones.
+def _stale(parts: list[Path], values: list[Any]) -> str:
+    """The sentence that names the parts to rebuild, of `parts` whose `values` (one each) are not all equal.
 
-    Which plan is current cannot be told from the parts alone; the one of the most recently built
-    part is taken to be, since that job saw the inputs last. The others are named as stale.
+    Which value is meant cannot be told from the parts alone; the one of the most recently built part
+    is taken to be, since that job was run last. The parts of other values are named as stale.
     """
+    built = [(d / MANIFEST).stat().st_mtime_ns for d in parts]
+    latest = values[max(range(len(parts)), key=built.__getitem__)]
+    stale = [d for d, value in zip(parts, values, strict=True) if value != latest]
+    current = [d.name for d, value in zip(parts, values, strict=True) if value == latest]
+    return f"Stale, built before {', '.join(current)}: {', '.join(d.name for d in stale)}; rerun {rerun_shard(stale)}"
+
+
+def _check_same_options(root: Path, parts: list[Path], stores: list[TokenStore]) -> None:
+    """Refuse parts built with different options, saying for each option which part has which value."""
+    options = [{**{key: m.get(key) for key in (*_SAME, "work_format")}, "tokenizer": m["tokenizer"]["sha256"],
+                "chunk_bytes": m["part"]["chunk_bytes"]} for m in (store.manifest for store in stores)]
+    diffs = []
+    for key in options[0]:
+        holders: dict[str, list[str]] = {}
+        for d, opts in zip(parts, options, strict=True):
+            holders.setdefault(json.dumps(opts[key], sort_keys=True), []).append(d.name)
+        if len(holders) > 1:  # a long value (the cleaning options, a sha256) is numbered, not shown
+            shown = [value if len(value) <= 20 else f"value {i + 1}" for i, value in enumerate(holders)]
+            diffs.append(f"{key} " + "; ".join(f"{value} in {', '.join(names)}"
+                                               for value, names in zip(shown, holders.values(), strict=True)))
+    if diffs:
+        raise PrepareError(f"{root}: the parts were built with different options ({'; and '.join(diffs)}), so "
+                           f"their shards do not belong in one store. {_stale(parts, options)}")
+
+
+def _check_same_plan(root: Path, parts: list[Path], stores: list[TokenStore]) -> None:
+    """Refuse parts cut from different plans of the inputs, naming the stale ones."""
     plans = [store.manifest["part"]["plan_fingerprint"] for store in stores]
-    if len(set(plans)) == 1:
-        return
-    built = [(d / "manifest.json").stat().st_mtime_ns for d in parts]
-    latest = plans[max(range(len(parts)), key=built.__getitem__)]
-    stale = [d for d, plan in zip(parts, plans, strict=True) if plan != latest]
-    current = [d.name for d, plan in zip(parts, plans, strict=True) if plan == latest]
-    raise PrepareError(f"{root}: the parts were cut from different plans of the inputs (input files added, removed "
-                       f"or changed, or options changed, between the --shard jobs; or jobs on other machines read "
-                       f"copies of the corpus at other paths or with other modification times: every job must see "
-                       f"the same paths with the same mtimes), so merging them would lose some documents and repeat "
-                       f"others. Stale, built before {', '.join(current)}: {', '.join(d.name for d in stale)}; "
-                       f"rerun {rerun_shard(stale)}")
+    if len(set(plans)) > 1:
+        raise PrepareError(f"{root}: the parts were cut from different plans of the inputs (input files added, "
+                           f"removed or changed, or options changed, between the --shard jobs; or jobs on other "
+                           f"machines read copies of the corpus at other paths or with other modification times: "
+                           f"every job must see the same paths with the same mtimes), so merging them would lose "
+                           f"some documents and repeat others. {_stale(parts, plans)}")
 
 
 def _sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,18 +155,9 @@ def _merge(root: Path, parts: list[Path]) -> Path:
         raise PrepareError(f"{', '.join(map(str, unknown))}: built by an older version that did not record which "
                            f"plan of the inputs the part was cut from, so the merge cannot check that the parts "
                            f"fit together; rebuild with {rerun_shard(unknown)}")
-    first = stores[0].manifest
-    for store in stores[1:]:
-        m = store.manifest
-        diff = [k for k in (*_SAME, "work_format") if m.get(k) != first.get(k)]
-        if m["tokenizer"]["sha256"] != first["tokenizer"]["sha256"]:
-            diff.append("tokenizer")
-        if m["part"]["chunk_bytes"] != first["part"]["chunk_bytes"]:
-            diff.append("chunk_bytes")
-        if diff:
-            raise PrepareError(f"{store.root} differs from {stores[0].root} in {', '.join(diff)}: rebuild the parts "
-                               "with the same options")
+    _check_same_options(root, parts, stores)
     _check_same_plan(root, parts, stores)
+    first = stores[0].manifest
     tokenizer = root / "tokenizer.json"
     if not tokenizer.is_file() or sha256_file(tokenizer) != first["tokenizer"]["sha256"]:
         raise PrepareError(f"{tokenizer} is missing or is not the tokenizer the parts were built with")

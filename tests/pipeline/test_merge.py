@@ -152,6 +152,16 @@ def test_a_merge_over_a_store_built_without_shard_says_it_replaces_it(tmp_path, 
     TokenStore(root, verify=True)
 
 
+def test_parts_of_different_chunk_sizes_are_refused_naming_the_parts_and_sizes(tmp_path, tokenizer):
+    """The refusal said only that one part's folder differed from part 0's in chunk_bytes, blaming whichever
+    part was not the first, with no sizes to tell which --chunk-bytes each job was given."""
+    _, opts = two_parts(tmp_path, tokenizer, files=2, docs=10, first=80)
+    build(tmp_path / "sh", tokenizer, shard="0/2", **{**opts, "chunk_bytes": 1 << 16})  # the odd one, built last
+    with pytest.raises(PrepareError, match=r"chunk_bytes 65536 in part-0-of-2; 16777216 in part-1-of-2\).*"
+                                           r"Stale, built before part-0-of-2: part-1-of-2; rerun --shard 1/2"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+
+
 def test_a_part_without_its_manifest_is_told_to_rerun_its_shard_job(tmp_path, tokenizer):
     """TokenStore's advice for a part folder without a manifest (its job killed, or the trainer pointed at
     a part) was `make prepare NAME=part-1-of-2`, which builds a whole store (no --shard) in it."""
