@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere, installed or not
 
 from common.cli import UINT64_MAX, number  # noqa: E402
 from common.config import parse_cli  # noqa: E402
-from pipeline.store import MANIFEST  # noqa: E402
+from pipeline.store_layout import MANIFEST  # noqa: E402
 from train.checkpoint import latest_checkpoint  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 

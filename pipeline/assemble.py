@@ -21,7 +21,8 @@ from common.lock import exclusive_lock
 from pipeline.chunks import ChunkData
 from pipeline.clean import CleanStats
 from pipeline.readers import ReadStats
-from pipeline.store import MANIFEST, SPLITS, ShardWriter, dtype_for_vocab
+from pipeline.store import ShardWriter, dtype_for_vocab
+from pipeline.store_layout import MANIFEST, SPLITS
 
 SPLIT_HASH = "splitmix64"
 SPLIT_RULE = "val if splitmix64(doc_hash(text) ^ splitmix64(seed)) < val_fraction * 2**64, else train"

@@ -32,7 +32,8 @@ import numpy as np
 
 from common.files import fsync_dir, sha256_file
 from pipeline.assemble import HashSet, PrepareError, reset_store, store_and_parts_locked
-from pipeline.store import MANIFEST, PART, SPLITS, StoreError, TokenStore, read_manifest, rerun_shard, write_manifest
+from pipeline.store import StoreError, TokenStore, read_manifest, write_manifest
+from pipeline.store_layout import MANIFEST, PART, SPLITS, rerun_shard
 
 log = logging.getLogger("pipeline")
 

@@ -18,9 +18,7 @@ import errno
 import hashlib
 import json
 import os
-import re
 import reprlib
-import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,12 +26,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from common.files import atomic_write_bytes, fsync_dir, sha256_file, sha256_of
+from pipeline.store_layout import MANIFEST, SPLITS, how_to_build, merge_again
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SPLITS = ("train", "val")
 INDEX_DTYPE = np.dtype("<i8")
-PART = re.compile(r"part-(\d+)-of-(\d+)")  # the folder of a `--shard i/n` part, inside its store's
 
 
 class StoreError(Exception):
@@ -191,37 +187,6 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def rerun_shard(parts: list[Path]) -> str:
-    """The --shard options that rebuild `parts`, e.g. `--shard 1/4 and --shard 3/4`."""
-    specs = [f"--shard {m[1]}/{m[2]}" for m in (PART.fullmatch(d.name) for d in parts)]
-    return " and ".join(specs) + " (same --data and options as the other jobs)"
-
-
-def _prepare_line(root: Path) -> str:  # the start of the bin/prepare.py line that writes the store in `root`
-    return f"bin/prepare.py --out {shlex.quote(str(root.parent))} --name {shlex.quote(root.name)}"
-
-
-def _merge_again(root: Path) -> str:
-    return f"merge the parts again once they are finished ({_prepare_line(root)} --merge)"
-
-
-def _how_to_build(root: Path) -> str:
-    """What a folder without a manifest lacks, and the command that makes it a store."""
-    if PART.fullmatch(root.name):  # `make prepare NAME=part-i-of-n` would build a whole store (no --shard) there
-        store = _prepare_line(root.parent)
-        return (f"no {MANIFEST}: not a finished --shard part (its job was stopped, or is yet to run); rerun "
-                f"{store} {rerun_shard([root])}, then merge the parts ({store} --merge) and train on the merged "
-                f"store, {root.parent}")
-    if any(root.glob("part-*-of-*/")):  # --shard parts waiting for (or rebuilt since) their --merge
-        return f"no {MANIFEST}: its --shard parts are not merged ({_prepare_line(root)} --merge)"
-    what = f"no {MANIFEST}; not a finished token store" if root.is_dir() else "no such folder"
-    # Bare `make prepare` builds the plays only (data=data_cache/mine was sent there), under data_cache/.
-    name = "" if root.name == "shakespeare" else f" NAME={shlex.quote(root.name)} DATA=..."
-    out = "" if root.parent.resolve() == Path("data_cache").resolve() else \
-        f' ARGS="--out {shlex.quote(str(root.parent))}"'
-    return f"{what} (build it: make prepare{name}{out}; rerun it if it was stopped)"
-
-
 class TokenStore:
     """Read-only view of a finished store: validated manifest, shard memmaps and document index.
 
@@ -237,7 +202,7 @@ class TokenStore:
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.is_file():
-            raise StoreError(f"{self.root}: {_how_to_build(self.root)}")
+            raise StoreError(f"{self.root}: {how_to_build(self.root)}")
         raw = path.read_bytes()
         try:
             self.manifest: dict[str, Any] = json.loads(raw)
@@ -278,7 +243,7 @@ class TokenStore:
                 same = False
             if not same:
                 raise StoreError(f"{self.root / part}: rebuilt or replaced since the merge (its {MANIFEST} is "
-                                 f"missing or not the one merged); {_merge_again(self.root)}")
+                                 f"missing or not the one merged); {merge_again(self.root)}")
         for split in SPLITS:
             for shard in m["splits"][split]["shards"]:
                 self._check(shard["file"], shard["size"], shard["sha256"] if verify else None)
@@ -314,7 +279,7 @@ class TokenStore:
         if expect is not None and _identity(os.fstat(f.fileno())) != expect:
             f.close()
             merged = Path(name).parts[0] in self.manifest.get("part_manifests", {})
-            again = f"{_merge_again(self.root)}, then open it again" if merged else "open it again"
+            again = f"{merge_again(self.root)}, then open it again" if merged else "open it again"
             raise StoreError(f"{self.root}: rebuilt since it was opened (a new {name}); {again}")
         return f
 

@@ -35,7 +35,8 @@ from common.config import from_dict
 from common.files import atomic_write_bytes, fsync_dir, fsync_path, sha256_file
 from model.config import GPTConfig
 from model.gpt import GPT
-from pipeline.store import MANIFEST, StoreError, TokenStore
+from pipeline.store import StoreError, TokenStore
+from pipeline.store_layout import MANIFEST
 from train.checkpoint import MARKER, load_checkpoint, resolve_checkpoint
 from train.checkpoint import STATE as STATE_FILE
 
