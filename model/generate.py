@@ -20,6 +20,12 @@ autocast (dtype=...) the cached forwards (one row at a time) and the full-window
 matmul shapes, which round differently: the logits agree to within that rounding (the same test) and
 a near tie may pick another token.
 
+Banned ids (`banned_ids=`): their logits are set to -inf before every choice, greedy or sampled, so
+they are never generated (a prompt may still hold them). It is the same mask in the cached and
+uncached paths and on every row alike, so the guarantees above and below hold with it. bin/sample.py
+bans [PAD] [UNK] [CLS] [MASK]: never training targets, but an early checkpoint's argmax or a high
+temperature could pick them, and they decode as their names.
+
 Batches: rows advance in lock-step, all at the same position, so one KV cache with one `start_pos`
 serves them all (the model has no per-row positions). The shared prefill covers the shortest
 prompt; a longer prompt's remaining tokens are then fed one per step in place of sampled ones
@@ -29,6 +35,7 @@ prompt; a longer prompt's remaining tokens are then fed one per step in place of
 from __future__ import annotations
 
 import contextlib
+import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +101,18 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None =
     return filter_logits(shifted / temperature, top_k, top_p).softmax(dim=-1)
 
 
+def check_banned(banned_ids: Sequence[int], vocab_size: int) -> list[int]:
+    """The distinct banned ids, sorted; an id outside the vocabulary, or a ban on every id (nothing
+    left to generate), is a ValueError."""
+    banned = sorted({operator.index(i) for i in banned_ids})
+    outside = [i for i in banned if not 0 <= i < vocab_size]
+    if outside:
+        raise ValueError(f"banned_ids: {outside[0]} is not a token id (the vocabulary is 0..{vocab_size - 1})")
+    if len(banned) == vocab_size:
+        raise ValueError(f"banned_ids bans all {vocab_size} token ids: nothing is left to generate")
+    return banned
+
+
 def next_tokens(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -137,6 +156,7 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     stop_ids: Sequence[int] = (),
+    banned_ids: Sequence[int] = (),
     use_kv_cache: bool = True,
     callback: TokenCallback | None = None,
     dtype: str | None = None,
@@ -146,12 +166,15 @@ def generate(
     A row ends after max_new_tokens, at a stop id, or when `callback` returns True. `model` may be a
     torch.compile'd GPT. See the module docstring for the context rule and how rows of different
     lengths are batched. `generator`: one for the batch, or one per prompt, which makes each row's
-    sample independent of the others (a row draws only for the tokens it generates). `dtype`: the
+    sample independent of the others (a row draws only for the tokens it generates). `banned_ids`:
+    ids never generated (see the module docstring); out of the vocabulary, or every id, is a
+    ValueError. `dtype`: the
     autocast dtype of the model's forward passes (float32 | bfloat16 | float16; common/precision.py),
     or None to run them as the caller has it (inside the caller's torch.autocast, if any). Sampling
     works on the logits cast to float32 either way.
     """
     check_sampling(temperature, top_k, top_p)  # up front: greedy decoding never filters, and took any value
+    banned = check_banned(banned_ids, model.cfg.vocab_size)
     block = model.cfg.block_size
     keep = max(block // 2, 1)
     prompts = [list(p)[-block:] for p in prompts]
@@ -174,6 +197,7 @@ def generate(
         tokens[r, : len(p)] = torch.tensor(p, dtype=torch.long)
         forced[r, : len(p)] = True
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    bans = torch.tensor(banned, dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
 
@@ -201,11 +225,14 @@ def generate(
                     cached = pos
                 else:
                     logits, _ = model(tokens[:, start:pos])
+                last = logits[:, -1]
+                if banned:  # before the argmax and before any filter: top_k / top_p then choose among the rest
+                    last = last.index_fill(-1, bans, float("-inf"))
                 if per_row:
                     drawing = [r for r in range(B) if pos >= lens[r] and not done[r]]
-                    sampled = _draw(logits[:, -1], drawing, temperature, top_k, top_p, generator)
+                    sampled = _draw(last, drawing, temperature, top_k, top_p, generator)
                 else:
-                    sampled = next_tokens(logits[:, -1], temperature, top_k, top_p, generator)
+                    sampled = next_tokens(last, temperature, top_k, top_p, generator)
                 tokens[:, pos] = torch.where(forced[:, pos], tokens[:, pos], sampled)
                 ids, is_stop = torch.stack([sampled, torch.isin(sampled, stops)]).tolist()  # one host sync per step
                 pos += 1
