@@ -5,7 +5,8 @@ The prompt comes from --prompt (repeatable: several prompts run as one batch), -
 (repeatable; "-" is standard input), or else standard input when it is not a terminal; with none
 of these the model starts from [BOS] alone. Every prompt is preceded by [BOS], as every training
 document is. Text goes to stdout (the prompt, then its continuation; samples are separated by a
-line of dashes), the speed to stderr.
+line of dashes), the speed to stderr. A sample never contains [PAD], [UNK], [CLS] or [MASK] (never
+training targets): they are banned from every choice.
 
 Context rule: the model sees at most block_size tokens. A longer prompt keeps its last block_size
 tokens; once the context is full, generation drops the oldest tokens and continues from the newest
@@ -39,6 +40,9 @@ from train.export import TokenizerMismatch, load  # noqa: E402
 
 DEFAULT_CHECKPOINT = "runs/tiny"  # where `make train` (configs/tiny.yml) writes
 SEP_ID = SPECIALS.index("[SEP]")
+# Never in a store (a document is [BOS] + its text's ids, and text never encodes to a special), so never a
+# training target; an early checkpoint's argmax or a high temperature could still pick them.
+BANNED_IDS = tuple(SPECIALS.index(name) for name in ("[PAD]", "[UNK]", "[CLS]", "[MASK]"))
 SEPARATOR = "-" * 40
 
 
@@ -146,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     # (in float32; a half dtype's rounding depends on the batch's matmul shapes).
     generators = [torch.Generator(device).manual_seed((seed + i) % (UINT64_MAX + 1)) for i in range(len(rows))]
     options = dict(bos_id=BOS_ID, stop=[_unescape(s) for s in args.stop], temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, stop_ids=(BOS_ID, SEP_ID), use_kv_cache=not args.no_kv_cache,
-                   dtype=dtype)
+                   top_k=args.top_k, top_p=args.top_p, stop_ids=(BOS_ID, SEP_ID), banned_ids=BANNED_IDS,
+                   use_kv_cache=not args.no_kv_cache, dtype=dtype)
     tokenizer, stats = Encoder(loaded.tokenizer_path), CompletionStats()
     block = loaded.model.cfg.block_size
     for i, prompt in enumerate(prompts):  # as documented, but easy to miss: a long file prompt is mostly unseen

@@ -157,7 +157,34 @@ def test_default_stop_ids_are_bos_and_sep(run, monkeypatch):
     monkeypatch.setattr(sample, "complete", spy)
     run("--prompt", "x", "--max-new-tokens", "1")
     assert set(seen["stop_ids"]) == {SPECIALS.index("[BOS]"), SPECIALS.index("[SEP]")}
+    assert set(seen["banned_ids"]) == {SPECIALS.index(s) for s in ("[PAD]", "[UNK]", "[CLS]", "[MASK]")}
     assert seen["bos_id"] == BOS_ID
+
+
+def test_pad_unk_cls_and_mask_are_never_printed(run, monkeypatch):
+    """The sampler could pick [PAD], [UNK], [CLS] or [MASK] (an early checkpoint's argmax, a high temperature),
+    and they print as their names. Here the model's logits favour all four by 1e4: the output is still
+    exactly the unfavoured model's, greedy, sampled and streamed, as they are banned from every choice."""
+    names = ("[PAD]", "[UNK]", "[CLS]", "[MASK]")
+    cases = [("--prompt", "ROMEO:", "--max-new-tokens", "20", "--temperature", "0"),
+             ("--prompt", "JULIET:", "--max-new-tokens", "30", "--temperature", "1.5", "--num-samples", "2",
+              "--seed", "3"),
+             ("--prompt", "the dog", "--max-new-tokens", "30", "--temperature", "3", "--seed", "1", "--stream")]
+    plain = [run(*args)[1] for args in cases]
+    real = sample.load
+
+    def favouring(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        bias = torch.zeros(loaded.model.cfg.vocab_size)
+        bias[[SPECIALS.index(n) for n in names]] = 1e4
+        loaded.model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+        return loaded
+
+    monkeypatch.setattr(sample, "load", favouring)
+    for args, expected in zip(cases, plain, strict=True):
+        code, out, _ = run(*args)
+        assert code == 0 and not [n for n in names if n in out], out
+        assert out == expected
 
 
 def test_top_k_one_is_greedy_and_top_p_runs(run):
