@@ -167,11 +167,10 @@ def generate(
     torch.compile'd GPT. See the module docstring for the context rule and how rows of different
     lengths are batched. `generator`: one for the batch, or one per prompt, which makes each row's
     sample independent of the others (a row draws only for the tokens it generates). `banned_ids`:
-    ids never generated (see the module docstring); out of the vocabulary, or every id, is a
-    ValueError. `dtype`: the
-    autocast dtype of the model's forward passes (float32 | bfloat16 | float16; common/precision.py),
-    or None to run them as the caller has it (inside the caller's torch.autocast, if any). Sampling
-    works on the logits cast to float32 either way.
+    ids never generated (see the module docstring); one outside the vocabulary, or all of them, is a
+    ValueError. `dtype`: the autocast dtype of the model's forward passes (float32 | bfloat16 |
+    float16; common/precision.py), or None to run them as the caller has it (inside the caller's
+    torch.autocast, if any). Sampling works on the logits cast to float32 either way.
     """
     check_sampling(temperature, top_k, top_p)  # up front: greedy decoding never filters, and took any value
     banned = check_banned(banned_ids, model.cfg.vocab_size)
