@@ -1,4 +1,4 @@
-"""Resumable, verified HTTP downloads (urllib only), and the RedPajama sample files.
+"""Resumable, verified HTTP downloads (urllib only); pipeline.redpajama uses them for its sample files.
 
 A download appends to `dest.part` and renames it to `dest` only after the size and sha256 check
 and an fsync, so `dest` existing means it is complete, even after a power cut. An interrupted run
@@ -24,12 +24,10 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
 import zstandard
-from tqdm import tqdm
 
 from common.files import atomic_write_bytes, fsync_dir, fsync_path, sha256_file
 from common.lock import exclusive_lock
@@ -39,25 +37,6 @@ log = logging.getLogger("pipeline")
 
 BLOCK = 1 << 20
 TIMEOUT_S = 60
-
-REDPAJAMA_BASE_URL = "https://huggingface.co/datasets/togethercomputer/RedPajama-Data-1T-Sample/resolve/main/"
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    name: str
-    size: int | None = None
-    """Expected bytes, None where not pinned."""
-    sha256: str | None = None
-    """Expected hex digest, None where not pinned (the computed one lands in the .sha256 sidecar)."""
-
-
-# Not pinned: this table was written without network access to read them from the dataset card.
-REDPAJAMA = (
-    RemoteFile("c4_sample.jsonl"),
-    RemoteFile("cc_2023-06_sample.jsonl"),
-    RemoteFile("cc_2020-05_sample.jsonl"),
-)
 
 Progress = Callable[[int, int | None], None]
 
@@ -128,13 +107,6 @@ def _refetch_file(part: Path) -> Path:
 
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
-
-
-def _looks_like_html(path: Path) -> bool:
-    """An HTML page saved under a data file's name (by a version that did not check Content-Type)."""
-    with open(path, "rb") as f:
-        head = f.read(1024).lstrip().lower()
-    return head.startswith((b"<!doctype html", b"<html"))
 
 
 def _total_from(resp, offset: int) -> int | None:
@@ -376,33 +348,3 @@ def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: 
         fsync_dir(dest.parent)
     _validator_file(part).unlink(missing_ok=True)
     _refetch_file(part).unlink(missing_ok=True)  # a crash's leftover from a whole-file refetch
-
-
-def _tqdm_progress(name: str) -> tuple[tqdm, Progress]:
-    bar = tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024)
-
-    def update(done: int, total: int | None) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return bar, update
-
-
-def fetch_redpajama(dest_dir: str | Path, files: tuple[RemoteFile, ...] = REDPAJAMA) -> list[Path]:
-    """The RedPajama-1T-Sample files in dest_dir, downloading the missing ones.
-
-    `REDPAJAMA_BASE_URL` in the environment replaces the Hugging Face base URL (a mirror, a test server).
-    """
-    base = os.environ.get("REDPAJAMA_BASE_URL", REDPAJAMA_BASE_URL).rstrip("/") + "/"
-    paths = []
-    for remote in files:
-        dest = Path(dest_dir, remote.name)
-        if dest.exists() and _looks_like_html(dest):
-            log.warning("%s is an HTML page left by an earlier download, not data; downloading it again", dest)
-            dest.unlink(missing_ok=True)  # another process may be replacing it too
-        if not dest.exists():
-            bar, update = _tqdm_progress(remote.name)
-            with bar:
-                download(base + remote.name, dest, remote.size, remote.sha256, progress=update)
-        paths.append(dest)
-    return paths

@@ -150,7 +150,7 @@ def resolve_source(name: str, cache_dir: str | Path = "data_cache") -> list[Path
     if name == "shakespeare":
         return shakespeare_plays()
     if name == "redpajama":
-        from pipeline.download import fetch_redpajama
+        from pipeline.redpajama import fetch_redpajama
 
         return fetch_redpajama(Path(cache_dir, "downloads", "redpajama"))
     raise ValueError(f"unknown source {name!r}; known: {', '.join(SOURCES)}")

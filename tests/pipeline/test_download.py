@@ -10,7 +10,8 @@ from download_helpers import PAYLOAD, left, sha
 from prepare_helpers import ROOT
 
 from pipeline import download as dl
-from pipeline.download import REDPAJAMA, DownloadError, download, fetch_redpajama
+from pipeline.download import DownloadError, download
+from pipeline.redpajama import REDPAJAMA, fetch_redpajama
 from pipeline.sources import resolve_source
 
 
