@@ -171,16 +171,16 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
             raise _Incomplete("stale partial download discarded") from None
         if err.code == 429 or err.code >= 500:  # rate limited or server trouble: passes, unlike a 404 or 403
             raise _Incomplete(f"HTTP {err.code} {err.reason}", _retry_after(err)) from None
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+        raise DownloadError(f"HTTP {err.code} {err.reason}") from None
     with resp:
         kept = f"; {part} kept, run again to resume" if offset else ""
         if resp.headers.get_content_type() in _HTML_TYPES:
             raise DownloadError(
-                f"{url}: HTTP {resp.status} sent an HTML page ({resp.headers.get('Content-Type')}), not the data file "
+                f"HTTP {resp.status} sent an HTML page ({resp.headers.get('Content-Type')}), not the data file "
                 f"(an error, login or rate-limit page?){kept}"
             )
         if resp.status not in ((200, 206) if offset else (200,)):
-            raise DownloadError(f"{url}: unexpected HTTP {resp.status} {resp.reason}{kept}")
+            raise DownloadError(f"unexpected HTTP {resp.status} {resp.reason}{kept}")
         current = _validator(resp.headers)
         if resp.status == 206:
             if not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
@@ -228,14 +228,14 @@ def _refetch_whole(
     if done < offset and not changed:  # a whole file shorter than our prefix of it: more likely an error body
         new.unlink()
         raise DownloadError(
-            f"{url}: HTTP {resp.status} sent {done} bytes as the whole file, fewer than the {offset} already in "
+            f"HTTP {resp.status} sent {done} bytes as the whole file, fewer than the {offset} already in "
             f"{part}; kept that (delete it to start over)"
         )
     _settle_new(new, part, current, keep=True)
     return total or size
 
 
-def _verify(part: Path, size: int | None, sha256: str | None, url: str) -> str:
+def _verify(part: Path, size: int | None, sha256: str | None) -> str:
     """The file's sha256 if it matches what is expected; otherwise delete it and raise."""
     have_size = part.stat().st_size
     digest = sha256_file(part)
@@ -246,7 +246,7 @@ def _verify(part: Path, size: int | None, sha256: str | None, url: str) -> str:
         problem = f"sha256 {digest}, expected {sha256}"
     if problem:
         _discard(part)
-        raise DownloadError(f"{url}: downloaded file does not verify ({problem}); deleted it, run again to retry")
+        raise DownloadError(f"downloaded file does not verify ({problem}); deleted it, run again to retry")
     return digest
 
 
@@ -269,10 +269,13 @@ def download(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part(dest)
-    with _sole_downloader(dest, part):
-        if _complete(dest, size):  # finished by the process this one waited for
-            return dest
-        _fetch_verified(url, dest, part, size, sha256, progress, retries)
+    try:
+        with _sole_downloader(dest, part):
+            if not _complete(dest, size):  # else finished by the process this one waited for
+                _fetch_verified(url, dest, part, size, sha256, progress, retries)
+    except DownloadError as err:
+        # Raised below without saying where: one prefix here names both ends, the URL and the local file
+        raise DownloadError(f"downloading {url} to {dest}: {err}") from None
     return dest
 
 
@@ -335,10 +338,10 @@ def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: 
             if attempt == retries:
                 have = part.stat().st_size if part.exists() else 0
                 kept = f"{have:,} bytes kept in {part}; run again to resume" if have else "run again"
-                raise DownloadError(f"{url}: {err} ({kept})") from None
+                raise DownloadError(f"{err} ({kept})") from None
             log.warning("%s: %s; retrying", url, err)
             time.sleep(max(min(2**attempt, 30), getattr(err, "wait", 0.0)))
-    digest = _verify(part, size, sha256, url)
+    digest = _verify(part, size, sha256)
     atomic_write_bytes(f"{dest}.sha256", f"{digest}  {dest.name}\n".encode())  # never a cut-short digest
     # On disk before it has the final name: after a power cut `dest` must never be empty or partial
     fsync_path(part)

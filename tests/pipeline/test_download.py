@@ -91,6 +91,18 @@ def test_http_error_is_not_retried(server, tmp_path):
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize("name, fail, said", [("missing.bin", [], "HTTP 404 Not Found"),
+                                               ("f.bin", [(500,)], "HTTP 500 Internal Server Error")])
+def test_http_errors_name_the_url_and_the_local_file(server, tmp_path, name, fail, said):
+    """A 404 said only `<url>: HTTP 404`, and a 500 after its retries the same: not which local file
+    was being downloaded."""
+    server.fail_first = fail
+    dest = tmp_path / "sub" / "g.bin"
+    with pytest.raises(DownloadError) as err:
+        download(server.url + name, dest, retries=0)
+    assert str(err.value).startswith(f"downloading {server.url}{name} to {dest}: {said}")
+
+
 def test_rate_limit_and_server_errors_are_retried_with_backoff(server, tmp_path, monkeypatch):
     """A 429 or a 503 (Hugging Face under load) failed the whole `make prepare` at once."""
     pauses = []
@@ -129,7 +141,8 @@ def test_html_page_is_refused_and_the_part_kept(server, tmp_path, partial):
     part = tmp_path / "f.bin.part"
     if partial:
         part.write_bytes(PAYLOAD[:300_001])
-    with pytest.raises(DownloadError, match=re.escape(server.url + "f.bin") + ": HTTP 200 sent an HTML page"):
+    where = f"downloading {server.url}f.bin to {tmp_path / 'f.bin'}: "
+    with pytest.raises(DownloadError, match=re.escape(where) + "HTTP 200 sent an HTML page"):
         download(server.url + "f.bin", tmp_path / "f.bin")
     assert len(server.requests) == 1  # an error page is not retried
     assert not (tmp_path / "f.bin").exists()
