@@ -47,7 +47,9 @@ class DownloadError(Exception):
 
 class _Incomplete(Exception):
     """An attempt worth repeating (a dropped connection, a rate limit, a server error); `.part` is kept
-    and the next attempt resumes from it, after at least `wait` seconds when the server asked for them."""
+    and the next attempt resumes from it, after at least `wait` seconds when the server asked for them.
+    Network errors become this where they arise, so any OSError left is the local side's (a full disk):
+    not retried, and reported with the download it stopped."""
 
     def __init__(self, message: str, wait: float = 0.0):
         super().__init__(message)
@@ -118,12 +120,22 @@ def _total_from(resp, offset: int) -> int | None:
     return offset + int(length) if length is not None else None
 
 
+def _read(resp) -> bytes:
+    """The next block of the body; a dropped connection or a timeout is worth another attempt.
+
+    read1: what has arrived, up to a block. read() waits for a whole MiB, and a timeout or Ctrl-C
+    inside it lost everything it held, so a server stalling more often than once a MiB got nowhere.
+    """
+    try:
+        return resp.read1(BLOCK)
+    except (OSError, HTTPException) as err:
+        raise _Incomplete(str(err)) from None
+
+
 def _copy(resp, path: Path, mode: str, done: int, total: int | None, progress: Progress | None) -> int:
     """Append or write the response body to `path`; the byte count of the file afterwards."""
     with open(path, mode) as out:
-        # read1: what has arrived, up to a block. read() waits for a whole MiB, and a timeout or Ctrl-C
-        # inside it lost everything it held, so a server stalling more often than once a MiB got nowhere.
-        while block := resp.read1(BLOCK):
+        while block := _read(resp):
             out.write(block)
             done += len(block)
             if progress:
@@ -172,6 +184,8 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
         if err.code == 429 or err.code >= 500:  # rate limited or server trouble: passes, unlike a 404 or 403
             raise _Incomplete(f"HTTP {err.code} {err.reason}", _retry_after(err)) from None
         raise DownloadError(f"HTTP {err.code} {err.reason}") from None
+    except (OSError, HTTPException) as err:  # URLError (no connection, DNS), a timeout, a reset
+        raise _Incomplete(str(err)) from None
     with resp:
         kept = f"; {part} kept, run again to resume" if offset else ""
         if resp.headers.get_content_type() in _HTML_TYPES:
@@ -267,16 +281,29 @@ def download(
     dest = Path(dest)
     if _complete(dest, size):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part(dest)
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with _sole_downloader(dest, part):
             if not _complete(dest, size):  # else finished by the process this one waited for
                 _fetch_verified(url, dest, part, size, sha256, progress, retries)
     except DownloadError as err:
         # Raised below without saying where: one prefix here names both ends, the URL and the local file
         raise DownloadError(f"downloading {url} to {dest}: {err}") from None
+    except OSError as err:
+        # Local (network errors are _Incomplete): a full disk while writing .part or the .sha256 sidecar
+        # surfaced as a bare OSError, which the caller blamed on the store it was building
+        raise DownloadError(f"downloading {url} to {dest}: {err} ({_kept(part)})") from err
     return dest
+
+
+def _kept(part: Path) -> str:
+    """What a failed download leaves for the next run."""
+    try:
+        have = part.stat().st_size
+    except OSError:
+        have = 0
+    return f"{have:,} bytes kept in {part}; run again to resume" if have else "run again"
 
 
 def _complete(dest: Path, size: int | None) -> bool:
@@ -334,11 +361,9 @@ def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: 
             if size is None and sha256 is None:
                 _check_unpinned(part, dest, vouched)
             break
-        except (_Incomplete, HTTPException, OSError) as err:  # OSError covers URLError and timeouts
+        except _Incomplete as err:
             if attempt == retries:
-                have = part.stat().st_size if part.exists() else 0
-                kept = f"{have:,} bytes kept in {part}; run again to resume" if have else "run again"
-                raise DownloadError(f"{err} ({kept})") from None
+                raise DownloadError(f"{err} ({_kept(part)})") from None
             log.warning("%s: %s; retrying", url, err)
             time.sleep(max(min(2**attempt, 30), getattr(err, "wait", 0.0)))
     digest = _verify(part, size, sha256)

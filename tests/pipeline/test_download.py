@@ -1,3 +1,4 @@
+import errno
 import os
 import re
 import subprocess
@@ -101,6 +102,28 @@ def test_http_errors_name_the_url_and_the_local_file(server, tmp_path, name, fai
     with pytest.raises(DownloadError) as err:
         download(server.url + name, dest, retries=0)
     assert str(err.value).startswith(f"downloading {server.url}{name} to {dest}: {said}")
+
+
+def test_a_full_disk_names_the_download_and_keeps_the_part(server, tmp_path, monkeypatch, disk_fills_at):
+    """A full disk while writing the body was retried as if the network had failed, and while writing
+    the .sha256 sidecar it was a bare OSError, which `make prepare` blamed on the store it was building."""
+    monkeypatch.setattr(dl.time, "sleep", lambda s: None)
+    dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
+    where = re.escape(f"downloading {server.url}f.bin to {dest}: ")
+    with disk_fills_at(300_000), pytest.raises(DownloadError, match=where + r"\[Errno 27\] File too large") as err:
+        download(server.url + "f.bin", dest)
+    assert str(err.value).endswith(f"(300,000 bytes kept in {part}; run again to resume)")
+    assert len(server.requests) == 1 and part.read_bytes() == PAYLOAD[:300_000]  # not retried: it would not help
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dl, "atomic_write_bytes", full)
+    with pytest.raises(DownloadError, match=where + r"\[Errno 28\] No space left on device \(1,024,000 bytes kept"):
+        download(server.url + "f.bin", dest)
+    assert part.read_bytes() == PAYLOAD and not dest.exists()  # verified, kept for the next run to finish
+    monkeypatch.undo()
+    assert download(server.url + "f.bin", dest).read_bytes() == PAYLOAD
 
 
 def test_rate_limit_and_server_errors_are_retried_with_backoff(server, tmp_path, monkeypatch):
