@@ -22,16 +22,13 @@ import re
 import time
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Callable, Iterator
 from http.client import HTTPException
 from pathlib import Path
 
-import zstandard
-
 from common.files import atomic_write_bytes, fsync_dir, fsync_path, sha256_file
 from common.lock import exclusive_lock
-from pipeline.readers import compression, decompressed
+from pipeline.cut_short import cut_short
 
 log = logging.getLogger("pipeline")
 
@@ -325,41 +322,15 @@ def _sole_downloader(dest: Path, part: Path) -> Iterator[None]:
         yield
 
 
-def _check_unpinned(part: Path, dest: Path, vouched: int | None) -> None:
-    """What the bytes can tell where no size or digest is pinned: an empty body is no data file, and
-    JSON lines ending inside a line, or a gzip/zstd stream without its end, from a server that gave no
-    length (`vouched`) and just closed the connection, were cut short. Raises _Incomplete, so a retry
-    resumes; all were renamed into place as complete, and a source went missing from the store."""
-    have = part.stat().st_size
-    if not have:
-        raise _Incomplete("the server sent an empty file")
-    if vouched is None and dest.name.lower().endswith(".jsonl"):
-        with open(part, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                raise _Incomplete(f"cut short: the file ends inside a line, at byte {have}")
-    if vouched is None and compression(dest.name):
-        # Only the end marker tells a whole gzip/zstd stream from a cut-short one, which got the final
-        # name and stopped every later prepare as a bad file (a rerun found it there). Other damage is
-        # left for the reader to report; this checks the end only.
-        try:
-            with open(part, "rb") as f, decompressed(f, dest.name) as stream:
-                while stream.read(BLOCK):
-                    pass
-        except EOFError as err:
-            raise _Incomplete(f"cut short at byte {have}: {err}") from None
-        except (OSError, zlib.error, zstandard.ZstdError):  # damaged, not cut short: the reader names it
-            pass
-
-
 def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: str | None,
                     progress: Progress | None, retries: int) -> None:
     """Bring `part` up to the whole file, verify it, and rename it to `dest` (the caller holds its lock)."""
     for attempt in range(retries + 1):
         try:
             vouched = _fetch(url, part, size, progress)
-            if size is None and sha256 is None:
-                _check_unpinned(part, dest, vouched)
+            problem = cut_short(part, dest.name, vouched) if size is None and sha256 is None else None
+            if problem:  # all were renamed into place as complete, and a source went missing from the store
+                raise _Incomplete(problem)
             break
         except _Incomplete as err:
             if attempt == retries:
