@@ -4,9 +4,12 @@ A download appends to `dest.part` and renames it to `dest` only after the size a
 and an fsync, so `dest` existing means it is complete, even after a power cut. An interrupted run
 resumes with an HTTP Range request carrying If-Range with the ETag (or Last-Modified) that the
 first response gave, saved in `dest.part.validator`, so a file that changed on the server comes
-back whole rather than spliced from two versions. A server that ignores Range sends the whole
-file again; that body goes to `dest.part.new` and replaces `.part` only once it is complete, so
-an error page or a dropped connection cannot cost a good partial download. HTML responses are
+back whole rather than spliced from two versions. A `.part` with no validator saved (the server
+sent none, or an older version left it) is not resumed by a later run unless the sha256
+is pinned: nothing could tell it from a prefix of another version. A server that ignores Range
+sends the whole file again; that body goes to `dest.part.new` and replaces `.part` only once it is
+complete, so an error page or a dropped connection cannot cost a good partial download. A failure
+names the URL and the local file; a local one (a full disk) is not retried. HTML responses are
 refused outright: they are error, login or rate-limit pages, never a data file. The sha256 of
 every finished file is written to `dest.sha256` (sha256sum format) so an unpinned file can be
 pinned or re-checked later. One process at a time downloads to a `dest`: the others wait on the
@@ -83,7 +86,7 @@ def _validator(headers) -> str | None:
 def _saved_validator(part: Path) -> str | None:
     try:
         return _validator_file(part).read_text().strip() or None
-    except FileNotFoundError:
+    except OSError:  # none (or none readable): the partial download is not resumed
         return None
 
 
@@ -284,23 +287,37 @@ def download(
         with _sole_downloader(dest, part):
             if not _complete(dest, size):  # else finished by the process this one waited for
                 _fetch_verified(url, dest, part, size, sha256, progress, retries)
-    except DownloadError as err:
+    except (DownloadError, OSError) as err:  # an OSError here: making the folder or the lock
         # Raised below without saying where: one prefix here names both ends, the URL and the local file
         raise DownloadError(f"downloading {url} to {dest}: {err}") from None
-    except OSError as err:
-        # Local (network errors are _Incomplete): a full disk while writing .part or the .sha256 sidecar
-        # surfaced as a bare OSError, which the caller blamed on the store it was building
-        raise DownloadError(f"downloading {url} to {dest}: {err} ({_kept(part)})") from err
     return dest
 
 
-def _kept(part: Path) -> str:
-    """What a failed download leaves for the next run."""
+def _size(part: Path) -> int:
     try:
-        have = part.stat().st_size
+        return part.stat().st_size
     except OSError:
-        have = 0
-    return f"{have:,} bytes kept in {part}; run again to resume" if have else "run again"
+        return 0
+
+
+def _resumable(part: Path, sha256: str | None) -> bool:
+    """Whether a later run may append to `part`: only with a validator saved for If-Range to check that
+    the server's file is still the one `part` began, or a pinned sha256 to catch a splice afterwards.
+    Otherwise the file may have changed on the server since, and a resume joined two versions into a
+    file that an unpinned download renamed into place. The cost: from a server sending neither ETag nor
+    Last-Modified, an interrupted run's bytes are lost (the retries within one run still resume them)."""
+    return sha256 is not None or _saved_validator(part) is not None
+
+
+def _leftover(part: Path, sha256: str | None) -> str:
+    """What a failed download leaves for the next run, as its error says it: `part`, where one can resume it."""
+    have = _size(part)
+    if not have:
+        return "run again"
+    if _resumable(part, sha256):
+        return f"{have:,} bytes kept in {part}; run again to resume"
+    _discard(part)  # the next run would not resume it: it would only fill the disk meanwhile
+    return "the server sent no ETag or Last-Modified to resume by safely; run again to start over"
 
 
 def _complete(dest: Path, size: int | None) -> bool:
@@ -325,25 +342,39 @@ def _sole_downloader(dest: Path, part: Path) -> Iterator[None]:
 def _fetch_verified(url: str, dest: Path, part: Path, size: int | None, sha256: str | None,
                     progress: Progress | None, retries: int) -> None:
     """Bring `part` up to the whole file, verify it, and rename it to `dest` (the caller holds its lock)."""
+    try:
+        _fetch_retrying(url, dest, part, size, sha256, progress, retries)
+        digest = _verify(part, size, sha256)
+        atomic_write_bytes(f"{dest}.sha256", f"{digest}  {dest.name}\n".encode())  # never a cut-short digest
+        # On disk before it has the final name: after a power cut `dest` must never be empty or partial
+        fsync_path(part)
+        os.replace(part, dest)
+    except OSError as err:
+        # Local (network errors are _Incomplete), a full disk say: retrying would not help. A bare OSError
+        # from the .sha256 sidecar was blamed on the store that the caller was building.
+        raise DownloadError(f"{err} ({_leftover(part, sha256)})") from err
+    # The rename made durable; some filesystems cannot fsync a directory, and the file itself is safe.
+    with contextlib.suppress(OSError):
+        fsync_dir(dest.parent)
+    _validator_file(part).unlink(missing_ok=True)
+    _refetch_file(part).unlink(missing_ok=True)  # a crash's leftover from a whole-file refetch
+
+
+def _fetch_retrying(url: str, dest: Path, part: Path, size: int | None, sha256: str | None,
+                    progress: Progress | None, retries: int) -> None:
+    """Bring `part` up to the whole file, retrying what is worth it (_Incomplete), resuming each time."""
+    if _size(part) and not _resumable(part, sha256):
+        log.warning("%s: no ETag or Last-Modified saved to check the server's file is unchanged; starting over", part)
+        _discard(part)
     for attempt in range(retries + 1):
         try:
             vouched = _fetch(url, part, size, progress)
             problem = cut_short(part, dest.name, vouched) if size is None and sha256 is None else None
             if problem:  # all were renamed into place as complete, and a source went missing from the store
                 raise _Incomplete(problem)
-            break
+            return
         except _Incomplete as err:
             if attempt == retries:
-                raise DownloadError(f"{err} ({_kept(part)})") from None
+                raise DownloadError(f"{err} ({_leftover(part, sha256)})") from None
             log.warning("%s: %s; retrying", url, err)
             time.sleep(max(min(2**attempt, 30), getattr(err, "wait", 0.0)))
-    digest = _verify(part, size, sha256)
-    atomic_write_bytes(f"{dest}.sha256", f"{digest}  {dest.name}\n".encode())  # never a cut-short digest
-    # On disk before it has the final name: after a power cut `dest` must never be empty or partial
-    fsync_path(part)
-    os.replace(part, dest)
-    # The rename made durable; some filesystems cannot fsync a directory, and the file itself is safe.
-    with contextlib.suppress(OSError):
-        fsync_dir(dest.parent)
-    _validator_file(part).unlink(missing_ok=True)
-    _refetch_file(part).unlink(missing_ok=True)  # a crash's leftover from a whole-file refetch

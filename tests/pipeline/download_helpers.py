@@ -105,3 +105,11 @@ def sha(data):
 def left(folder):
     """The files a download left, but its lock file (kept: deleting a lock file races with its waiters)."""
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".part.lock"))
+
+
+def earlier_part(server, part, data):
+    """`part` as an earlier run leaves it: its bytes and the ETag they came with (server.etag, "v1" if
+    unset), without which a later run starts over rather than resume (unless the sha256 is pinned)."""
+    server.etag = server.etag or '"v1"'
+    part.write_bytes(data)
+    part.with_name(part.name + ".validator").write_text(server.etag + "\n")

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from download_helpers import PAYLOAD, left, sha
+from download_helpers import PAYLOAD, earlier_part, left, sha
 from prepare_helpers import ROOT
 
 from pipeline import download as dl
@@ -27,6 +27,7 @@ def test_full_download_verifies_and_records_sha(server, tmp_path):
 
 
 def test_resume_from_a_partial_file(server, tmp_path):
+    """No validator saved with it, but the pinned sha256 would catch a splice: resumed."""
     dest = tmp_path / "f.bin"
     (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:300_001])
     download(server.url + "f.bin", dest, sha256=sha(PAYLOAD))
@@ -46,10 +47,10 @@ def test_a_resume_at_another_offset_than_asked_is_discarded_not_spliced(server, 
 
 
 def test_complete_partial_file_is_only_verified(server, tmp_path):
-    (tmp_path / "f.bin.part").write_bytes(PAYLOAD)
+    earlier_part(server, tmp_path / "f.bin.part", PAYLOAD)
     download(server.url + "f.bin", tmp_path / "f.bin", size=len(PAYLOAD))
     assert server.requests == []  # the size says it is all there
-    (tmp_path / "g.bin.part").write_bytes(PAYLOAD)
+    earlier_part(server, tmp_path / "g.bin.part", PAYLOAD)
     server.files["g.bin"] = PAYLOAD
     download(server.url + "g.bin", tmp_path / "g.bin")  # size unknown: the server answers 416
     assert (tmp_path / "g.bin").read_bytes() == PAYLOAD
@@ -73,7 +74,7 @@ def test_dropped_connection_resumes_on_retry(server, tmp_path, monkeypatch):
 
 
 def test_dropped_connection_without_retries_keeps_the_part(server, tmp_path):
-    server.cut_after = 200_000
+    server.etag, server.cut_after = '"v1"', 200_000
     with pytest.raises(DownloadError, match=r"\(200,000 bytes kept in .*f.bin.part; run again to resume\)"):
         download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
     assert (tmp_path / "f.bin.part").exists() and not (tmp_path / "f.bin").exists()
@@ -108,6 +109,7 @@ def test_a_full_disk_names_the_download_and_keeps_the_part(server, tmp_path, mon
     """A full disk while writing the body was retried as if the network had failed, and while writing
     the .sha256 sidecar it was a bare OSError, which `make prepare` blamed on the store it was building."""
     monkeypatch.setattr(dl.time, "sleep", lambda s: None)
+    server.etag = '"v1"'
     dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
     where = re.escape(f"downloading {server.url}f.bin to {dest}: ")
     with disk_fills_at(300_000), pytest.raises(DownloadError, match=where + r"\[Errno 27\] File too large") as err:
@@ -163,7 +165,7 @@ def test_html_page_is_refused_and_the_part_kept(server, tmp_path, partial):
     server.html = HTML
     part = tmp_path / "f.bin.part"
     if partial:
-        part.write_bytes(PAYLOAD[:300_001])
+        earlier_part(server, part, PAYLOAD[:300_001])
     where = f"downloading {server.url}f.bin to {tmp_path / 'f.bin'}: "
     with pytest.raises(DownloadError, match=re.escape(where) + "HTTP 200 sent an HTML page"):
         download(server.url + "f.bin", tmp_path / "f.bin")
@@ -178,7 +180,7 @@ def test_fetch_redpajama_refuses_html_and_replaces_a_cached_html_page(server, tm
     server.files[remote.name] = good
     monkeypatch.setenv("REDPAJAMA_BASE_URL", server.url)
     part = tmp_path / (remote.name + ".part")
-    part.write_bytes(good[:5000])
+    earlier_part(server, part, good[:5000])
     server.html = HTML
     with pytest.raises(DownloadError, match="HTML page"):
         fetch_redpajama(tmp_path, (remote,))
@@ -192,21 +194,21 @@ def test_short_whole_body_does_not_replace_a_longer_part(server, tmp_path):
     server.ignore_range = True
     server.files["f.bin"] = b"Service unavailable\n"  # not HTML, but shorter than what we already hold
     part = tmp_path / "f.bin.part"
-    part.write_bytes(PAYLOAD[:300_001])
+    earlier_part(server, part, PAYLOAD[:300_001])
     with pytest.raises(DownloadError, match="fewer than the 300001 already in"):
         download(server.url + "f.bin", tmp_path / "f.bin")
     assert part.read_bytes() == PAYLOAD[:300_001] and not (tmp_path / "f.bin").exists()
-    assert left(tmp_path) == ["f.bin.part"]
+    assert left(tmp_path) == ["f.bin.part", "f.bin.part.validator"]
 
 
 def test_cut_short_whole_body_keeps_the_part(server, tmp_path):
     server.ignore_range, server.cut_after = True, 200_000
     part = tmp_path / "f.bin.part"
-    part.write_bytes(PAYLOAD[:300_001])
+    earlier_part(server, part, PAYLOAD[:300_001])
     with pytest.raises(DownloadError, match="run again to resume"):
         download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
     assert part.read_bytes() == PAYLOAD[:300_001]
-    assert left(tmp_path) == ["f.bin.part"]
+    assert left(tmp_path) == ["f.bin.part", "f.bin.part.validator"]
 
 
 NEW_PAYLOAD = bytes(reversed(PAYLOAD))
@@ -235,6 +237,28 @@ def test_resume_sends_if_range_and_a_changed_file_comes_back_whole(server, tmp_p
     download(server.url + "f.bin", tmp_path / "g.bin")
     assert (tmp_path / "g.bin").read_bytes() == NEW_PAYLOAD  # not 200000 old bytes + the new file's tail
     assert server.if_ranges[-1] == value
+
+
+def test_without_etag_or_last_modified_a_later_run_starts_over(server, tmp_path):
+    """The server sends neither validator: the .part a failed run kept was resumed by the next run with a
+    plain Range request after the file had changed on the server, and the splice (old head, new tail)
+    was renamed into place, with nothing pinned to catch it."""
+    server.cut_after = 200_000
+    with pytest.raises(DownloadError, match=r"no ETag or Last-Modified to resume by safely; run again to start over"):
+        download(server.url + "f.bin", tmp_path / "f.bin", retries=0)
+    assert left(tmp_path) == []  # nothing a later run could use
+    server.files["f.bin"] = NEW_PAYLOAD
+    assert download(server.url + "f.bin", tmp_path / "f.bin").read_bytes() == NEW_PAYLOAD
+
+
+@pytest.mark.parametrize("etag", [None, '"v2"'])
+def test_a_part_with_no_validator_saved_starts_over(server, tmp_path, etag):
+    """A .part with no validator beside it (left by a killed run, or an older version) was resumed onto
+    whatever the server had now, another version of the file or not."""
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:300_001])
+    server.files["f.bin"], server.etag = NEW_PAYLOAD, etag
+    assert download(server.url + "f.bin", tmp_path / "f.bin").read_bytes() == NEW_PAYLOAD
+    assert server.requests == [("/f.bin", None)]  # from byte 0, no Range
 
 
 def test_weak_etag_is_not_used_for_if_range(server, tmp_path):
