@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,12 +41,22 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp name, fsync, rename: readers see the old file or the whole new one, never half."""
+    """Write to a temp name, fsync, rename: readers see the old file or the whole new one, never half.
+
+    A file replaced keeps its permission bits (as `sed -i` does): the temp file is created with the
+    umask's mode, and a user who made, say, an exported config.json read-only or group-writable would
+    otherwise lose that on every rewrite. A new file gets the umask's mode."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        old_mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        old_mode = None
+    try:
         with open(tmp, "wb") as f:
             f.write(data)
+            if old_mode is not None:
+                os.fchmod(f.fileno(), old_mode)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
