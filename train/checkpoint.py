@@ -177,10 +177,39 @@ class CheckpointError(ValueError):
     that weights_only loading refuses."""
 
 
+# How many times a run directory's newest checkpoint is chosen again when it vanishes before it is read.
+_CHOOSE_TRIES = 5
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint (run dir -> its newest complete one). weights_only=True always: a checkpoint
     may come from anywhere, and full unpickling would run whatever code it names."""
-    ckpt = resolve_checkpoint(path)
+    return open_checkpoint(path, map_location)[1]
+
+
+def open_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+    """(the checkpoint directory, its state), as load_checkpoint.
+
+    A training run writing to the same run directory may prune (keep_last) the newest complete
+    checkpoint between its choice and the read: it failed then as a missing, "cut off" or unreadable
+    checkpoint. A checkpoint chosen here rather than named by the caller, and gone (marker first, as
+    _prune removes it), is chosen again, at most _CHOOSE_TRIES times."""
+    path = Path(path)
+    for _ in range(_CHOOSE_TRIES):
+        ckpt = resolve_checkpoint(path)
+        try:
+            return ckpt, _read_state(ckpt, map_location)
+        except (FileNotFoundError, CheckpointError):
+            if ckpt.parent != path or marker_step(ckpt) is not None:  # named by the caller, or really unreadable
+                raise
+    raise FileNotFoundError(
+        f"{path}: its newest complete checkpoint was removed before it could be read, {_CHOOSE_TRIES} times in a "
+        "row: a training run writing to this run directory prunes old checkpoints (keep_last) faster than they "
+        "can be read; wait for it to save less often or finish, or pass a checkpoint directory copied out of it")
+
+
+def _read_state(ckpt: Path, map_location: str | torch.device) -> dict[str, Any]:
+    ckpt = resolve_checkpoint(ckpt)
     try:
         return torch.load(ckpt / STATE, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -37,7 +37,7 @@ from model.config import GPTConfig
 from model.gpt import GPT
 from pipeline.store import StoreError, TokenStore
 from pipeline.store_layout import MANIFEST
-from train.checkpoint import MARKER, load_checkpoint, resolve_checkpoint
+from train.checkpoint import MARKER, open_checkpoint
 from train.checkpoint import STATE as STATE_FILE
 
 WEIGHTS = "model.safetensors"
@@ -140,8 +140,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", tokenizer: str | 
     if (path / WEIGHTS).is_file():
         loaded = _load_export(path)
     else:
-        ckpt = resolve_checkpoint(path)
-        state = load_checkpoint(ckpt)  # a CheckpointError (a ValueError) if unreadable
+        ckpt, state = open_checkpoint(path)  # a CheckpointError (a ValueError) if unreadable
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise ValueError(f"{ckpt}: not a checkpoint: {STATE_FILE} holds no model state dict")
         try:
