@@ -115,10 +115,18 @@ def _plan(paths: list[Path], cfg: PrepareConfig) -> tuple[list[Chunk], list[dict
         try:
             chunks += plan_chunks([p], cfg.chunk_bytes)
         except BadFileError as err:
+            bad_file = {"path": err.path, "offset": err.offset, "error": err.message}
             if not cfg.skip_bad_files:
-                raise
-            bad.append({"path": err.path, "offset": err.offset, "error": err.message})
+                raise _stop_at(bad_file) from None
+            bad.append(bad_file)
     return chunks, bad
+
+
+def _stop_at(bad_file: dict[str, Any]) -> PrepareError:
+    """The error that stops the run at a bad file, planned or read: --skip-bad-files would skip it."""
+    where = "" if bad_file["offset"] is None else f" (byte offset {bad_file['offset']})"
+    return PrepareError(f"{bad_file['path']}{where}: {bad_file['error']}\n(--skip-bad-files records such files "
+                        "in the manifest and goes on)")
 
 
 def _human(n: float) -> str:
@@ -186,10 +194,7 @@ def _build(store: Path, chunks: list[Chunk], paths: list[Path], settings: Settin
         drain()
         for res in results:
             if res.error and not cfg.skip_bad_files:
-                e = res.error
-                where = "" if e["offset"] is None else f" (byte offset {e['offset']})"
-                raise PrepareError(f"{e['path']}{where}: {e['error']}\n(--skip-bad-files records such files "
-                                   "in the manifest and goes on)")
+                raise _stop_at(res.error)
             docs, tokens = docs + res.documents, tokens + res.tokens
             bar.update(nbytes[res.position])
             bar.set_postfix_str(f"{_human(docs)} docs, {_human(tokens)} tokens", refresh=False)

@@ -90,6 +90,29 @@ def test_bad_file_stops_the_run_naming_file_and_place(tmp_path, tokenizer, capsy
     assert [s["path"] for s in m["sources"]] == [str(p) for p in sorted((tmp_path / "corpus").iterdir()) if p != bad]
 
 
+@pytest.mark.parametrize("name, content, why", [
+    ("b_bad.json.gz", b"not gzip", "cannot read as json (compressed): Not a gzipped file"),  # layout sniffed
+    ("b_bad.parquet", b"not parquet", "not a readable parquet file"),  # row groups counted
+])
+def test_a_file_that_fails_planning_names_the_skip_option_and_is_skipped_by_it(tmp_path, tokenizer, capsys,
+                                                                              name, content, why):
+    """Bad files met by a worker said what --skip-bad-files would do; those met while planning the
+    chunks, before any worker ran, stopped the run without a word of it."""
+    write_jsonl(tmp_path / "corpus" / "a_good.jsonl", sentences(1, 50))
+    bad = tmp_path / "corpus" / name
+    bad.write_bytes(content)
+    argv = ["--data", str(tmp_path / "corpus"), "--out", str(tmp_path), "--name", "p", "--tokenizer", str(tokenizer),
+            "--workers", "1", "--quiet", "--clean-preset", "minimal"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: {why}")
+    assert err.endswith("\n(--skip-bad-files records such files in the manifest and goes on)\n")
+    assert main([*argv, "--skip-bad-files"]) == 0
+    m = TokenStore(tmp_path / "p", verify=True).manifest
+    assert [b["path"] for b in m["stats"]["bad_files"]] == [str(bad)] and why in m["stats"]["bad_files"][0]["error"]
+    assert m["stats"]["documents_kept"] == 50
+
+
 def test_missing_path_and_bad_records(tmp_path, tokenizer, capsys):
     missing = tmp_path / "nope" / "x.jsonl"
     assert main(["--data", str(missing), "--out", str(tmp_path), "--tokenizer", str(tokenizer), "--quiet"]) == 1
