@@ -187,8 +187,9 @@ def sample_corpus(
             try:
                 yield from file_sample(path, file_stats)
             except BadFileError as err:
-                if not skip_bad_files:
-                    raise
+                if not skip_bad_files:  # as prepare's own stop at a bad file says: the option is the way on
+                    raise BadFileError(err.path, err.offset, f"{err.message}\n(--skip-bad-files leaves such files "
+                                       "out and goes on)") from None
                 log.warning("%s (left out of the tokenizer sample: --skip-bad-files)", err)
                 continue
             if stats is not None:

@@ -25,6 +25,7 @@ from pipeline.prepare import _input_bytes, main
 from pipeline.sources import Chunk, shakespeare_plays
 from pipeline.store import StoreError, TokenStore, write_store
 from pipeline.tokenizer import train_from_paths
+from pipeline.tokenizer_step import tokenizer_main
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +89,21 @@ def test_bad_file_stops_the_run_naming_file_and_place(tmp_path, tokenizer, capsy
     assert "compressed bytes, past the record at line" in m["stats"]["bad_files"][0]["error"]
     assert m["stats"]["documents_kept"] == 100 and finished[0].exists()
     assert [s["path"] for s in m["sources"]] == [str(p) for p in sorted((tmp_path / "corpus").iterdir()) if p != bad]
+
+
+@pytest.mark.parametrize("command", [main, tokenizer_main])
+def test_a_bad_file_met_training_the_tokenizer_names_the_skip_option(tmp_path, capsys, command):
+    """Training the store's tokenizer reads the files before any chunk is planned, so a fresh prepare (or
+    bin/tokenizer.py) meets a bad file there first: it stopped without a word of --skip-bad-files."""
+    _, bad = _bad_corpus(tmp_path / "corpus")
+    argv = ["--data", str(tmp_path / "corpus"), "--out", str(tmp_path), "--name", "t", "--vocab-size", "300",
+            "--workers", "1", "--quiet", "--clean-preset", "minimal"]
+    assert command(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}:") and "past the record at line" in err
+    assert err.endswith("\n(--skip-bad-files leaves such files out and goes on)\n")
+    assert command([*argv, "--skip-bad-files"]) == 0
+    assert (tmp_path / "t" / "tokenizer.json").is_file()
 
 
 @pytest.mark.parametrize("name, content, why", [
