@@ -2,12 +2,19 @@
 
 Each `--shard i/n` job writes a complete store of its own in `<root>/part-i-of-n/`. The merged
 manifest in `<root>/` lists the parts' shards by relative path (`part-0-of-2/train-00000.bin`), in
-part order, so no token is copied and the merge takes a moment whatever the corpus size.
+part order, so no training token is copied and the merge takes a moment whatever the corpus size.
 
 Deduplication is exact within each part. A document that occurs in two parts cannot be dropped
 without rewriting a shard, so the merge only counts such documents (`stats.cross_part_duplicates`,
 from the hashes each part keeps in `doc_hashes.bin`); they stay in the store. With the plan's
 interleaved chunk assignment, they are as rare as duplicates across files are.
+
+Only the train split is pointed at. The val split is copied into shards of the store's own, as one
+job packs it: a training window never straddles two shards, so one small val shard per part could
+leave no shard with room for a window where one job's store, holding the same documents in one shard,
+has it (`make train` refused the merged store's val as too small). Val is the small split
+(--val-fraction of the documents), so the copy stays brief; the parts keep theirs, and --shard jobs
+stay unaware of each other's sizes (a part never fails for being a small slice).
 
 Part i holds the chunks at positions i, i+n, i+2n... of the plan over all input files, so parts
 belong together only if they were cut from the same plan: a file added, removed or changed between
@@ -32,7 +39,8 @@ import numpy as np
 
 from common.files import fsync_dir, sha256_file
 from pipeline.assemble import HashSet, PrepareError, reset_store, store_and_parts_locked
-from pipeline.store import StoreError, TokenStore, read_manifest, write_manifest
+from pipeline.config import PrepareConfig
+from pipeline.store import ShardWriter, StoreError, TokenStore, read_manifest, write_manifest
 from pipeline.store_layout import MANIFEST, PART, SPLITS, rerun_shard
 
 log = logging.getLogger("pipeline")
@@ -169,7 +177,10 @@ def _merge(root: Path, parts: list[Path]) -> Path:
     # their sizes. A manifest merged before part_manifests was recorded is merged again.
     merged = {d.name: store.manifest_sha256 for d, store in zip(parts, stores, strict=True)}
     try:
-        if TokenStore(root).manifest.get("part_manifests") == merged:
+        done = TokenStore(root).manifest
+        # A store merged before val was copied points into the parts for it too: merged again.
+        own_val = all("/" not in s["file"] for s in done["splits"]["val"]["shards"])
+        if done.get("part_manifests") == merged and own_val:
             log.info("%s: merge is up to date", root)
             return root
     except StoreError:
@@ -204,21 +215,53 @@ def _merge(root: Path, parts: list[Path]) -> Path:
         for place, src in zip(order, listed, strict=True):
             places.setdefault(src["path"], (place, src["size"]))
     sources = sorted(places.items(), key=lambda item: item[1][0])
+    old = read_manifest(root)
+    if old is not None and "parts" not in old:  # as a rebuild that replaces a store says
+        log.warning("%s: replacing the store built there without --shard; a training run on it cannot resume "
+                    "on the merged one", root)
+    reset_store(root)  # before the val shards are written: it deletes the old ones
+    splits["val"]["shards"] = _copy_val(root, stores)
     manifest = {k: first[k] for k in (*_SAME, "work_format")}
     manifest.update({
         "tokenizer": {"path": "tokenizer.json", "sha256": first["tokenizer"]["sha256"]},
         "splits": splits, "sources": [{"path": p, "size": s} for p, (_, s) in sources], "stats": stats,
         "parts": [d.name for d in parts], "part_manifests": merged, "inputs_fingerprint": fp,
     })
-    old = read_manifest(root)
-    if old is not None and "parts" not in old:  # as a rebuild that replaces a store says
-        log.warning("%s: replacing the store built there without --shard; a training run on it cannot resume "
-                    "on the merged one", root)
-    reset_store(root)
     write_manifest(root, manifest)
     log.info("%s: merged %d parts (%d documents seen in more than one part are kept: see cross_part_duplicates)",
              root, len(parts), cross)
     return root
+
+
+# Tokens handed to ShardWriter at a time: bounds the copy's memory whatever the size of a part's shard.
+_COPY_TOKENS = 1 << 24
+
+
+def _copy_val(root: Path, stores: list[TokenStore]) -> list[dict[str, Any]]:
+    """The parts' val documents, in part order, written into val shards in `root` packed as one job packs
+    them (whole documents, at most the jobs' --shard-tokens each); the shards' manifest entries."""
+    first = stores[0].manifest
+    # Parts built before they recorded their --shard-tokens: packed as its default would.
+    limit = first["part"].get("shard_tokens", PrepareConfig.shard_tokens)
+    writer = ShardWriter(root, "val", np.dtype(first["dtype"]), first["vocab_size"], limit)
+    for store in stores:
+        listed = [shard for shard in store.manifest["splits"]["val"]["shards"] if shard["tokens"]]
+        for shard, tokens, starts in zip(listed, store.shards("val"), store.doc_index("val"), strict=True):
+            copied = hashlib.sha256()
+            bounds = np.append(starts, len(tokens))
+            doc = 0
+            while doc < len(starts):
+                end = max(doc + 1, int(np.searchsorted(bounds, bounds[doc] + _COPY_TOKENS, side="right")) - 1)
+                ids = np.asarray(tokens[bounds[doc]:bounds[end]])
+                copied.update(ids.tobytes())
+                writer.add(ids, np.diff(bounds[doc:end + 1]))
+                doc = end
+            # The copy gets checksums of its own, which would vouch for a part's shard gone bad on disk.
+            index = shard.get("index_sha256")  # as TokenStore's verify, which checks it where a manifest has it
+            if copied.hexdigest() != shard["sha256"] or index and hashlib.sha256(starts).hexdigest() != index:
+                raise PrepareError(f"{store.root / shard['file']}: sha256 differs from its part's manifest (corrupt "
+                                   f"shard); rerun {rerun_shard([store.root])}")
+    return writer.close()
 
 
 def unmerge(root: Path, part: Path) -> None:

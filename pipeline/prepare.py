@@ -300,8 +300,9 @@ def _prepare_locked(cfg: PrepareConfig, root: Path, store: Path, shard: tuple[in
         # plan_bad_files: how many of stats.bad_files (the first ones) failed at planning, before
         # the plan was cut into parts. Every part lists them; the merge keeps one copy.
         # source_order: each source's place among the plan's files, for the merge to list them
-        # in the order one job would.
+        # in the order one job would. shard_tokens: how the merge packs the val split it copies.
         manifest["part"] = {"index": shard[0], "count": shard[1], "chunk_bytes": cfg.chunk_bytes,
+                            "shard_tokens": cfg.shard_tokens,
                             "doc_hashes": "doc_hashes.bin", "plan_fingerprint": plan,
                             "plan_bad_files": len(bad_files),
                             "source_order": [plan_files[path] for path in asm.sources]}

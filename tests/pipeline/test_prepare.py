@@ -169,7 +169,8 @@ def test_shards_then_merge_reference_parts_in_place(tmp_path, tokenizer):
         assert part.root.name == f"part-{i}-of-2" and part.manifest["part"]["count"] == 2
     merged_root = build(tmp_path / "sh", tokenizer, merge=True, **opts)
     merged = TokenStore(merged_root, verify=True)
-    assert not list(merged_root.glob("*.bin"))  # no token data copied
+    # No training token copied; val is, into shards of the store's own (test_merge_val.py)
+    assert [p.name for p in merged_root.glob("*.bin")] == ["val-00000.bin"]
     assert merged.manifest["splits"]["train"]["shards"][0]["file"].startswith("part-0-of-2/")
     all_docs = lambda s: Counter(_docs(s, "train") + _docs(s, "val"))  # noqa: E731
     extra = all_docs(merged) - all_docs(full)
