@@ -21,6 +21,13 @@ from common.cli import quiet_ctrl_c  # noqa: E402
 from train.export import TokenizerMismatch, export, load  # noqa: E402
 
 
+def _folder(value: str) -> str:
+    # `--out "$DIR"` with DIR unset would otherwise export into the current directory, which may be anything.
+    if not value:
+        raise argparse.ArgumentTypeError("an empty path; name the folder to write")
+    return value
+
+
 @quiet_ctrl_c
 def main(argv: list[str] | None = None) -> int:
     head, tail = __doc__.split("\n\n", 1)
@@ -29,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="runs/tiny",
                    help="run directory (its newest complete checkpoint) or checkpoint directory (default runs/tiny)")
     p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the checkpoint)")
-    p.add_argument("--out", required=True, help="folder to write (created; an earlier export in it is replaced; "
-                                                "a token store, a folder of stores or a run's folder is refused)")
+    p.add_argument("--out", required=True, type=_folder,
+                   help="folder to write (created; an earlier export in it is replaced; "
+                        "a token store, a folder of stores or a run's folder is refused)")
     args = p.parse_args(argv)
     try:
         loaded = load(args.checkpoint, "cpu", args.tokenizer)

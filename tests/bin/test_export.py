@@ -243,3 +243,14 @@ def test_load_gives_eval_mode_and_an_export_takes_the_tokenizer_override(run_dir
     wrong.write_bytes(copy.read_bytes() + b"\n")
     with pytest.raises(TokenizerMismatch):
         load(out, tokenizer=wrong)
+
+
+def test_an_empty_out_is_refused_rather_than_exporting_into_the_current_directory(run_dir, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """`--out "$DIR"` with DIR unset: the export landed in whatever folder the command ran in."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        export_cli.main(["--checkpoint", str(run_dir), "--out", ""])
+    assert exit_.value.code == 2
+    assert "argument --out: an empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
