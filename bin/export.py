@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bin/export.py", description=head, epilog=tail,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="runs/tiny",
-                   help="run directory (its newest complete checkpoint) or checkpoint directory (default runs/tiny)")
+                   help="run directory (its newest complete checkpoint), checkpoint directory or export folder "
+                        "(default runs/tiny)")
     p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the checkpoint)")
     p.add_argument("--out", required=True, type=_folder,
                    help="folder to write (created; an earlier export in it is replaced; "
