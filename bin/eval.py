@@ -10,9 +10,10 @@ window (the windows' predictions do not overlap; the last window may be shorter)
 stops after that many predictions.
 
 Store: the default is the store the model was trained on (its val split). Text files go through
-the pipeline's own reader (.jsonl/.json/.csv/.parquet/.md, compressed or not; a .txt file is one
-document), its cleaning (--clean-preset) and the model's tokenizer: every document becomes [BOS] +
-ids, as in a store. Bits per byte = total nats / ln 2 / UTF-8 bytes of the cleaned text covered:
+the pipeline's own reader (.jsonl/.json/.csv/.parquet/.md, compressed or not; a .txt file named
+here is one document, while a folder is searched for the pipeline's formats only, as prepare does),
+its cleaning (--clean-preset) and the model's tokenizer: every document becomes [BOS] + ids, as in
+a store. Bits per byte = total nats / ln 2 / UTF-8 bytes of the cleaned text covered:
 the bytes of the predicted tokens themselves (a byte-level tokenizer's ids spell the text exactly),
 so under --max-tokens too it divides by the bytes actually scored.
 
@@ -35,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
-from common.cli import number, quiet_ctrl_c, resolve_device  # noqa: E402
+from common.cli import number, path_arg, quiet_ctrl_c, resolve_device  # noqa: E402
 from common.config import ConfigError, from_dict  # noqa: E402
 from common.precision import DTYPES, autocast, bf16_supported, resolve_dtype  # noqa: E402
 from model.gpt import GPT  # noqa: E402
@@ -183,12 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     head, tail = __doc__.split("\n\n", 1)
     p = argparse.ArgumentParser(prog="bin/eval.py", description=head, epilog=tail,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/tiny",
+    p.add_argument("--checkpoint", type=path_arg, default="runs/tiny",
                    help="run directory, checkpoint directory or export folder (default runs/tiny)")
-    p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the model)")
-    p.add_argument("--data", help="token store directory (default: the one the model was trained on)")
+    p.add_argument("--tokenizer", type=path_arg,
+                   help="tokenizer.json instead of the run's (verified against the model)")
+    p.add_argument("--data", type=path_arg, help="token store directory (default: the one the model was trained on)")
     p.add_argument("--split", choices=("train", "val"), help="store split (default val; not with --text)")
-    p.add_argument("--text", nargs="+", help="evaluate on these files instead of a store")
+    p.add_argument("--text", type=path_arg, nargs="+", help="evaluate on these files instead of a store")
     p.add_argument("--clean-preset", default="store", choices=("store", *PRESETS),
                    help="cleaning for --text: store (what the training store used; default) or a preset")
     p.add_argument("--text-field", help="JSON field of the text for --text (default: the store's, else text)")

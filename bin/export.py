@@ -17,15 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
-from common.cli import quiet_ctrl_c  # noqa: E402
+from common.cli import path_arg, quiet_ctrl_c  # noqa: E402
 from train.export import TokenizerMismatch, export, load  # noqa: E402
-
-
-def _folder(value: str) -> str:
-    # `--out "$DIR"` with DIR unset would otherwise export into the current directory, which may be anything.
-    if not value:
-        raise argparse.ArgumentTypeError("an empty path; name the folder to write")
-    return value
 
 
 @quiet_ctrl_c
@@ -33,11 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     head, tail = __doc__.split("\n\n", 1)
     p = argparse.ArgumentParser(prog="bin/export.py", description=head, epilog=tail,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/tiny",
+    p.add_argument("--checkpoint", type=path_arg, default="runs/tiny",
                    help="run directory (its newest complete checkpoint), checkpoint directory or export folder "
                         "(default runs/tiny)")
-    p.add_argument("--tokenizer", help="tokenizer.json instead of the run's (verified against the checkpoint)")
-    p.add_argument("--out", required=True, type=_folder,
+    p.add_argument("--tokenizer", type=path_arg,
+                   help="tokenizer.json instead of the run's (verified against the checkpoint)")
+    p.add_argument("--out", required=True, type=path_arg,
                    help="folder to write (created; an earlier export in it is replaced; "
                         "a token store, a folder of stores or a run's folder is refused)")
     args = p.parse_args(argv)

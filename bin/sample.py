@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
 
-from common.cli import UINT64_MAX, number, quiet_ctrl_c, resolve_device  # noqa: E402
+from common.cli import UINT64_MAX, number, path_arg, quiet_ctrl_c, resolve_device  # noqa: E402
 from common.precision import DTYPES, bf16_supported, resolve_dtype  # noqa: E402
 from model.generate import CompletionStats, complete  # noqa: E402
 from pipeline.clean import CleanConfig, normalize  # noqa: E402
@@ -55,13 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     head, tail = __doc__.split("\n\n", 1)
     p = argparse.ArgumentParser(prog="bin/sample.py", description=head, epilog=tail,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+    p.add_argument("--checkpoint", type=path_arg, default=DEFAULT_CHECKPOINT,
                    help="a run directory (its newest complete checkpoint), a checkpoint directory, or a folder "
                         f"from bin/export.py (default: {DEFAULT_CHECKPOINT})")
-    p.add_argument("--tokenizer", help="tokenizer.json to use instead of the run's; it must be the one the model "
-                                       "was trained with (same sha256), or sampling is refused")
+    p.add_argument("--tokenizer", type=path_arg,
+                   help="tokenizer.json to use instead of the run's; it must be the one the model was trained with "
+                        "(same sha256), or sampling is refused")
     p.add_argument("--prompt", action="append", help="prompt text; repeat for a batch of prompts")
-    p.add_argument("--prompt-file", action="append", help="a file whose whole text is one prompt ('-': stdin)")
+    p.add_argument("--prompt-file", type=path_arg, action="append",
+                   help="a file whose whole text is one prompt ('-': stdin)")
     p.add_argument("--max-new-tokens", type=number(int, 0), default=200, help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=number(float, 0), default=0.8,
                    help="softmax temperature; 0 picks the most likely token every time (greedy) (default 0.8)")

@@ -2,8 +2,10 @@
 
 `number(...)` is a `type=` whose error names what the option expects: argparse reports a failing
 type function by its __name__ (`invalid parse value: 'abc'` for a closure called parse), so the
-check raises its own message. `resolve_device` turns --device into a device this torch can use, or
-a one-line error instead of torch's RuntimeError traceback at the first tensor moved there.
+check raises its own message. `path_arg` refuses an empty path (`--data "$STORE"` with STORE unset),
+which was taken as the current folder or, for an optional one, as not given. `resolve_device` turns
+--device into a device this torch can use, or a one-line error instead of torch's RuntimeError
+traceback at the first tensor moved there.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ def number(kind: type, low: float | None = None, *, above: bool = False,
         return value
 
     return parse
+
+
+def path_arg(text: str) -> str:
+    """An argparse `type=` for a file or folder option: any text but the empty string. Empty is what an
+    unset shell variable gives (`--out "$DIR"`): exporting into the current folder, or evaluating the
+    training store instead of the one meant, would go on without a word."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; name the file or folder")
+    return text
 
 
 def resolve_device(spec: str) -> str:

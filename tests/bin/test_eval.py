@@ -160,6 +160,9 @@ def test_split_with_text_and_a_bad_device_are_refused(run_dir, tmp_path, capsys)
     assert exc.value.code == 2 and "--split chooses a store's split" in capsys.readouterr().err
     assert ev.main(["--checkpoint", str(run_dir), "--device", "tpu"]) == 2
     assert capsys.readouterr().err == "error: --device tpu: not a device name (cpu, cuda, cuda:1, mps, ...)\n"
+    with pytest.raises(SystemExit) as exc:  # an unset variable (`--data "$STORE"`) scored the training store
+        ev.main(["--checkpoint", str(run_dir), "--data", ""])
+    assert exc.value.code == 2 and "argument --data: an empty path" in capsys.readouterr().err
 
 
 def test_store_with_another_tokenizer_is_refused(run_dir, store_dir, tmp_path, capsys):

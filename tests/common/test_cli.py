@@ -3,7 +3,7 @@ import argparse
 import pytest
 import torch
 
-from common.cli import number, resolve_device
+from common.cli import number, path_arg, resolve_device
 
 
 def _error(parser: argparse.ArgumentParser, argv: list[str], capsys) -> str:
@@ -25,6 +25,15 @@ def test_number_errors_name_the_option_and_what_it_expects(capsys):
     assert _error(p, ["--t", "x"], capsys) == "x: error: argument --t: expected a number >= 0, got 'x'"
     assert _error(p, ["--t", "nan"], capsys) == "x: error: argument --t: expected a number >= 0, got 'nan'"
     assert _error(p, ["--p", "0"], capsys) == "x: error: argument --p: expected a number > 0 and <= 1, got '0'"
+
+
+def test_path_arg_refuses_only_the_empty_path(capsys):
+    """`--data "$STORE"` with STORE unset: eval took it as no --data (the training store), export as the
+    current folder."""
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("--data", type=path_arg)
+    assert p.parse_args(["--data", "a b/c"]).data == "a b/c" and p.parse_args([]).data is None
+    assert _error(p, ["--data", ""], capsys) == "x: error: argument --data: an empty path; name the file or folder"
 
 
 @pytest.mark.parametrize("spec, message", [
