@@ -50,8 +50,10 @@ def plot(run_dir: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", nargs="?", type=Path, help="run directory holding metrics.jsonl")
+    parser = argparse.ArgumentParser(prog="bin/plot.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", nargs="?", type=Path,
+                        help="run directory holding metrics.jsonl (default: the newest under runs/)")
     parser.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/loss.png)")
     args = parser.parse_args(argv)
     run_dir = args.run_dir or newest_run()
