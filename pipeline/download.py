@@ -187,14 +187,13 @@ def _fetch(url: str, part: Path, size: int | None, progress: Progress | None) ->
     except (OSError, HTTPException) as err:  # URLError (no connection, DNS), a timeout, a reset
         raise _Incomplete(str(err)) from None
     with resp:
-        kept = f"; {part} kept, run again to resume" if offset else ""
         if resp.headers.get_content_type() in _HTML_TYPES:
             raise DownloadError(
                 f"HTTP {resp.status} sent an HTML page ({resp.headers.get('Content-Type')}), not the data file "
-                f"(an error, login or rate-limit page?){kept}"
+                f"(an error, login or rate-limit page?)"
             )
         if resp.status not in ((200, 206) if offset else (200,)):
-            raise DownloadError(f"unexpected HTTP {resp.status} {resp.reason}{kept}")
+            raise DownloadError(f"unexpected HTTP {resp.status} {resp.reason}")
         current = _validator(resp.headers)
         if resp.status == 206:
             if not resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
@@ -242,8 +241,7 @@ def _refetch_whole(
     if done < offset and not changed:  # a whole file shorter than our prefix of it: more likely an error body
         new.unlink()
         raise DownloadError(
-            f"HTTP {resp.status} sent {done} bytes as the whole file, fewer than the {offset} already in "
-            f"{part}; kept that (delete it to start over)"
+            f"HTTP {resp.status} sent {done} bytes as the whole file, fewer than the {offset} already in {part}"
         )
     _settle_new(new, part, current, keep=True)
     return total or size
@@ -373,6 +371,8 @@ def _fetch_retrying(url: str, dest: Path, part: Path, size: int | None, sha256: 
             if problem:  # all were renamed into place as complete, and a source went missing from the store
                 raise _Incomplete(problem)
             return
+        except DownloadError as err:  # not worth retrying; what is left of `part` is said as after the retries
+            raise DownloadError(f"{err} ({_leftover(part, sha256)})" if _size(part) else str(err)) from None
         except _Incomplete as err:
             if attempt == retries:
                 raise DownloadError(f"{err} ({_leftover(part, sha256)})") from None

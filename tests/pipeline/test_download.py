@@ -174,6 +174,30 @@ def test_html_page_is_refused_and_the_part_kept(server, tmp_path, partial):
     assert part.read_bytes() == PAYLOAD[:300_001] if partial else not part.exists()
 
 
+def test_an_html_page_on_a_resume_without_a_validator_says_the_next_run_starts_over(server, tmp_path, monkeypatch):
+    """A .part begun in this run with no ETag or Last-Modified, then an HTML page in answer to its resume:
+    the error said `f.bin.part kept, run again to resume`, and kept it, while the next run discards
+    such a .part and starts over."""
+    monkeypatch.setattr(dl.time, "sleep", lambda s: None)
+    server.cut_after = 200_000
+
+    def rate_limited_from_now(done, total):  # while the first response arrives: the retry gets the page
+        server.html = HTML
+
+    with pytest.raises(DownloadError, match=r"HTML page.*\(the server sent no ETag or Last-Modified to resume "
+                                            r"by safely; run again to start over\)$"):
+        download(server.url + "f.bin", tmp_path / "f.bin", retries=1, progress=rate_limited_from_now)
+    assert server.requests == [("/f.bin", None), ("/f.bin", "bytes=200000-")]
+    assert left(tmp_path) == []
+
+
+def test_an_html_page_on_a_resume_says_what_is_kept(server, tmp_path):
+    server.html = HTML
+    earlier_part(server, tmp_path / "f.bin.part", PAYLOAD[:300_001])
+    with pytest.raises(DownloadError, match=r"HTML page.*\(300,001 bytes kept in .*f.bin.part; run again to resume\)$"):
+        download(server.url + "f.bin", tmp_path / "f.bin")
+
+
 def test_fetch_redpajama_refuses_html_and_replaces_a_cached_html_page(server, tmp_path, monkeypatch):
     remote = REDPAJAMA[0]
     good = b'{"text": "good data"}\n' * 1000
