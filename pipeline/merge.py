@@ -219,6 +219,12 @@ def _merge(root: Path, parts: list[Path]) -> Path:
     if old is not None and "parts" not in old:  # as a rebuild that replaces a store says
         log.warning("%s: replacing the store built there without --shard; a training run on it cannot resume "
                     "on the merged one", root)
+    elif old is not None and (old["part_manifests"] == merged if "part_manifests" in old
+                              else old.get("inputs_fingerprint") == fp):
+        # Merged by an earlier version over these very parts: the train split stays, but a run's checkpoint
+        # names the store by its manifest's sha256, and the one it names is about to go.
+        log.warning("%s: merged again over the same parts (val copied into the store, part manifests recorded): "
+                    "a training run on the store as merged before cannot resume on it", root)
     reset_store(root)  # before the val shards are written: it deletes the old ones
     splits["val"]["shards"] = _copy_val(root, stores)
     manifest = {k: first[k] for k in (*_SAME, "work_format")}

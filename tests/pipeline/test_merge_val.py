@@ -87,7 +87,11 @@ def test_a_store_merged_with_val_in_the_parts_is_merged_again(tmp_path, tokenize
         for s in json.loads((root / d / "manifest.json").read_text())["splits"]["val"]["shards"]]
     (root / "manifest.json").write_text(json.dumps(manifest))
     TokenStore(root, verify=True)  # a store the trainer reads as it is
-    build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline"):
+        build(tmp_path / "sh", tokenizer, merge=True, **opts)
+    # Its manifest's sha256 changes, by which a checkpoint refuses to resume on another store: said.
+    assert f"{root}: merged again over the same parts" in caplog.text and "cannot resume" in caplog.text
     assert [s["file"] for s in TokenStore(root, verify=True).manifest["splits"]["val"]["shards"]] == ["val-00000.bin"]
 
 
