@@ -106,8 +106,17 @@ def given_options(argv: list[str]) -> frozenset[str]:
     return frozenset(overrides) | frozenset(load_yaml(config_path) if config_path else ())
 
 
-def check(cfg: PrepareConfig) -> None:
-    """Reject contradictory options early, with a message naming them."""
+# Options naming files or folders: given empty (`--data "$DIR"` with DIR unset), each meant something
+# else without a word: no --data builds the plays, an empty --out is the current folder.
+_PATH_OPTIONS = ("data", "out", "name", "tokenizer")
+
+
+def check(cfg: PrepareConfig, given: frozenset[str] = frozenset()) -> None:
+    """Reject contradictory options early, with a message naming them; and a path option among `given`
+    (given_options) left empty."""
+    if empty := [name for name in _PATH_OPTIONS if name in given and not getattr(cfg, name)]:
+        raise ConfigError(f"--{empty[0]}: an empty value (as an unset variable gives: --{empty[0]} \"$X\"); "
+                          f"name the {'files or folders' if empty[0] == 'data' else 'path'}, or leave the option out")
     if cfg.data and cfg.source:
         raise ConfigError("give either --data or --source, not both")
     if cfg.source and cfg.source not in SOURCES:

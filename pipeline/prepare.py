@@ -217,7 +217,7 @@ def prepare(cfg: PrepareConfig, given: frozenset[str] | None = None) -> Path:
     """Build (or confirm up to date) the store <out>/<name>/ or, with --shard, one part of it. `given`:
     the options the user gave (given_options), which a tokenizer already there is checked against;
     None, as for a config built in code, takes every option of `cfg` as given."""
-    check(cfg)
+    check(cfg, given or frozenset())
     root = Path(cfg.out) / resolve_name(cfg)
     if cfg.merge:
         return merge_parts(root)

@@ -20,7 +20,7 @@ import tokenizers
 from common.config import ConfigError, parse_cli
 from common.files import atomic_write_bytes, sha256_file
 from pipeline.assemble import PrepareError, store_and_parts_locked
-from pipeline.config import PrepareConfig, check, clean_config, resolve_name
+from pipeline.config import PrepareConfig, check, clean_config, given_options, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
 from pipeline.merge import part_folders
@@ -232,11 +232,13 @@ def run_cli(cfg: PrepareConfig, action: Callable[[], Any], interrupted: str) -> 
 
 def tokenizer_main(argv: list[str] | None = None) -> int:
     """bin/tokenizer.py: (re)train <out>/<name>/tokenizer.json from the same inputs `prepare` reads."""
+    argv = sys.argv[1:] if argv is None else argv
     cfg = parse_cli(PrepareConfig, argv, prog="bin/tokenizer.py",
                     description="Train the byte-level BPE tokenizer of a store on a uniform sample of its "
                                 "cleaned corpus. Takes the options of bin/prepare.py; uses the input, cleaning, "
                                 "vocab-size, tokenizer-sample-bytes and seed ones.")
-    return run_cli(cfg, lambda: _retrain(cfg), "the tokenizer was not changed")
+    given = given_options(argv)
+    return run_cli(cfg, lambda: _retrain(cfg, given), "the tokenizer was not changed")
 
 
 def stores_using(root: Path, tokenizer: Path) -> list[Path]:
@@ -247,8 +249,8 @@ def stores_using(root: Path, tokenizer: Path) -> list[Path]:
     return [s for s in stores if (read_manifest(s) or {}).get("tokenizer", {}).get("sha256") == sha]
 
 
-def _retrain(cfg: PrepareConfig) -> None:
-    check(cfg)
+def _retrain(cfg: PrepareConfig, given: frozenset[str]) -> None:
+    check(cfg, given)
     root = Path(cfg.out) / resolve_name(cfg)
     root.mkdir(parents=True, exist_ok=True)
     # Not under a build of the store or of a part: it encodes with the file this would replace.

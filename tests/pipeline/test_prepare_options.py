@@ -96,3 +96,19 @@ def test_without_keep_work_the_chunk_results_go(tmp_path, tokenizer):
                   clean_preset="minimal", keep_work=False)
     assert not (store / ".work").exists()
     TokenStore(store, verify=True)
+
+
+@pytest.mark.parametrize("option", ["data", "out", "name", "tokenizer"])
+@pytest.mark.parametrize("command", ["prepare", "tokenizer"])
+def test_a_path_option_given_empty_is_refused(tmp_path, monkeypatch, capsys, option, command):
+    """`--data "$DIR"` with DIR unset built the Shakespeare plays without a word (no --data is the
+    default corpus); an empty --out built the store under the current folder."""
+    from pipeline.prepare import main
+    from pipeline.tokenizer_step import tokenizer_main
+
+    monkeypatch.chdir(tmp_path)
+    run = {"prepare": main, "tokenizer": tokenizer_main}[command]
+    assert run([f"--{option}", "", "--vocab-size", "300", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --{option}: an empty value") and "leave the option out" in err
+    assert not any(tmp_path.iterdir())  # nothing built or downloaded anywhere
