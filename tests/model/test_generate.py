@@ -7,34 +7,10 @@ import math
 
 import pytest
 import torch
+from generate_helpers import Chars, build, reference_greedy
 
 from common.precision import autocast
-from model import GPT, GPTConfig
 from model.generate import complete, filter_logits, find_stop, generate, next_tokens, stable_prefix
-
-V = 64
-
-
-def build(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    # Untied: a tied random model's greedy choice is mostly its input token again, a weak test.
-    base = dict(vocab_size=V, block_size=16, n_layer=2, n_head=2, d_model=32, tie_embeddings=False)
-    return GPT(GPTConfig(**{**base, **kw})).eval()
-
-
-def reference_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
-    """The documented context rule, spelled out with full forwards: the prompt's last block_size
-    tokens; when a token would not fit, keep the newest block_size // 2 and go on from there."""
-    block, keep = model.cfg.block_size, model.cfg.block_size // 2
-    seq, start = list(prompt[-block:]), 0
-    for _ in range(n):
-        if len(seq) - start > block:
-            start = len(seq) - keep
-        with torch.no_grad():
-            logits, _ = model(torch.tensor([seq[start:]]))
-        seq.append(int(logits[0, -1].argmax()))
-    return seq[len(prompt[-block:]) :]
-
 
 # ---- filters and sampling on crafted logits ----
 
@@ -207,74 +183,6 @@ def test_stop_ids_callback_and_limits():
         generate(model, [[1], []], 5)
 
 
-def favouring(model: GPT, ids: list[int], by: float = 1e4) -> GPT:
-    """The model with `by` added to the logits of `ids`: an untrained model that picks them, greedy or sampled."""
-    bias = torch.zeros(V)
-    bias[ids] = by
-    model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
-    return model
-
-
-def test_banned_ids_are_never_generated_greedy_or_sampled():
-    """Nothing stopped a model from generating [PAD], [MASK] and the like: an early checkpoint's argmax or a
-    high temperature could pick them. Here the logits favour ids 0 and 3 by 1e4; banned, they never come,
-    in every path (cached or not, batched, one generator or one per row, top_k / top_p), and greedy output is
-    the argmax over the other ids."""
-    banned = [0, 3]
-    model = favouring(build(seed=4), banned)
-    prompts = [[5, 9], [5, 20, 21, 22, 23, 24, 25], list(range(10, 40))]  # past block_size: slides too
-    assert {t for row in generate(model, prompts, 20, temperature=0) for t in row} <= {0, 3}  # the bias works
-    hot = generate(model, prompts, 20, temperature=1e3, generator=torch.Generator().manual_seed(0))
-    assert {t for row in hot for t in row} <= {0, 3}
-
-    greedy = generate(model, prompts, 30, temperature=0, banned_ids=banned)
-    assert greedy == generate(model, prompts, 30, temperature=0, banned_ids=banned, use_kv_cache=False)
-    block, keep = model.cfg.block_size, model.cfg.block_size // 2
-    for prompt, got in zip(prompts, greedy, strict=True):  # reference_greedy, choosing among the other ids
-        seq, start = list(prompt[-block:]), 0
-        for _ in range(30):
-            if len(seq) - start > block:
-                start = len(seq) - keep
-            with torch.no_grad():
-                logits = model(torch.tensor([seq[start:]]))[0][0, -1]
-            seq.append(int(logits.index_fill(0, torch.tensor(banned), float("-inf")).argmax()))
-        assert got == seq[len(prompt[-block:]) :]
-    for options in (dict(temperature=1e3), dict(temperature=1e3, top_k=5), dict(temperature=1e3, top_p=0.5),
-                    dict(temperature=1.0, top_k=1)):
-        one = generate(model, prompts, 30, banned_ids=banned, generator=torch.Generator().manual_seed(1), **options)
-        rows = generate(model, prompts, 30, banned_ids=banned, generator=[torch.Generator().manual_seed(s)
-                                                                          for s in (7, 8, 9)], **options)
-        assert not {t for row in one + rows for t in row} & set(banned), options
-        # Still a row's own sample, the same alone as in the batch.
-        assert rows[1] == generate(model, [prompts[1]], 30, banned_ids=banned,
-                                   generator=[torch.Generator().manual_seed(8)], **options)[0]
-    assert len({t for row in one for t in row}) > 1  # the hot samples did spread over the other ids
-    assert generate(model, prompts, 30, temperature=1.0, top_k=1, banned_ids=banned) == greedy
-
-
-def test_banned_ids_in_bf16_and_through_complete():
-    model, tok = favouring(build(seed=4), [0, 33]), Chars()  # 33 is "A"
-    for dtype in ("bfloat16", "float16"):
-        out = generate(model, [[5, 9]], 20, temperature=0, banned_ids=[0, 33], dtype=dtype)[0]
-        assert len(out) == 20 and not {0, 33} & set(out)
-    text = complete(model, tok, ["AB"], 20, temperature=1e3, banned_ids=[0, 33],
-                    generator=torch.Generator().manual_seed(0))[0].text
-    assert len(text) == 20 and " " not in text and "A" not in text
-
-
-def test_banning_every_id_or_an_id_outside_the_vocabulary_is_refused():
-    model = build()
-    with pytest.raises(ValueError, match=f"banned_ids bans all {V} token ids: nothing is left to generate"):
-        generate(model, [[1, 2]], 3, temperature=0, banned_ids=list(range(V)) + [5])
-    for bad in (V, -1):
-        with pytest.raises(ValueError, match=rf"banned_ids: {bad} is not a token id \(the vocabulary is 0..{V - 1}\)"):
-            generate(model, [[1, 2]], 3, banned_ids=[2, bad])
-    with pytest.raises(TypeError):
-        generate(model, [[1, 2]], 3, banned_ids=[2.0])
-    # Every id but one: that one, every time.
-    assert generate(model, [[1, 2]], 5, temperature=2.0, banned_ids=[i for i in range(V) if i != 7]) == [[7] * 5]
-
-
 def test_generate_restores_training_mode():
     model = build(dropout=0.1).train()
     assert generate(model, [[1, 2]], 3, temperature=0) == generate(model, [[1, 2]], 3, temperature=0)
@@ -358,16 +266,6 @@ def test_a_seed_repeats_a_bf16_sample_exactly():
 
 
 # ---- text level: complete() ----
-
-
-class Chars:
-    """A character tokenizer over V ids: id i <-> chr(32 + i), so " " to "_" (upper case only)."""
-
-    def encode(self, text: str) -> list[int]:
-        return [ord(c) - 32 for c in text]
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(chr(32 + i) for i in ids)
 
 
 def test_find_stop_and_stable_prefix():
