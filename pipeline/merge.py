@@ -41,17 +41,12 @@ from common.files import fsync_dir, sha256_file
 from pipeline.assemble import HashSet, PrepareError, reset_store, store_and_parts_locked
 from pipeline.config import PrepareConfig
 from pipeline.store import ShardWriter, StoreError, TokenStore, read_manifest, write_manifest
-from pipeline.store_layout import MANIFEST, PART, SPLITS, rerun_shard
+from pipeline.store_layout import MANIFEST, PART, SPLITS, part_folders, rerun_shard
 
 log = logging.getLogger("pipeline")
 
 # Keys every part must agree on, or their shards do not belong in one store.
 _SAME = ("format_version", "dtype", "vocab_size", "bos_id", "clean", "text_field", "csv_column", "split")
-
-
-def part_folders(root: Path) -> list[Path]:
-    """The `--shard` part folders (part-i-of-n) in `root`, sorted by name, whatever their n."""
-    return sorted(d for d in root.glob("part-*-of-*") if PART.fullmatch(d.name) and d.is_dir())
 
 
 def _parts(root: Path) -> list[Path]:

@@ -12,6 +12,11 @@ SPLITS = ("train", "val")
 PART = re.compile(r"part-(\d+)-of-(\d+)")  # the folder of a `--shard i/n` part, inside its store's
 
 
+def part_folders(root: Path) -> list[Path]:
+    """The `--shard` part folders (part-i-of-n) in `root`, sorted by name, whatever their n."""
+    return sorted(d for d in root.glob("part-*-of-*") if PART.fullmatch(d.name) and d.is_dir())
+
+
 def rerun_shard(parts: list[Path]) -> str:
     """The --shard options that rebuild `parts`, e.g. `--shard 1/4 and --shard 3/4`."""
     specs = [f"--shard {m[1]}/{m[2]}" for m in (PART.fullmatch(d.name) for d in parts)]
@@ -33,7 +38,7 @@ def how_to_build(root: Path) -> str:
         return (f"no {MANIFEST}: not a finished --shard part (its job was stopped, or is yet to run); rerun "
                 f"{store} {rerun_shard([root])}, then merge the parts ({store} --merge) and train on the merged "
                 f"store, {root.parent}")
-    if any(root.glob("part-*-of-*/")):  # --shard parts waiting for (or rebuilt since) their --merge
+    if part_folders(root):  # --shard parts waiting for (or rebuilt since) their --merge
         return f"no {MANIFEST}: its --shard parts are not merged ({prepare_line(root)} --merge)"
     what = f"no {MANIFEST}; not a finished token store" if root.is_dir() else "no such folder"
     # Bare `make prepare` builds the plays only (data=data_cache/mine was sent there), under data_cache/.

@@ -23,10 +23,10 @@ from pipeline.assemble import PrepareError, store_and_parts_locked
 from pipeline.config import PrepareConfig, check, clean_config, given_options, resolve_name
 from pipeline.download import DownloadError
 from pipeline.fast_encode import Encoder
-from pipeline.merge import part_folders
 from pipeline.paths import file_identities
 from pipeline.sources import BadFileError, expand_paths, resolve_source
 from pipeline.store import StoreError, read_manifest
+from pipeline.store_layout import part_folders
 from pipeline.tokenizer import DEFAULT_VOCAB_SIZE, TokenizerError, train_from_paths
 
 log = logging.getLogger("pipeline")

@@ -36,7 +36,7 @@ from common.files import atomic_write_bytes, fsync_dir, fsync_path, sha256_file
 from model.config import GPTConfig
 from model.gpt import GPT
 from pipeline.store import StoreError, TokenStore
-from pipeline.store_layout import MANIFEST
+from pipeline.store_layout import MANIFEST, part_folders
 from train.checkpoint import MARKER, open_checkpoint
 from train.checkpoint import STATE as STATE_FILE
 
@@ -192,8 +192,7 @@ def held_by(folder: Path) -> str | None:
     token store's own (a --shard store's parts use its root's), which then no longer opens; `load`
     takes a folder with model.safetensors as the export, so an export in a run's folder would hide
     every later checkpoint (and one in a ckpt-* folder would go with it when pruned)."""
-    # The parts' names as pipeline/merge.py gives them (not imported: merge pulls in every reader).
-    if (folder / MANIFEST).is_file() or any(folder.glob(f"part-*-of-*/{MANIFEST}")):
+    if (folder / MANIFEST).is_file() or any((part / MANIFEST).is_file() for part in part_folders(folder)):
         return "store"
     if any(folder.glob(f"*/{MANIFEST}")):  # checkpoints and exports do not belong among the stores
         return "stores"
