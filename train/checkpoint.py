@@ -304,8 +304,8 @@ def grad_accum_for_world(state: dict[str, Any], world_size: int, micro_batch: in
 
 
 def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: int) -> None:
-    """Refuse, with the reason and the way out, to continue a checkpoint under different data or
-    world size. `store` is a TokenStore and `cfg` a TrainConfig (typed loosely to stay import-light)."""
+    """Refuse, with the reason and the way out, to continue a checkpoint under different data, world
+    size or optimizer. `store` is a TokenStore and `cfg` a TrainConfig (typed loosely to stay import-light)."""
     fresh = "start a new run instead (another out_dir, or resume=none in an empty one)"
     if state["tokenizer_sha256"] != store.tokenizer_sha256:
         raise ResumeRefused(
@@ -321,6 +321,11 @@ def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: in
             f"the checkpoint was written by {state['world_size']} process(es), this run has {world_size}: the "
             "per-rank data streams and RNG states do not carry over. Pass allow_world_size_change=true to "
             "continue anyway (a different data order from then on), or run with the original process count")
+    # Older checkpoints lack the key: AdamW was the only optimizer then.
+    if (saved := state.get("config", {}).get("optimizer", "adamw")) != cfg.optimizer:
+        raise ResumeRefused(
+            f"the checkpoint was trained with optimizer={saved}, this run has optimizer={cfg.optimizer}: its "
+            f"optimizer state does not carry over; resume with optimizer={saved}, or {fresh}")
     # The data position (sampler state) only means something in the stream it was drawn from.
     stream = state["sampler"][0]
     settings = {"seed": ("seed", cfg.seed), "sampler_mode": ("mode", cfg.sampler_mode),

@@ -12,12 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from common.config import ConfigError
 from common.precision import DTYPES, resolve_dtype
 from model.attention_backend import ATTENTION_BACKENDS
 from model.config import GPTConfig
 
 SAMPLER_MODES = ("random", "epoch")
+LR_SCHEDULES = ("cosine", "wsd", "constant")
+OPTIMIZERS = ("adamw", "muon")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -42,15 +46,26 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step on each rank. Global batch in sequences =
     micro_batch * grad_accum * world_size."""
+    optimizer: str = "adamw"
+    """adamw: AdamW for every parameter | muon: torch.optim.Muon (torch >= 2.9) for the 2-D weight
+    matrices inside the transformer blocks, AdamW for the rest (embeddings, output head, norms,
+    biases). Muon's step is scaled to AdamW's update size, so lr, the schedule and weight_decay carry over."""
     lr: float = 6e-4
     """Peak learning rate, reached after warmup_steps."""
+    lr_schedule: str = "cosine"
+    """After the warmup: cosine (from lr down to min_lr at the run's end) | wsd (warmup-stable-decay:
+    lr, then a linear decay to min_lr over the last decay_frac of the run) | constant (lr to the end)."""
+    decay_frac: float = 0.2
+    """lr_schedule=wsd: the fraction of the run's steps (max_steps, or where the last of `epochs` ends)
+    spent decaying, in (0, 1]; the decay never starts before the warmup ends."""
     min_lr: float = 6e-5
-    """Learning rate at the end of the cosine decay (reached at the last step: max_steps, or where the
-    last of `epochs` ends if that comes first)."""
+    """Learning rate at the end of the cosine or wsd decay (reached at the last step: max_steps, or where
+    the last of `epochs` ends if that comes first). Unused by lr_schedule=constant."""
     warmup_steps: int = 100
     """Steps of linear warmup from ~0 to lr."""
     weight_decay: float = 0.1
-    """AdamW decoupled weight decay, applied to matrices only (not norms or biases)."""
+    """Decoupled weight decay, applied to matrices only (not norms or biases); with optimizer=muon
+    Muon decays the blocks' matrices by the same rule."""
     beta1: float = 0.9
     """AdamW first-moment decay."""
     beta2: float = 0.95
@@ -105,6 +120,8 @@ class TrainConfig:
             ("dtype", self.dtype, DTYPES),
             ("device", self.device, DEVICES),
             ("attention", self.attention, ATTENTION_BACKENDS),
+            ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+            ("optimizer", self.optimizer, OPTIMIZERS),
         ):
             if value not in allowed:
                 raise ConfigError(f"TrainConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -128,6 +145,8 @@ class TrainConfig:
         for name in ("min_lr", "weight_decay", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ConfigError(f"TrainConfig.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.decay_frac) and 0 < self.decay_frac <= 1):
+            raise ConfigError(f"TrainConfig.decay_frac must be in (0, 1], got {self.decay_frac}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -143,6 +162,11 @@ class TrainConfig:
             raise ConfigError("TrainConfig: epochs counts passes of sampler_mode=epoch; set sampler_mode=epoch")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        # Here, not in __post_init__: a config naming muon still loads on an older torch (to read a
+        # checkpoint's settings); only training with it needs the class.
+        if self.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+            raise ConfigError(f"TrainConfig: optimizer=muon needs torch.optim.Muon (torch >= 2.9); this torch is "
+                              f"{torch.__version__}: upgrade torch or use optimizer=adamw")
 
     def resolve_auto(self, device_type: str, bf16_supported: bool) -> None:
         """Replace `auto` values by what this machine gives, so the saved config says what ran."""

@@ -178,13 +178,14 @@ class Trainer:
         if cfg.warmup_steps >= self.total_steps:
             self.log(f"warning: warmup_steps {cfg.warmup_steps} >= the run's {self.total_steps} steps: the LR "
                      f"never reaches lr {cfg.lr:g} nor decays to min_lr")
-        # The optimizer's LR is the checkpoint's last step's: a longer run's cosine is another curve.
+        # The optimizer's LR is the checkpoint's last step's: a longer run's cosine, or another
+        # lr_schedule, is another curve.
         last = resumed - 1
         if resumed > 0 and not math.isclose(ran := self.optimizer.param_groups[0]["lr"],
                                             now := lr_at(last, cfg, self.total_steps), rel_tol=1e-9):
-            self.log(f"warning: the LR schedule is not the checkpoint's (max_steps, epochs, lr, min_lr or "
-                     f"warmup_steps changed): step {last} ran at lr {ran:.3g}, which it puts at {now:.3g}, "
-                     f"so the LR jumps there")
+            self.log(f"warning: the LR schedule is not the checkpoint's (max_steps, epochs, lr, min_lr, "
+                     f"warmup_steps, lr_schedule or decay_frac changed): step {last} ran at lr {ran:.3g}, which "
+                     f"it puts at {now:.3g}, so the LR jumps there")
         if not self.dist.is_main:
             return
         (self.run_dir / "config.yml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -200,7 +201,8 @@ class Trainer:
         """Queue one optimizer step over grad_accum micro-batches without waiting for the device.
         Returns [mean loss over ranks, grad norm, skipped (0/1)] as a device tensor. A non-finite loss
         or grad norm on any rank skips the step on every rank, decided on the device: the fused AdamW
-        takes the all-reduced flag as `found_inf` and then leaves weights, moments and step count alone."""
+        takes the all-reduced flag as `found_inf` and then leaves weights, moments and step count alone
+        (with optimizer=muon the flag is read on the host: Muon has no found_inf, train/muon.py)."""
         cfg = self.cfg
         set_lr(self.optimizer, lr_at(self.step, cfg, self.total_steps))
         model = self.ddp or self.model

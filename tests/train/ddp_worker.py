@@ -30,12 +30,12 @@ def probe_oom_above_2(real_probe):
     return probe
 
 
-def main(store: str, out_dir: str, result_dir: str) -> None:
+def main(store: str, out_dir: str, result_dir: str, optimizer: str) -> None:
     dist = D.init_distributed("cpu")
     if dist.rank == 1:
         Trainer._probe = probe_oom_above_2(Trainer._probe)
     cfg = tiny_config(Path(store), Path(out_dir), max_steps=6, micro_batch=4, grad_accum=2, eval_interval=3,
-                      ckpt_interval=3, eval_batches=4)
+                      ckpt_interval=3, eval_batches=4, optimizer=optimizer)
     try:
         trainer = Trainer(cfg, dist)
         initial = flat_params(trainer.raw)

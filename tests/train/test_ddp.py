@@ -1,6 +1,6 @@
 """Two-process DDP on CPU (torchrun, gloo): different windows per rank, identical parameters after
-every optimizer step, evaluation shared out and all-reduced, a NaN on one rank skipped by both, and
-init_batch's micro-batch the minimum over ranks."""
+every optimizer step (with AdamW and with Muon), evaluation shared out and all-reduced, a NaN on one
+rank skipped by both, and init_batch's micro-batch the minimum over ranks."""
 
 from __future__ import annotations
 
@@ -23,19 +23,30 @@ from train.sampler import WindowSampler
 from train.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
+def run_workers(root, optimizer):
     make_store(root / "store")
     (root / "results").mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests/train/ddp_worker.py"), str(root / "store"), str(root / "run"), str(root / "results")]
+           str(REPO / "tests/train/ddp_worker.py"), str(root / "store"), str(root / "run"), str(root / "results"),
+           optimizer]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FutureWarning" not in proc.stderr, proc.stderr  # torch 2.13 renamed DDP's broadcast_buffers
     ranks = [torch.load(root / "results" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return root, ranks, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    return run_workers(tmp_path_factory.mktemp("ddp"), "adamw")
+
+
+@pytest.fixture(scope="module")
+def ddp_muon_run(tmp_path_factory):
+    """The same run with optimizer=muon: each rank runs Muon's Newton-Schulz on the all-reduced gradient,
+    and the skip flag is read on the host (Muon has no found_inf)."""
+    return run_workers(tmp_path_factory.mktemp("ddp_muon"), "muon")
 
 
 def test_init_batch_takes_the_smallest_micro_batch_any_rank_fits(ddp_run):
@@ -68,15 +79,17 @@ def test_ranks_draw_different_windows(ddp_run):
     assert len(windows[0] & windows[1]) <= 2
 
 
-def test_parameters_identical_across_ranks(ddp_run):
-    _, (r0, r1), _ = ddp_run
+@pytest.mark.parametrize("run", ["ddp_run", "ddp_muon_run"])
+def test_parameters_identical_across_ranks(run, request):
+    _, (r0, r1), _ = request.getfixturevalue(run)
     assert torch.equal(r0["initial"], r1["initial"])
     assert torch.equal(r0["final"], r1["final"])
     assert not torch.equal(r0["initial"], r0["final"])
 
 
-def test_nan_on_one_rank_skips_the_step_on_both(ddp_run):
-    root, (r0, r1), out = ddp_run
+@pytest.mark.parametrize("run", ["ddp_run", "ddp_muon_run"])
+def test_nan_on_one_rank_skips_the_step_on_both(run, request):
+    root, (r0, r1), out = request.getfixturevalue(run)
     assert r0["skipped"] == r1["skipped"] == 1
     records = [r for r in read_metrics(root / "run/metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in records] == list(range(1, 7))

@@ -69,12 +69,13 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, optimizer):
     store = tmp_path / "store"
     make_store(store, docs=20, doc_len=100)
-    straight = run_train(store, tmp_path / "straight")
+    straight = run_train(store, tmp_path / "straight", [f"optimizer={optimizer}"])
     killed_dir = tmp_path / "killed"
-    victim = run_train(store, killed_dir)
+    victim = run_train(store, killed_dir, [f"optimizer={optimizer}"])
     # Kill a few steps past a checkpoint, so the resumed run must also drop logged steps. The run is
     # stopped while its files are read, so that the kill leaves what was read: running on, it once
     # finished its next checkpoint between the read and the kill, leaving nothing to drop.
@@ -92,7 +93,7 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path):
     resume_from = int(list_checkpoints(killed_dir)[-1].name[5:13])
     assert resume_from < max(losses(killed_dir)) < STEPS
 
-    resumed = run_train(store, killed_dir)
+    resumed = run_train(store, killed_dir, [f"optimizer={optimizer}"])
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert f"resumed from {killed_dir}/ckpt-" in out
@@ -192,9 +193,29 @@ def test_a_resume_under_another_lr_schedule_says_the_lr_jumps(tmp_path):
             assert warnings == []
         else:
             ran, now = lr_at(11, tiny_config(store, run_dir, **kw), 12), lr_at(11, cfg, 24)
-            assert warnings == [f"warning: the LR schedule is not the checkpoint's (max_steps, epochs, lr, min_lr "
-                                f"or warmup_steps changed): step 11 ran at lr {ran:.3g}, which it puts at "
-                                f"{now:.3g}, so the LR jumps there"] and now > 3 * ran
+            assert warnings == [jump_warning(11, ran, now)] and now > 3 * ran
+
+
+def jump_warning(step: int, ran: float, now: float) -> str:
+    return (f"warning: the LR schedule is not the checkpoint's (max_steps, epochs, lr, min_lr, warmup_steps, "
+            f"lr_schedule or decay_frac changed): step {step} ran at lr {ran:.3g}, which it puts at {now:.3g}, "
+            f"so the LR jumps there")
+
+
+@pytest.mark.parametrize("schedule", ["wsd", "constant"])
+def test_a_resume_under_another_lr_schedule_kind_says_the_lr_jumps(tmp_path, schedule):
+    """Checkpointed at step 6 of a 12-step cosine run (the LR on its way down), resumed under wsd or
+    constant (the LR back at its peak): the warning names lr_schedule among the causes."""
+    store = tmp_path / "store"
+    make_store(store)
+    kw = dict(max_steps=12, warmup_steps=2, ckpt_interval=6, eval_interval=0, init_batch=False)
+    fit(tiny_config(store, tmp_path / "run", **kw))
+    resume_copy(tmp_path / "run/ckpt-00000006", tmp_path / "again")
+    lines: list[str] = []
+    cfg = tiny_config(store, tmp_path / "again", **kw, lr_schedule=schedule)
+    make_trainer(cfg, lines).close()
+    ran, now = lr_at(5, tiny_config(store, tmp_path / "run", **kw), 12), lr_at(5, cfg, 12)
+    assert [line for line in lines if "LR schedule" in line] == [jump_warning(5, ran, now)] and now > 1.2 * ran
 
 
 def test_a_resume_with_another_micro_batch_keeps_the_eval_set(tmp_path):
