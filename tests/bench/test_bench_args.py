@@ -25,11 +25,19 @@ CASES = [
     ("gpu_check", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
     ("gpu_check", ["--micro-batch", "0"], "argument --micro-batch: expected an integer >= 1, got '0'"),
     ("gpu_profile", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+    ("optim", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+    ("optim", ["--evals", "0"], "argument --evals: expected an integer >= 1, got '0'"),
+    ("optim", ["--eval-batches", "0"], "argument --eval-batches: expected an integer >= 1, got '0'"),
+    ("optim", ["--runs", "sgd+cosine"], "argument --runs: expected OPTIMIZER+SCHEDULE with OPTIMIZER one of "
+                                        "adamw, muon and SCHEDULE one of cosine, wsd, constant, got 'sgd+cosine'"),
+    ("optim", ["--runs", "muon+wsd", "muon+wsd"], "--runs: a pair is named twice"),
+    ("optim", ["--config", "{tmp}/none.yml"], "--config {tmp}/none.yml: config file not found"),
 ]
 
 
 # Each script's first costly step (corpus, store, model, timings): reaching it fails the test at once.
-FIRST_WORK = {"train": "synthetic_store", "loss": "interleaved", "sample": "GPT", "prepare": "make_corpus"}
+FIRST_WORK = {"train": "synthetic_store", "loss": "interleaved", "sample": "GPT", "prepare": "make_corpus",
+              "optim": "build_store"}
 
 
 def _work_started(*args, **kwargs):
