@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-from trainer_util import make_store, tiny_config
+from trainer_util import VOCAB, make_store, tiny_config
 
 from common.config import ConfigError
 from train import distributed as D
@@ -35,6 +37,21 @@ def test_compiled_mixed_precision_training_and_checkpoint(tmp_path, dtype):
     assert not any(k.startswith("_orig_mod.") for k in state["model"])  # the raw module, not the compiled one
     assert state["rng"][0]["cuda"] is not None
     assert (state["scaler"] is not None) == (cfg.dtype == "float16")
+
+
+def test_compiled_bf16_training_with_muon_and_wsd(tmp_path):
+    """optimizer=muon on CUDA (torch's Muon beside the fused AdamW, its skip flag read on the host) under
+    compile and autocast, with lr_schedule=wsd: it learns, and the checkpoint holds both optimizers."""
+    make_store(tmp_path / "store")
+    cfg = tiny_config(tmp_path / "store", tmp_path / "run", device="auto", dtype="auto", max_steps=30,
+                      optimizer="muon", lr_schedule="wsd")
+    trainer = Trainer(cfg, D.init_distributed(cfg.device), log=print)
+    summary = trainer.fit()
+    trainer.close()
+    assert (cfg.device, cfg.compile) == ("cuda", True) and summary["step"] == 30
+    assert summary["val_loss"] < 0.8 * math.log(VOCAB)  # well below a uniform guess over the vocabulary
+    state = load_checkpoint(tmp_path / "run")
+    assert set(state["optimizer"]) == {"muon", "adamw"} and state["optimizer"]["muon"]["state"]
 
 
 def test_a_trainer_that_fails_to_start_puts_the_matmul_precision_back(tmp_path):
