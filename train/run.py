@@ -50,15 +50,15 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_config(cfg: TrainConfig, world_size: int = 1) -> str:
+def check_config(cfg: TrainConfig, world_size: int = 1, log: Callable[[str], None] = print) -> str:
     """What a run of `world_size` ranks would refuse before its first step, found without starting one
     (no process group, no model): `make train NGPU=N` asks this first, so a typo is one line instead of
     N copies of it among torchrun's own traceback. Raises ConfigError or StoreError, as the run would;
-    returns a line saying what was checked."""
+    returns a line saying what was checked. Warnings the run would give at setup go to `log`."""
     check_out_dir(Path(cfg.out_dir))
     D.pick_device(cfg.device)
     store = TokenStore(cfg.data)
-    cfg.model_for_store(store.vocab_size)
+    cfg.model_for_store(store.vocab_size, log)
     check_windows(store, cfg, world_size)
     return (f"config ok: {world_size} process(es) can train on {cfg.data} ({store.num_tokens('train'):,} train tokens, "
             f"vocab {store.vocab_size}) into {cfg.out_dir}")

@@ -41,6 +41,10 @@ def test_check_reports_what_a_run_would_refuse_without_starting_one(tmp_path, ca
     ok = [f"data={store.root}", f"out_dir={tmp_path / 'run'}", "max_steps=1", "model.n_layer=1"]
     assert cli.main(["--check", *ok]) == 0 and not (tmp_path / "run").exists()  # nothing written
     assert capsys.readouterr().out.startswith(f"config ok: 1 process(es) can train on {store.root} (")
+    # The run's own warning about a model.vocab_size the store overrides: --check said only "config ok".
+    assert cli.main(["--check", *ok, "model.vocab_size=100"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"warning: model.vocab_size=100 is replaced by the vocabulary of {store.root}, 64\nconfig ok")
     # A store too small for the windows passed the check, so `make train NGPU=2` ended in torchrun's traceback.
     for change, message in ((f"data={tmp_path / 'nowhere'}", "nowhere: no such folder"),
                             (f"out_dir={store.root}", "holds a token store"),
