@@ -106,17 +106,19 @@ def given_options(argv: list[str]) -> frozenset[str]:
     return frozenset(overrides) | frozenset(load_yaml(config_path) if config_path else ())
 
 
-# Options naming files or folders: given empty (`--data "$DIR"` with DIR unset), each meant something
-# else without a word: no --data builds the plays, an empty --out is the current folder.
-_PATH_OPTIONS = ("data", "out", "name", "tokenizer")
+# Options that, given empty (`--data "$DIR"` with DIR unset), each meant something else without a word:
+# no --data or --source builds the plays, an empty --out is the current folder, no --shard the whole
+# store (in every job of an array). Each with what to name instead.
+_NON_EMPTY = {"data": "files or folders", "out": "path", "name": "path", "tokenizer": "path",
+              "source": "source", "shard": "part (i/n)"}
 
 
 def check(cfg: PrepareConfig, given: frozenset[str] = frozenset()) -> None:
-    """Reject contradictory options early, with a message naming them; and a path option among `given`
-    (given_options) left empty."""
-    if empty := [name for name in _PATH_OPTIONS if name in given and not getattr(cfg, name)]:
+    """Reject contradictory options early, with a message naming them; and a path, source or shard
+    option among `given` (given_options) left empty."""
+    if empty := [name for name in _NON_EMPTY if name in given and not getattr(cfg, name)]:
         raise ConfigError(f"--{empty[0]}: an empty value (as an unset variable gives: --{empty[0]} \"$X\"); "
-                          f"name the {'files or folders' if empty[0] == 'data' else 'path'}, or leave the option out")
+                          f"name the {_NON_EMPTY[empty[0]]}, or leave the option out")
     if cfg.data and cfg.source:
         raise ConfigError("give either --data or --source, not both")
     if cfg.source and cfg.source not in SOURCES:

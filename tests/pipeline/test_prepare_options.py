@@ -98,11 +98,12 @@ def test_without_keep_work_the_chunk_results_go(tmp_path, tokenizer):
     TokenStore(store, verify=True)
 
 
-@pytest.mark.parametrize("option", ["data", "out", "name", "tokenizer"])
+@pytest.mark.parametrize("option", ["data", "out", "name", "tokenizer", "source", "shard"])
 @pytest.mark.parametrize("command", ["prepare", "tokenizer"])
 def test_a_path_option_given_empty_is_refused(tmp_path, monkeypatch, capsys, option, command):
     """`--data "$DIR"` with DIR unset built the Shakespeare plays without a word (no --data is the
-    default corpus); an empty --out built the store under the current folder."""
+    default corpus), as did an empty --source; an empty --out built the store under the current folder,
+    an empty --shard the whole store."""
     from pipeline.prepare import main
     from pipeline.tokenizer_step import tokenizer_main
 
