@@ -26,9 +26,10 @@ from train.trainer import Trainer
 def run_workers(root, optimizer):
     make_store(root / "store")
     (root / "results").mkdir()
+    # --log-dir: torchrun's default is a new /tmp/torchelastic_* folder per launch, never removed.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests/train/ddp_worker.py"), str(root / "store"), str(root / "run"), str(root / "results"),
-           optimizer]
+           "--log-dir", str(root / "torchrun"), str(REPO / "tests/train/ddp_worker.py"), str(root / "store"),
+           str(root / "run"), str(root / "results"), optimizer]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -127,7 +128,8 @@ def test_an_error_on_one_rank_stops_the_job_instead_of_hanging(tmp_path):
     gradient all-reduce, never reached: the job hung for the process group's 30-minute timeout."""
     make_store(tmp_path / "store")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests/train/ddp_fail_worker.py"), str(tmp_path / "store"), str(tmp_path / "run")]
+           "--log-dir", str(tmp_path / "torchrun"), str(REPO / "tests/train/ddp_fail_worker.py"),
+           str(tmp_path / "store"), str(tmp_path / "run")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'tests/train'}"}
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

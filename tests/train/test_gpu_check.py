@@ -150,7 +150,8 @@ def test_gpu_session_runs_the_check_tests_and_benchmark_each_in_its_time(tmp_pat
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "CHECK_S": "200", "TESTS_S": "3", "SAMPLE_S": "20"}
     env.pop("PYTHONUNBUFFERED", None)  # the script sets it: a stopped step's output must not be lost
-    proc = subprocess.run(["bash", str(REPO / "bench/gpu_session.sh"), "--smoke", "--runs", "eager"],
+    work = ["--work-dir", str(tmp_path / "work")]  # not the script's default under /tmp, shared by every run
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_session.sh"), "--smoke", "--runs", "eager", *work],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     heads = ["== make gpu-check: exit 0", "== gpu check on cpu", f"summary: {out / 'gpu_check.json'}",
@@ -161,7 +162,7 @@ def test_gpu_session_runs_the_check_tests_and_benchmark_each_in_its_time(tmp_pat
     assert "| preset | params |" in (out / "sample.log").read_text()
     # A check that ends before its table (here a refused option) shows where it ended instead.
     env |= {"TESTS_S": "1", "SAMPLE_S": "1"}
-    proc = subprocess.run(["bash", str(REPO / "bench/gpu_session.sh"), "--smoke", "--runs", "fast"],
+    proc = subprocess.run(["bash", str(REPO / "bench/gpu_session.sh"), "--smoke", "--runs", "fast", *work],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "== make gpu-check: exit 2\n" in proc.stdout
     assert "--runs takes compiled, eager" in proc.stdout
