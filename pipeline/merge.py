@@ -137,7 +137,8 @@ def merge_parts(root: Path) -> Path:
 def _merge(root: Path, parts: list[Path]) -> Path:
     stores = []
     for d in parts:
-        # Said before TokenStore would: its advice for a part goes on to the --merge that is running now.
+        # Checked here, not left to TokenStore: its advice for a part ends "then merge the parts", the very
+        # --merge that is running now.
         if not (d / MANIFEST).is_file():
             raise PrepareError(f"{d}: not a finished part (no {MANIFEST}: its job was stopped, or is yet to "
                                f"run); rerun {rerun_shard([d])}")
