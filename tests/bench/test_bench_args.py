@@ -25,6 +25,9 @@ CASES = [
     ("gpu_check", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
     ("gpu_check", ["--micro-batch", "0"], "argument --micro-batch: expected an integer >= 1, got '0'"),
     ("gpu_profile", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+    ("shapes", ["--steps", "3"], "argument --steps: expected an integer >= 4, got '3'"),
+    ("shapes", ["--candidates", "wide128,huge"], "--candidates takes "),
+    ("shapes", [], "--store is required"),
     ("optim", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
     ("optim", ["--evals", "0"], "argument --evals: expected an integer >= 1, got '0'"),
     ("optim", ["--eval-batches", "0"], "argument --eval-batches: expected an integer >= 1, got '0'"),
@@ -37,7 +40,7 @@ CASES = [
 
 # Each script's first costly step (corpus, store, model, timings): reaching it fails the test at once.
 FIRST_WORK = {"train": "synthetic_store", "loss": "interleaved", "sample": "GPT", "prepare": "make_corpus",
-              "optim": "build_store"}
+              "optim": "build_store", "shapes": "synthetic_store"}
 
 
 def _work_started(*args, **kwargs):
@@ -53,7 +56,7 @@ def test_a_bad_argument_is_one_line_before_any_work(bench_script, tmp_path, monk
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     with pytest.raises(SystemExit) as stop:
-        script.main(argv) if name in ("kernels", "gpu_check", "gpu_profile") else script.main()
+        script.main(argv) if name in ("kernels", "gpu_check", "gpu_profile", "shapes") else script.main()
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"{name}.py: error: ") and message in err[-1], err
