@@ -341,7 +341,17 @@ def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: in
                   if k not in _RESUMABLE_MODEL_FIELDS and ours.get(k) != state["model_config"].get(k))
     if diff:
         changes = ", ".join(f"model.{k}: {state['model_config'].get(k)!r} -> {ours.get(k)!r}" for k in diff)
-        raise ResumeRefused(f"the checkpoint's model differs from the configured one ({changes}); {fresh}")
+        # The way back, as overrides: a preset that changed shape (gpt-45m on 2026-11-28) would otherwise
+        # leave a run begun under the old one to be restarted.
+        overrides = " ".join(f"model.{k}={_as_override(state['model_config'][k])}" for k in diff
+                             if k in state["model_config"])
+        raise ResumeRefused(f"the checkpoint's model differs from the configured one ({changes}); resume with "
+                            f"{overrides}, or {fresh}")
+
+
+def _as_override(value: Any) -> str:
+    """A config value as the command line's key=value reads it back (YAML: false, null, 0.1)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def seed_all(seed: int) -> None:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from trainer_util import FillsUp
 
+from common.config import parse_cli
 from train import checkpoint
 from train.checkpoint import (
     CheckpointError,
@@ -227,3 +228,18 @@ def test_dropout_may_change_on_resume():
     saved["model_config"]["n_layer"] += 1
     with pytest.raises(ResumeRefused, match="model.n_layer"):
         check_compatible(saved, store, cfg, 1)
+
+
+def test_a_changed_model_is_refused_with_the_overrides_that_resume_it():
+    """gpt-45m changed shape (12 x 512 to 5 x 768): a run begun under the old preset is told the
+    key=value overrides that resume it, in the form the command line takes."""
+    saved, store, cfg = resume_case(n_layer=12, d_model=512, n_head=8, bias=True)
+    cfg.model = replace(cfg.model, n_layer=5, d_model=768, n_head=6, bias=False)
+    with pytest.raises(ResumeRefused) as refused:
+        check_compatible(saved, store, cfg, 1)
+    assert "model.bias: True -> False, model.d_model: 512 -> 768, model.n_head: 8 -> 6" in str(refused.value)
+    assert "resume with model.bias=true model.d_model=512 model.n_head=8 model.n_layer=12, or" in str(refused.value)
+    # Those overrides, read by the training command line over the new preset, give the checkpoint's model.
+    advice = str(refused.value).split("resume with ")[1].split(", or")[0].split()
+    assert asdict(parse_cli(TrainConfig, ["model.n_layer=5", "model.d_model=768", "model.n_head=6", *advice]).model) \
+        == saved["model_config"]
