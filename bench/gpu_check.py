@@ -10,11 +10,10 @@ tiny model (about 2 minutes on 2 cores, most of it compiling), so the one GPU ru
 
 Runs, in order: `compiled` (the defaults) and `eager` (the same without torch.compile), the two the
 issue asks for; then speed-only compiled runs: `plain` (the model's own Triton kernels off,
-model/kernels: their gain measured in the same call) and two shape candidates of about the same
-size with heads of 128, `wide128` (7 layers x 640, 5 heads; 45.2M) and `wide768` (5 layers x 768, 6
-heads; 48.0M), measured on every lent GPU because gpt-45m's 12 x 512 shape misses its MFU target on
-an H100 (39.8%, bench/RESULTS.md) where these reached 43.8-45.0% and 47.7% (on the faster of two
-machines); a preset change also needs a quality comparison, which these runs are too short for.
+model/kernels: their gain measured in the same call) and two other shapes of about the same size,
+`deep512` (12 layers x 512, 8 heads of 64: gpt-45m's shape until 2026-11-28, which missed the MFU
+target on an H100 at 39.8%) and `wide128` (7 layers x 640, 5 heads of 128; 45.2M), so each lent GPU
+measures the preset's speed beside them (their quality: bench/shapes.py).
 `--variant 'NAME: key=value ...'`
 (repeatable) adds compiled runs after those, so several settings are compared on one lent machine
 in one call.
@@ -62,10 +61,10 @@ RUNS = {
     "compiled": [],
     "eager": [],
     "plain": ["model.fused_loss=false", "model.fused_swiglu=false", "model.fused_rope=false"],
+    "deep512": ["model.n_layer=12", "model.d_model=512", "model.n_head=8"],
     "wide128": ["model.n_layer=7", "model.d_model=640", "model.n_head=5"],
-    "wide768": ["model.n_layer=5", "model.d_model=768", "model.n_head=6"],
 }
-SHAPE_CANDIDATES = ("wide128", "wide768")
+OTHER_SHAPES = ("deep512", "wide128")
 EVALUATED = ("compiled", "eager")
 
 
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     store = pick_store(args, args.work_dir)
     # --smoke keeps every run at its tiny shape: the shape runs' overrides came after it, and the smoke
     # trained two 35M-parameter models on the CPU (minutes more, for nothing the tiny shape does not test).
-    shapes = {name: [] if args.smoke and name in SHAPE_CANDIDATES else overrides for name, overrides in RUNS.items()}
+    shapes = {name: [] if args.smoke and name in OTHER_SHAPES else overrides for name, overrides in RUNS.items()}
     plan = [(name, overrides if name in EVALUATED else [*overrides, "eval_batches=0"], {})
             for name, overrides in shapes.items() if name in chosen]
     plan += [(name, [*overrides, "eval_batches=0"], env) for name, overrides, env in args.variant]
@@ -322,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     unsteady = [name for name in runs if results[name].get("steady") is False]
     if unsteady:
         print(f"  no rates for {', '.join(unsteady)}: no step >= {steady_from} logged (not steady)")
-    # What each run was given: --smoke ran the shape candidates at its tiny shape, not RUNS' shapes.
+    # What each run was given: --smoke ran the other shapes at its tiny shape, not RUNS' shapes.
     legend = [(name, shapes[name] or ["(--smoke: the tiny shape)"], {})
               for name in RUNS if name in chosen and RUNS[name]]
     for name, overrides, env in [*legend, *args.variant]:
@@ -332,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     if c.get("mfu") is not None:
         verdict = "met" if c["mfu"] >= 0.45 else "NOT met"
         print(f"MFU target >= 45% (set for an H100; this is {device}): {verdict} by the preset ({100 * c['mfu']:.1f}%)")
-        for name in SHAPE_CANDIDATES:
+        for name in OTHER_SHAPES:
             if results.get(name, {}).get("mfu") is not None:
-                print(f"  shape candidate {name}: {100 * results[name]['mfu']:.1f}% (speed only, not quality)")
+                print(f"  other shape {name}: {100 * results[name]['mfu']:.1f}% (speed only, not quality)")
     print(f"summary: {out / 'gpu_check.json'}")
     return 0 if all(results[name].get("exit_code") == 0 for name in runs) else 1
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Our Triton kernels (model/kernels) against what torch.compile makes of the same formulas, at
-gpt-45m's training shape: 64 x 1024 tokens, d_model 512, vocab 16384, SwiGLU hidden 1408, 8 heads of
-64, bf16. Each case times forward + backward (GPU kernel time per call, see `timer`) and prints
-ours, the compiled baseline, their ratio, and the bandwidth ours reaches on the bytes the step must
-move at least. The loss kernel is also timed alone in each block strategy.
+gpt-45m's training shape: 64 x 1024 tokens, d_model 768, vocab 16384, SwiGLU hidden 2048, 6 heads of
+128, bf16 (bench/RESULTS.md's tables before 2026-11-28 are of the preset's earlier 12 x 512 shape:
+d_model 512, hidden 1408, 8 heads of 64). Each case times forward + backward (GPU kernel time per
+call, see `timer`) and prints ours, the compiled baseline, their ratio, and the bandwidth ours
+reaches on the bytes the step must move at least. The loss kernel is also timed alone in each block strategy.
 
 For a lent GPU machine (torch with Triton; nothing else needed). `--smoke` runs every case on CPU
 at toy sizes through Triton's interpreter, uncompiled, so the script cannot fail on the GPU on a typo.
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from model.layers import apply_rope, rope_tables
 
     device = torch.device("cpu" if args.smoke else "cuda")
-    B, T, C, V, H, heads = (2, 16, 32, 300, 40, 4) if args.smoke else (64, 1024, 512, 16384, 1408, 8)
+    B, T, C, V, H, heads = (2, 16, 32, 300, 40, 4) if args.smoke else (64, 1024, 768, 16384, 2048, 6)
     N, D, dtype = B * T, C // heads, torch.bfloat16
     compile_ = (lambda fn: fn) if args.smoke else torch.compile
     measure = timer(device)

@@ -1,21 +1,21 @@
 #!/usr/bin/env python3
-"""Which shape should gpt-45m have? Train the preset and each shape candidate on a real-text store, at
-equal tokens and at equal GPU time, and compare validation loss: the quality half of the question that
-`make gpu-check` answers only for speed (its candidates beat the preset's MFU, bench/RESULTS.md).
+"""Which shape should gpt-45m have? Train the preset and other shapes of about its size on a real-text
+store, at equal tokens and at equal GPU time, and compare validation loss: the quality half of the
+question that `make gpu-check` answers only for speed. Its first run (bench/RESULTS.md) moved the
+preset from 12 x 512 to 5 x 768.
 
 Runs, in order, each a compiled bf16 bin/train.py process on the GPU:
-  base         gpt-45m as configured (12 x 512), --steps steps
-  NAME         a candidate from gpu_check.RUNS (wide128: 7 x 640; wide768: 5 x 768), --steps steps:
-               the same tokens as base
+  base         gpt-45m as configured (5 x 768), --steps steps
+  NAME         another shape from gpu_check.RUNS (deep512: 12 x 512, the preset before; wide128:
+               7 x 640), --steps steps: the same tokens as base
   NAME-time    the same candidate for --steps x (base's step time / its own) steps: the same GPU time
                as base, from the steady step times just measured
 
 Every run draws the same training windows at the same step and scores the same validation windows
 (both follow from the seed, not from the model), with the preset's LR schedule over its own length
 (warmup min(200, steps / 10)), and evaluates four times. A candidate's two runs share a compile
-cache (the graph is the same; only max_steps differs). One seed: differences under ~0.02 nats are
-within what a second seed could move (not measured on the GPU; the CPU benchmarks' seeds moved tiny's
-loss by about that much).
+cache (the graph is the same; only max_steps differs). One seed per call (`--seed`): how far another
+seed moves the losses is not measured by it.
 
     python bench/doc_corpus.py /tmp/doc-corpus          # the real-text corpus (Debian's docs)
     make prepare ARGS="--data /tmp/doc-corpus/jsonl --name debian-docs --clean-preset minimal --val-fraction 0.03"
@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.gpu_check import RUNS, SHAPE_CANDIDATES, cuda_missing, fmt, run_training, summarise, synthetic_store  # noqa: E402
+from bench.gpu_check import OTHER_SHAPES, RUNS, cuda_missing, fmt, run_training, summarise, synthetic_store  # noqa: E402
 from common.cli import number  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, a few steps: tests this script")
     parser.add_argument("--store", type=Path, help="the token store to train and score on (--smoke: synthetic)")
-    parser.add_argument("--candidates", default=",".join(SHAPE_CANDIDATES),
-                        help=f"comma-separated, from {', '.join(SHAPE_CANDIDATES)} (default: all)")
+    parser.add_argument("--candidates", default=",".join(OTHER_SHAPES),
+                        help=f"comma-separated, from {', '.join(OTHER_SHAPES)} (default: all)")
     parser.add_argument("--steps", type=number(int, 4), default=None, help="base's steps (default 900; smoke 40)")
     parser.add_argument("--micro-batch", type=number(int, 1), default=None, help="sequences per step (default 64)")
     parser.add_argument("--eval-batches", type=number(int, 1), default=32)
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/smallgpt-shapes"))
     args = parser.parse_args(argv)
     args.candidates = [c for c in args.candidates.split(",") if c]
-    if not set(args.candidates) <= set(SHAPE_CANDIDATES):
-        parser.error(f"--candidates takes {', '.join(SHAPE_CANDIDATES)}; got {','.join(args.candidates)!r}")
+    if not set(args.candidates) <= set(OTHER_SHAPES):
+        parser.error(f"--candidates takes {', '.join(OTHER_SHAPES)}; got {','.join(args.candidates)!r}")
     if not args.smoke and args.store is None:
         parser.error("--store is required (a real-text store: see this script's --help)")
     deadline = time.monotonic() + args.budget

@@ -49,8 +49,8 @@ class GPTConfig:
     """Share the token embedding with the output projection (the seed's default; saves vocab*d_model)."""
     bf16_residual: bool = True
     """Under bfloat16 autocast, carry the residual stream in bfloat16 rather than float32, as Megatron
-    does by default: every norm and residual add then moves half the bytes (gpt-45m trains 6% faster
-    on an H200; `tiny` reached the same val loss either way; bench/RESULTS.md). Weights, optimizer
+    does by default: every norm and residual add then moves half the bytes (gpt-45m at 12 x 512
+    trained 6% faster on an H200; `tiny` reached the same val loss either way; bench/RESULTS.md). Weights, optimizer
     state and the loss stay float32; without bf16 autocast (CPU training, sampling) it changes nothing."""
     fused_loss: bool = True
     """Compute the loss with the output projection and cross-entropy fused, its gradient made in the

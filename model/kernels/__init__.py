@@ -1,12 +1,12 @@
 """Hand-written Triton kernels for the memory-bound steps that torch.compile leaves slow.
 
-On an H200 a gpt-45m step spends ~30% of its GPU time in elementwise kernels (bench/RESULTS.md);
-three of them move far more bytes than they must: the cross-entropy over 16k-wide logits, the
-SwiGLU backward, and the rotary embedding with the split of [q | k | v]. These kernels do each in
-one pass. The model uses them on CUDA when Triton is importable (CUDA builds of torch ship it) and
-its config allows; everywhere else it runs the plain formulas, but for the loss (below). Tests run
-the kernels on CPU in Triton's interpreter (`TRITON_INTERPRET=1`, set by tests/conftest.py before
-anything imports Triton).
+On an H200 a gpt-45m step (12 x 512 then) spent ~30% of its GPU time in elementwise kernels
+(bench/RESULTS.md); three of them move far more bytes than they must: the cross-entropy over
+16k-wide logits, the SwiGLU backward, and the rotary embedding with the split of [q | k | v]. These
+kernels do each in one pass. The model uses them on CUDA when Triton is importable (CUDA builds of
+torch ship it) and its config allows; everywhere else it runs the plain formulas, but for the loss
+(below). Tests run the kernels on CPU in Triton's interpreter (`TRITON_INTERPRET=1`, set by
+tests/conftest.py before anything imports Triton).
 
 Each kernel is a `torch.library` custom op with a fake (shape-only) implementation and an autograd
 formula, so torch.compile keeps it as one opaque call inside the compiled graph.

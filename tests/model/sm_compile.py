@@ -56,7 +56,7 @@ TRITON_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "
 # The shapes `make gpu-check` times beside the presets' own (its other runs switch kernels off or
 # compile), and a vocabulary wider than the loss kernel holds in registers, which takes its streamed path.
 GPU_CHECK = load_script("gpu_check", "bench")
-EXTRA_SHAPES = [*(("configs/gpt-45m.yml", GPU_CHECK.RUNS[name]) for name in GPU_CHECK.SHAPE_CANDIDATES),
+EXTRA_SHAPES = [*(("configs/gpt-45m.yml", GPU_CHECK.RUNS[name]) for name in GPU_CHECK.OTHER_SHAPES),
                 ("configs/tiny.yml", ["model.vocab_size=50304"])]
 
 

@@ -48,15 +48,17 @@ def test_unknown_backend_is_refused():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("heads, head_dim", [(6, 128), (8, 64)], ids=["gpt-45m", "deep512"])
 @pytest.mark.parametrize("name", ["flash", "cudnn", "efficient"])
-def test_every_named_kernel_runs_and_matches_a_float64_reference(name):
-    """gpt-45m's attention shape in bf16, forward and backward, against float64 math on the same inputs;
-    fresh random inputs per backend. bf16 operands land between 1e-3 and 1e-2 relative error."""
+def test_every_named_kernel_runs_and_matches_a_float64_reference(name, heads, head_dim):
+    """gpt-45m's attention shape (and its earlier one, heads of 64) in bf16, forward and backward,
+    against float64 math on the same inputs; fresh random inputs per backend. bf16 operands land
+    between 1e-3 and 1e-2 relative error."""
     device = torch.device("cuda")
     gen = torch.Generator(device).manual_seed(ATTENTION_BACKENDS.index(name))
-    q, k, v = (torch.randn(4, 8, 1024, 64, device=device, generator=gen, dtype=torch.bfloat16).requires_grad_()
-               for _ in "qkv")
-    grad = torch.randn(4, 8, 1024, 64, device=device, generator=gen, dtype=torch.bfloat16)
+    q, k, v = (torch.randn(4, heads, 1024, head_dim, device=device, generator=gen, dtype=torch.bfloat16)
+               .requires_grad_() for _ in "qkv")
+    grad = torch.randn(4, heads, 1024, head_dim, device=device, generator=gen, dtype=torch.bfloat16)
     with use_attention_backend(name, device), torch.profiler.profile() as prof:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         out.backward(grad)

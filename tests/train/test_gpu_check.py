@@ -70,7 +70,7 @@ def test_gpu_check_rejects_a_malformed_variant_or_run(tmp_path):
     assert proc.returncode == 2 and "new plain NAME" in proc.stderr
     proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--runs", "compiled,fast"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--runs takes compiled, eager, plain, wide128, wide768" in proc.stderr
+    assert proc.returncode == 2 and "--runs takes compiled, eager, plain, deep512, wide128" in proc.stderr
     assert not (tmp_path / "out").exists()  # a refused call makes no output folder
 
 
