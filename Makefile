@@ -32,7 +32,7 @@ PIPE_ARGS := $(if $(DATA),--data "$(DATA)") $(if $(NAME),--name "$(NAME)") $(if 
 LAUNCH := $(if $(NGPU),$(if $(filter-out 1,$(NGPU)),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} )$(VENV)/bin/torchrun \
 	--standalone --nproc_per_node=$(NGPU),$(PY))
 
-.PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check gpu-test gpu-session bench clean
+.PHONY: setup test lint prepare tokenizer train plot sample demo gpu-check gpu-test gpu-wheels gpu-session bench clean
 
 setup: $(STAMP)
 
@@ -81,11 +81,16 @@ gpu-check:
 GPU_TESTS := tests/model/test_kernels.py tests/model/test_fused_loss.py tests/model/test_attention_backend.py \
 	tests/model/test_generate.py tests/bin/test_sample.py tests/bin/test_eval.py tests/train/test_sampler.py \
 	tests/train/test_trainer_gpu.py
+# The image of the lent machines lacks a few of our dependencies: `make gpu-wheels` here, carry .whl.
+GPU_PY = $$(test -x $(PY) && echo $(PY) || echo python3)
 gpu-test:
-	@$$(test -x $(PY) && echo $(PY) || echo python3) -c "import torch; torch.cuda.is_available() or print('warning: \
+	@$(GPU_PY) -c "import torch; torch.cuda.is_available() or print('warning: \
 	no CUDA device: the GPU-only tests skip, and only the CPU halves of these files run')"
-	PYTHONPATH=$(CURDIR) $$(test -x $(PY) && echo $(PY) || echo python3) -m pytest -q -p no:cacheprovider \
-		-o addopts="" $(GPU_TESTS)
+	site=$$(bash bench/gpu_wheels.sh install $(GPU_PY)) && PYTHONPATH=$(CURDIR)$${site:+:$$site} $(GPU_PY) \
+		-m pytest -q -p no:cacheprovider -o addopts="" $(GPU_TESTS)
+
+gpu-wheels:
+	bash bench/gpu_wheels.sh download
 
 # All of a lent GPU's checks in one call of the device tool: gpu-check, gpu-test, bench/sample.py.
 gpu-session:

@@ -6,6 +6,8 @@
 # runs/gpu-check): the check's own, gpu_test.log and sample.log, 8 files with the check's five runs,
 # the most the device tool brings back (each --variant adds one more). Each step's summary is printed
 # as it ends, short enough that the tool's reply (the output's last 12,000 characters) keeps all three.
+# Carry .whl (`make gpu-wheels`) on a machine without the project's smaller dependencies: gpu-test
+# installs them from there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi

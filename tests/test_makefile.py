@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,23 @@ def test_ngpu_1_leaves_omp_num_threads_as_torchrun_does():
     argv = _argv("train", "NGPU=1", "ARGS=out_dir=x")
     launch = argv[argv.index("&&") + 1:]
     assert launch[0].endswith("torchrun") and launch[1:3] == ["--standalone", "--nproc_per_node=1"]
+
+
+def test_gpu_test_installs_carried_wheels_only_where_the_python_lacks_them(tmp_path):
+    """The lent machines' image has no orjson: tests/bin/test_eval.py failed to import there and
+    stopped the whole run. With the venv's Python, which has them, nothing is installed."""
+    dry = subprocess.run(["make", "-n", "gpu-test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "bash bench/gpu_wheels.sh install" in dry and "${site:+:$site}" in dry
+    script = ROOT / "bench/gpu_wheels.sh"
+    have = subprocess.run(["bash", str(script), "install", sys.executable], capture_output=True, text=True)
+    assert have.returncode == 0 and have.stdout == ""
+    # A Python without them and no wheels to install: a warning naming the way, and the tests run on.
+    lacking = tmp_path / "python"
+    lacking.write_text(f"#!/bin/sh\nexec {sys.executable} -S -I \"$@\"\n")
+    lacking.chmod(0o755)
+    copy = tmp_path / "repo"
+    (copy / "bench").mkdir(parents=True)
+    (copy / "bench/gpu_wheels.sh").write_text(script.read_text())
+    none = subprocess.run(["bash", str(copy / "bench/gpu_wheels.sh"), "install", str(lacking)],
+                          capture_output=True, text=True)
+    assert none.returncode == 0 and none.stdout == "" and "make gpu-wheels" in none.stderr
