@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""A real-English corpus of ~100 MB, made offline from Debian documentation packages, for comparisons
-of model shapes (bench/shapes.py) that the synthetic store of `make gpu-check` cannot make.
+"""A real-English corpus of ~125 MB (~100 MB once `prepare` drops exact duplicates) made from Debian's
+documentation packages, small enough to carry to a GPU machine without internet: for comparisons of
+model shapes (bench/shapes.py), which the synthetic store of `make gpu-check` cannot make.
 
 Why these: the lent GPU machine has no internet and the one real web sample here (../shared's
 cc_en_head) is 180 KB; Debian's archive is reachable from the developers' machines and holds
@@ -11,11 +12,13 @@ so absolute losses do not carry over to RedPajama; differences between shapes tr
 it is for.
 
     python bench/doc_corpus.py /tmp/doc-corpus        # apt-get download + extract + JSONL shards
-    make prepare ARGS="--data /tmp/doc-corpus/jsonl --name debian-docs --clean-preset minimal"
+    make prepare ARGS="--data /tmp/doc-corpus/jsonl --name debian-docs --clean-preset minimal --val-fraction 0.03"
 
 Writes <dir>/jsonl/<package>.jsonl, one {"text", "source"} record per document (a file; the dictionary
 in runs of 200 entries; the fortune files each whole). The package versions are whatever the archive
-serves that day: the script prints them, and bench/RESULTS.md records them with each result.
+serves that day: the script prints them, and bench/RESULTS.md records them with each result. The
+package names are Debian 12's (bookworm: linux-doc-6.1, python3.11-doc, postgresql-doc-15); another
+release names other versions, and `apt-get download` then fails naming the package.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import gzip
 import html.parser
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -49,7 +53,7 @@ MIN_CHARS = 200  # index pages, stubs and empty files say nothing
 class _TextOfHtml(html.parser.HTMLParser):
     """The visible text of a page: script and style dropped, block ends as line breaks."""
 
-    BLOCKS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "pre", "dt", "dd", "table", "title"}
+    BLOCKS = {"p", "div", "li", "tr", "h1", "h2", "h3", "h4", "pre", "dt", "dd", "table", "title"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -58,6 +62,8 @@ class _TextOfHtml(html.parser.HTMLParser):
 
     def handle_starttag(self, tag: str, attrs) -> None:
         self._skip += tag in ("script", "style")
+        if tag == "br":  # a void element: no end tag follows
+            self.parts.append("\n")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("script", "style"):
@@ -106,6 +112,7 @@ def dictionary_docs(path: Path) -> Iterator[str]:
 def download(folder: Path) -> dict[str, str]:
     """apt-get download each package into folder and extract it there; returns package -> version."""
     folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder / "root", ignore_errors=True)  # files of an earlier version must not stay
     versions = {}
     for package in PACKAGES:
         debs = sorted(folder.glob(f"{package}_*.deb"))

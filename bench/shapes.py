@@ -13,9 +13,9 @@ Runs, in order, each a compiled bf16 bin/train.py process on the GPU:
 
 Every run draws the same training windows at the same step and scores the same validation windows
 (both follow from the seed, not from the model), with the preset's LR schedule over its own length
-(warmup min(200, steps / 10)), and evaluates four times. A candidate's two runs share a compile
-cache (the graph is the same; only max_steps differs). One seed per call (`--seed`): how far another
-seed moves the losses is not measured by it.
+(warmup min(200, steps / 10)), and evaluates four times, the last at its last step. A candidate's
+two runs share a compile cache (the graph is the same; only max_steps differs). One seed per call
+(`--seed`): how far another seed moves the losses is not measured by it.
 
     python bench/doc_corpus.py /tmp/doc-corpus          # the real-text corpus (Debian's docs)
     make prepare ARGS="--data /tmp/doc-corpus/jsonl --name debian-docs --clean-preset minimal --val-fraction 0.03"
@@ -37,11 +37,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.gpu_check import OTHER_SHAPES, RUNS, cuda_missing, fmt, run_training, summarise, synthetic_store  # noqa: E402
+from bench.gpu_check import (  # noqa: E402
+    OTHER_SHAPES,
+    RUNS,
+    STEADY_FROM,
+    cuda_missing,
+    fmt,
+    run_timeout,
+    run_training,
+    summarise,
+    synthetic_store,
+)
 from common.cli import number  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
 
-STEADY_FROM = 30  # as gpu_check: compile, cudnn autotuning and the allocator have settled by then
 # --smoke: a tiny base and a candidate of another shape, so the equal-time step count really differs.
 SMOKE_SHAPES = {"base": ["model.n_layer=2", "model.n_head=2", "model.d_model=64"],
                 "candidate": ["model.n_layer=1", "model.n_head=2", "model.d_model=96"]}
@@ -50,7 +59,7 @@ SMOKE_SHAPES = {"base": ["model.n_layer=2", "model.n_head=2", "model.d_model=64"
 def train_args(args: argparse.Namespace, store: Path, out_dir: Path, steps: int) -> list[str]:
     common = [f"data={store}", f"out_dir={out_dir}", "resume=none", f"max_steps={steps}",
               f"micro_batch={args.micro_batch}", "grad_accum=1", f"warmup_steps={min(200, max(steps // 10, 1))}",
-              f"eval_interval={max(steps // 4, 1)}", f"eval_batches={args.eval_batches}", "ckpt_interval=0",
+              f"eval_interval={-(-steps // 4)}", f"eval_batches={args.eval_batches}", "ckpt_interval=0",
               "keep_last=1", f"log_interval={args.log_interval}", f"seed={args.seed}"]
     if args.smoke:
         return ["--config", str(REPO / "configs/tiny.yml"), *common, "device=cpu", "dtype=float32", "compile=false",
@@ -82,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batches", type=number(int, 1), default=32)
     parser.add_argument("--log-interval", type=number(int, 1), default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=number(float, 0, above=True), default=200.0,
+                        help="seconds allowed per training run (base's 900 steps take ~100 s on an H200)")
     parser.add_argument("--budget", type=number(float, 0), default=540.0,
                         help="seconds for the whole call; a run that cannot start with 60 s left is skipped")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/smallgpt-shapes"))
@@ -109,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(name: str, shape: str, overrides: list[str], steps: int) -> dict | None:
         left = deadline - time.monotonic()
-        if left < 60 and not args.smoke:
+        timeout = run_timeout(left, args.timeout)
+        if timeout is None:
             results[name] = {"skipped": f"{left:.0f} s of --budget left"}
             print(f"skipped {name}: {results[name]['skipped']}", flush=True)
             return None
@@ -118,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         caches = args.work_dir / f"{shape}-caches"
         env = {"TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"), "TRITON_CACHE_DIR": str(caches / "triton")}
         code, wall = run_training([*train_args(args, store, run_dir, steps), *overrides], out / f"train_{name}.log",
-                                  max(left, 1.0), env)
+                                  timeout, env)
         results[name] = summarise(run_dir, code, wall, steady_from) | {
             "shape": shape, "overrides": overrides, "planned_steps": steps, "curve": curve(run_dir)}
         (out / "shapes.json").write_text(json.dumps(results, indent=2) + "\n")

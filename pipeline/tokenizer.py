@@ -38,9 +38,9 @@ class TokenizerError(ValueError):
 
 
 # 16384 = 2^14 ids: they fit uint16 in the token store (half the bytes of int32). For the ~45M-param
-# model (d_model 512) a tied 16k embedding is 16384 * 512 = 8.4M params, ~18% of the model;
-# GPT-2's 50257 would need 25.7M, ~70% of the other ~37M, spent mostly on rare tokens the model
-# sees too seldom to learn. A 16k vocabulary still averages ~4 bytes per token on English web
+# model (gpt-45m, d_model 768) a tied 16k embedding is 16384 * 768 = 12.6M params, ~26% of the model;
+# GPT-2's 50257 would need 38.6M, more than the 35.4M in its blocks, spent mostly on rare tokens the
+# model sees too seldom to learn. A 16k vocabulary still averages ~4 bytes per token on English web
 # text (GPT-2's 50k: ~4.5), so a context window covers nearly as much text.
 DEFAULT_VOCAB_SIZE = 16384
 # `sample_corpus` cleans a random fraction of the raw documents, expected to total this multiple of

