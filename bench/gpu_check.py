@@ -66,6 +66,8 @@ RUNS = {
 }
 OTHER_SHAPES = ("deep512", "wide128")
 EVALUATED = ("compiled", "eager")
+# --smoke's model: two layers of 64 over windows of 64 tokens, the `tiny` preset cut to a CPU test's size.
+SMOKE_SHAPE = ["model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.block_size=64"]
 
 
 def synthetic_store(root: Path, tokens: int, vocab: int, seed: int = 0) -> TokenStore:
@@ -148,16 +150,22 @@ def parse_variant(text: str) -> tuple[str, list[str], dict[str, str]]:
     return name, overrides, env
 
 
+def run_args(smoke: bool, store: Path, out_dir: Path, steps: int, micro_batch: int, log_interval: int) -> list[str]:
+    """bin/train.py's arguments for one measured run (shared with bench/shapes.py): the preset (`tiny`
+    on the CPU in float32 for --smoke, else gpt-45m on CUDA in bf16), a fresh run, no checkpoints
+    kept along the way, one micro-batch per step."""
+    preset, device = ("tiny", ["device=cpu", "dtype=float32"]) if smoke else \
+        ("gpt-45m", ["device=cuda", "dtype=bfloat16"])
+    return ["--config", str(REPO / f"configs/{preset}.yml"), f"data={store}", f"out_dir={out_dir}", "resume=none",
+            f"max_steps={steps}", f"micro_batch={micro_batch}", "grad_accum=1", "ckpt_interval=0", "keep_last=1",
+            f"log_interval={log_interval}", *device]
+
+
 def train_args(args: argparse.Namespace, store: Path, out_dir: Path, compiled: bool) -> list[str]:
-    common = [f"data={store}", f"out_dir={out_dir}", "resume=none", f"max_steps={args.steps}",
-              f"micro_batch={args.micro_batch}", "grad_accum=1", f"warmup_steps={min(20, args.steps // 2)}",
-              "eval_interval=0",
-              f"eval_batches={args.eval_batches}", "ckpt_interval=0", "keep_last=1",
-              f"log_interval={args.log_interval}", f"compile={str(compiled).lower()}"]
-    if args.smoke:
-        return ["--config", str(REPO / "configs/tiny.yml"), *common, "device=cpu", "dtype=float32",
-                "model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.block_size=64"]
-    return ["--config", str(REPO / "configs/gpt-45m.yml"), *common, "device=cuda", "dtype=bfloat16"]
+    argv = [*run_args(args.smoke, store, out_dir, args.steps, args.micro_batch, args.log_interval),
+            f"warmup_steps={min(20, args.steps // 2)}", "eval_interval=0", f"eval_batches={args.eval_batches}",
+            f"compile={str(compiled).lower()}"]
+    return [*argv, *SMOKE_SHAPE] if args.smoke else argv
 
 
 def run_training(argv: list[str], log_path: Path, timeout: float, extra_env: dict[str, str]) -> tuple[int, float]:

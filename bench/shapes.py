@@ -40,9 +40,11 @@ sys.path.insert(0, str(REPO))
 from bench.gpu_check import (  # noqa: E402
     OTHER_SHAPES,
     RUNS,
+    SMOKE_SHAPE,
     STEADY_FROM,
     cuda_missing,
     fmt,
+    run_args,
     run_timeout,
     run_training,
     summarise,
@@ -51,20 +53,15 @@ from bench.gpu_check import (  # noqa: E402
 from common.cli import number  # noqa: E402
 from train.metrics import read_metrics  # noqa: E402
 
-# --smoke: a tiny base and a candidate of another shape, so the equal-time step count really differs.
-SMOKE_SHAPES = {"base": ["model.n_layer=2", "model.n_head=2", "model.d_model=64"],
-                "candidate": ["model.n_layer=1", "model.n_head=2", "model.d_model=96"]}
+# --smoke: gpu_check's tiny base and a candidate of another shape, so the equal-time step count differs.
+SMOKE_SHAPES = {"base": SMOKE_SHAPE,
+                "candidate": ["model.n_layer=1", "model.n_head=2", "model.d_model=96", "model.block_size=64"]}
 
 
 def train_args(args: argparse.Namespace, store: Path, out_dir: Path, steps: int) -> list[str]:
-    common = [f"data={store}", f"out_dir={out_dir}", "resume=none", f"max_steps={steps}",
-              f"micro_batch={args.micro_batch}", "grad_accum=1", f"warmup_steps={min(200, max(steps // 10, 1))}",
-              f"eval_interval={-(-steps // 4)}", f"eval_batches={args.eval_batches}", "ckpt_interval=0",
-              "keep_last=1", f"log_interval={args.log_interval}", f"seed={args.seed}"]
-    if args.smoke:
-        return ["--config", str(REPO / "configs/tiny.yml"), *common, "device=cpu", "dtype=float32", "compile=false",
-                "model.block_size=64"]
-    return ["--config", str(REPO / "configs/gpt-45m.yml"), *common, "device=cuda", "dtype=bfloat16", "compile=true"]
+    return [*run_args(args.smoke, store, out_dir, steps, args.micro_batch, args.log_interval),
+            f"warmup_steps={min(200, max(steps // 10, 1))}", f"eval_interval={-(-steps // 4)}",
+            f"eval_batches={args.eval_batches}", f"seed={args.seed}", f"compile={str(not args.smoke).lower()}"]
 
 
 def curve(run_dir: Path) -> list[tuple[int, float]]:
