@@ -34,6 +34,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.files import atomic_write_bytes  # noqa: E402
+
 PACKAGES = ("linux-doc-6.1", "python3.11-doc", "postgresql-doc-15", "git-doc", "perl-doc", "dict-gcide",
             "fortunes")
 # Where each package keeps its text, and which files are documents (HTML only where no text source is
@@ -126,23 +130,18 @@ def download(folder: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", type=Path, help="work folder: debs/, their extracted root/, and jsonl/")
+    parser.add_argument("dir", type=Path, help="work folder: debs/ (their files unpacked in debs/root/) and jsonl/")
     args = parser.parse_args(argv)
     versions = download(args.dir / "debs")
     out = args.dir / "jsonl"
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     for package in PACKAGES:
-        n = size = 0
-        # Written under a temporary name and renamed: a stopped run leaves no shard that looks complete.
-        tmp = out / f".{package}.jsonl.tmp"
-        with open(tmp, "w") as f:
-            for text in package_docs(args.dir / "debs" / "root", package):
-                if len(text) < MIN_CHARS:
-                    continue
-                f.write(json.dumps({"text": text, "source": package}, ensure_ascii=False) + "\n")
-                n, size = n + 1, size + len(text.encode())
-        tmp.rename(out / f"{package}.jsonl")
+        docs = [text for text in package_docs(args.dir / "debs" / "root", package) if len(text) >= MIN_CHARS]
+        lines = "".join(json.dumps({"text": text, "source": package}, ensure_ascii=False) + "\n" for text in docs)
+        # Whole or not at all: a stopped run leaves no shard that looks complete (at most ~55 MB in memory).
+        atomic_write_bytes(out / f"{package}.jsonl", lines.encode())
+        n, size = len(docs), sum(len(text.encode()) for text in docs)
         total += size
         print(f"{package} {versions[package]}: {n:,} documents, {size / 1e6:.1f} MB")
     print(f"total {total / 1e6:.1f} MB of text in {out}")
